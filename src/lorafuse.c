@@ -228,7 +228,7 @@ static lf_status check_view(lf_context *ctx, const operand *o, lf_dtype dtype, u
     size_t esize = lf_dtype_size(v->dtype);
     uint64_t limit = (uint64_t)SIZE_MAX / esize;
     uint64_t rows1 = (uint64_t)(v->rows - 1), stride = (uint64_t)v->stride, cols = (uint64_t)v->cols;
-    if (stride != 0 && rows1 > (limit - cols) / stride)
+    if (cols > limit || stride > limit || (stride != 0 && rows1 > (limit - cols) / stride))
         return lf_fail(ctx, LF_ERR_OVERFLOW, "lf_lora_forward: %s ([%lld, %lld], stride %lld) spans more "
                        "bytes than size_t holds", o->name, (long long)v->rows, (long long)v->cols,
                        (long long)v->stride);

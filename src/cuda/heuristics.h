@@ -1,0 +1,161 @@
+/*
+ * heuristics.h — how the CUDA backend chooses a kernel and its blocking for one plan key.
+ *
+ * Small pure functions of the key (and the SM count), plain C so that a CPU-only test can check
+ * them. Numbers behind the rules are in dev/cuda/NOTES.md.
+ */
+#ifndef LF_CUDA_HEURISTICS_H
+#define LF_CUDA_HEURISTICS_H
+
+#include <stdint.h>
+
+#include "../lf_internal.h"
+
+/* Implementations (lf_plan.impl). */
+enum {
+    LF_CUDA_DELTA_FUSED = 1, /* delta, one launch: shrink into shared memory, then expand */
+    LF_CUDA_DELTA_TWO = 2,   /* delta, T = x·Aᵀ into the workspace (fp32), then expand */
+    LF_CUDA_DECODE = 3,      /* layer, small M: shrink, then a W-streaming tensor-core GEMV with PDL */
+    LF_CUDA_GEMM = 4         /* layer: cuBLAS base GEMM, then the delta as its epilogue */
+};
+
+/* Threads of every lorafuse CUDA kernel. */
+#define LF_CUDA_THREADS 256
+/* Shared memory a delta/shrink block uses at most: under the 48 KB that needs no opt-in, and small
+ * enough for 4 blocks per SM. */
+#define LF_CUDA_SMEM_BUDGET (48 * 1024)
+
+/* Shrink blocking: bm rows of x, rc ranks, kc-long chunks of K. */
+typedef struct lf_cuda_shrink_cfg {
+    int bm, rc, kc;
+} lf_cuda_shrink_cfg;
+
+/* k-splits per output of the shrink: all threads of a block over its bm·rc outputs (a power of two;
+ * beyond a warp the warps' partial sums meet in shared memory, in a fixed order). */
+static inline int lf_cuda_shrink_splits(int bm, int rc)
+{
+    int s = 1;
+    while (s < LF_CUDA_THREADS && (int64_t)bm * rc * s * 2 <= LF_CUDA_THREADS)
+        s *= 2;
+    return s;
+}
+
+/* Row stride (floats) of the staged x and A chunks: padding by the split count puts the lanes of a
+ * warp, which read k = lane % s of consecutive ranks, on distinct banks. */
+static inline int lf_cuda_stage_ld(int kc, int bm, int rc)
+{
+    int s = lf_cuda_shrink_splits(bm, rc);
+    return kc + (s < 32 ? s : 0);
+}
+
+/* Shared bytes of a shrink block (T tile + staged x and A chunks). */
+static inline int64_t lf_cuda_shrink_smem(int bm, int rc, int kc)
+{
+    return 4 * ((int64_t)bm * rc + (int64_t)(bm + rc) * lf_cuda_stage_ld(kc, bm, rc));
+}
+
+/* Longest K chunk (multiple of 32, at most K rounded up) that fits the budget; 0 when none does. */
+static inline int lf_cuda_pick_kc(int64_t k, int bm, int rc)
+{
+    int64_t kmax = (k + 31) / 32 * 32;
+    if (kmax > 4096)
+        kmax = 4096;
+    for (int64_t kc = kmax; kc >= 32; kc -= 32)
+        if (lf_cuda_shrink_smem(bm, rc, (int)kc) <= LF_CUDA_SMEM_BUDGET)
+            return (int)kc;
+    return 0;
+}
+
+/* The fused delta: rows per block. Small blocks give the seed (M=128) enough blocks to cover the
+ * GPU, which matters more than re-reading A: its K·r is tiny. */
+static inline int lf_cuda_delta_bm(int64_t m)
+{
+    return m <= 256 ? 4 : m <= 2048 ? 8 : 16;
+}
+
+/* Output columns per block of the expand: one per thread, more when N is long and M short, so
+ * that each block does enough work to hide its start. */
+static inline int lf_cuda_delta_bn(int64_t n) { return n <= 1024 ? 256 : 512; }
+
+/* One launch recomputes T once per column slice: fine while K·r is small or N has one slice.
+ * Beyond that the two-kernel path reads A once per row block instead of once per block. */
+static inline int lf_cuda_delta_fused_fits(int64_t m, int64_t k, int64_t n, int64_t r)
+{
+    int bm = lf_cuda_delta_bm(m);
+    int64_t slices = (n + lf_cuda_delta_bn(n) - 1) / lf_cuda_delta_bn(n);
+    if (lf_cuda_pick_kc(k, bm, (int)r) < 64)
+        return 0; /* T and a useful chunk of A do not fit in shared memory together */
+    return k * r <= 16384 || slices == 1;
+}
+
+/* Shrink kernel alone (T into the workspace): enough blocks to cover the SMs, since its latency is
+ * the loads of each chunk; ranks split in chunks of at most 16. */
+static inline lf_cuda_shrink_cfg lf_cuda_shrink_pick(int64_t m, int64_t k, int64_t r, int sm_count)
+{
+    lf_cuda_shrink_cfg c;
+    c.bm = m >= 16 ? 16 : (int)m;
+    c.rc = r >= 16 ? 16 : (int)r;
+    for (;;) {
+        int64_t blocks = (m + c.bm - 1) / c.bm * ((r + c.rc - 1) / c.rc);
+        if (blocks >= 2 * sm_count || (c.bm <= 4 && c.rc <= 1))
+            break;
+        if (c.bm >= 2 * c.rc && c.bm > 4)
+            c.bm /= 2;
+        else
+            c.rc /= 2; /* here rc > 1: bm ≤ 4 with rc = 1 broke out, and bm > 4 with rc = 1 halves bm */
+    }
+    c.kc = lf_cuda_pick_kc(k, c.bm, c.rc);
+    return c;
+}
+
+/* Largest rank of the decode path: a tile's B rows (16·RT × r, fp32) sit in shared memory. */
+#define LF_CUDA_DECODE_MAX_RANK 64
+
+/* Decode path: PEFT layout (W rows contiguous along K, as the tensor-core fragments want them),
+ * 16-bit dtype, 16-byte aligned operands, M ≤ 64 (eight 8-token MMA columns), r ≤ 64. */
+static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t r)
+{
+    return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT &&
+           (flags & LF_PLAN_ALIGNED16) && m <= 64 && r <= LF_CUDA_DECODE_MAX_RANK;
+}
+
+/* Decode grid: persistent, at most one block per SM (a block takes the SM's shared memory), each
+ * looping over 16·RT-row tiles. */
+static inline int64_t lf_cuda_decode_grid(int64_t n, int rt, int sm_count)
+{
+    int64_t tiles = (n + 16 * rt - 1) / (16 * rt);
+    return tiles < sm_count ? tiles : sm_count;
+}
+
+/* Rows of W per decode tile, in 16-row MMA tiles: the busiest block streams ceil(tiles/grid)
+ * tiles, so take the RT that gives it the fewest rows; on a tie two (x is re-read from L2 once per
+ * tile, so fewer, larger tiles read less). */
+static inline int lf_cuda_decode_rt(int64_t n, int sm_count)
+{
+    int64_t t1 = (n + 15) / 16, t2 = (n + 31) / 32;
+    int64_t busiest1 = (t1 + sm_count - 1) / sm_count * 16, busiest2 = (t2 + sm_count - 1) / sm_count * 32;
+    return busiest2 <= busiest1 ? 2 : 1;
+}
+
+/* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace in chunks of rows that
+ * stay in L2 (16 MiB) until the epilogue reads them. */
+static inline int64_t lf_cuda_gemm_chunk_rows(int64_t m, int64_t n)
+{
+    int64_t rows = (16 << 20) / (4 * n);
+    rows = rows < 128 ? 128 : rows / 128 * 128;
+    return rows < m ? rows : m;
+}
+
+/* GEMM path: K-slices of T = x·Aᵀ (one strided-batched cuBLAS call, partials summed in the
+ * epilogue). Alone, an M × r × 4096 product runs on a handful of blocks, each a long serial K loop
+ * (5.5 µs at M=128); slices of 256 spread it. Only exact slices whose starts keep 16-byte
+ * alignment (multiples of 32 elements). */
+static inline int lf_cuda_gemm_t_splits(int64_t k)
+{
+    for (int s = 16; s > 1; s /= 2)
+        if (k % s == 0 && (k / s) % 32 == 0 && k / s >= 256)
+            return s;
+    return 1;
+}
+
+#endif /* LF_CUDA_HEURISTICS_H */

@@ -1,0 +1,993 @@
+/*
+ * lora_fwd.cu — lf_lora_forward on CUDA: y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ.
+ *
+ * Kernels (heuristics.h picks one per plan key; dev/cuda/NOTES.md has the measurements):
+ *   lora_delta_kernel   the delta alone in one launch: each block shrinks its rows (T = x·Aᵀ into
+ *                       shared memory, fp32), then expands them over its slice of N. With T given
+ *                       (p.t) it only expands: the second half of the two-kernel path.
+ *   lora_shrink_kernel  T = x·Aᵀ into the workspace (fp32, [M, r]) for the two-kernel paths.
+ *   lora_decode_kernel  the whole layer for M ≤ 64: a persistent grid streams W once through
+ *                       per-lane cp.async rings into mma.sync (W rows on the 16-wide side, tokens on
+ *                       the 8-wide side), reduces the K-split inside the block in a fixed order, and
+ *                       adds bias, beta·y and the LoRA term (T from the shrink kernel, waited for
+ *                       with PDL) before its one rounding.
+ *   GEMM path           cuBLAS writes T = x·Aᵀ and x·Wᵀ in fp32 (x·Wᵀ into the workspace for 16-bit
+ *                       dtypes, into y for f32), then lora_epilogue_kernel adds s·T·Bᵀ, bias and
+ *                       beta·y and rounds once: one read of the fp32 result, one write of y.
+ * Every sum has a fixed order: no atomics, results are bitwise identical run to run.
+ * Nothing here allocates or synchronizes the host: calls can be captured in a CUDA graph.
+ */
+#include "common.cuh"
+#include "heuristics.h"
+
+#include <limits.h>
+#include <type_traits>
+
+namespace {
+
+/* Everything a kernel needs, by value. Sizes fit in int (the plan checks). */
+struct lora_args {
+    int m, k, n, r;
+    const void *x;
+    int64_t ldx;
+    const void *w;
+    int64_t ldw;
+    const void *a;
+    int64_t lda;
+    const void *b;
+    int64_t ldb;
+    const void *bias;
+    const float *t;    /* T = x·Aᵀ, [m, r] fp32, from the shrink kernel; NULL: the block computes it */
+    const float *base; /* GEMM path: x·Wᵀ (+ beta·y for f32) from cuBLAS, fp32, row stride ldbase */
+    int64_t ldbase;
+    int tsplit;        /* GEMM path: T comes as tsplit K-slice partials, tstride floats apart */
+    int64_t tstride;
+    float scale, beta;
+    void *y;
+    int64_t ldy;
+};
+
+/* Shrink blocking, as the host computed it from heuristics.h. */
+struct stage_cfg {
+    int bm, rc, kc; /* rows, ranks, K chunk */
+    int splits;     /* threads per output of the shrink (power of two ≤ 32) */
+    int ld_s;       /* row stride of the staged chunks, floats */
+    int bn;         /* output columns per block of the expand */
+};
+
+/* Adds the rest of the layer to an fp32 partial result and rounds once into y. */
+template <typename T>
+__device__ __forceinline__ void store_out(const lora_args &p, int row, int j, float acc)
+{
+    float v = acc;
+    if (p.bias)
+        v += lf_dt<T>::to_f32(((const T *)p.bias)[j]);
+    T *y = (T *)p.y + (int64_t)row * p.ldy + j;
+    if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+        v = fmaf(p.beta, lf_dt<T>::to_f32(*y), v);
+    *y = lf_dt<T>::from_f32(v);
+}
+
+/* Programmatic dependent launch (sm_90; every launch here asks for it when the plan says so): wait
+ * for the preceding grid in the stream (complete, its writes visible) before the first global
+ * access, then let the next kernel launch, so that its launch and block setup overlap this one's
+ * work instead of following it. Without the launch attribute both are no-ops. */
+__device__ __forceinline__ void pdl_wait_and_release()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* Stages rows of K chunk [k0, k0+kc) as fp32: x rows m0.. (bm of them) into x_s and, when a_rows,
+ * A rows t0.. (PEFT: contiguous along K) into a_s; dst[i·ld_s + kk], rows past their valid count
+ * read as 0. Each thread issues LF_STAGE_BATCH loads before it stores any, so the chunk costs one
+ * memory latency, not one per loop trip. VEC: 16-byte loads (the plan saw aligned pointers and
+ * strides, and k0 is a multiple of 32); a scalar pass takes the tail. */
+#define LF_STAGE_BATCH 8
+template <typename T, bool VEC>
+__device__ void stage_rows(float *x_s, const T *x, int64_t ldx, int m0, int bm, int m_valid, float *a_s, const T *a,
+                           int64_t lda, int t0, int a_rows, int r_valid, int ld_s, int k0, int kc)
+{
+    constexpr int V = VEC ? lf_dt<T>::vec : 1;
+    using raw_t = typename std::conditional<VEC, uint4, T>::type;
+    const int nv = kc / V, total = (bm + a_rows) * nv;
+    for (int base = 0; base < total; base += LF_STAGE_BATCH * LF_CUDA_THREADS) {
+        raw_t raw[LF_STAGE_BATCH];
+#pragma unroll
+        for (int u = 0; u < LF_STAGE_BATCH; u++) {
+            const int idx = base + u * LF_CUDA_THREADS + threadIdx.x;
+            const int i = idx / nv, v = idx % nv;
+            const bool is_x = i < bm;
+            const int row = is_x ? m0 + i : t0 + i - bm;
+            if (idx < total && row < (is_x ? m_valid : r_valid))
+                raw[u] = *(const raw_t *)((is_x ? x + (int64_t)row * ldx : a + (int64_t)row * lda) + k0 + v * V);
+            else
+                memset(&raw[u], 0, sizeof raw[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < LF_STAGE_BATCH; u++) {
+            const int idx = base + u * LF_CUDA_THREADS + threadIdx.x;
+            if (idx >= total)
+                break;
+            const int i = idx / nv, v = idx % nv;
+            float *d = (i < bm ? x_s + i * ld_s : a_s + (i - bm) * ld_s) + v * V;
+            const T *e = (const T *)&raw[u];
+#pragma unroll
+            for (int c = 0; c < V; c++)
+                d[c] = lf_dt<T>::to_f32(e[c]);
+        }
+    }
+    const int done = nv * V, rest = kc - done;
+    for (int idx = threadIdx.x; idx < (bm + a_rows) * rest; idx += LF_CUDA_THREADS) {
+        const int i = idx / rest, kk = done + idx % rest;
+        const bool is_x = i < bm;
+        const int row = is_x ? m0 + i : t0 + i - bm;
+        float *d = is_x ? x_s + i * ld_s : a_s + (i - bm) * ld_s;
+        d[kk] = row < (is_x ? m_valid : r_valid)
+                    ? lf_dt<T>::load((is_x ? x + (int64_t)row * ldx : a + (int64_t)row * lda) + k0 + kk)
+                    : 0.0f;
+    }
+}
+
+/* KN layout: A is [K, r]; stage its chunk transposed, dst[t·ld_s + kk] = A[k0+kk][t0+t], so the
+ * compute loop reads both operands along k. Global reads run along t (contiguous). */
+template <typename T>
+__device__ void stage_cols(float *dst, int ld_s, const T *src, int64_t ld, int t0, int rc, int r_valid, int k0, int kc)
+{
+    for (int idx = threadIdx.x; idx < kc * rc; idx += blockDim.x) {
+        const int kk = idx / rc, t = idx % rc;
+        dst[t * ld_s + kk] = t0 + t < r_valid ? lf_dt<T>::load(src + (int64_t)(k0 + kk) * ld + t0 + t) : 0.0f;
+    }
+}
+
+/* t_s[i·rc + t] = Σ_k x[m0+i][k]·A[t0+t][k] for i < bm, t < rc (rows past M give 0).
+ * `splits` consecutive threads share one output, each summing a strided part of the chunk; a fixed
+ * xor-shuffle tree joins a warp's lanes and, past 32 splits, the warps' partials are added in warp
+ * order through shared memory: the order never depends on timing. Ends synchronized. */
+template <typename T, bool KN, bool VEC>
+__device__ void shrink_block(const lora_args &p, const stage_cfg &c, int m0, int bm, int t0, int rc, float *t_s,
+                             float *x_s, float *a_s)
+{
+    __shared__ float part[LF_CUDA_THREADS / 32];
+    const int s = c.splits, groups = LF_CUDA_THREADS / s, wps = s / 32; /* warps per output */
+    const int g = threadIdx.x / s, l = threadIdx.x % s;
+    const int outs = bm * rc;
+    for (int i = threadIdx.x; i < outs; i += blockDim.x)
+        t_s[i] = 0.0f;
+    for (int k0 = 0; k0 < p.k; k0 += c.kc) {
+        const int kc = min(c.kc, p.k - k0);
+        __syncthreads(); /* the previous chunk is consumed (and t_s zeroed) */
+        /* PEFT A rows run along K like x: one batched pass stages both */
+        stage_rows<T, VEC>(x_s, (const T *)p.x, p.ldx, m0, bm, p.m, a_s, (const T *)p.a, p.lda, t0, KN ? 0 : rc, p.r,
+                           c.ld_s, k0, kc);
+        if (KN)
+            stage_cols<T>(a_s, c.ld_s, (const T *)p.a, p.lda, t0, rc, p.r, k0, kc);
+        __syncthreads();
+        for (int base = 0; base < outs; base += groups) { /* same trip count in every thread */
+            const int o = base + g;
+            float acc = 0.0f;
+            if (o < outs) {
+                const float *xr = x_s + (o / rc) * c.ld_s, *ar = a_s + (o % rc) * c.ld_s;
+                for (int kk = l; kk < kc; kk += s)
+                    acc = fmaf(xr[kk], ar[kk], acc);
+            }
+            for (int off = min(s, 32) / 2; off > 0; off /= 2)
+                acc += __shfl_xor_sync(0xffffffffu, acc, off);
+            if (wps <= 1) {
+                if (o < outs && l == 0)
+                    t_s[o] += acc;
+            } else {
+                if (l % 32 == 0)
+                    part[threadIdx.x / 32] = acc;
+                __syncthreads();
+                if (o < outs && l == 0) {
+                    float sum = 0.0f;
+                    for (int w = 0; w < wps; w++)
+                        sum += part[g * wps + w];
+                    t_s[o] += sum;
+                }
+                __syncthreads();
+            }
+        }
+    }
+    __syncthreads();
+}
+
+/* Rank up to which the delta kernel loads a thread's B column before the shrink (PRE). */
+#define LF_DELTA_PRE_R 16
+
+/* y[m0+i][j] for the block's rows and columns j ∈ [n0, n0+bn): s·Σ_t T[i][t]·B[j][t] plus the rest
+ * of the layer. One column per thread (coalesced y), RB rows per pass in registers; T is read from
+ * shared memory as a broadcast. PRE: bn ≤ threads and r ≤ LF_DELTA_PRE_R, and bpre holds the
+ * thread's B column, loaded before the shrink so that its latency hides behind it. */
+template <typename T, bool KN, int BM, bool PRE>
+__device__ void expand_block(const lora_args &p, int m0, int n0, int bn, const float *t_s,
+                             const float (&bpre)[LF_DELTA_PRE_R])
+{
+    constexpr int RB = BM < 8 ? BM : 8;
+    const T *B = (const T *)p.b;
+    const int nend = min(n0 + bn, p.n);
+    for (int j = n0 + threadIdx.x; j < nend; j += blockDim.x) {
+#pragma unroll
+        for (int i0 = 0; i0 < BM; i0 += RB) {
+            if (m0 + i0 >= p.m)
+                break;
+            float acc[RB];
+#pragma unroll
+            for (int ii = 0; ii < RB; ii++)
+                acc[ii] = 0.0f;
+            if (PRE) {
+#pragma unroll
+                for (int t = 0; t < LF_DELTA_PRE_R; t++)
+                    if (t < p.r)
+#pragma unroll
+                        for (int ii = 0; ii < RB; ii++)
+                            acc[ii] = fmaf(t_s[(i0 + ii) * p.r + t], bpre[t], acc[ii]);
+            } else {
+#pragma unroll 4
+                for (int t = 0; t < p.r; t++) {
+                    const float bv = lf_dt<T>::load(KN ? B + (int64_t)t * p.ldb + j : B + (int64_t)j * p.ldb + t);
+#pragma unroll
+                    for (int ii = 0; ii < RB; ii++)
+                        acc[ii] = fmaf(t_s[(i0 + ii) * p.r + t], bv, acc[ii]);
+                }
+            }
+#pragma unroll
+            for (int ii = 0; ii < RB; ii++)
+                if (m0 + i0 + ii < p.m)
+                    store_out<T>(p, m0 + i0 + ii, j, p.scale * acc[ii]);
+        }
+    }
+}
+
+/* The delta in one launch (p.t NULL), or the expand half of the two-kernel path (p.t set).
+ * Grid: (row blocks of BM, column slices of c.bn). */
+template <typename T, bool KN, bool VEC, int BM, bool PRE>
+__global__ void __launch_bounds__(LF_CUDA_THREADS) lora_delta_kernel(lora_args p, stage_cfg c)
+{
+    extern __shared__ float smem[];
+    float *t_s = smem; /* [BM][r] */
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * c.bn;
+    pdl_wait_and_release();
+    float bpre[LF_DELTA_PRE_R];
+    if (PRE) {
+        const T *B = (const T *)p.b;
+        const int j = n0 + threadIdx.x;
+        const bool col = (int)threadIdx.x < c.bn && j < p.n;
+#pragma unroll
+        for (int t = 0; t < LF_DELTA_PRE_R; t++)
+            bpre[t] = col && t < p.r ? lf_dt<T>::load(KN ? B + (int64_t)t * p.ldb + j : B + (int64_t)j * p.ldb + t) : 0.0f;
+    }
+    if (p.t) {
+        for (int idx = threadIdx.x; idx < BM * p.r; idx += blockDim.x) {
+            const int i = idx / p.r;
+            t_s[idx] = m0 + i < p.m ? p.t[(int64_t)(m0 + i) * p.r + idx % p.r] : 0.0f;
+        }
+        __syncthreads();
+    } else {
+        float *x_s = t_s + BM * p.r;
+        shrink_block<T, KN, VEC>(p, c, m0, BM, 0, p.r, t_s, x_s, x_s + BM * c.ld_s);
+    }
+    expand_block<T, KN, BM, PRE>(p, m0, n0, c.bn, t_s, bpre);
+}
+
+/* T = x·Aᵀ into t_out ([m, r] fp32). Grid: (row blocks of c.bm, rank chunks of c.rc). */
+template <typename T, bool KN, bool VEC>
+__global__ void __launch_bounds__(LF_CUDA_THREADS) lora_shrink_kernel(lora_args p, stage_cfg c, float *t_out)
+{
+    /* After the wait: the decode kernel, released here, streams x and W before it waits for T, so
+     * whatever wrote them before this grid must be complete by then. */
+    pdl_wait_and_release();
+    extern __shared__ float smem[];
+    const int m0 = blockIdx.x * c.bm, t0 = blockIdx.y * c.rc;
+    const int rc = min(c.rc, p.r - t0);
+    float *t_s = smem, *x_s = smem + c.bm * c.rc;
+    shrink_block<T, KN, VEC>(p, c, m0, c.bm, t0, rc, t_s, x_s, x_s + c.bm * c.ld_s);
+    for (int idx = threadIdx.x; idx < c.bm * rc; idx += blockDim.x) {
+        const int i = idx / rc;
+        if (m0 + i < p.m)
+            t_out[(int64_t)(m0 + i) * p.r + t0 + idx % rc] = t_s[idx];
+    }
+}
+
+/* ---- GEMM-path epilogue ------------------------------------------------------------------------ */
+
+/* y = round(base + s·T·Bᵀ + bias + beta·y) for the rows of a chunk, base = x·Wᵀ in fp32 from cuBLAS
+ * (for f32, base is y itself, already holding x·Wᵀ + beta·y, and p.beta is 0). Bandwidth-bound:
+ * reads base once and writes y once; T ([m, r] fp32, from cuBLAS as K-slice partials that are
+ * summed here) and B come through shared memory. Block: EPI_BN columns (4 consecutive per thread: one 16-byte load of base) × EPI_BM rows
+ * (EPI_RR per thread, strided by 4); the rank in chunks of EPI_RC, summed in rank order. */
+constexpr int EPI_BN = 256, EPI_RR = 4, EPI_BM = 4 * EPI_RR, EPI_RC = 16;
+
+template <typename T, bool KN, bool VEC>
+__global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_args p)
+{
+    __shared__ __align__(16) float b_s[EPI_RC][EPI_BN + 4]; /* [rank][column]; +4 spreads the PEFT stores */
+    __shared__ float t_s[EPI_BM][EPI_RC];
+    const int cg = threadIdx.x % (EPI_BN / 4), rl = threadIdx.x / (EPI_BN / 4);
+    const int n0 = blockIdx.x * EPI_BN, m0 = blockIdx.y * EPI_BM, j0 = n0 + 4 * cg;
+    const bool vec = VEC && j0 + 3 < p.n;
+    pdl_wait_and_release();
+
+    /* Every load of base, y and bias first: their latency overlaps the staging and the T·Bᵀ sums. */
+    float bias[4] = {}, base[EPI_RR][4] = {}, yold[EPI_RR][4] = {};
+    if (p.bias)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            if (j0 + c < p.n)
+                bias[c] = lf_dt<T>::load((const T *)p.bias + j0 + c);
+#pragma unroll
+    for (int rr = 0; rr < EPI_RR; rr++) {
+        const int i = m0 + rl + 4 * rr;
+        if (i >= p.m)
+            break;
+        const float *br = p.base + (int64_t)i * p.ldbase + j0;
+        const T *yr = (const T *)p.y + (int64_t)i * p.ldy + j0;
+        if (vec) {
+            const float4 b4 = *(const float4 *)br;
+            base[rr][0] = b4.x, base[rr][1] = b4.y, base[rr][2] = b4.z, base[rr][3] = b4.w;
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (j0 + c < p.n)
+                    base[rr][c] = br[c];
+        }
+        if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (j0 + c < p.n)
+                    yold[rr][c] = lf_dt<T>::load(yr + c);
+    }
+
+    const T *B = (const T *)p.b;
+    float acc[EPI_RR][4] = {};
+    for (int t0 = 0; t0 < p.r; t0 += EPI_RC) {
+        const int rc = min(EPI_RC, p.r - t0);
+        __syncthreads(); /* the previous chunk is consumed */
+        for (int idx = threadIdx.x; idx < EPI_RC * EPI_BN; idx += LF_CUDA_THREADS) {
+            /* global reads along B's contiguous dimension: n for KN, the rank for PEFT */
+            const int t = KN ? idx / EPI_BN : idx % EPI_RC, c = KN ? idx % EPI_BN : idx / EPI_RC, j = n0 + c;
+            b_s[t][c] = t < rc && j < p.n
+                            ? lf_dt<T>::load(KN ? B + (int64_t)(t0 + t) * p.ldb + j : B + (int64_t)j * p.ldb + t0 + t)
+                            : 0.0f;
+        }
+        for (int idx = threadIdx.x; idx < EPI_BM * EPI_RC; idx += LF_CUDA_THREADS) {
+            const int i = idx / EPI_RC, t = idx % EPI_RC;
+            float v = 0.0f; /* T = the sum of its K-slice partials, in slice order */
+            if (t < rc && m0 + i < p.m)
+                for (int z = 0; z < p.tsplit; z++)
+                    v += p.t[z * p.tstride + (int64_t)(m0 + i) * p.r + t0 + t];
+            t_s[i][t] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int t = 0; t < EPI_RC; t++) { /* zero past rc: adds exact zeros, the order stays t ascending */
+            const float4 bv = *(const float4 *)&b_s[t][4 * cg];
+#pragma unroll
+            for (int rr = 0; rr < EPI_RR; rr++) {
+                const float tv = t_s[rl + 4 * rr][t];
+                acc[rr][0] = fmaf(tv, bv.x, acc[rr][0]);
+                acc[rr][1] = fmaf(tv, bv.y, acc[rr][1]);
+                acc[rr][2] = fmaf(tv, bv.z, acc[rr][2]);
+                acc[rr][3] = fmaf(tv, bv.w, acc[rr][3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < EPI_RR; rr++) {
+        const int i = m0 + rl + 4 * rr;
+        if (i >= p.m)
+            break;
+        T *yr = (T *)p.y + (int64_t)i * p.ldy + j0;
+        union {
+            T e[4];
+            typename std::conditional<sizeof(T) == 4, uint4, uint2>::type v;
+        } o;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float v = fmaf(p.scale, acc[rr][c], base[rr][c]) + bias[c];
+            if (p.beta != 0.0f)
+                v = fmaf(p.beta, yold[rr][c], v);
+            o.e[c] = lf_dt<T>::from_f32(v);
+        }
+        if (vec)
+            *(decltype(o.v) *)yr = o.v;
+        else
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (j0 + c < p.n)
+                    yr[c] = o.e[c];
+    }
+}
+
+/* ---- decode ------------------------------------------------------------------------------------ */
+
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                               uint32_t a3, uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                                    uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                             uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* One 32-wide K step of a warp. The sum over k does not care which k sits where in the MMA, so
+ * each thread's 16-byte vector (8 consecutive k of one row) feeds two m16n8k16: thread (g, q)
+ * holds physical k = q·8 + 4j + {0,1,2,3} as the logical k {2q, 2q+1, 2q+8, 2q+9} of MMA j, in the
+ * A fragment (W rows g and g+8) and in the B fragment (token g) alike. */
+template <typename T, int NT, int RT>
+__device__ __forceinline__ void decode_step(float (&acc)[RT][NT][4], const uint4 (&wv)[RT][2], const uint4 (&xv)[NT])
+{
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            mma16816<T>(acc[rt][nt], wv[rt][0].x, wv[rt][1].x, wv[rt][0].y, wv[rt][1].y, xv[nt].x, xv[nt].y);
+            mma16816<T>(acc[rt][nt], wv[rt][0].z, wv[rt][1].z, wv[rt][0].w, wv[rt][1].w, xv[nt].z, xv[nt].w);
+        }
+}
+
+/* 8 elements from p (the row's element kbase), zeros at or past k: the K tail. */
+template <typename T> __device__ __forceinline__ uint4 load8_masked(const T *p, int kbase, int k)
+{
+    union {
+        uint4 v;
+        T e[8];
+    } u;
+#pragma unroll
+    for (int e = 0; e < 8; e++)
+        u.e[e] = kbase + e < k ? p[e] : lf_dt<T>::from_f32(0.0f);
+    return u.v;
+}
+
+/* 16-byte asynchronous copy global → shared, cached in L2 only: W is read once per call. */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+/* The memory clobber keeps the compiler from moving shared-memory reads of the ring above the wait. */
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+/* Depth of each warp's copy ring: as many 32-wide K steps (at most 8) as 144 KB of shared memory
+ * holds (with the static buffers, under A100's 163 KB). Each step is 2·RT chunks of W and NT chunks
+ * of x per lane (16 bytes each). */
+template <int NT, int RT> struct decode_shape {
+    static constexpr int CHUNKS = 2 * RT + NT;
+    static constexpr int STAGE_BYTES = CHUNKS * 16 * LF_CUDA_THREADS;
+    static constexpr int STAGES = (144 * 1024) / STAGE_BYTES > 8 ? 8 : (144 * 1024) / STAGE_BYTES;
+    static constexpr int SMEM = STAGES * STAGE_BYTES;
+};
+
+/* The whole layer for M ≤ 8·NT tokens, rank ≤ LF_CUDA_DECODE_MAX_RANK. Persistent: the grid is at
+ * most one block per SM, and block b owns the 16·RT-row tiles b, b + gridDim.x, ... of W, each over
+ * all of K (no split-K across blocks); its 8 warps take contiguous eighths of K. Each lane streams
+ * the very 16-byte chunks it later feeds to the MMA through a private cp.async ring STAGES steps
+ * deep that runs on across tile boundaries, so the stream does not drain and refill per tile, and no
+ * lane waits for another inside the loop. The epilogue reads only shared memory: the tile's B rows
+ * (loaded into registers before its K loop) and T (copied once per block, after the wait for the
+ * shrink; read from global memory per output it cost a dependent L2 round trip per rank, per tile).
+ * Rows past N and tokens past M are clamped to valid memory and never stored. */
+template <typename T, int NT, int RT>
+__global__ void __launch_bounds__(LF_CUDA_THREADS, 1) lora_decode_kernel(lora_args p)
+{
+    using shape = decode_shape<NT, RT>;
+    constexpr int ROWS = 16 * RT, WARPS = LF_CUDA_THREADS / 32, S = shape::STAGES, C = shape::CHUNKS;
+    constexpr int BPT = ROWS * LF_CUDA_DECODE_MAX_RANK / LF_CUDA_THREADS; /* B values per thread */
+    __shared__ float red[WARPS / 2][RT][NT][4][32];        /* the fixed-order tree over warps */
+    __shared__ float out_s[NT * 8][ROWS];                  /* x·Wᵀ of the tile, [token][feature] */
+    __shared__ float b_s[ROWS * (LF_CUDA_DECODE_MAX_RANK + 1)]; /* the tile's B rows, [feature][rank + 1] */
+    __shared__ float t_sh[NT * 8 * LF_CUDA_DECODE_MAX_RANK];     /* T, [token][rank], once per block */
+    extern __shared__ uint4 ring[];                        /* [warp][stage][chunk][lane] */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    /* Its primary is the shrink, released only after what preceded it completed: x and W are
+     * final, so they stream now; T is waited for before the first epilogue. The next kernel waits
+     * for all of this grid, so it may launch now. */
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const T *W = (const T *)p.w, *X = (const T *)p.x, *B = (const T *)p.b;
+    const int tiles = (p.n + ROWS - 1) / ROWS;
+    const int my_tiles = (int)blockIdx.x < tiles ? (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int steps = p.k / 32, per = (steps + WARPS - 1) / WARPS;
+    const int s0 = warp * per, n_my = max(0, min(s0 + per, steps) - s0);
+    const T *xsrc[NT]; /* token chunks of this lane at the warp's first step */
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+        xsrc[nt] = X + (int64_t)min(nt * 8 + g, p.m - 1) * p.ldx + q * 8 + s0 * 32;
+    uint4 *my = ring + (size_t)warp * S * C * 32 + lane;
+
+    /* Fetch cursor over this warp's (tile, step) sequence; past its end a fetch commits an empty
+     * group, which keeps the group count uniform. */
+    int f_tile = 0, f_i = 0, fetched = 0;
+    const int total = my_tiles * n_my;
+    auto fetch = [&](int slot) {
+        if (fetched < total) {
+            const int n0 = ((int)blockIdx.x + f_tile * (int)gridDim.x) * ROWS;
+            uint4 *d = my + slot * C * 32;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    cp_async16(d + (rt * 2 + h) * 32,
+                               W + (int64_t)min(n0 + rt * 16 + h * 8 + g, p.n - 1) * p.ldw + q * 8 + (s0 + f_i) * 32);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                cp_async16(d + (2 * RT + nt) * 32, xsrc[nt] + f_i * 32);
+            fetched++;
+            if (++f_i == n_my) {
+                f_i = 0;
+                f_tile++;
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < S - 1; i++)
+        fetch(i);
+
+    int L = 0; /* steps consumed */
+    for (int tl = 0; tl < my_tiles; tl++) {
+        const int n0 = ((int)blockIdx.x + tl * (int)gridDim.x) * ROWS;
+        /* B rows of the tile, [feature][rank] flattened; in flight during the K loop */
+        float bpre[BPT];
+#pragma unroll
+        for (int u = 0; u < BPT; u++) {
+            const int idx = threadIdx.x + u * LF_CUDA_THREADS, f = idx / p.r;
+            bpre[u] = idx < ROWS * p.r && n0 + f < p.n ? lf_dt<T>::load(B + (int64_t)(n0 + f) * p.ldb + idx % p.r) : 0.0f;
+        }
+        float acc[RT][NT][4];
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    acc[rt][nt][c] = 0.0f;
+        for (int i = 0; i < n_my; i++, L++) {
+            fetch((L + S - 1) % S); /* refills the slot this lane consumed in the previous step */
+            cp_async_wait<S - 1>(); /* step L's group has landed (this lane's own copies) */
+            const uint4 *st = my + (L % S) * C * 32;
+            uint4 wv[RT][2], xv[NT];
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    wv[rt][h] = st[(rt * 2 + h) * 32];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                xv[nt] = st[(2 * RT + nt) * 32];
+            decode_step<T, NT, RT>(acc, wv, xv);
+        }
+        if (warp == WARPS - 1 && p.k % 32) { /* K tail, zero-filled: the last warp has the least work */
+            const int kb = steps * 32 + q * 8;
+            uint4 wv[RT][2], xv[NT];
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    wv[rt][h] = load8_masked<T>(W + (int64_t)min(n0 + rt * 16 + h * 8 + g, p.n - 1) * p.ldw +
+                                                    q * 8 + steps * 32,
+                                                kb, p.k);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                xv[nt] = load8_masked<T>(X + (int64_t)min(nt * 8 + g, p.m - 1) * p.ldx + q * 8 + steps * 32, kb, p.k);
+            decode_step<T, NT, RT>(acc, wv, xv);
+        }
+
+        /* Sum the 8 warps' partial products in a fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0. */
+#pragma unroll
+        for (int half = WARPS / 2; half >= 1; half /= 2) {
+            if (warp >= half && warp < 2 * half)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++)
+                            red[warp - half][rt][nt][c][lane] = acc[rt][nt][c];
+            __syncthreads();
+            if (warp < half)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++)
+                            acc[rt][nt][c] += red[warp][rt][nt][c][lane];
+            __syncthreads();
+        }
+        if (warp == 0)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int c = 0; c < 4; c++) /* accumulator c: feature g (+8 for c ≥ 2), token 2q + (c & 1) */
+                        out_s[nt * 8 + 2 * q + (c & 1)][rt * 16 + g + (c >> 1) * 8] = acc[rt][nt][c];
+#pragma unroll
+        for (int u = 0; u < BPT; u++) { /* rows padded by one: the epilogue's lanes read distinct banks */
+            const int idx = threadIdx.x + u * LF_CUDA_THREADS;
+            if (idx < ROWS * p.r)
+                b_s[idx + idx / p.r] = bpre[u];
+        }
+        if (tl == 0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            asm volatile("griddepcontrol.wait;" ::: "memory"); /* T is complete and visible from here on */
+#endif
+            for (int idx = threadIdx.x; idx < p.m * p.r; idx += blockDim.x)
+                t_sh[idx] = p.t[idx];
+        }
+        __syncthreads();
+
+        for (int idx = threadIdx.x; idx < p.m * ROWS; idx += blockDim.x) {
+            const int tok = idx / ROWS, f = idx % ROWS, j = n0 + f;
+            if (j >= p.n)
+                continue;
+            const float *tr = t_sh + tok * p.r, *br = b_s + f * (p.r + 1);
+            float lora = 0.0f;
+            for (int t = 0; t < p.r; t++)
+                lora = fmaf(tr[t], br[t], lora);
+            store_out<T>(p, tok, j, fmaf(p.scale, lora, out_s[tok][f]));
+        }
+        __syncthreads(); /* out_s and b_s are rewritten by the next tile */
+    }
+}
+
+/* ---- launchers ------------------------------------------------------------------------------- */
+
+stage_cfg make_cfg(int bm, int rc, int kc, int bn)
+{
+    stage_cfg c;
+    c.bm = bm;
+    c.rc = rc;
+    c.kc = kc;
+    c.splits = lf_cuda_shrink_splits(bm, rc);
+    c.ld_s = lf_cuda_stage_ld(kc, bm, rc);
+    c.bn = bn;
+    return c;
+}
+
+/* Launches kernel with LF_CUDA_THREADS threads, with programmatic dependent launch when pdl. */
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, bool pdl, cudaStream_t st, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(LF_CUDA_THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+template <typename T, bool KN, bool VEC, int BM>
+void launch_delta_bm(const lora_args &p, const stage_cfg &c, dim3 grid, size_t smem, bool pdl, cudaStream_t st)
+{
+    if (c.bn <= LF_CUDA_THREADS && p.r <= LF_DELTA_PRE_R)
+        launch(lora_delta_kernel<T, KN, VEC, BM, true>, grid, smem, pdl, st, p, c);
+    else
+        launch(lora_delta_kernel<T, KN, VEC, BM, false>, grid, smem, pdl, st, p, c);
+}
+
+template <typename T, bool KN, bool VEC>
+void launch_delta_t(const lora_args &p, const stage_cfg &c, int bm, bool pdl, cudaStream_t st)
+{
+    dim3 grid((unsigned)((p.m + bm - 1) / bm), (unsigned)((p.n + c.bn - 1) / c.bn));
+    size_t smem = (size_t)bm * p.r * 4;
+    if (!p.t)
+        smem = (size_t)lf_cuda_shrink_smem(bm, p.r, c.kc);
+    switch (bm) {
+    case 4:
+        launch_delta_bm<T, KN, VEC, 4>(p, c, grid, smem, pdl, st);
+        break;
+    case 8:
+        launch_delta_bm<T, KN, VEC, 8>(p, c, grid, smem, pdl, st);
+        break;
+    default:
+        launch_delta_bm<T, KN, VEC, 16>(p, c, grid, smem, pdl, st);
+        break;
+    }
+}
+
+template <typename T, int NT, int RT>
+cudaError_t launch_decode_nt(const lora_args &p, int sm_count, bool pdl, cudaStream_t st)
+{
+    return launch(lora_decode_kernel<T, NT, RT>, dim3((unsigned)lf_cuda_decode_grid(p.n, RT, sm_count)),
+                  (size_t)decode_shape<NT, RT>::SMEM, pdl, st, p);
+}
+
+template <typename T, int NT, int RT> cudaError_t setup_decode_nt()
+{
+    return cudaFuncSetAttribute(lora_decode_kernel<T, NT, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                decode_shape<NT, RT>::SMEM);
+}
+
+template <typename T, int RT> cudaError_t setup_decode_rt()
+{
+    cudaError_t e = setup_decode_nt<T, 1, RT>();
+    if (e == cudaSuccess)
+        e = setup_decode_nt<T, 2, RT>();
+    if (e == cudaSuccess)
+        e = setup_decode_nt<T, 4, RT>();
+    if (e == cudaSuccess)
+        e = setup_decode_nt<T, 8, RT>();
+    return e;
+}
+
+template <typename T, int RT>
+cudaError_t launch_decode_rt(const lora_args &p, int nt, int sm_count, bool pdl, cudaStream_t st)
+{
+    switch (nt) {
+    case 1:
+        return launch_decode_nt<T, 1, RT>(p, sm_count, pdl, st);
+    case 2:
+        return launch_decode_nt<T, 2, RT>(p, sm_count, pdl, st);
+    case 4:
+        return launch_decode_nt<T, 4, RT>(p, sm_count, pdl, st);
+    default:
+        return launch_decode_nt<T, 8, RT>(p, sm_count, pdl, st);
+    }
+}
+
+/* Dispatch over dtype, layout and vector loads for the delta and shrink launchers. */
+template <template <typename, bool, bool> class F, typename... Args> void by_type(const lf_plan_key &key, Args &&...a)
+{
+    const bool kn = key.layout == LF_LAYOUT_KN, vec = (key.flags & LF_PLAN_ALIGNED16) != 0;
+#define LF_BY_TYPE_CASE(T)                                                                           \
+    if (kn && vec)                                                                                   \
+        F<T, true, true>::run(a...);                                                                 \
+    else if (kn)                                                                                     \
+        F<T, true, false>::run(a...);                                                                \
+    else if (vec)                                                                                    \
+        F<T, false, true>::run(a...);                                                                \
+    else                                                                                             \
+        F<T, false, false>::run(a...);
+    switch (key.dtype) {
+    case LF_F32:
+        LF_BY_TYPE_CASE(float);
+        break;
+    case LF_F16:
+        LF_BY_TYPE_CASE(__half);
+        break;
+    case LF_BF16:
+        LF_BY_TYPE_CASE(__nv_bfloat16);
+        break;
+    }
+#undef LF_BY_TYPE_CASE
+}
+
+template <typename T, bool KN, bool VEC> struct delta_fn {
+    static void run(const lora_args &p, const stage_cfg &c, int bm, bool pdl, cudaStream_t st)
+    {
+        launch_delta_t<T, KN, VEC>(p, c, bm, pdl, st);
+    }
+};
+template <typename T, bool KN, bool VEC> struct epilogue_fn {
+    static void run(const lora_args &p, bool pdl, cudaStream_t st)
+    {
+        dim3 grid((unsigned)((p.n + EPI_BN - 1) / EPI_BN), (unsigned)((p.m + EPI_BM - 1) / EPI_BM));
+        if (VEC && p.ldbase % 4 == 0) /* 16-byte loads of base need its rows 16-byte aligned too */
+            launch(lora_epilogue_kernel<T, KN, true>, grid, 0, pdl, st, p);
+        else
+            launch(lora_epilogue_kernel<T, KN, false>, grid, 0, pdl, st, p);
+    }
+};
+template <typename T, bool KN, bool VEC> struct shrink_fn {
+    static void run(const lora_args &p, const stage_cfg &c, float *t_out, bool pdl, cudaStream_t st)
+    {
+        dim3 grid((unsigned)((p.m + c.bm - 1) / c.bm), (unsigned)((p.r + c.rc - 1) / c.rc));
+        launch(lora_shrink_kernel<T, KN, VEC>, grid, (size_t)lf_cuda_shrink_smem(c.bm, c.rc, c.kc), pdl, st, p, c,
+               t_out);
+    }
+};
+
+lora_args args_of(const lf_lora_problem *p)
+{
+    lora_args a = {};
+    a.m = (int)p->m;
+    a.k = (int)p->k;
+    a.n = (int)p->n;
+    a.r = (int)p->rank;
+    a.x = p->x;
+    a.ldx = p->ldx;
+    a.w = p->w;
+    a.ldw = p->ldw;
+    a.a = p->a;
+    a.lda = p->lda;
+    a.b = p->b;
+    a.ldb = p->ldb;
+    a.bias = p->bias;
+    a.scale = p->scale;
+    a.beta = p->beta;
+    a.y = p->y;
+    a.ldy = p->ldy;
+    return a;
+}
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+/* The delta plan params:
+ *   fused: {LF_CUDA_DELTA_FUSED, bm, bn, kc, pdl}   two-kernel: {LF_CUDA_DELTA_TWO, shrink bm, rc, kc, pdl}
+ * (the two-kernel expand takes bm = 8 and bn from heuristics.h). Returns the bytes of T it needs. */
+size_t plan_delta(int64_t m, int64_t k, int64_t n, int64_t r, const lf_cuda_state *cs, int64_t *param)
+{
+    param[4] = cs->cc_major >= 9;
+    if (lf_cuda_delta_fused_fits(m, k, n, r)) {
+        const int bm = lf_cuda_delta_bm(m);
+        param[0] = LF_CUDA_DELTA_FUSED;
+        param[1] = bm;
+        param[2] = lf_cuda_delta_bn(n);
+        param[3] = lf_cuda_pick_kc(k, bm, (int)r);
+        return 0;
+    }
+    const lf_cuda_shrink_cfg s = lf_cuda_shrink_pick(m, k, r, cs->sm_count);
+    param[0] = LF_CUDA_DELTA_TWO;
+    param[1] = s.bm;
+    param[2] = s.rc;
+    param[3] = s.kc;
+    return align256((size_t)m * r * 4);
+}
+
+/* Runs the delta sub-plan; t_ws is the T buffer. */
+lf_status run_delta(lf_context *ctx, const lf_plan_key &key, const int64_t *param, lora_args a, float *t_ws,
+                    cudaStream_t st)
+{
+    const bool pdl = param[4] != 0;
+    if (param[0] == LF_CUDA_DELTA_FUSED) {
+        by_type<delta_fn>(key, a, make_cfg((int)param[1], a.r, (int)param[3], (int)param[2]), (int)param[1], pdl, st);
+    } else {
+        by_type<shrink_fn>(key, a, make_cfg((int)param[1], (int)param[2], (int)param[3], 0), t_ws, pdl, st);
+        a.t = t_ws;
+        by_type<delta_fn>(key, a, make_cfg(8, a.r, 0, lf_cuda_delta_bn(a.n)), 8, pdl, st);
+    }
+    LF_CUDA_CHECK_LAUNCH(ctx);
+    return LF_OK;
+}
+
+} /* namespace */
+
+void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
+{
+    /* The rings take up to ~200 KB: Hopper and A100 have it, sm_86/89 (99 KB) do not, and there the
+     * plan takes the GEMM path instead. */
+    cudaError_t e = setup_decode_rt<__nv_bfloat16, 1>();
+    if (e == cudaSuccess)
+        e = setup_decode_rt<__nv_bfloat16, 2>();
+    if (e == cudaSuccess)
+        e = setup_decode_rt<__half, 1>();
+    if (e == cudaSuccess)
+        e = setup_decode_rt<__half, 2>();
+    if (e != cudaSuccess)
+        cudaGetLastError();
+    state->decode_ok = e == cudaSuccess;
+}
+
+/* Plan params (PDL: launch with programmatic dependent launch, sm_90 and up):
+ *   DELTA_FUSED / DELTA_TWO: see plan_delta
+ *   DECODE: {rt, nt, shrink bm, rc, kc, PDL}
+ *   GEMM:   {chunk rows, PDL} */
+lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
+{
+    const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+    const lf_plan_key *key = &plan->key;
+    if (p->m > INT_MAX / 2 || p->k > INT_MAX / 2 || p->n > INT_MAX / 2)
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): sizes beyond 2^30 are not supported "
+                       "(M %lld, K %lld, N %lld)", (long long)p->m, (long long)p->k, (long long)p->n);
+    const int64_t m = p->m, k = p->k, n = p->n, r = p->rank;
+    size_t ws = 0;
+    if (!(key->flags & LF_PLAN_HAS_W)) {
+        ws = plan_delta(m, k, n, r, cs, plan->param);
+        plan->impl = (int)plan->param[0];
+    } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, r)) {
+        const lf_cuda_shrink_cfg s = lf_cuda_shrink_pick(m, k, r, cs->sm_count);
+        plan->impl = LF_CUDA_DECODE;
+        plan->param[0] = lf_cuda_decode_rt(n, cs->sm_count);
+        plan->param[1] = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
+        plan->param[2] = s.bm;
+        plan->param[3] = s.rc;
+        plan->param[4] = s.kc;
+        plan->param[5] = cs->cc_major >= 9;
+        ws = align256((size_t)m * r * 4);
+    } else {
+        plan->impl = LF_CUDA_GEMM;
+        plan->param[0] = key->dtype == LF_F32 ? m : lf_cuda_gemm_chunk_rows(m, n);
+        plan->param[1] = cs->cc_major >= 9;
+        ws = align256((size_t)m * r * 4);
+        if (key->dtype != LF_F32)
+            ws += (size_t)plan->param[0] * n * 4;
+    }
+    plan->workspace_bytes = ws;
+    return LF_OK;
+}
+
+lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lora_problem *p)
+{
+    const cudaStream_t st = lf_cuda_stream(ctx);
+    const lf_plan_key &key = plan->key;
+    lora_args a = args_of(p);
+    float *ws = (float *)ctx->workspace;
+    switch (plan->impl) {
+    case LF_CUDA_DELTA_FUSED:
+    case LF_CUDA_DELTA_TWO:
+        return run_delta(ctx, key, plan->param, a, ws, st);
+    case LF_CUDA_DECODE: {
+        const bool pdl = plan->param[5] != 0;
+        by_type<shrink_fn>(key, a, make_cfg((int)plan->param[2], (int)plan->param[3], (int)plan->param[4], 0), ws,
+                           pdl, st);
+        LF_CUDA_CHECK_LAUNCH(ctx);
+        a.t = ws;
+        const int nt = (int)plan->param[1], sms = lf_cuda_state_of(ctx)->sm_count;
+        cudaError_t e;
+        if (key.dtype == LF_BF16)
+            e = plan->param[0] == 2 ? launch_decode_rt<__nv_bfloat16, 2>(a, nt, sms, pdl, st)
+                                    : launch_decode_rt<__nv_bfloat16, 1>(a, nt, sms, pdl, st);
+        else
+            e = plan->param[0] == 2 ? launch_decode_rt<__half, 2>(a, nt, sms, pdl, st)
+                                    : launch_decode_rt<__half, 1>(a, nt, sms, pdl, st);
+        LF_CUDA_CHECK(ctx, e);
+        return LF_OK;
+    }
+    case LF_CUDA_GEMM: {
+        /* T = x·Aᵀ and x·Wᵀ through cuBLAS (fp32 out), then one bandwidth-bound epilogue adds
+         * s·T·Bᵀ, bias and beta·y and rounds once. */
+        const int w_nk = key.layout == LF_LAYOUT_PEFT;
+        const cudaDataType_t in = lf_cuda_data_type(p->dtype);
+        lf_status s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->rank, p->k, p->x, p->ldx, p->a, p->lda,
+                                       0.0f, ws, p->rank);
+        if (s != LF_OK)
+            return s;
+        a.t = ws;
+        if (key.dtype == LF_F32) { /* cuBLAS folds beta·y in; the epilogue adds the rest in place */
+            s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->n, p->k, p->x, p->ldx, p->w, p->ldw, p->beta,
+                                 p->y, p->ldy);
+            if (s != LF_OK)
+                return s;
+            a.base = (const float *)p->y;
+            a.ldbase = p->ldy;
+            a.beta = 0.0f;
+            by_type<epilogue_fn>(key, a, plan->param[1] != 0, st);
+            LF_CUDA_CHECK_LAUNCH(ctx);
+            return LF_OK;
+        }
+        /* 16-bit: x·Wᵀ in fp32 into the workspace, chunk by chunk so that it is still in L2 when
+         * the epilogue reads it. */
+        float *base = (float *)((char *)ctx->workspace + align256((size_t)p->m * p->rank * 4));
+        const size_t es = lf_dtype_size(p->dtype);
+        for (int64_t m0 = 0; m0 < p->m; m0 += plan->param[0]) {
+            const int64_t rows = p->m - m0 < plan->param[0] ? p->m - m0 : plan->param[0];
+            s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, rows, p->n, p->k, (const char *)p->x + (size_t)(m0 * p->ldx) * es,
+                                 p->ldx, p->w, p->ldw, 0.0f, base, p->n);
+            if (s != LF_OK)
+                return s;
+            lora_args c = a;
+            c.m = (int)rows;
+            c.t = ws + m0 * p->rank;
+            c.y = (char *)p->y + (size_t)(m0 * p->ldy) * es;
+            c.base = base;
+            c.ldbase = p->n;
+            by_type<epilogue_fn>(key, c, plan->param[1] != 0, st);
+            LF_CUDA_CHECK_LAUNCH(ctx);
+        }
+        return LF_OK;
+    }
+    }
+    return lf_fail(ctx, LF_ERR_INTERNAL, "lf_lora_forward (cuda): plan has unknown implementation %d", plan->impl);
+}

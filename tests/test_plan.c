@@ -1,0 +1,258 @@
+/*
+ * test_plan.c — the plan cache (src/plan.c) seen through the context's internals (lf_internal.h):
+ *  - a repeated call with the same key builds no new plan (ctx->plans_built unchanged);
+ *  - a different shape, dtype or flag (beta ≠ 0) builds one; going back to a cached key does not;
+ *  - more than LF_PLAN_CACHE_SIZE distinct shapes keep working and stay correct (ring replacement):
+ *    the newest LF_PLAN_CACHE_SIZE stay cached, an evicted one is rebuilt and still correct;
+ *  - steady-state calls allocate nothing: the workspace pointer and size stay the same, and the
+ *    backend's alloc hook (wrapped here with a counter) is not called at all.
+ * Results are checked against the reference throughout: a cached plan must still compute the right
+ * thing.
+ */
+#include "lf_test.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Counting wrapper around the backend's alloc: ctx->ops is swapped for a copy whose alloc counts. */
+static const lf_backend_ops *real_ops;
+static lf_backend_ops counting_ops;
+static int alloc_calls;
+
+static lf_status counting_alloc(lf_context *ctx, void **ptr, size_t bytes)
+{
+    alloc_calls++;
+    return real_ops->alloc(ctx, ptr, bytes);
+}
+
+static lft_case plan_case(lf_dtype dtype, int64_t m, int64_t k, int64_t n, int64_t rank, float beta, uint64_t index)
+{
+    lft_case c;
+    memset(&c, 0, sizeof c);
+    c.dtype = dtype;
+    c.layout = LF_LAYOUT_PEFT;
+    c.m = m;
+    c.k = k;
+    c.n = n;
+    c.rank = rank;
+    c.has_w = 1;
+    c.has_bias = 1;
+    c.scale = 1.5f;
+    c.beta = beta;
+    c.seed = lft_case_seed(index);
+    return c;
+}
+
+/* Runs p once (y poisoned again first) and checks the result. */
+static int run_and_check(lft_problem *p)
+{
+    if (!LFT_CHECK(lft_problem_reset_y(p) == LF_OK))
+        return 0;
+    if (!LFT_CHECK_STATUS(p->ctx, lft_problem_run(p), LF_OK))
+        return 0;
+    return lft_problem_check(p, NULL, NULL);
+}
+
+static void repeat_and_change(lf_context *ctx)
+{
+    const char *be = lf_backend_name(lf_context_backend(ctx));
+    lft_problem p1, p2, p3, p4;
+    lft_case c1 = plan_case(LF_F32, 37, 129, 67, 7, 0.0f, 1);
+    lft_case c2 = plan_case(LF_F32, 38, 129, 67, 7, 0.0f, 2); /* another M */
+    lft_case c3 = plan_case(LF_F32, 37, 129, 67, 7, 1.0f, 3); /* same shape, beta ≠ 0: another key */
+    lft_case c4 = plan_case(LF_BF16, 37, 129, 67, 7, 0.0f, 4); /* same shape, another dtype */
+    lft_begin("test_plan %s: setup", be);
+    int ok = LFT_CHECK(lft_problem_init(&p1, ctx, &c1) == LF_OK);
+    ok = ok && LFT_CHECK(lft_problem_init(&p2, ctx, &c2) == LF_OK);
+    ok = ok && LFT_CHECK(lft_problem_init(&p3, ctx, &c3) == LF_OK);
+    ok = ok && LFT_CHECK(lft_problem_init(&p4, ctx, &c4) == LF_OK);
+    lft_end();
+    if (!ok)
+        return; /* (buffers of a failed setup leak: the test has failed anyway) */
+    lft_problem_reference(&p1);
+    lft_problem_reference(&p2);
+    lft_problem_reference(&p3);
+    lft_problem_reference(&p4);
+
+    lft_begin("test_plan %s: first call of a shape builds one plan", be);
+    uint64_t built0 = ctx->plans_built;
+    run_and_check(&p1);
+    LFT_CHECKF(ctx->plans_built == built0 + 1, "plans_built went from %llu to %llu", (unsigned long long)built0,
+               (unsigned long long)ctx->plans_built);
+    lft_end();
+
+    lft_begin("test_plan %s: repeated calls of the same shape reuse the plan and the workspace", be);
+    uint64_t built1 = ctx->plans_built;
+    void *ws = ctx->workspace;
+    size_t ws_bytes = ctx->workspace_bytes;
+    int count = ctx->plan_count;
+    for (int i = 0; i < 5; i++) {
+        run_and_check(&p1);
+        LFT_CHECKF(ctx->plans_built == built1, "call %d built a plan (plans_built %llu -> %llu)", i,
+                   (unsigned long long)built1, (unsigned long long)ctx->plans_built);
+        LFT_CHECKF(ctx->workspace == ws && ctx->workspace_bytes == ws_bytes,
+                   "call %d changed the workspace (%p, %zu) -> (%p, %zu)", i, ws, ws_bytes, ctx->workspace,
+                   ctx->workspace_bytes);
+        LFT_CHECK(ctx->plan_count == count);
+    }
+    lft_end();
+
+    lft_begin("test_plan %s: a different M, beta flag or dtype builds a plan each", be);
+    uint64_t b = ctx->plans_built;
+    run_and_check(&p2);
+    LFT_CHECKF(ctx->plans_built == b + 1, "another M: plans_built %llu -> %llu", (unsigned long long)b,
+               (unsigned long long)ctx->plans_built);
+    b = ctx->plans_built;
+    run_and_check(&p3);
+    LFT_CHECKF(ctx->plans_built == b + 1, "beta != 0: plans_built %llu -> %llu", (unsigned long long)b,
+               (unsigned long long)ctx->plans_built);
+    b = ctx->plans_built;
+    run_and_check(&p4);
+    LFT_CHECKF(ctx->plans_built == b + 1, "bf16: plans_built %llu -> %llu", (unsigned long long)b,
+               (unsigned long long)ctx->plans_built);
+    lft_end();
+
+    lft_begin("test_plan %s: going back to cached shapes builds nothing", be);
+    b = ctx->plans_built;
+    run_and_check(&p1);
+    run_and_check(&p2);
+    run_and_check(&p3);
+    run_and_check(&p4);
+    LFT_CHECKF(ctx->plans_built == b, "plans_built %llu -> %llu", (unsigned long long)b,
+               (unsigned long long)ctx->plans_built);
+    /* Every cached plan's workspace fits in the context's. */
+    for (int i = 0; i < ctx->plan_count; i++)
+        LFT_CHECKF(ctx->plans[i].workspace_bytes <= ctx->workspace_bytes, "plan %d needs %zu bytes of workspace, "
+                   "the context has %zu", i, ctx->plans[i].workspace_bytes, ctx->workspace_bytes);
+    lft_end();
+
+    lft_problem_free(&p1);
+    lft_problem_free(&p2);
+    lft_problem_free(&p3);
+    lft_problem_free(&p4);
+}
+
+/* More distinct shapes than the ring holds. Uses its own context so the count starts at zero. */
+static void ring(lf_backend backend)
+{
+    const char *be = lf_backend_name(backend);
+    lf_context *ctx = NULL;
+    lft_begin("test_plan %s: more than LF_PLAN_CACHE_SIZE (%d) shapes", be, LF_PLAN_CACHE_SIZE);
+    if (!LFT_CHECK_STATUS(NULL, lf_context_create(&ctx, backend), LF_OK)) {
+        lft_end();
+        return;
+    }
+    const int total = LF_PLAN_CACHE_SIZE + 9;
+    for (int s = 0; s < total; s++) {
+        /* Shape s: M = s + 1 (every key distinct); K, N, rank odd and small to stay quick. */
+        lft_case c = plan_case(LF_F32, s + 1, 23, 19, 3, 0.0f, 1000 + (uint64_t)s);
+        lft_problem p;
+        if (!LFT_CHECK(lft_problem_init(&p, ctx, &c) == LF_OK))
+            break;
+        lft_problem_reference(&p);
+        uint64_t b = ctx->plans_built;
+        if (!run_and_check(&p))
+            LFT_CHECKF(0, "shape %d (M = %d) is wrong", s, s + 1);
+        LFT_CHECKF(ctx->plans_built == b + 1, "shape %d: plans_built %llu -> %llu", s, (unsigned long long)b,
+                   (unsigned long long)ctx->plans_built);
+        LFT_CHECK(ctx->plan_count == (s + 1 < LF_PLAN_CACHE_SIZE ? s + 1 : LF_PLAN_CACHE_SIZE));
+        lft_problem_free(&p);
+    }
+    /* The newest LF_PLAN_CACHE_SIZE shapes are cached: none of them builds again. */
+    for (int s = total - LF_PLAN_CACHE_SIZE; s < total && !lft_case_failed(); s += 7) {
+        lft_case c = plan_case(LF_F32, s + 1, 23, 19, 3, 0.0f, 2000 + (uint64_t)s);
+        lft_problem p;
+        if (!LFT_CHECK(lft_problem_init(&p, ctx, &c) == LF_OK))
+            break;
+        lft_problem_reference(&p);
+        uint64_t b = ctx->plans_built;
+        run_and_check(&p);
+        LFT_CHECKF(ctx->plans_built == b, "recent shape %d was rebuilt", s);
+        lft_problem_free(&p);
+    }
+    /* The oldest were replaced: running one again builds it again, and it is still right. */
+    for (int s = 0; s < 3; s++) {
+        lft_case c = plan_case(LF_F32, s + 1, 23, 19, 3, 0.0f, 3000 + (uint64_t)s);
+        lft_problem p;
+        if (!LFT_CHECK(lft_problem_init(&p, ctx, &c) == LF_OK))
+            break;
+        lft_problem_reference(&p);
+        uint64_t b = ctx->plans_built;
+        run_and_check(&p);
+        LFT_CHECKF(ctx->plans_built == b + 1, "evicted shape %d: plans_built %llu -> %llu", s,
+                   (unsigned long long)b, (unsigned long long)ctx->plans_built);
+        LFT_CHECK(ctx->plan_count == LF_PLAN_CACHE_SIZE);
+        lft_problem_free(&p);
+    }
+    lf_context_destroy(ctx);
+    lft_end();
+}
+
+/* Steady state: after the first call of each shape, calls allocate nothing through the backend and
+ * leave the workspace where it is — also after a larger shape grew it and a smaller one runs again. */
+static void steady_state(lf_context *ctx)
+{
+    const char *be = lf_backend_name(lf_context_backend(ctx));
+    static const int64_t shapes[][4] = {
+        {130, 17, 257, 64}, {1, 300, 200, 16}, {64, 256, 96, 16}, {5, 33, 19, 1024}, {37, 129, 67, 7}};
+    static const lf_dtype dts[3] = {LF_F32, LF_F16, LF_BF16};
+    lft_begin("test_plan %s: steady-state calls allocate nothing and keep the workspace", be);
+    lft_problem ps[5 * 3];
+    int n = 0;
+    for (int s = 0; s < 5; s++)
+        for (int d = 0; d < 3; d++) {
+            lft_case c = plan_case(dts[d], shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], 0.5f,
+                                   4000 + (uint64_t)n);
+            if (!LFT_CHECK(lft_problem_init(&ps[n], ctx, &c) == LF_OK))
+                goto done;
+            lft_problem_reference(&ps[n]);
+            n++;
+        }
+    /* Warm up: every key once (plans built, workspace grown to the largest need). */
+    for (int i = 0; i < n; i++)
+        run_and_check(&ps[i]);
+    {
+        void *ws = ctx->workspace;
+        size_t ws_bytes = ctx->workspace_bytes;
+        uint64_t built = ctx->plans_built;
+        real_ops = ctx->ops;
+        counting_ops = *ctx->ops;
+        counting_ops.alloc = counting_alloc;
+        alloc_calls = 0;
+        /* Only the library's calls run while the counter is in place: uploads of y are memcpy, not alloc. */
+        ctx->ops = &counting_ops;
+        for (int rep = 0; rep < 3; rep++)
+            for (int i = n - 1; i >= 0; i--) {
+                LFT_CHECK(lft_problem_reset_y(&ps[i]) == LF_OK);
+                LFT_CHECK_STATUS(ctx, lft_problem_run(&ps[i]), LF_OK);
+                LFT_CHECKF(ctx->workspace == ws && ctx->workspace_bytes == ws_bytes,
+                           "a steady call moved the workspace (%p, %zu) -> (%p, %zu)", ws, ws_bytes,
+                           ctx->workspace, ctx->workspace_bytes);
+            }
+        ctx->ops = real_ops;
+        LFT_CHECKF(alloc_calls == 0, "steady-state calls called the backend's alloc %d times", alloc_calls);
+        LFT_CHECKF(ctx->plans_built == built, "steady-state calls built %llu plans",
+                   (unsigned long long)(ctx->plans_built - built));
+        for (int i = 0; i < n; i++) /* y holds the last run of each problem */
+            lft_problem_check(&ps[i], NULL, NULL);
+    }
+done:
+    for (int i = 0; i < n; i++)
+        lft_problem_free(&ps[i]);
+    lft_end();
+}
+
+static void plan_tests(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    repeat_and_change(ctx);
+    steady_state(ctx);
+    ring(lf_context_backend(ctx));
+}
+
+int main(void)
+{
+    printf("test_plan: base seed LF_TEST_SEED=0x%016llx\n", (unsigned long long)lft_base_seed());
+    lft_for_each_backend("test_plan", 7, plan_tests, NULL);
+    return lft_summary("test_plan");
+}
