@@ -169,7 +169,9 @@ const char *lf_context_last_error(const lf_context *ctx);
 
 /*! lf_context_set_threads() :
  *  CPU backend: the number of worker threads (0 = one per available core, the default). Other
- *  backends accept and ignore it.
+ *  backends accept and ignore it. While a CPU layer call (with W) runs, the library holds
+ *  OpenBLAS's own thread count at one and restores it afterwards: the GEMM runs inside lorafuse's
+ *  threads, one slice each, so the two thread pools never compete for the cores.
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (threads < 0). */
 lf_status lf_context_set_threads(lf_context *ctx, int threads);
 

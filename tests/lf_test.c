@@ -606,7 +606,13 @@ int lft_run_case(lf_context *ctx, const char *test, const lft_case *c)
 void lft_for_each_backend(const char *test, int skip_count, lft_backend_fn fn, void *arg)
 {
     static const lf_backend backends[2] = {LF_BACKEND_CPU, LF_BACKEND_CUDA};
+    /* LF_TEST_BACKENDS=cuda (a comma list) narrows a run, e.g. under compute-sanitizer. */
+    const char *only = getenv("LF_TEST_BACKENDS");
     for (int i = 0; i < 2; i++) {
+        if (only && !strstr(only, lf_backend_name(backends[i]))) {
+            lft_skip(test, lf_backend_name(backends[i]), "not selected by LF_TEST_BACKENDS", skip_count);
+            continue;
+        }
         if (!lf_backend_available(backends[i])) {
             lft_skip(test, lf_backend_name(backends[i]), "backend not available", skip_count);
             continue;

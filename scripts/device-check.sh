@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: every test on every backend, compute-sanitizer (memcheck, racecheck)
+# on the CUDA cases, then the benchmark suite; a short table last.
+#
+# Build here, pack, and run through the device tool with the pack carried:
+#   make build && scripts/device-check.sh --pack            # writes .device/bins.tar.xz
+#   run(command="bash scripts/device-check.sh", carry=[".device"])
+# Logs and the suite's JSON land in $OUT (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bins="lorafuse test_ops test_seed test_bad_input test_plan"
+
+if [ "${1:-}" = "--pack" ]; then
+  mkdir -p .device
+  tar cJf .device/bins.tar.xz -C "${BUILD:-build}" $bins
+  ls -la .device/bins.tar.xz
+  exit 0
+fi
+
+out=${OUT:-/tmp/lf-device-out}
+mkdir -p "$out" /tmp/lf-bin
+tar xJf .device/bins.tar.xz -C /tmp/lf-bin
+bin=/tmp/lf-bin
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+summary=()
+
+for t in test_ops test_seed test_bad_input test_plan; do
+  "$bin/$t" >>"$out/tests.log" 2>&1
+  summary+=("$(printf '%-16s rc=%d  %s' "$t" $? "$(tail -n 1 "$out/tests.log")")")
+done
+
+# CUDA cases only: the CPU backend gains nothing from a GPU sanitizer and slows it down.
+for tool in memcheck racecheck; do
+  for t in test_seed test_ops; do
+    LF_TEST_BACKENDS=cuda timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" \
+      >>"$out/sanitizer.log" 2>&1
+    rc=$?
+    summary+=("$(printf '%-16s rc=%d  %s' "$tool:$t" $rc "$(grep -E 'ERROR SUMMARY|passed,' "$out/sanitizer.log" | tail -n 2 | tr '\n' ' ')")")
+  done
+done
+
+suite_json="$out/cuda-suite-$(date +%F).json"
+timeout 400 "$bin/lorafuse" bench --backend cuda --suite --json "$suite_json" >"$out/bench.log" 2>&1
+summary+=("bench suite rc=$? -> $(basename "$suite_json")")
+
+echo "---- bench (tail) ----"
+tail -n 45 "$out/bench.log"
+echo "---- summary ----"
+printf '%s\n' "${summary[@]}"
