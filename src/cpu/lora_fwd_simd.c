@@ -70,66 +70,17 @@ LF_INLINE float hsum(vf v)
 
 /* ---- conversions ----------------------------------------------------------------------------- */
 
-/* With F16C the hardware converts f16 exactly as lf_dtype.h does (RNE; only NaN payloads may
- * differ), eight or sixteen at a time. */
-#if defined(__F16C__)
-LF_INLINE float f16_to_f32(uint16_t h)
-{
-    _Float16 f;
-    memcpy(&f, &h, sizeof f);
-    return (float)f;
-}
-
-LF_INLINE uint16_t f32_to_f16(float f)
-{
-    _Float16 h = (_Float16)f;
-    uint16_t u;
-    memcpy(&u, &h, sizeof u);
-    return u;
-}
-#else
-LF_INLINE float f16_to_f32(uint16_t h) { return lf_f16_to_f32(h); }
-LF_INLINE uint16_t f32_to_f16(float f) { return lf_f32_to_f16(f); }
-#endif
-
-LF_INLINE float load_one(const void *p, lf_dtype dt, int64_t i)
-{
-    switch (dt) {
-    case LF_F16:
-        return f16_to_f32(((const uint16_t *)p)[i]);
-    case LF_BF16:
-        return lf_bf16_to_f32(((const uint16_t *)p)[i]);
-    default:
-        return ((const float *)p)[i];
-    }
-}
-
-LF_INLINE void store_one(void *p, lf_dtype dt, int64_t i, float f)
-{
-    switch (dt) {
-    case LF_F16:
-        ((uint16_t *)p)[i] = f32_to_f16(f);
-        break;
-    case LF_BF16:
-        ((uint16_t *)p)[i] = lf_f32_to_bf16(f);
-        break;
-    default:
-        ((float *)p)[i] = f;
-        break;
-    }
-}
-
 /* Inlined with a constant dtype, each instance is a plain conversion loop GCC vectorizes. */
 LF_INLINE void to_f32_dt(const void *restrict src, lf_dtype dt, int64_t n, float *restrict dst)
 {
     for (int64_t i = 0; i < n; i++)
-        dst[i] = load_one(src, dt, i);
+        dst[i] = lf_load_f32(src, dt, i);
 }
 
 LF_INLINE void from_f32_dt(const float *restrict src, int64_t n, lf_dtype dt, void *restrict dst)
 {
     for (int64_t i = 0; i < n; i++)
-        store_one(dst, dt, i, src[i]);
+        lf_store_f32(dst, dt, i, src[i]);
 }
 
 static void to_f32(const void *src, lf_dtype dt, int64_t n, float *dst)
@@ -174,7 +125,7 @@ LF_INLINE void transpose_dt(const void *src, lf_dtype dt, int64_t lds, int64_t r
             const int64_t ce = cb + TR_BLOCK < c1 ? cb + TR_BLOCK : c1;
             for (int64_t c = cb; c < ce; c++)
                 for (int64_t r = rb; r < re; r++)
-                    dst[c * ldd + r] = load_one(src, dt, r * lds + c);
+                    dst[c * ldd + r] = lf_load_f32(src, dt, r * lds + c);
         }
     }
 }
