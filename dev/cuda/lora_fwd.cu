@@ -200,7 +200,9 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
         plan->impl = LF_CUDA_GEMM;
         plan->param[0] = p->dtype == LF_F32 ? p->m : lf_cuda_gemm_chunk_rows(p->m, p->n);
         plan->param[1] = lf_cuda_state_of(ctx)->cc_major >= 9;
-        plan->workspace_bytes = ((size_t)p->m * p->rank * 4 + 255) / 256 * 256 +
+        plan->param[2] = lf_cuda_gemm_t_splits(p->m, p->k);
+        plan->param[3] = 0; /* the general path: T by cuBLAS and lora_epilogue_kernel */
+        plan->workspace_bytes = ((size_t)plan->param[2] * p->m * p->rank * 4 + 255) / 256 * 256 +
                                 (p->dtype == LF_F32 ? 0 : (size_t)plan->param[0] * p->n * 4);
         break;
     }
@@ -239,9 +241,11 @@ static lf_status timed_call(void *arg)
     case 3: /* the GEMM path's parts, into t->ws sized for them */
         return lf_cuda_gemm_xwt(ctx, lf_cuda_data_type(p->dtype), CUDA_R_32F, 1, p->m, p->n, p->k, p->x, p->ldx,
                                 p->w, p->ldw, 0.0f, t->ws, p->n);
-    default:
-        return lf_cuda_gemm_xwt(ctx, lf_cuda_data_type(p->dtype), CUDA_R_32F, 1, p->m, p->rank, p->k, p->x, p->ldx,
-                                p->a, p->lda, 0.0f, t->ws, p->rank);
+    default: { /* T in K-slices as the GEMM path computes it */
+        const int s = lf_cuda_gemm_t_splits(p->m, p->k);
+        return lf_cuda_gemm_xwt_ksplit(ctx, lf_cuda_data_type(p->dtype), 1, p->m, p->rank, p->k / s, s, p->x, p->ldx,
+                                       p->k / s, p->a, p->lda, p->k / s, (float *)t->ws, p->rank, p->m * p->rank);
+    }
     }
 }
 
@@ -421,6 +425,34 @@ static void bench(const char *name, lf_dtype dt, int64_t m, int64_t k, int64_t n
                 lf_free(ctx, bufs[c][i]);
 }
 
+/* `prof`: a few plain calls of the timed shapes, for ncu (no validation, no graphs). */
+static void prof_case(lf_dtype dt, int64_t m, int64_t k, int64_t n, int64_t r, int has_w, int calls)
+{
+    const size_t es = lf_dtype_size(dt);
+    void *buf[5] = {NULL, NULL, NULL, NULL, NULL};
+    const int64_t sizes[5] = {m * k, has_w ? n * k : 0, r * k, n * r, m * n};
+    for (int i = 0; i < 5; i++)
+        if (sizes[i]) {
+            CHECK_LF(lf_malloc(ctx, &buf[i], sizes[i] * es));
+            unsigned char *h = (unsigned char *)malloc(sizes[i] * es);
+            for (int64_t e = 0; e < sizes[i]; e++)
+                lf_store_f32(h, dt, e, 0.05f * frand());
+            CHECK_LF(lf_memcpy(ctx, buf[i], h, sizes[i] * es, LF_COPY_HOST_TO_DEVICE));
+            free(h);
+        }
+    lf_lora_problem p = {.layout = LF_LAYOUT_PEFT, .dtype = dt, .m = m, .k = k, .n = n, .rank = r, .x = buf[0],
+                         .ldx = k, .w = buf[1], .ldw = k, .bias = NULL, .a = buf[2], .lda = k, .b = buf[3],
+                         .ldb = r, .scale = 2.0f, .beta = 0.0f, .y = buf[4], .ldy = n};
+    lf_plan plan;
+    plan_version(&p, V_DEFAULT, &plan);
+    for (int i = 0; i < calls; i++)
+        CHECK_LF(lf_cuda_backend_ops()->lora_forward(ctx, &plan, &p));
+    CHECK_LF(lf_synchronize(ctx));
+    for (int i = 0; i < 5; i++)
+        if (buf[i])
+            lf_free(ctx, buf[i]);
+}
+
 int main(int argc, char **argv)
 {
     const int only_check = argc > 1 && strcmp(argv[1], "check") == 0;
@@ -430,6 +462,15 @@ int main(int argc, char **argv)
     }
     CHECK_LF(lf_context_create(&ctx, LF_BACKEND_CUDA));
     printf("device: %s\n", lf_context_device_name(ctx));
+    if (argc > 1 && strcmp(argv[1], "prof") == 0) {
+        prof_case(LF_F32, 128, 512, 512, 8, 0, 3);
+        prof_case(LF_BF16, 1, 4096, 4096, 16, 1, 2);
+        prof_case(LF_BF16, 16, 4096, 4096, 16, 1, 2);
+        prof_case(LF_BF16, 16, 4096, 14336, 16, 1, 2);
+        prof_case(LF_BF16, 1024, 4096, 4096, 16, 1, 2);
+        lf_context_destroy(ctx);
+        return 0;
+    }
 
     const tcase cases[] = {
         {"seed", LF_F32, LF_LAYOUT_PEFT, 128, 512, 512, 8, 0, 0, 1, 0.0f},
@@ -438,6 +479,8 @@ int main(int argc, char **argv)
         {"odd", LF_BF16, LF_LAYOUT_PEFT, 37, 129, 67, 7, 0, 0, 0, 0.0f},
         {"odd", LF_F16, LF_LAYOUT_KN, 37, 129, 67, 7, 1, 1, 0, 0.5f},
         {"tiny", LF_BF16, LF_LAYOUT_PEFT, 1, 3, 5, 1, 0, 1, 0, 0.0f},
+        {"small-bf16", LF_BF16, LF_LAYOUT_PEFT, 37, 1000, 300, 13, 0, 1, 1, 0.5f},
+        {"small-f32", LF_F32, LF_LAYOUT_PEFT, 5, 36, 130, 1, 0, 0, 1, 0.0f},
         {"rank1024", LF_BF16, LF_LAYOUT_KN, 19, 300, 200, 1024, 0, 0, 1, 0.0f},
         {"bigK.r", LF_F16, LF_LAYOUT_PEFT, 300, 1000, 700, 40, 0, 1, 1, 1.0f},
         {"decode-odd", LF_BF16, LF_LAYOUT_PEFT, 13, 1000, 333, 7, 1, 1, 1, 0.5f},
@@ -459,10 +502,11 @@ int main(int argc, char **argv)
 
     double copy = 0;
     CHECK_LF(lf_cuda_backend_ops()->measure_copy_bandwidth(ctx, &copy));
-    const int vdelta[] = {V_DEFAULT, V_NOPDL, V_DELTA_TWO};
+    const int vdelta[] = {V_DEFAULT, V_NOPDL, V_DELTA_FUSED};
     const int vlayer[] = {V_DEFAULT, V_NOPDL, V_DECODE_RTALT, V_GEMM};
     bench("seed-delta", LF_F32, 128, 512, 512, 8, 0, vdelta, 3, 1, copy);
-    bench("seed-layer", LF_F32, 128, 512, 512, 8, 1, vlayer, 2, 1, copy);
+    const int vseedl[] = {V_DEFAULT, V_GEMM};
+    bench("seed-layer", LF_F32, 128, 512, 512, 8, 1, vseedl, 2, 1, copy);
     bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vlayer, 4, 1, copy);
     bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vlayer, 4, 1, copy);
     bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vlayer, 4, 1, copy);

@@ -15,8 +15,9 @@
 enum {
     LF_CUDA_DELTA_FUSED = 1, /* delta, one launch: shrink into shared memory, then expand */
     LF_CUDA_DELTA_TWO = 2,   /* delta, T = x·Aᵀ into the workspace (fp32), then expand */
-    LF_CUDA_DECODE = 3,      /* layer, small M: shrink, then a W-streaming tensor-core GEMV with PDL */
-    LF_CUDA_GEMM = 4         /* layer: cuBLAS base GEMM, then the delta as its epilogue */
+    LF_CUDA_DECODE = 3,      /* layer, small M: T in K-slices, then a W-streaming tensor-core GEMV (PDL) */
+    LF_CUDA_GEMM = 4,        /* layer: cuBLAS T and base GEMM (fp32), then one epilogue kernel */
+    LF_CUDA_DELTA_SMALL = 5  /* delta, short K and small rank: one launch, one memory round trip */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -88,6 +89,15 @@ static inline int lf_cuda_delta_fused_fits(int64_t m, int64_t k, int64_t n, int6
     return k * r <= 16384 || slices == 1;
 }
 
+/* The one-round-trip delta kernel (lora_delta_small_kernel): PEFT, 16-byte aligned, K a multiple
+ * of the 16-byte vector and at most 128 of them (f32 512, 16-bit 1024: each lane holds 4 vectors
+ * per row in registers), r ≤ 16 (two ranks per warp). */
+static inline int lf_cuda_delta_small_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t k, int64_t r)
+{
+    const int64_t v = dtype == LF_F32 ? 4 : 8;
+    return layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_ALIGNED16) && k % v == 0 && k / v <= 128 && r <= 16;
+}
+
 /* Shrink kernel alone (T into the workspace): enough blocks to cover the SMs, since its latency is
  * the loads of each chunk; ranks split in chunks of at most 16. */
 static inline lf_cuda_shrink_cfg lf_cuda_shrink_pick(int64_t m, int64_t k, int64_t r, int sm_count)
@@ -119,22 +129,32 @@ static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t
            (flags & LF_PLAN_ALIGNED16) && m <= 64 && r <= LF_CUDA_DECODE_MAX_RANK;
 }
 
-/* Decode grid: persistent, at most one block per SM (a block takes the SM's shared memory), each
- * looping over 16·RT-row tiles. */
-static inline int64_t lf_cuda_decode_grid(int64_t n, int rt, int sm_count)
+/* Decode: K-slices of T (lora_tpart_kernel): 512 elements, two 16-byte vectors per lane. */
+static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
+
+/* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for 9..16 tokens, whose
+ * blocks fit twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs
+ * against 20–25 with one); one otherwise (M=1: 18.9–19.1 with one, 19.9–20.2 with two). */
+static inline int lf_cuda_decode_per_sm(int64_t m) { return m > 8 && m <= 16 ? 2 : 1; }
+
+/* Decode grid: persistent, at most `slots` blocks (per-SM blocks × SMs), each looping over its
+ * 16·RT-row tiles. */
+static inline int64_t lf_cuda_decode_grid(int64_t n, int rt, int slots)
 {
     int64_t tiles = (n + 16 * rt - 1) / (16 * rt);
-    return tiles < sm_count ? tiles : sm_count;
+    return tiles < slots ? tiles : slots;
 }
 
-/* Rows of W per decode tile, in 16-row MMA tiles: the busiest block streams ceil(tiles/grid)
- * tiles, so take the RT that gives it the fewest rows; on a tie two (x is re-read from L2 once per
- * tile, so fewer, larger tiles read less). */
-static inline int lf_cuda_decode_rt(int64_t n, int sm_count)
+/* Rows of W per decode tile, in 16-row MMA tiles: the busiest block streams ceil(tiles/slots)
+ * tiles; take the RT that gives it the fewest rows. On a tie: with two blocks per SM, RT 1 (two
+ * streams on every SM; M=16: 4096² 17.6 µs against 22.4, 14336 56.6 against 60.9), with one, RT 2
+ * (x re-read from L2 once per tile, half as often; M=1 4096²: 18.9 against 21.5). */
+static inline int lf_cuda_decode_rt(int64_t m, int64_t n, int sm_count)
 {
+    const int per_sm = lf_cuda_decode_per_sm(m), slots = per_sm * sm_count;
     int64_t t1 = (n + 15) / 16, t2 = (n + 31) / 32;
-    int64_t busiest1 = (t1 + sm_count - 1) / sm_count * 16, busiest2 = (t2 + sm_count - 1) / sm_count * 32;
-    return busiest2 <= busiest1 ? 2 : 1;
+    int64_t busiest1 = (t1 + slots - 1) / slots * 16, busiest2 = (t2 + slots - 1) / slots * 32;
+    return busiest1 < busiest2 || (busiest1 == busiest2 && per_sm == 2) ? 1 : 2;
 }
 
 /* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace in chunks of rows that
@@ -146,14 +166,19 @@ static inline int64_t lf_cuda_gemm_chunk_rows(int64_t m, int64_t n)
     return rows < m ? rows : m;
 }
 
+/* GEMM epilogue: rows per thread. Eight keep twice the base bytes in flight and halve the staging
+ * per output (M=1024: 72.7 → 69.5 µs); four give small M enough blocks (M=128: 24.1 against 25.4). */
+static inline int lf_cuda_epilogue_rows(int64_t m) { return m >= 512 ? 8 : 4; }
+
 /* GEMM path: K-slices of T = x·Aᵀ (one strided-batched cuBLAS call, partials summed in the
  * epilogue). Alone, an M × r × 4096 product runs on a handful of blocks, each a long serial K loop
- * (5.5 µs at M=128); slices of 256 spread it. Only exact slices whose starts keep 16-byte
- * alignment (multiples of 32 elements). */
-static inline int lf_cuda_gemm_t_splits(int64_t k)
+ * (5.5 µs at M=128; 2.5 in 16 slices); slices of ≥ 256 spread it. Every epilogue block sums the
+ * partials of its rows, so their number falls as M grows (slices · M ≤ 2048). Only exact slices
+ * whose starts keep 16-byte alignment (multiples of 32 elements). */
+static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
 {
     for (int s = 16; s > 1; s /= 2)
-        if (k % s == 0 && (k / s) % 32 == 0 && k / s >= 256)
+        if (s * m <= 2048 && k % s == 0 && (k / s) % 32 == 0 && k / s >= 256)
             return s;
     return 1;
 }

@@ -2,20 +2,27 @@
  * lora_fwd.cu — lf_lora_forward on CUDA: y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ.
  *
  * Kernels (heuristics.h picks one per plan key; dev/cuda/NOTES.md has the measurements):
- *   lora_delta_kernel   the delta alone in one launch: each block shrinks its rows (T = x·Aᵀ into
- *                       shared memory, fp32), then expands them over its slice of N. With T given
- *                       (p.t) it only expands: the second half of the two-kernel path.
- *   lora_shrink_kernel  T = x·Aᵀ into the workspace (fp32, [M, r]) for the two-kernel paths.
+ *   lora_delta_small_kernel  the delta for short K and rank ≤ 16 (the seed): every load issued at
+ *                       once, T by warp reductions, expanded per column; one memory round trip.
+ *   lora_delta_kernel   the delta alone in one launch otherwise: each block shrinks its rows (T =
+ *                       x·Aᵀ into shared memory, fp32), then expands them over its slice of N. With
+ *                       T given (p.t) it only expands: the second half of the two-kernel path.
+ *   lora_shrink_kernel  T = x·Aᵀ into the workspace (fp32, [M, r]) for the two-kernel delta.
+ *   lora_epilogue_kernel  the GEMM path's epilogue (below).
+ *   lora_tpart_kernel   decode's T = x·Aᵀ as K-slice partials, one memory round trip per block.
+ *   lora_tpart_kernel   decode's T = x·Aᵀ as K-slice partials, one memory round trip per block.
  *   lora_decode_kernel  the whole layer for M ≤ 64: a persistent grid streams W once through
  *                       per-lane cp.async rings into mma.sync (W rows on the 16-wide side, tokens on
  *                       the 8-wide side), reduces the K-split inside the block in a fixed order, and
- *                       adds bias, beta·y and the LoRA term (T from the shrink kernel, waited for
+ *                       adds bias, beta·y and the LoRA term (T from lora_tpart_kernel, waited for
  *                       with PDL) before its one rounding.
- *   GEMM path           cuBLAS writes T = x·Aᵀ and x·Wᵀ in fp32 (x·Wᵀ into the workspace for 16-bit
- *                       dtypes, into y for f32), then lora_epilogue_kernel adds s·T·Bᵀ, bias and
- *                       beta·y and rounds once: one read of the fp32 result, one write of y.
+ *   GEMM path           cuBLAS writes T = x·Aᵀ (K-slice partials, one strided-batched call) and
+ *                       x·Wᵀ in fp32 (into the workspace for 16-bit dtypes, into y for f32), then
+ *                       lora_epilogue_kernel adds s·T·Bᵀ, bias and beta·y and rounds once: one read
+ *                       of the fp32 result, one write of y.
  * Every sum has a fixed order: no atomics, results are bitwise identical run to run.
  * Nothing here allocates or synchronizes the host: calls can be captured in a CUDA graph.
+ * On sm_90 every launch uses programmatic dependent launch (pdl_wait_and_release).
  */
 #include "common.cuh"
 #include "heuristics.h"
@@ -273,12 +280,91 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_delta_kernel(lora_args p
     expand_block<T, KN, BM, PRE>(p, m0, n0, c.bn, t_s, bpre);
 }
 
+/* The delta for short K and small rank in one round trip (the seed: f32, 128 × 512 → 512, r 8).
+ * Block: SM_BM rows × SM_BN columns. Every global load of the block is issued before any is used:
+ * warp w holds its ranks' A rows and the block's x rows (16-byte vectors, lane-strided along K;
+ * the 8 warps re-read x from L1), and each thread the B row of its column. Warp w then sums
+ * T[i][t] for t ≡ w (mod 8) with a fixed xor tree, T meets in shared memory, and each thread
+ * expands its column over its rows. PEFT, 16-byte aligned, K a multiple of the vector width and at
+ * most 32·SM_NJ vectors, r ≤ 2·8 (heuristics.h: lf_cuda_delta_small_fits). Also the f32 layer's
+ * epilogue for such shapes: with beta = 1 it adds the delta and bias to cuBLAS's x·Wᵀ + beta·y. */
+constexpr int SM_BM = 4, SM_BN = 128, SM_NJ = 4, SM_RPW = 2;
+
+template <typename T>
+__global__ void __launch_bounds__(LF_CUDA_THREADS) lora_delta_small_kernel(lora_args p)
+{
+    constexpr int V = lf_dt<T>::vec, WARPS = LF_CUDA_THREADS / 32;
+    __shared__ float t_s[SM_BM][SM_RPW * WARPS];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int m0 = blockIdx.x * SM_BM, n0 = blockIdx.y * SM_BN, nv = p.k / V;
+    const int col = threadIdx.x % SM_BN, rg = threadIdx.x / SM_BN; /* rows rg, rg + 2 */
+    const int j = n0 + col;
+    pdl_wait_and_release();
+
+    uint4 xv[SM_BM][SM_NJ], av[SM_RPW][SM_NJ];
+#pragma unroll
+    for (int i = 0; i < SM_BM; i++)
+#pragma unroll
+        for (int v = 0; v < SM_NJ; v++) {
+            const int e = lane + 32 * v;
+            xv[i][v] = e < nv && m0 + i < p.m ? *(const uint4 *)((const T *)p.x + (int64_t)(m0 + i) * p.ldx + e * V)
+                                              : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+    for (int u = 0; u < SM_RPW; u++)
+#pragma unroll
+        for (int v = 0; v < SM_NJ; v++) {
+            const int e = lane + 32 * v, t = warp + WARPS * u;
+            av[u][v] = e < nv && t < p.r ? *(const uint4 *)((const T *)p.a + (int64_t)t * p.lda + e * V)
+                                         : make_uint4(0, 0, 0, 0);
+        }
+    float bv[SM_RPW * WARPS];
+#pragma unroll
+    for (int t = 0; t < SM_RPW * WARPS; t++)
+        bv[t] = t < p.r && j < p.n ? lf_dt<T>::load((const T *)p.b + (int64_t)j * p.ldb + t) : 0.0f;
+
+#pragma unroll
+    for (int u = 0; u < SM_RPW; u++) {
+        if (warp + WARPS * u >= p.r)
+            break;
+#pragma unroll
+        for (int i = 0; i < SM_BM; i++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int v = 0; v < SM_NJ; v++) {
+                const T *xe = (const T *)&xv[i][v], *ae = (const T *)&av[u][v];
+#pragma unroll
+                for (int c = 0; c < V; c++)
+                    acc = fmaf(lf_dt<T>::to_f32(xe[c]), lf_dt<T>::to_f32(ae[c]), acc);
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off /= 2)
+                acc += __shfl_xor_sync(0xffffffffu, acc, off);
+            if (lane == 0)
+                t_s[i][warp + WARPS * u] = acc;
+        }
+    }
+    __syncthreads();
+    if (j >= p.n)
+        return;
+#pragma unroll
+    for (int ii = 0; ii < SM_BM / 2; ii++) {
+        const int i = rg + 2 * ii;
+        if (m0 + i >= p.m)
+            break;
+        float acc = 0.0f;
+#pragma unroll
+        for (int t = 0; t < SM_RPW * WARPS; t++)
+            if (t < p.r)
+                acc = fmaf(t_s[i][t], bv[t], acc);
+        store_out<T>(p, m0 + i, j, p.scale * acc);
+    }
+}
+
 /* T = x·Aᵀ into t_out ([m, r] fp32). Grid: (row blocks of c.bm, rank chunks of c.rc). */
 template <typename T, bool KN, bool VEC>
 __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_shrink_kernel(lora_args p, stage_cfg c, float *t_out)
 {
-    /* After the wait: the decode kernel, released here, streams x and W before it waits for T, so
-     * whatever wrote them before this grid must be complete by then. */
     pdl_wait_and_release();
     extern __shared__ float smem[];
     const int m0 = blockIdx.x * c.bm, t0 = blockIdx.y * c.rc;
@@ -297,22 +383,24 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_shrink_kernel(lora_args 
 /* y = round(base + s·T·Bᵀ + bias + beta·y) for the rows of a chunk, base = x·Wᵀ in fp32 from cuBLAS
  * (for f32, base is y itself, already holding x·Wᵀ + beta·y, and p.beta is 0). Bandwidth-bound:
  * reads base once and writes y once; T ([m, r] fp32, from cuBLAS as K-slice partials that are
- * summed here) and B come through shared memory. Block: EPI_BN columns (4 consecutive per thread: one 16-byte load of base) × EPI_BM rows
- * (EPI_RR per thread, strided by 4); the rank in chunks of EPI_RC, summed in rank order. */
-constexpr int EPI_BN = 256, EPI_RR = 4, EPI_BM = 4 * EPI_RR, EPI_RC = 16;
+ * summed here) and B come through shared memory. Block: EPI_BN columns (4 consecutive per thread:
+ * one 16-byte load of base) × 4·EPI_RR rows (EPI_RR per thread, strided by 4); the rank in chunks
+ * of EPI_RC, summed in rank order. */
+constexpr int EPI_BN = 256, EPI_RC = 16;
 
-template <typename T, bool KN, bool VEC>
+template <typename T, bool KN, bool VEC, int EPI_RR>
 __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_args p)
 {
+    constexpr int EPI_BM = 4 * EPI_RR;
     __shared__ __align__(16) float b_s[EPI_RC][EPI_BN + 4]; /* [rank][column]; +4 spreads the PEFT stores */
-    __shared__ float t_s[EPI_BM][EPI_RC];
+    __shared__ __align__(16) float t_s[EPI_BM][EPI_RC];
     const int cg = threadIdx.x % (EPI_BN / 4), rl = threadIdx.x / (EPI_BN / 4);
     const int n0 = blockIdx.x * EPI_BN, m0 = blockIdx.y * EPI_BM, j0 = n0 + 4 * cg;
     const bool vec = VEC && j0 + 3 < p.n;
     pdl_wait_and_release();
 
-    /* Every load of base, y and bias first: their latency overlaps the staging and the T·Bᵀ sums. */
-    float bias[4] = {}, base[EPI_RR][4] = {}, yold[EPI_RR][4] = {};
+    /* The loads of base and bias first: their latency overlaps the staging and the T·Bᵀ sums. */
+    float bias[4] = {}, base[EPI_RR][4] = {};
     if (p.bias)
 #pragma unroll
         for (int c = 0; c < 4; c++)
@@ -324,7 +412,6 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
         if (i >= p.m)
             break;
         const float *br = p.base + (int64_t)i * p.ldbase + j0;
-        const T *yr = (const T *)p.y + (int64_t)i * p.ldy + j0;
         if (vec) {
             const float4 b4 = *(const float4 *)br;
             base[rr][0] = b4.x, base[rr][1] = b4.y, base[rr][2] = b4.z, base[rr][3] = b4.w;
@@ -334,11 +421,6 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
                 if (j0 + c < p.n)
                     base[rr][c] = br[c];
         }
-        if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-                if (j0 + c < p.n)
-                    yold[rr][c] = lf_dt<T>::load(yr + c);
     }
 
     const T *B = (const T *)p.b;
@@ -363,15 +445,22 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
         }
         __syncthreads();
 #pragma unroll
-        for (int t = 0; t < EPI_RC; t++) { /* zero past rc: adds exact zeros, the order stays t ascending */
-            const float4 bv = *(const float4 *)&b_s[t][4 * cg];
+        for (int t4 = 0; t4 < EPI_RC; t4 += 4) { /* zero past rc: adds exact zeros, t stays ascending */
+            float4 tv[EPI_RR]; /* 16-byte shared loads: 4 ranks of T per row, 4 columns of B per rank */
 #pragma unroll
-            for (int rr = 0; rr < EPI_RR; rr++) {
-                const float tv = t_s[rl + 4 * rr][t];
-                acc[rr][0] = fmaf(tv, bv.x, acc[rr][0]);
-                acc[rr][1] = fmaf(tv, bv.y, acc[rr][1]);
-                acc[rr][2] = fmaf(tv, bv.z, acc[rr][2]);
-                acc[rr][3] = fmaf(tv, bv.w, acc[rr][3]);
+            for (int rr = 0; rr < EPI_RR; rr++)
+                tv[rr] = *(const float4 *)&t_s[rl + 4 * rr][t4];
+#pragma unroll
+            for (int tt = 0; tt < 4; tt++) {
+                const float4 bv = *(const float4 *)&b_s[t4 + tt][4 * cg];
+#pragma unroll
+                for (int rr = 0; rr < EPI_RR; rr++) {
+                    const float tf = tt == 0 ? tv[rr].x : tt == 1 ? tv[rr].y : tt == 2 ? tv[rr].z : tv[rr].w;
+                    acc[rr][0] = fmaf(tf, bv.x, acc[rr][0]);
+                    acc[rr][1] = fmaf(tf, bv.y, acc[rr][1]);
+                    acc[rr][2] = fmaf(tf, bv.z, acc[rr][2]);
+                    acc[rr][3] = fmaf(tf, bv.w, acc[rr][3]);
+                }
             }
         }
     }
@@ -388,8 +477,8 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             float v = fmaf(p.scale, acc[rr][c], base[rr][c]) + bias[c];
-            if (p.beta != 0.0f)
-                v = fmaf(p.beta, yold[rr][c], v);
+            if (p.beta != 0.0f && j0 + c < p.n) /* beta = 0 must not read y: it may hold NaN */
+                v = fmaf(p.beta, lf_dt<T>::load(yr + c), v);
             o.e[c] = lf_dt<T>::from_f32(v);
         }
         if (vec)
@@ -461,36 +550,100 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 /* The memory clobber keeps the compiler from moving shared-memory reads of the ring above the wait. */
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-/* Depth of each warp's copy ring: as many 32-wide K steps (at most 8) as 144 KB of shared memory
- * holds (with the static buffers, under A100's 163 KB). Each step is 2·RT chunks of W and NT chunks
- * of x per lane (16 bytes each). */
+/* Decode's T = x·Aᵀ as K-slice partials, part[z][i][t] = Σ over slice z of x[i][k]·A[t][k] (16-bit
+ * dtypes, 16-byte aligned rows). Block (t, z): each lane holds TP_NJ 16-byte vectors of A row t's
+ * slice; warp w takes tokens w, w + 8, ... (M ≤ 64); a lane issues all its loads before it uses
+ * any, and each dot product ends in a fixed xor tree. One memory round trip on r × K/512 blocks,
+ * where the generic shrink kernel ran a serial, instruction-bound K loop on a few. The decode
+ * kernel sums the slices in slice order. */
+constexpr int TP_NJ = 2, TP_SLICE = 32 * 8 * TP_NJ;
+static_assert(TP_SLICE == 512, "lf_cuda_decode_t_slices assumes 512-element slices");
+
+template <typename T> __device__ __forceinline__ uint4 load8_tail(const T *row, int kb, int k)
+{
+    return kb + 8 <= k ? *(const uint4 *)(row + kb) : load8_masked<T>(row + kb, kb, k);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(LF_CUDA_THREADS) lora_tpart_kernel(lora_args p, float *part)
+{
+    constexpr int WARPS = LF_CUDA_THREADS / 32, TPW = 64 / WARPS;
+    const int t = blockIdx.x, z = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int k0 = z * TP_SLICE;
+    /* After the wait: the decode kernel, released here, streams x and W before it waits for T, so
+     * whatever wrote them before this grid must be complete by then. */
+    pdl_wait_and_release();
+    const T *arow = (const T *)p.a + (int64_t)t * p.lda;
+    uint4 av[TP_NJ], xv[TPW][TP_NJ];
+#pragma unroll
+    for (int v = 0; v < TP_NJ; v++)
+        av[v] = load8_tail<T>(arow, k0 + (lane + 32 * v) * 8, p.k);
+#pragma unroll
+    for (int u = 0; u < TPW; u++) {
+        const int i = warp + WARPS * u;
+        if (i < p.m)
+#pragma unroll
+            for (int v = 0; v < TP_NJ; v++)
+                xv[u][v] = load8_tail<T>((const T *)p.x + (int64_t)i * p.ldx, k0 + (lane + 32 * v) * 8, p.k);
+    }
+#pragma unroll
+    for (int u = 0; u < TPW; u++) {
+        const int i = warp + WARPS * u;
+        if (i >= p.m)
+            break;
+        float acc = 0.0f;
+#pragma unroll
+        for (int v = 0; v < TP_NJ; v++) {
+            const T *xe = (const T *)&xv[u][v], *ae = (const T *)&av[v];
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+                acc = fmaf(lf_dt<T>::to_f32(xe[c]), lf_dt<T>::to_f32(ae[c]), acc);
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2)
+            acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (lane == 0)
+            part[((int64_t)z * p.m + i) * p.r + t] = acc;
+    }
+}
+
+/* Blocks per SM (lf_cuda_decode_per_sm): two for 9..16 tokens (NT 2: ≤ 128 registers and ≤ ~95 KB
+ * of shared memory each), so that one block's reduction and epilogue, during which it requests no
+ * W, overlap the other's stream; one otherwise. Depth of each warp's copy ring: as many 32-wide K steps (at most 8) as
+ * 144 KB (one block per SM) or 80 KB (two) of shared memory hold. Each step is 2·RT chunks of W
+ * and NT chunks of x per lane (16 bytes each). */
 template <int NT, int RT> struct decode_shape {
+    static constexpr int PER_SM = NT == 2 ? 2 : 1;
+    static constexpr int RING_BUDGET = PER_SM == 2 ? 80 * 1024 : 144 * 1024;
     static constexpr int CHUNKS = 2 * RT + NT;
     static constexpr int STAGE_BYTES = CHUNKS * 16 * LF_CUDA_THREADS;
-    static constexpr int STAGES = (144 * 1024) / STAGE_BYTES > 8 ? 8 : (144 * 1024) / STAGE_BYTES;
-    static constexpr int SMEM = STAGES * STAGE_BYTES;
+    static constexpr int STAGES = RING_BUDGET / STAGE_BYTES > 8 ? 8 : RING_BUDGET / STAGE_BYTES;
+    static constexpr int RING = STAGES * STAGE_BYTES;
+    static constexpr int T_BYTES = NT * 8 * LF_CUDA_DECODE_MAX_RANK * 4;
+    static constexpr int SMEM = RING + T_BYTES + 16 * RT * (LF_CUDA_DECODE_MAX_RANK + 1) * 4; /* ring, T, B rows */
 };
 
 /* The whole layer for M ≤ 8·NT tokens, rank ≤ LF_CUDA_DECODE_MAX_RANK. Persistent: the grid is at
- * most one block per SM, and block b owns the 16·RT-row tiles b, b + gridDim.x, ... of W, each over
+ * most PER_SM blocks per SM, and block b owns the 16·RT-row tiles b, b + gridDim.x, ... of W, each over
  * all of K (no split-K across blocks); its 8 warps take contiguous eighths of K. Each lane streams
  * the very 16-byte chunks it later feeds to the MMA through a private cp.async ring STAGES steps
  * deep that runs on across tile boundaries, so the stream does not drain and refill per tile, and no
  * lane waits for another inside the loop. The epilogue reads only shared memory: the tile's B rows
- * (loaded into registers before its K loop) and T (copied once per block, after the wait for the
- * shrink; read from global memory per output it cost a dependent L2 round trip per rank, per tile).
+ * (loaded into registers before its K loop) and T (summed from its slices once per block, after
+ * the wait for lora_tpart_kernel; read from global memory per output it cost a dependent L2 round
+ * trip per rank, per tile).
  * Rows past N and tokens past M are clamped to valid memory and never stored. */
 template <typename T, int NT, int RT>
-__global__ void __launch_bounds__(LF_CUDA_THREADS, 1) lora_decode_kernel(lora_args p)
+__global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM) lora_decode_kernel(lora_args p)
 {
     using shape = decode_shape<NT, RT>;
     constexpr int ROWS = 16 * RT, WARPS = LF_CUDA_THREADS / 32, S = shape::STAGES, C = shape::CHUNKS;
     constexpr int BPT = ROWS * LF_CUDA_DECODE_MAX_RANK / LF_CUDA_THREADS; /* B values per thread */
     __shared__ float red[WARPS / 2][RT][NT][4][32];        /* the fixed-order tree over warps */
     __shared__ float out_s[NT * 8][ROWS];                  /* x·Wᵀ of the tile, [token][feature] */
-    __shared__ float b_s[ROWS * (LF_CUDA_DECODE_MAX_RANK + 1)]; /* the tile's B rows, [feature][rank + 1] */
-    __shared__ float t_sh[NT * 8 * LF_CUDA_DECODE_MAX_RANK];     /* T, [token][rank], once per block */
-    extern __shared__ uint4 ring[];                        /* [warp][stage][chunk][lane] */
+    extern __shared__ uint4 ring[]; /* [warp][stage][chunk][lane], then T and the B rows */
+    float *t_sh = (float *)((char *)ring + shape::RING);        /* T, [token][rank], once per block */
+    float *b_s = (float *)((char *)ring + shape::RING + shape::T_BYTES); /* tile's B, [feature][rank + 1] */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     /* Its primary is the shrink, released only after what preceded it completed: x and W are
      * final, so they stream now; T is waited for before the first epilogue. The next kernel waits
@@ -628,8 +781,12 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, 1) lora_decode_kernel(lora_ar
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
             asm volatile("griddepcontrol.wait;" ::: "memory"); /* T is complete and visible from here on */
 #endif
-            for (int idx = threadIdx.x; idx < p.m * p.r; idx += blockDim.x)
-                t_sh[idx] = p.t[idx];
+            for (int idx = threadIdx.x; idx < p.m * p.r; idx += blockDim.x) {
+                float v = 0.0f; /* T = the sum of its K-slice partials, in slice order */
+                for (int z = 0; z < p.tsplit; z++)
+                    v += p.t[z * p.tstride + idx];
+                t_sh[idx] = v;
+            }
         }
         __syncthreads();
 
@@ -710,7 +867,8 @@ void launch_delta_t(const lora_args &p, const stage_cfg &c, int bm, bool pdl, cu
 template <typename T, int NT, int RT>
 cudaError_t launch_decode_nt(const lora_args &p, int sm_count, bool pdl, cudaStream_t st)
 {
-    return launch(lora_decode_kernel<T, NT, RT>, dim3((unsigned)lf_cuda_decode_grid(p.n, RT, sm_count)),
+    return launch(lora_decode_kernel<T, NT, RT>,
+                  dim3((unsigned)lf_cuda_decode_grid(p.n, RT, decode_shape<NT, RT>::PER_SM * sm_count)),
                   (size_t)decode_shape<NT, RT>::SMEM, pdl, st, p);
 }
 
@@ -781,13 +939,20 @@ template <typename T, bool KN, bool VEC> struct delta_fn {
     }
 };
 template <typename T, bool KN, bool VEC> struct epilogue_fn {
+    template <int RR> static void run_rr(const lora_args &p, bool pdl, cudaStream_t st)
+    {
+        dim3 grid((unsigned)((p.n + EPI_BN - 1) / EPI_BN), (unsigned)((p.m + 4 * RR - 1) / (4 * RR)));
+        if (VEC && p.ldbase % 4 == 0) /* 16-byte loads of base need its rows 16-byte aligned too */
+            launch(lora_epilogue_kernel<T, KN, true, RR>, grid, 0, pdl, st, p);
+        else
+            launch(lora_epilogue_kernel<T, KN, false, RR>, grid, 0, pdl, st, p);
+    }
     static void run(const lora_args &p, bool pdl, cudaStream_t st)
     {
-        dim3 grid((unsigned)((p.n + EPI_BN - 1) / EPI_BN), (unsigned)((p.m + EPI_BM - 1) / EPI_BM));
-        if (VEC && p.ldbase % 4 == 0) /* 16-byte loads of base need its rows 16-byte aligned too */
-            launch(lora_epilogue_kernel<T, KN, true>, grid, 0, pdl, st, p);
+        if (lf_cuda_epilogue_rows(p.m) == 8)
+            run_rr<8>(p, pdl, st);
         else
-            launch(lora_epilogue_kernel<T, KN, false>, grid, 0, pdl, st, p);
+            run_rr<4>(p, pdl, st);
     }
 };
 template <typename T, bool KN, bool VEC> struct shrink_fn {
@@ -825,11 +990,17 @@ lora_args args_of(const lf_lora_problem *p)
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 /* The delta plan params:
+ *   small: {LF_CUDA_DELTA_SMALL, -, -, -, pdl}
  *   fused: {LF_CUDA_DELTA_FUSED, bm, bn, kc, pdl}   two-kernel: {LF_CUDA_DELTA_TWO, shrink bm, rc, kc, pdl}
  * (the two-kernel expand takes bm = 8 and bn from heuristics.h). Returns the bytes of T it needs. */
-size_t plan_delta(int64_t m, int64_t k, int64_t n, int64_t r, const lf_cuda_state *cs, int64_t *param)
+size_t plan_delta(const lf_plan_key &key, const lf_cuda_state *cs, int64_t *param)
 {
+    const int64_t m = key.m, k = key.k, n = key.n, r = key.rank;
     param[4] = cs->cc_major >= 9;
+    if (lf_cuda_delta_small_fits(key.dtype, key.layout, key.flags, k, r)) {
+        param[0] = LF_CUDA_DELTA_SMALL;
+        return 0;
+    }
     if (lf_cuda_delta_fused_fits(m, k, n, r)) {
         const int bm = lf_cuda_delta_bm(m);
         param[0] = LF_CUDA_DELTA_FUSED;
@@ -851,7 +1022,15 @@ lf_status run_delta(lf_context *ctx, const lf_plan_key &key, const int64_t *para
                     cudaStream_t st)
 {
     const bool pdl = param[4] != 0;
-    if (param[0] == LF_CUDA_DELTA_FUSED) {
+    if (param[0] == LF_CUDA_DELTA_SMALL) {
+        const dim3 grid((unsigned)((a.m + SM_BM - 1) / SM_BM), (unsigned)((a.n + SM_BN - 1) / SM_BN));
+        if (key.dtype == LF_F32)
+            launch(lora_delta_small_kernel<float>, grid, 0, pdl, st, a);
+        else if (key.dtype == LF_F16)
+            launch(lora_delta_small_kernel<__half>, grid, 0, pdl, st, a);
+        else
+            launch(lora_delta_small_kernel<__nv_bfloat16>, grid, 0, pdl, st, a);
+    } else if (param[0] == LF_CUDA_DELTA_FUSED) {
         by_type<delta_fn>(key, a, make_cfg((int)param[1], a.r, (int)param[3], (int)param[2]), (int)param[1], pdl, st);
     } else {
         by_type<shrink_fn>(key, a, make_cfg((int)param[1], (int)param[2], (int)param[3], 0), t_ws, pdl, st);
@@ -882,8 +1061,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
 
 /* Plan params (PDL: launch with programmatic dependent launch, sm_90 and up):
  *   DELTA_FUSED / DELTA_TWO: see plan_delta
- *   DECODE: {rt, nt, shrink bm, rc, kc, PDL}
- *   GEMM:   {chunk rows, PDL} */
+ *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
+ *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
     const lf_cuda_state *cs = lf_cuda_state_of(ctx);
@@ -894,23 +1073,26 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     const int64_t m = p->m, k = p->k, n = p->n, r = p->rank;
     size_t ws = 0;
     if (!(key->flags & LF_PLAN_HAS_W)) {
-        ws = plan_delta(m, k, n, r, cs, plan->param);
+        ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, r)) {
-        const lf_cuda_shrink_cfg s = lf_cuda_shrink_pick(m, k, r, cs->sm_count);
         plan->impl = LF_CUDA_DECODE;
-        plan->param[0] = lf_cuda_decode_rt(n, cs->sm_count);
+        plan->param[0] = lf_cuda_decode_rt(m, n, cs->sm_count);
         plan->param[1] = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
-        plan->param[2] = s.bm;
-        plan->param[3] = s.rc;
-        plan->param[4] = s.kc;
+        plan->param[2] = lf_cuda_decode_t_slices(k);
         plan->param[5] = cs->cc_major >= 9;
-        ws = align256((size_t)m * r * 4);
+        ws = align256((size_t)plan->param[2] * m * r * 4);
     } else {
+        /* cuBLAS takes int leading dimensions; a single row's stride is never used (see forward) */
+        if ((m > 1 && (p->ldx > INT_MAX || p->ldy > INT_MAX)) || p->ldw > INT_MAX || p->lda > INT_MAX)
+            return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
+                           "supported for M = %lld (cuBLAS takes 32-bit leading dimensions)", (long long)m);
         plan->impl = LF_CUDA_GEMM;
         plan->param[0] = key->dtype == LF_F32 ? m : lf_cuda_gemm_chunk_rows(m, n);
         plan->param[1] = cs->cc_major >= 9;
-        ws = align256((size_t)m * r * 4);
+        plan->param[2] = lf_cuda_gemm_t_splits(m, k);
+        plan->param[3] = key->dtype == LF_F32 && lf_cuda_delta_small_fits(key->dtype, key->layout, key->flags, k, r);
+        ws = plan->param[3] ? 0 : align256((size_t)plan->param[2] * m * r * 4);
         if (key->dtype != LF_F32)
             ws += (size_t)plan->param[0] * n * 4;
     }
@@ -925,15 +1107,21 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     lora_args a = args_of(p);
     float *ws = (float *)ctx->workspace;
     switch (plan->impl) {
+    case LF_CUDA_DELTA_SMALL:
     case LF_CUDA_DELTA_FUSED:
     case LF_CUDA_DELTA_TWO:
         return run_delta(ctx, key, plan->param, a, ws, st);
     case LF_CUDA_DECODE: {
         const bool pdl = plan->param[5] != 0;
-        by_type<shrink_fn>(key, a, make_cfg((int)plan->param[2], (int)plan->param[3], (int)plan->param[4], 0), ws,
-                           pdl, st);
+        const dim3 tgrid((unsigned)p->rank, (unsigned)plan->param[2]);
+        if (key.dtype == LF_BF16)
+            launch(lora_tpart_kernel<__nv_bfloat16>, tgrid, 0, pdl, st, a, ws);
+        else
+            launch(lora_tpart_kernel<__half>, tgrid, 0, pdl, st, a, ws);
         LF_CUDA_CHECK_LAUNCH(ctx);
         a.t = ws;
+        a.tsplit = (int)plan->param[2];
+        a.tstride = p->m * p->rank;
         const int nt = (int)plan->param[1], sms = lf_cuda_state_of(ctx)->sm_count;
         cudaError_t e;
         if (key.dtype == LF_BF16)
@@ -950,14 +1138,32 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
          * s·T·Bᵀ, bias and beta·y and rounds once. */
         const int w_nk = key.layout == LF_LAYOUT_PEFT;
         const cudaDataType_t in = lf_cuda_data_type(p->dtype);
-        lf_status s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->rank, p->k, p->x, p->ldx, p->a, p->lda,
-                                       0.0f, ws, p->rank);
+        const int splits = (int)plan->param[2];
+        const int64_t ks = p->k / splits;
+        /* A single row's stride is never used, and cuBLAS takes ints: pass the smallest valid one. */
+        const int64_t ldx = p->m == 1 ? p->k : p->ldx, ldy = p->m == 1 ? p->n : p->ldy;
+        if (plan->param[3]) { /* f32, short K: cuBLAS x·Wᵀ + beta·y into y, then the one-round-trip
+                               * delta adds s·T·Bᵀ + bias to it (two launches; the seed's layer) */
+            lf_status s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->n, p->k, p->x, ldx, p->w, p->ldw,
+                                           p->beta, p->y, ldy);
+            if (s != LF_OK)
+                return s;
+            a.beta = 1.0f;
+            const dim3 grid((unsigned)((a.m + SM_BM - 1) / SM_BM), (unsigned)((a.n + SM_BN - 1) / SM_BN));
+            launch(lora_delta_small_kernel<float>, grid, 0, plan->param[1] != 0, st, a);
+            LF_CUDA_CHECK_LAUNCH(ctx);
+            return LF_OK;
+        }
+        lf_status s = lf_cuda_gemm_xwt_ksplit(ctx, in, w_nk, p->m, p->rank, ks, splits, p->x, ldx, ks, p->a, p->lda,
+                                              w_nk ? ks : ks * p->lda, ws, p->rank, p->m * p->rank);
         if (s != LF_OK)
             return s;
         a.t = ws;
+        a.tsplit = splits;
+        a.tstride = p->m * p->rank;
         if (key.dtype == LF_F32) { /* cuBLAS folds beta·y in; the epilogue adds the rest in place */
-            s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->n, p->k, p->x, p->ldx, p->w, p->ldw, p->beta,
-                                 p->y, p->ldy);
+            s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, p->m, p->n, p->k, p->x, ldx, p->w, p->ldw, p->beta, p->y,
+                                 ldy);
             if (s != LF_OK)
                 return s;
             a.base = (const float *)p->y;
@@ -969,12 +1175,12 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         }
         /* 16-bit: x·Wᵀ in fp32 into the workspace, chunk by chunk so that it is still in L2 when
          * the epilogue reads it. */
-        float *base = (float *)((char *)ctx->workspace + align256((size_t)p->m * p->rank * 4));
+        float *base = (float *)((char *)ctx->workspace + align256((size_t)splits * p->m * p->rank * 4));
         const size_t es = lf_dtype_size(p->dtype);
         for (int64_t m0 = 0; m0 < p->m; m0 += plan->param[0]) {
             const int64_t rows = p->m - m0 < plan->param[0] ? p->m - m0 : plan->param[0];
             s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, rows, p->n, p->k, (const char *)p->x + (size_t)(m0 * p->ldx) * es,
-                                 p->ldx, p->w, p->ldw, 0.0f, base, p->n);
+                                 ldx, p->w, p->ldw, 0.0f, base, p->n);
             if (s != LF_OK)
                 return s;
             lora_args c = a;
