@@ -18,7 +18,7 @@ for c in doc["cases"]:
 PY
 title=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["device"] + ", " + d["date"] + ", commit " + d["commit"])' "$json")
 gnuplot <<GP
-set terminal pngcairo size 1200,520 font "sans,10"
+set terminal pngcairo size 1200,520 font "sans,10" noenhanced
 set output "$png"
 set title "LoRA layer time ÷ base GEMM alone, same run (lower is better; 1.0 = free LoRA)\n$title"
 set style data histograms

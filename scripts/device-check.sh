@@ -32,7 +32,7 @@ done
 # CUDA cases only: the CPU backend gains nothing from a GPU sanitizer and slows it down.
 for tool in memcheck racecheck; do
   for t in test_seed test_ops; do
-    LF_TEST_BACKENDS=cuda timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" \
+    LF_TEST_BACKENDS=cuda timeout "$([ "$t" = test_ops ] && echo 140 || echo 40)" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" \
       >>"$out/sanitizer.log" 2>&1
     rc=$?
     summary+=("$(printf '%-16s rc=%d  %s' "$tool:$t" $rc "$(grep -E 'ERROR SUMMARY|passed,' "$out/sanitizer.log" | tail -n 2 | tr '\n' ' ')")")
@@ -40,7 +40,7 @@ for tool in memcheck racecheck; do
 done
 
 suite_json="$out/cuda-suite-$(date +%F).json"
-timeout 400 "$bin/lorafuse" bench --backend cuda --suite --json "$suite_json" >"$out/bench.log" 2>&1
+timeout 200 "$bin/lorafuse" bench --backend cuda --suite --json "$suite_json" >"$out/bench.log" 2>&1
 summary+=("bench suite rc=$? -> $(basename "$suite_json")")
 
 echo "---- bench (tail) ----"
