@@ -19,7 +19,8 @@ run: build
 	$(BUILD)/lorafuse bench
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure
+	@# -V: the tests print what they skipped (no GPU here) and their pass/fail/skip counts
+	cd $(BUILD) && ctest --output-on-failure -V
 
 clean:
 	rm -rf $(BUILD)
