@@ -1,5 +1,5 @@
-/* The lab links the front end without the CPU backend (no BLAS/OpenMP on the device machine):
- * only CUDA contexts are created here. */
+/* The lab links the front end and the CUDA sources only (a quick nvcc build with no CMake, BLAS or
+ * OpenMP): only CUDA contexts are created here, so the CPU backend is absent. */
 #include "lf_internal.h"
 
 const lf_backend_ops *lf_cpu_backend_ops(void) { return NULL; }
