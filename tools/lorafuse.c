@@ -9,7 +9,8 @@
  * bench measures lorafuse's fused op beside the baselines of the same backend, measured in the same
  * run (the base GEMM alone and the unfused PyTorch/PEFT sequence), and never times an op before it
  * has been checked against the double-precision reference. check runs the fused delta and the fused
- * layer on random inputs against the reference.
+ * layer on random inputs against the reference. Timed calls rotate over several copies of the
+ * operands (buffer sets) so that, when one set fits in the cache, they still read memory.
  *
  * Exit status: 0 success, 1 a numerical check failed, 2 invalid options, 3 a runtime failure (out of
  * memory, device error, unsupported request, a JSON file that cannot be written).
@@ -51,6 +52,14 @@ enum { EXIT_PASS = 0, EXIT_NUMERIC = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
 #define GUARD_BYTES 256               /* canaries on both sides of y; keeps y 64-byte aligned */
 #define GUARD_BYTE 0xA5
 #define CHECK_CHUNK_ELEMS ((int64_t)1 << 20) /* reference rows compared per chunk: bounds memory */
+/* Timed calls rotate over buffer sets so that one round of them reads ROTATE_BYTES of distinct
+ * memory: more than any last-level cache (H100 L2: 50 MB), so they measure memory, not the cache.
+ * The caps keep tiny ops from allocating thousands of sets and the total within reason. */
+#define ROTATE_BYTES (256.0 * 1024 * 1024)
+#define MAX_BUFFER_SETS 64
+#define LF_STR_(x) #x
+#define LF_STR(x) LF_STR_(x)
+#define MAX_ROTATE_BYTES (2048.0 * 1024 * 1024)
 
 static const char *progname = "lorafuse";
 
@@ -192,6 +201,8 @@ static void print_usage(FILE *f)
             "one final rounding plus fp32 accumulation error.\n"
             "Times are per call: the median of the timed calls on the CPU (fused_host_us is then the same\n"
             "measurement as fused_us); CUDA-graph replay (fused_us) and a host loop (fused_host_us) on CUDA.\n"
+            "Timed calls rotate over copies of the operands (buffer sets, up to 64) until one round reads\n"
+            "256 MiB, more than any cache; --iters is then rounded up to a multiple of the sets.\n"
             "exit status: 0 ok, 1 numerical failure, 2 invalid options, 3 runtime error\n");
 }
 
@@ -458,6 +469,18 @@ typedef struct problem_cfg {
 
 enum { OPD_X, OPD_W, OPD_BIAS, OPD_A, OPD_B, OPD_Y, OPD_COUNT };
 
+/* The copies of the operands that timed calls rotate over (bench only; check uses set 0 alone).
+ * Set 0 is the workload's own op[].dev, the one the correctness check runs on; sets 1.. are
+ * uploads of the same host values at other addresses: what matters is that no two sets share
+ * memory, not that their values differ. */
+typedef struct buffer_sets {
+    int count;             /* sets allocated, >= 1 */
+    int w_count;           /* sets 0..w_count-1 have their own W: ops reading W need fewer sets */
+    void **dev;            /* [count][OPD_COUNT] allocations; set 0's and shared ones are NULL */
+    lf_matrix *view;       /* [count][OPD_COUNT] views of backend memory */
+    lf_lora_problem *prob; /* [count][2]: the delta and the layer of each set */
+} buffer_sets;
+
 typedef struct workload {
     lf_context *ctx;
     problem_cfg cfg;
@@ -465,12 +488,26 @@ typedef struct workload {
     size_t y_guard;            /* bytes before and after y */
     lf_matrix dev[OPD_COUNT];  /* views of backend memory */
     lf_matrix host[OPD_COUNT]; /* views of the host copies */
-    void *ws;                  /* baseline workspace (backend memory) */
+    void *ws;                  /* baseline workspace (backend memory), shared by all sets: calls
+                                  run one after another on one stream */
     size_t ws_bytes;
+    buffer_sets sets;          /* empty until workload_add_sets */
 } workload;
+
+static void buffer_sets_free(workload *wl)
+{
+    buffer_sets *s = &wl->sets;
+    if (s->dev)
+        for (int i = 0; i < s->count * OPD_COUNT; i++)
+            if (s->dev[i])
+                lf_free(wl->ctx, s->dev[i]);
+    free(s->dev), free(s->view), free(s->prob);
+    memset(s, 0, sizeof *s);
+}
 
 static void workload_free(workload *wl)
 {
+    buffer_sets_free(wl);
     for (int i = 0; i < OPD_COUNT; i++) {
         if (wl->op[i].dev)
             lf_free(wl->ctx, wl->op[i].dev);
@@ -565,11 +602,10 @@ static lf_status workload_create(lf_context *ctx, const problem_cfg *c, workload
     return LF_OK;
 }
 
-/* The validated problem for the delta (with_w = 0) or the layer, on device or host views. The
+/* The validated problem for the delta (with_w = 0) or the layer over views v of the operands. The
  * library's own validation runs here, so what bench times is what lf_lora_forward accepts. */
-static lf_status workload_problem(workload *wl, int with_w, int on_host, lf_lora_problem *p)
+static lf_status problem_of_views(workload *wl, const lf_matrix *v, int with_w, lf_lora_problem *p)
 {
-    const lf_matrix *v = on_host ? wl->host : wl->dev;
     const problem_cfg *c = &wl->cfg;
     lf_status st = lf_lora_problem_from_views(wl->ctx, c->layout, &v[OPD_X], with_w ? &v[OPD_W] : NULL,
                                               c->bias ? &v[OPD_BIAS] : NULL, &v[OPD_A], &v[OPD_B],
@@ -579,13 +615,72 @@ static lf_status workload_problem(workload *wl, int with_w, int on_host, lf_lora
     return st;
 }
 
-static lf_status run_fused(workload *wl, int with_w)
+/* The problem on the host copies (for the reference) or on set 0 in backend memory. */
+static lf_status workload_problem(workload *wl, int with_w, int on_host, lf_lora_problem *p)
 {
-    const lf_matrix *v = wl->dev;
+    return problem_of_views(wl, on_host ? wl->host : wl->dev, with_w, p);
+}
+
+/* The fused op through the public API on views v (set 0: wl->dev). */
+static lf_status run_fused(workload *wl, const lf_matrix *v, int with_w)
+{
     const problem_cfg *c = &wl->cfg;
     return lf_lora_forward(wl->ctx, c->layout, &v[OPD_X], with_w ? &v[OPD_W] : NULL,
                            c->bias ? &v[OPD_BIAS] : NULL, &v[OPD_A], &v[OPD_B], c->scale, c->beta,
                            &v[OPD_Y]);
+}
+
+/* How many buffer sets an op moving op_bytes per call rotates over: enough that a round of calls
+ * reads ROTATE_BYTES, within the caps. An op larger than ROTATE_BYTES gets one set. */
+static int buffer_sets_for(double op_bytes)
+{
+    if (!(op_bytes > 0))
+        return 1;
+    double r = ceil(ROTATE_BYTES / op_bytes);
+    if (r > MAX_BUFFER_SETS)
+        r = MAX_BUFFER_SETS;
+    if (r * op_bytes > MAX_ROTATE_BYTES)
+        r = floor(MAX_ROTATE_BYTES / op_bytes);
+    return r < 1 ? 1 : (int)r;
+}
+
+/* Allocates `count` buffer sets, of which the first w_count hold their own W (the rest share set 0's:
+ * only the delta rotates over them, and it does not read W). Each new set gets the host values
+ * uploaded once more (y included: its initial value, read when beta != 0), so generating the
+ * random inputs stays a one-time cost whatever the count. */
+static lf_status workload_add_sets(workload *wl, int count, int w_count)
+{
+    buffer_sets *s = &wl->sets;
+    const size_t cells = (size_t)count * OPD_COUNT;
+    s->count = count, s->w_count = w_count;
+    s->dev = calloc(cells, sizeof *s->dev);
+    s->view = calloc(cells, sizeof *s->view);
+    s->prob = calloc((size_t)count * 2, sizeof *s->prob);
+    if (!s->dev || !s->view || !s->prob) {
+        errorf("out of host memory for %d buffer sets", count);
+        buffer_sets_free(wl);
+        return LF_ERR_OUT_OF_MEMORY;
+    }
+    lf_status st = LF_OK;
+    for (int k = 0; k < count && st == LF_OK; k++) {
+        lf_matrix *v = &s->view[(size_t)k * OPD_COUNT];
+        for (int i = 0; i < OPD_COUNT && st == LF_OK; i++) {
+            v[i] = wl->dev[i]; /* set 0's operand, and what later sets share */
+            const operand_buf *b = &wl->op[i];
+            if (k == 0 || !b->dev || (i == OPD_W && k >= w_count))
+                continue;
+            void **d = &s->dev[(size_t)k * OPD_COUNT + i];
+            if ((st = lf_malloc(wl->ctx, d, b->bytes)) != LF_OK)
+                report_lf_error(wl->ctx, "lf_malloc (buffer set)", st);
+            else if ((st = upload(wl->ctx, *d, b->host, b->bytes)) == LF_OK)
+                v[i].data = *d;
+        }
+        for (int with_w = 0; with_w <= 1 && st == LF_OK; with_w++)
+            st = problem_of_views(wl, v, with_w, &s->prob[2 * k + with_w]);
+    }
+    if (st != LF_OK)
+        buffer_sets_free(wl);
+    return st;
 }
 
 /* ============================================================================================== */
@@ -710,7 +805,7 @@ static lf_status verify_op(workload *wl, int with_w, int full, check_result *res
     memcpy(img + guard, yb->host, yb->bytes);
     if ((st = upload(ctx, yb->dev, img, total)) != LF_OK)
         goto done;
-    if ((st = run_fused(wl, with_w)) != LF_OK) {
+    if ((st = run_fused(wl, wl->dev, with_w)) != LF_OK) {
         report_lf_error(ctx, "lf_lora_forward", st);
         goto done;
     }
@@ -861,25 +956,31 @@ static int cmd_check(const options *o)
 
 typedef enum call_kind { CALL_FUSED, CALL_BASE, CALL_UNFUSED } call_kind;
 
-/* What time_calls runs: one closure per measured sequence. */
+/* What time_calls runs: one closure per measured sequence. Each call takes the next of the first
+ * `sets` buffer sets, so a run of calls never finds its operands in the cache from the call before.
+ * Under CUDA graph capture each captured call keeps the pointers of its own set. */
 typedef struct timed_call {
     workload *wl;
     call_kind kind;
-    int with_w;
-    lf_lora_problem prob; /* device problem, for the baselines */
+    int with_w; /* the layer (with W) or the delta */
+    int sets;   /* rotates over sets 0..sets-1 of wl->sets */
+    int next;   /* the set the next call uses */
 } timed_call;
 
 static lf_status timed_call_run(void *arg)
 {
     timed_call *tc = arg;
-    lf_context *ctx = tc->wl->ctx;
+    workload *wl = tc->wl;
+    lf_context *ctx = wl->ctx;
+    const int k = tc->next;
+    tc->next = (k + 1) % tc->sets;
     switch (tc->kind) {
     case CALL_FUSED:
-        return run_fused(tc->wl, tc->with_w);
+        return run_fused(wl, &wl->sets.view[(size_t)k * OPD_COUNT], tc->with_w);
     case CALL_BASE:
-        return ctx->ops->baseline_base_gemm(ctx, &tc->prob, tc->wl->ws);
+        return ctx->ops->baseline_base_gemm(ctx, &wl->sets.prob[2 * k + 1], wl->ws);
     case CALL_UNFUSED:
-        return ctx->ops->baseline_unfused(ctx, &tc->prob, tc->wl->ws);
+        return ctx->ops->baseline_unfused(ctx, &wl->sets.prob[2 * k + tc->with_w], wl->ws);
     }
     return LF_ERR_INTERNAL;
 }
@@ -908,6 +1009,9 @@ static double measure(timed_call *tc, lf_timing_mode mode, int64_t iters_opt, co
         if (first * iters > TIME_BUDGET_US)
             iters = first * MIN_TIMED_CALLS > TIME_BUDGET_US ? MIN_TIMED_CALLS : (int)(TIME_BUDGET_US / first);
     }
+    /* A multiple of the sets: every set is used equally often, whichever set the timed calls start
+     * on (the warm-up calls before them rotate too). */
+    iters = (iters + tc->sets - 1) / tc->sets * tc->sets;
     double us = NAN;
     if (st == LF_OK)
         st = ctx->ops->time_calls(ctx, timed_call_run, tc, iters, mode, &us);
@@ -928,6 +1032,7 @@ typedef struct op_result {
     problem_cfg cfg;
     double fused_us, fused_host_us, base_us, unfused_us; /* NAN: not measured */
     double bytes, flops;
+    int buffer_sets; /* the fused op and its unfused sequence rotated over this many */
 } op_result;
 
 typedef struct results {
@@ -1048,9 +1153,9 @@ static void bench_check_ops(workload *wl, unsigned ops, int ok[2], case_outcome 
     }
 }
 
-/* Times one fused op (both modes on CUDA) and its unfused sequence; prints their rows. */
-static void bench_time_op(workload *wl, int with_w, const lf_lora_problem *p, const options *o, double copy_gbps,
-                          op_result *r)
+/* Times one fused op (both modes on CUDA) and its unfused sequence over `sets` buffer sets; prints
+ * their rows. */
+static void bench_time_op(workload *wl, int with_w, int sets, const options *o, double copy_gbps, op_result *r)
 {
     const lf_backend_ops *bops = wl->ctx->ops;
     const problem_cfg *c = &wl->cfg;
@@ -1058,8 +1163,9 @@ static void bench_time_op(workload *wl, int with_w, const lf_lora_problem *p, co
     r->cfg = *c;
     r->bytes = op_bytes(c, with_w);
     r->flops = op_flops(c, with_w);
-    timed_call fused = {wl, CALL_FUSED, with_w, *p};
-    timed_call unfused = {wl, CALL_UNFUSED, with_w, *p};
+    r->buffer_sets = sets;
+    timed_call fused = {wl, CALL_FUSED, with_w, sets, 0};
+    timed_call unfused = {wl, CALL_UNFUSED, with_w, sets, 0};
     r->fused_us = measure(&fused, LF_TIME_GRAPH, o->iters, "timing the fused op");
     /* On the CPU a graph is a host loop: both fields hold the one host measurement. */
     r->fused_host_us = lf_context_backend(wl->ctx) == LF_BACKEND_CUDA
@@ -1085,6 +1191,33 @@ static void print_ratios(const op_result *r)
     }
 }
 
+/* One line per rotation: how many sets, and how much distinct memory a round of calls reads. */
+static void print_rotation(const char *who, int sets, double bytes)
+{
+    const double mib = (double)sets * bytes / (1024.0 * 1024.0);
+    if (sets == 1)
+        printf("  %s: one buffer set (%.1f MiB, over %.0f MiB: timed calls read memory, not cache)\n", who, mib,
+               ROTATE_BYTES / (1024.0 * 1024.0));
+    else
+        printf("  %s: rotating over %d buffer sets (%.1f MiB%s) so timed calls read memory, not cache\n", who,
+               sets, mib, (double)sets * bytes < ROTATE_BYTES ? "; at most " LF_STR(MAX_BUFFER_SETS) : "");
+}
+
+/* Decides the rotations of a case, prints them and allocates the sets. The layer and the base GEMM
+ * share one count, the one the base GEMM needs (it reads x, W and y: the layer less A, B and bias,
+ * so it needs as many sets or more). The delta, which skips W, usually needs more sets, but those
+ * need no W of their own. */
+static lf_status setup_rotation(workload *wl, const int ok[2], int sets[2])
+{
+    const problem_cfg *c = &wl->cfg;
+    sets[1] = buffer_sets_for(base_bytes(c));
+    sets[0] = ok[0] ? buffer_sets_for(op_bytes(c, 0)) : 1;
+    if (ok[0])
+        print_rotation("delta", sets[0], op_bytes(c, 0));
+    print_rotation(ok[1] ? "layer, base GEMM" : "base GEMM", sets[1], ok[1] ? op_bytes(c, 1) : base_bytes(c));
+    return workload_add_sets(wl, sets[0] > sets[1] ? sets[0] : sets[1], sets[1]);
+}
+
 /* Checks, then times, one problem: fused ops and baselines measured in the same run. The base GEMM
  * is measured once: it is the reference point of both the delta and the layer. */
 static case_outcome bench_case(lf_context *ctx, const char *name, const problem_cfg *c, unsigned ops,
@@ -1106,8 +1239,13 @@ static case_outcome bench_case(lf_context *ctx, const char *name, const problem_
     bench_check_ops(&wl, ops, ok, &oc);
     if (!ok[0] && !ok[1])
         goto done;
+    int sets[2]; /* [with_w]: buffer sets the delta and the layer (with the base GEMM) rotate over */
+    if (setup_rotation(&wl, ok, sets) != LF_OK) {
+        oc.runtime_error = 1;
+        goto done;
+    }
 
-    timed_call base = {&wl, CALL_BASE, 1, prob[1]};
+    timed_call base = {&wl, CALL_BASE, 1, sets[1], 0};
     const double base_us =
         ctx->ops->baseline_base_gemm ? measure(&base, LF_TIME_GRAPH, o->iters, "timing the base GEMM") : NAN;
     op_result r[2];
@@ -1118,7 +1256,7 @@ static case_outcome bench_case(lf_context *ctx, const char *name, const problem_
         memset(&r[with_w], 0, sizeof r[with_w]);
         snprintf(r[with_w].name, sizeof r[with_w].name, "%s", name);
         r[with_w].base_us = base_us;
-        bench_time_op(&wl, with_w, &prob[with_w], o, copy_gbps, &r[with_w]);
+        bench_time_op(&wl, with_w, sets[with_w], o, copy_gbps, &r[with_w]);
     }
     print_timing_row("base GEMM", base_us, NAN, base_bytes(c), 2.0 * (double)c->m * (double)c->k * (double)c->n,
                      copy_gbps);
@@ -1211,6 +1349,7 @@ static json_t *case_json(const op_result *r)
     set_num(c, "unfused_us", r->unfused_us);
     json_object_set_new(c, "bytes", json_integer((json_int_t)r->bytes));
     json_object_set_new(c, "flops", json_integer((json_int_t)r->flops));
+    json_object_set_new(c, "buffer_sets", json_integer(r->buffer_sets));
     return c;
 }
 
@@ -1288,6 +1427,7 @@ static void print_bench_notes(lf_context *ctx, double copy_gbps)
         printf("times: median per call; on the CPU fused_host_us is the same measurement as fused_us\n");
     else
         printf("times: per call, CUDA-graph replay (us) and plain host loop (host-loop us)\n");
+    printf("timed calls rotate over buffer sets; their number per measurement is a multiple of the sets\n");
 }
 
 static int run_suite(lf_context *ctx, const options *o, double copy_gbps, results *res, case_outcome *all)
