@@ -14,18 +14,18 @@
 /* cuBLAS's workspace, owned by the context so that cuBLAS never allocates during graph capture. */
 #define LF_CUBLAS_WORKSPACE (32u << 20)
 
-static int g_device_present = -1;
-
+/* Asked once per process. A function-local static is initialized exactly once even when several
+ * threads create contexts at the same time. */
 extern "C" int lf_cuda_device_present(void)
 {
-    if (g_device_present < 0) {
+    static const int present = [] {
         int count = 0;
-        cudaError_t e = cudaGetDeviceCount(&count); /* no driver: an error, not a crash */
+        const cudaError_t e = cudaGetDeviceCount(&count); /* no driver: an error, not a crash */
         if (e != cudaSuccess)
             cudaGetLastError();
-        g_device_present = e == cudaSuccess && count > 0;
-    }
-    return g_device_present;
+        return e == cudaSuccess && count > 0 ? 1 : 0;
+    }();
+    return present;
 }
 
 /* ---- lifetime and memory ------------------------------------------------------------------------ */
