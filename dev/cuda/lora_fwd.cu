@@ -10,11 +10,9 @@
  *   decode-nopdl  the same, launched without programmatic dependent launch
  *   decode-rt1    16 rows of W per block instead of 32 (twice the blocks, twice the x rereads)
  *   gemm          cuBLAS base GEMM (fp32 out) + the delta as epilogue
- *   v8-pf128/256  lab (decode_lab.cuh): the library's decode kernel with an L2 prefetch-size hint
- *   line(-pf256)  lab: 64-wide K steps, one cp.async instruction = 4 rows × one 128-byte line each
- *   line-rtalt    lab: line with the other rows-per-tile choice
- *   pf128-evfirst lab: v8-pf128 with the L2 evict-first policy on its copies; pf128-rtalt: other RT
- * (lab versions apply to M ≤ 16 decode plans only.)
+ * The v11 decode experiments (prefetch-size hints, whole-line copies, evict-first; NOTES.md) were
+ * copies of the library's decode kernel with knobs; the winner (the 128-byte hint) is in
+ * src/cuda, the copies are in git history at commit 387b7ba.
  * Every version is validated against a double-precision _cpu reference on awkward shapes with
  * poisoned outputs and stride canaries, and twice for bitwise determinism, before anything is timed.
  *
@@ -29,7 +27,6 @@
 #include "lf_dtype.h"
 #include "cuda/common.cuh"
 #include "cuda/heuristics.h"
-#include "decode_lab.cuh"
 
 #define CHECK_LF(call)                                                                               \
     do {                                                                                             \
@@ -51,11 +48,8 @@ static float frand(void) /* uniform in [-1, 1) */
     return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
-enum { V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM,
-       V_PF128, V_PF256, V_LINE, V_LINE256, V_LINE_RTALT, V_PF128_EF, V_PF128_RTALT, V_COUNT };
-static const char *vname[V_COUNT] = {"plan", "delta-fused", "delta-two", "decode", "plan-nopdl", "decode-rtalt", "gemm",
-                                     "v8-pf128", "v8-pf256", "line", "line-pf256", "line-rtalt",
-                                     "pf128-evfirst", "pf128-rtalt"};
+enum { V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM, V_COUNT };
+static const char *vname[V_COUNT] = {"plan", "delta-fused", "delta-two", "decode", "plan-nopdl", "decode-rtalt", "gemm"};
 
 /* A host matrix with its device copy: rows × cols with a row stride; `off` elements skipped at the
  * start (misaligns the pointer when odd). */
@@ -203,18 +197,6 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
         if (v == V_DECODE_RTALT)
             plan->param[0] = 3 - plan->param[0];
         break;
-    case V_PF128:
-    case V_PF256:
-    case V_LINE:
-    case V_LINE256:
-    case V_LINE_RTALT:
-    case V_PF128_EF:
-    case V_PF128_RTALT:
-        if (plan->impl != LF_CUDA_DECODE || plan->param[1] > 2)
-            return 0;
-        if (v == V_LINE_RTALT || v == V_PF128_RTALT)
-            plan->param[0] = 3 - plan->param[0];
-        break;
     case V_GEMM:
         if (!p->w)
             return 0;
@@ -237,29 +219,8 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
     return 1;
 }
 
-/* One call of version v with its plan: the library's forward, or a lab variant of the decode path. */
-static lf_status forward_v(int v, const lf_plan *plan, const lf_lora_problem *p)
-{
-    switch (v) {
-    case V_PF128:
-    case V_PF128_RTALT:
-        return lab::forward(ctx, plan, p, lab::LAB_V8_PF128);
-    case V_PF128_EF:
-        return lab::forward(ctx, plan, p, lab::LAB_V8_PF128_EF);
-    case V_PF256:
-        return lab::forward(ctx, plan, p, lab::LAB_V8_PF256);
-    case V_LINE:
-    case V_LINE_RTALT:
-        return lab::forward(ctx, plan, p, lab::LAB_LINE);
-    case V_LINE256:
-        return lab::forward(ctx, plan, p, lab::LAB_LINE_PF256);
-    }
-    return lf_cuda_backend_ops()->lora_forward(ctx, plan, p);
-}
-
 typedef struct {
     int nops;
-    int version;
     int which; /* 0 fused (forced plan), 1 base GEMM, 2 unfused, 3 cuBLAS x·Wᵀ fp32 out, 4 cuBLAS T */
     lf_lora_problem p[4]; /* rotated: W copies that together overflow L2 */
     lf_plan plan;
@@ -275,7 +236,7 @@ static lf_status timed_call(void *arg)
     const lf_backend_ops *ops = lf_cuda_backend_ops();
     switch (t->which) {
     case 0:
-        return forward_v(t->version, &t->plan, p);
+        return ops->lora_forward(ctx, &t->plan, p);
     case 1:
         return ops->baseline_base_gemm(ctx, p, t->ws);
     case 2:
@@ -340,7 +301,7 @@ static int check_case(const tcase *c, int v, float scale)
     }
     for (int run = 0; run < 2; run++) {
         CHECK_LF(lf_memcpy(ctx, y.d, y0, y.elems * es, LF_COPY_HOST_TO_DEVICE));
-        CHECK_LF(forward_v(v, &plan, &p));
+        CHECK_LF(lf_cuda_backend_ops()->lora_forward(ctx, &plan, &p));
         CHECK_LF(lf_memcpy(ctx, run ? y2 : y1, y.d, y.elems * es, LF_COPY_DEVICE_TO_HOST));
     }
     double *ref = (double *)malloc(c->m * c->n * 8), *mag = (double *)malloc(c->m * c->n * 8);
@@ -437,7 +398,6 @@ static void bench(const char *name, lf_dtype dt, int64_t m, int64_t k, int64_t n
             continue;
         double g = 0, hl = 0;
         t.which = 0;
-        t.version = versions[i];
         t.next = 0;
         CHECK_LF(lf_cuda_backend_ops()->time_calls(ctx, timed_call, &t, iters, LF_TIME_GRAPH, &g));
         t.next = 0;
@@ -505,13 +465,6 @@ int main(int argc, char **argv)
     }
     CHECK_LF(lf_context_create(&ctx, LF_BACKEND_CUDA));
     printf("device: %s\n", lf_context_device_name(ctx));
-    {
-        const cudaError_t e = lab::setup();
-        if (e != cudaSuccess) {
-            fprintf(stderr, "lab::setup: %s\n", cudaGetErrorString(e));
-            return 1;
-        }
-    }
     const int decode_only = argc > 1 && strcmp(argv[1], "decode") == 0; /* validate all, time decode only */
     if (argc > 1 && strcmp(argv[1], "prof") == 0) {
         prof_case(LF_F32, 128, 512, 512, 8, 0, 3);
@@ -554,12 +507,11 @@ int main(int argc, char **argv)
     double copy = 0;
     CHECK_LF(lf_cuda_backend_ops()->measure_copy_bandwidth(ctx, &copy));
     if (decode_only) {
-        const int vd[] = {V_DEFAULT, V_PF128, V_PF128_EF, V_PF128_RTALT, V_PF256, V_LINE, V_LINE256};
-        bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 7, 1, copy);
-        bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vd, 7, 1, copy);
-        bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vd, 7, 1, copy);
-        const int vr[] = {V_DEFAULT, V_PF128, V_LINE};
-        bench("decode_m16_r64", LF_BF16, 16, 4096, 4096, 64, 1, vr, 3, 0, copy);
+        const int vd[] = {V_DEFAULT, V_DECODE_RTALT};
+        bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 2, 1, copy);
+        bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vd, 2, 1, copy);
+        bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vd, 2, 1, copy);
+        bench("decode_m16_r64", LF_BF16, 16, 4096, 4096, 64, 1, vd, 1, 0, copy);
     } else {
     const int vdelta[] = {V_DEFAULT, V_NOPDL, V_DELTA_FUSED};
     const int vlayer[] = {V_DEFAULT, V_NOPDL, V_DECODE_RTALT, V_GEMM};
