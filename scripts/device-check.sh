@@ -6,32 +6,38 @@
 #   make build && scripts/device-check.sh --pack            # writes .device/bins.tar.xz
 #   run(command="bash scripts/device-check.sh", carry=[".device"])
 # Logs and the suite's JSON land in $OUT (the device tool brings them back).
+# Environment (both sides): PACK=folder of the pack (default .device), TESTS=test programs to run
+# (default: all), SANITIZE=those run under compute-sanitizer, BENCH=bench arguments ("" skips it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bins="lorafuse test_ops test_seed test_bad_input test_plan"
+all_tests="test_ops test_seed test_bad_input test_plan"
+tests=${TESTS:-$all_tests}
+sanitize=${SANITIZE-test_seed test_ops}
+bench_args=${BENCH---suite}
+pack=${PACK:-.device}
 
 if [ "${1:-}" = "--pack" ]; then
-  mkdir -p .device
-  tar cJf .device/bins.tar.xz -C "${BUILD:-build}" $bins
-  ls -la .device/bins.tar.xz
+  mkdir -p "$pack"
+  tar cJf "$pack/bins.tar.xz" -C "${BUILD:-build}" lorafuse $all_tests
+  ls -la "$pack/bins.tar.xz"
   exit 0
 fi
 
 out=${OUT:-/tmp/lf-device-out}
 mkdir -p "$out" /tmp/lf-bin
-tar xJf .device/bins.tar.xz -C /tmp/lf-bin
+tar xJf "$pack/bins.tar.xz" -C /tmp/lf-bin
 bin=/tmp/lf-bin
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 summary=()
 
-for t in test_ops test_seed test_bad_input test_plan; do
+for t in $tests; do
   "$bin/$t" >>"$out/tests.log" 2>&1
   summary+=("$(printf '%-16s rc=%d  %s' "$t" $? "$(tail -n 1 "$out/tests.log")")")
 done
 
 # CUDA cases only: the CPU backend gains nothing from a GPU sanitizer and slows it down.
 for tool in memcheck racecheck; do
-  for t in test_seed test_ops; do
+  for t in $sanitize; do
     LF_TEST_BACKENDS=cuda timeout "$([ "$t" = test_ops ] && echo 140 || echo 40)" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" \
       >>"$out/sanitizer.log" 2>&1
     rc=$?
@@ -39,11 +45,16 @@ for tool in memcheck racecheck; do
   done
 done
 
-suite_json="$out/cuda-suite-$(date +%F).json"
-timeout 200 "$bin/lorafuse" bench --backend cuda --suite --json "$suite_json" >"$out/bench.log" 2>&1
-summary+=("bench suite rc=$? -> $(basename "$suite_json")")
+if [ -n "$bench_args" ]; then
+  suite_json="$out/cuda-suite-$(date +%F).json"
+  # shellcheck disable=SC2086 # BENCH is a list of arguments
+  timeout 200 "$bin/lorafuse" bench --backend cuda $bench_args --json "$suite_json" >"$out/bench.log" 2>&1
+  summary+=("bench $bench_args rc=$? -> $(basename "$suite_json")")
+fi
 
-echo "---- bench (tail) ----"
-tail -n 45 "$out/bench.log"
+if [ -n "$bench_args" ]; then
+  echo "---- bench (tail) ----"
+  tail -n 45 "$out/bench.log"
+fi
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}"
