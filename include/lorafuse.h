@@ -74,7 +74,10 @@ typedef enum lf_status {
     LF_ERR_BACKEND_UNAVAILABLE = 9, /* the requested backend is not built or has no device */
     LF_ERR_OUT_OF_MEMORY = 10,      /* host or device allocation failed */
     LF_ERR_DEVICE = 11,             /* the device runtime reported an error (text in last_error) */
-    LF_ERR_INTERNAL = 12            /* a bug in lorafuse: please report it */
+    LF_ERR_INTERNAL = 12,           /* a bug in lorafuse: please report it */
+    LF_ERR_IO = 13,                 /* a file could not be opened, read, mapped or written */
+    LF_ERR_BAD_FORMAT = 14,         /* a file's contents break its format (safetensors, JSON, PEFT) */
+    LF_ERR_NOT_FOUND = 15           /* no tensor or module of that name */
 } lf_status;
 
 /*! lf_status_string() :
@@ -241,6 +244,340 @@ lf_status lf_memcpy(lf_context *ctx, void *dst, const void *src, size_t bytes, l
 /*! lf_synchronize() : waits until all work queued on the context has finished.
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_DEVICE (an earlier asynchronous failure). */
 lf_status lf_synchronize(lf_context *ctx);
+
+/* ============================================================================================== */
+/* safetensors files and PEFT LoRA adapters                                                        */
+/* ============================================================================================== */
+/*
+ * Reading an adapter and merging it (CPU; with a CUDA context upload A and B and pass device W):
+ *
+ *     lf_peft_adapter *ad;
+ *     if (lf_peft_adapter_open(ctx, "my-adapter/", &ad) != LF_OK) { ...lf_context_last_error(ctx)... }
+ *     for (size_t i = 0; i < lf_peft_adapter_module_count(ad); i++) {
+ *         lf_peft_module_info mi;
+ *         lf_matrix a, b;
+ *         lf_peft_adapter_module(ad, i, &mi);            // mi.base_tensor: "model.layers.0.self_attn.q_proj.weight"
+ *         lf_peft_adapter_host_weights(ctx, ad, i, &a, &b);
+ *         lf_matrix w = lf_matrix_make(LF_BF16, wdata, mi.out_features, mi.in_features);
+ *         lf_peft_merge(ctx, &w, &a, &b, mi.scale, 0);
+ *     }
+ *     lf_peft_adapter_close(ad);
+ *
+ * Files are memory-mapped, never read whole, and every byte of them is treated as hostile: a
+ * malformed file gives LF_ERR_BAD_FORMAT and a sentence naming what is wrong, never a crash.
+ * Errors are reported through the lf_context passed in (any backend; lf_context_last_error).
+ */
+
+/* Largest safetensors header the reader accepts (the reference implementation's limit). */
+#define LF_SAFETENSORS_MAX_HEADER 100000000u
+/* Most dimensions a safetensors tensor may have here. */
+#define LF_SAFETENSORS_MAX_DIMS 8
+
+typedef struct lf_safetensors lf_safetensors;
+
+/* One tensor of a safetensors file, as lf_safetensors_tensor() describes it. Pointers stay valid
+ * until the file is closed. */
+typedef struct lf_safetensors_tensor_info {
+    const char *name;
+    const char *dtype_name; /* the file's dtype string: "F32", "BF16", "I64", ... */
+    int has_lf_dtype;       /* 1 when the dtype is F32, F16 or BF16 (then lf_dtype is set) */
+    lf_dtype lf_dtype;
+    int ndim;                              /* 0 (a scalar) .. LF_SAFETENSORS_MAX_DIMS */
+    int64_t shape[LF_SAFETENSORS_MAX_DIMS]; /* unused dimensions are 0 */
+    size_t element_size;                   /* bytes per element */
+    uint64_t offset;                       /* of the data, from the start of the file */
+    size_t bytes;
+    const void *data; /* the bytes in the mapping (read-only memory) */
+} lf_safetensors_tensor_info;
+
+/*! lf_safetensors_open() :
+ *  Maps a .safetensors file read-only and validates it: header length within the file and at most
+ *  LF_SAFETENSORS_MAX_HEADER, the header a JSON object without duplicate keys, every entry with a
+ *  known dtype (BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64, F8_E4M3, F8_E5M2),
+ *  a shape of non-negative integers whose byte count equals end − begin, offsets inside the data
+ *  section, and the tensors tiling it exactly (no overlap, no gap), as the reference library writes.
+ *  "__metadata__", when present, must map strings to strings.
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_IO (cannot open or map); LF_ERR_BAD_FORMAT
+ *  (with what and where in lf_context_last_error); LF_ERR_OUT_OF_MEMORY. *out is NULL on failure. */
+lf_status lf_safetensors_open(lf_context *ctx, const char *path, lf_safetensors **out);
+
+/*! lf_safetensors_open_memory() :
+ *  The same validation over `size` bytes the caller keeps alive (and unchanged) until the handle is
+ *  closed; nothing is copied. */
+lf_status lf_safetensors_open_memory(lf_context *ctx, const void *data, size_t size, lf_safetensors **out);
+
+/*! lf_safetensors_close() : unmaps and frees. NULL is a no-op. */
+void lf_safetensors_close(lf_safetensors *st);
+
+/*! lf_safetensors_count() : @return the number of tensors (0 for NULL). */
+size_t lf_safetensors_count(const lf_safetensors *st);
+
+/*! lf_safetensors_tensor() :
+ *  Describes tensor `index` (0 .. count−1, in the order of their data in the file).
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (index out of range). */
+lf_status lf_safetensors_tensor(const lf_safetensors *st, size_t index, lf_safetensors_tensor_info *info);
+
+/*! lf_safetensors_find() :
+ *  @return LF_OK and *index of the tensor called `name`; LF_ERR_NOT_FOUND; LF_ERR_NULL_POINTER. */
+lf_status lf_safetensors_find(const lf_safetensors *st, const char *name, size_t *index);
+
+/*! lf_safetensors_metadata() :
+ *  @return the "__metadata__" value for key, or NULL when absent (valid until close). */
+const char *lf_safetensors_metadata(const lf_safetensors *st, const char *key);
+
+/*! lf_safetensors_metadata_count() / lf_safetensors_metadata_entry() :
+ *  The "__metadata__" pairs in file order; entry() gives NULLs for an index out of range. */
+size_t lf_safetensors_metadata_count(const lf_safetensors *st);
+void lf_safetensors_metadata_entry(const lf_safetensors *st, size_t index, const char **key, const char **value);
+
+typedef struct lf_safetensors_writer lf_safetensors_writer;
+
+/*! lf_safetensors_writer_create() :
+ *  Starts writing `path` atomically: the data goes to a temporary file in the same directory, which
+ *  lf_safetensors_writer_commit() renames over `path`; until then `path` is untouched, and an
+ *  abandoned writer leaves nothing behind. `protected_paths` (count entries, may be NULL) are the
+ *  inputs the output must never replace: the call fails when `path` names one of them, by name or
+ *  by device and inode (hard and symbolic links included).
+ *  Use: declare every tensor (add), optionally metadata, then write their bytes in declaration order
+ *  (write: in as many pieces as convenient), then commit.
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (path is protected);
+ *  LF_ERR_IO; LF_ERR_OUT_OF_MEMORY. */
+lf_status lf_safetensors_writer_create(lf_context *ctx, const char *path, const char *const *protected_paths,
+                                       size_t count, lf_safetensors_writer **out);
+
+/*! lf_safetensors_writer_add() :
+ *  Declares the next tensor: a unique, non-empty name other than "__metadata__", a dtype string of
+ *  those lf_safetensors_open() knows, and its shape (ndim 0..LF_SAFETENSORS_MAX_DIMS).
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (name, dtype, shape, a duplicate, or data
+ *  already written); LF_ERR_OVERFLOW; LF_ERR_OUT_OF_MEMORY. */
+lf_status lf_safetensors_writer_add(lf_safetensors_writer *w, const char *name, const char *dtype_name, int ndim,
+                                    const int64_t *shape);
+
+/*! lf_safetensors_writer_set_metadata() :
+ *  Adds a "__metadata__" pair (before the first write). @return LF_OK; LF_ERR_NULL_POINTER;
+ *  LF_ERR_INVALID_VALUE (duplicate key, or data already written); LF_ERR_OUT_OF_MEMORY. */
+lf_status lf_safetensors_writer_set_metadata(lf_safetensors_writer *w, const char *key, const char *value);
+
+/*! lf_safetensors_writer_write() :
+ *  Appends bytes of the tensors' data, in declaration order (the header is written before the first
+ *  piece). @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (more bytes than declared);
+ *  LF_ERR_IO. */
+lf_status lf_safetensors_writer_write(lf_safetensors_writer *w, const void *data, size_t bytes);
+
+/*! lf_safetensors_writer_commit() :
+ *  Checks that every declared byte was written, flushes the file to disk and renames it over the
+ *  path; frees the writer in every case (on failure the temporary file is removed).
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (bytes missing); LF_ERR_IO. */
+lf_status lf_safetensors_writer_commit(lf_safetensors_writer *w);
+
+/*! lf_safetensors_writer_abort() : removes the temporary file and frees the writer. NULL: no-op. */
+void lf_safetensors_writer_abort(lf_safetensors_writer *w);
+
+typedef struct lf_peft_adapter lf_peft_adapter;
+
+/* The adapter-wide settings of adapter_config.json. */
+typedef struct lf_peft_adapter_info {
+    int64_t r;               /* the default rank */
+    double lora_alpha;       /* the default alpha */
+    int use_rslora;          /* scale = alpha / sqrt(r) instead of alpha / r */
+    int fan_in_fan_out;      /* base weights stored [in, out] (GPT-2's Conv1D) */
+    const char *bias;        /* "none", "all" or "lora_only" */
+    const char *base_model;  /* base_model_name_or_path, "" when absent */
+    size_t module_count;     /* LoRA modules (pairs lora_A / lora_B) */
+    size_t replacement_count; /* other tensors (modules_to_save, trained biases): they replace the base's */
+} lf_peft_adapter_info;
+
+/* One LoRA module. Strings stay valid until the adapter is closed. */
+typedef struct lf_peft_module_info {
+    const char *name;        /* "model.layers.0.self_attn.q_proj": the PEFT key without "base_model.model." */
+    const char *base_tensor; /* the base weight it applies to: name + ".weight" */
+    int64_t in_features;     /* K: lora_A is [rank, in_features] */
+    int64_t out_features;    /* N: lora_B is [out_features, rank] */
+    int64_t rank;            /* r, after rank_pattern */
+    double alpha;            /* lora_alpha, after alpha_pattern */
+    float scale;             /* alpha / r, or alpha / sqrt(r) with use_rslora */
+    lf_dtype dtype;          /* of lora_A and lora_B */
+} lf_peft_module_info;
+
+/*! lf_peft_adapter_open() :
+ *  Opens a PEFT LoRA adapter directory: adapter_config.json and adapter_model.safetensors. The
+ *  config must say peft_type "LORA"; r, lora_alpha, use_rslora, rank_pattern, alpha_pattern (keys
+ *  are regular expressions matched against the end of the module name after a '.', first match in
+ *  file order, as PEFT's get_pattern_key), fan_in_fan_out, bias and modules_to_save are read.
+ *  use_dora, lora_bias, and LoRA tensors other than lora_A / lora_B (embeddings, DoRA magnitudes)
+ *  give LF_ERR_UNSUPPORTED. Every lora_A.weight [r, in] needs its lora_B.weight [out, r] and the
+ *  reverse; both ranks must equal the config's for that module, the dtypes be F32, F16 or BF16 and
+ *  agree. Tensors under base_model.model. that are not LoRA weights are replacements (see info).
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_IO; LF_ERR_BAD_FORMAT; LF_ERR_UNSUPPORTED;
+ *  LF_ERR_SHAPE_MISMATCH (ranks or shapes that disagree); LF_ERR_OUT_OF_MEMORY. */
+lf_status lf_peft_adapter_open(lf_context *ctx, const char *dir, lf_peft_adapter **out);
+
+/*! lf_peft_adapter_open_memory() :
+ *  The same from a config (JSON text of config_len bytes) and safetensors bytes held by the caller
+ *  until the adapter is closed. */
+lf_status lf_peft_adapter_open_memory(lf_context *ctx, const char *config_json, size_t config_len,
+                                      const void *tensors, size_t tensors_len, lf_peft_adapter **out);
+
+/*! lf_peft_adapter_close() : frees the adapter and unmaps its file. NULL is a no-op. */
+void lf_peft_adapter_close(lf_peft_adapter *ad);
+
+/*! lf_peft_adapter_get_info() : @return LF_OK and *info; LF_ERR_NULL_POINTER. */
+lf_status lf_peft_adapter_get_info(const lf_peft_adapter *ad, lf_peft_adapter_info *info);
+
+/*! lf_peft_adapter_module_count() : @return the number of LoRA modules (0 for NULL), sorted by name. */
+size_t lf_peft_adapter_module_count(const lf_peft_adapter *ad);
+
+/*! lf_peft_adapter_module() : @return LF_OK and *info of module `index`; LF_ERR_NULL_POINTER;
+ *  LF_ERR_INVALID_VALUE (index out of range). */
+lf_status lf_peft_adapter_module(const lf_peft_adapter *ad, size_t index, lf_peft_module_info *info);
+
+/*! lf_peft_adapter_find_module() :
+ *  @return LF_OK and *index of the module called `name` ("model.layers.0.self_attn.q_proj");
+ *  LF_ERR_NOT_FOUND; LF_ERR_NULL_POINTER. */
+lf_status lf_peft_adapter_find_module(const lf_peft_adapter *ad, const char *name, size_t *index);
+
+/*! lf_peft_adapter_replacement() :
+ *  Tensor `index` (0 .. replacement_count−1) of those that replace a base tensor in a merge
+ *  (modules_to_save, biases trained with bias = "all" / "lora_only"): *base_name is the base
+ *  tensor's name (the PEFT key without "base_model.model."), *tensor its data in the adapter file.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (index out of range). */
+lf_status lf_peft_adapter_replacement(const lf_peft_adapter *ad, size_t index, const char **base_name,
+                                      lf_safetensors_tensor_info *tensor);
+
+/*! lf_peft_adapter_host_weights() :
+ *  Views of module `index`'s A (lora_A.weight, [rank, in]) and B (lora_B.weight, [out, rank]) in
+ *  LF_LAYOUT_PEFT, in the module's dtype, pointing into the mapped file: no copy, no transpose.
+ *  The memory is read-only and lives until the adapter is closed. Use them with a CPU context.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (index). */
+lf_status lf_peft_adapter_host_weights(lf_context *ctx, const lf_peft_adapter *ad, size_t index, lf_matrix *a,
+                                       lf_matrix *b);
+
+/*! lf_peft_adapter_upload_weights() :
+ *  Copies module `index`'s A and B into memory of ctx's backend (lf_malloc: device memory for CUDA)
+ *  and returns views of them, as lf_peft_adapter_host_weights lays them out, stored as `dtype`: the
+ *  module's own dtype copies the bytes; another rounds each element once. (PEFT keeps adapters of a
+ *  bf16 or f16 model in f32 by default; lf_lora_forward wants them in the model's dtype.)
+ *  The caller owns the memory: lf_free(ctx, a->data) and lf_free(ctx, b->data).
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (index, dtype); LF_ERR_OUT_OF_MEMORY;
+ *  LF_ERR_DEVICE. On failure nothing stays allocated. */
+lf_status lf_peft_adapter_upload_weights(lf_context *ctx, const lf_peft_adapter *ad, size_t index, lf_dtype dtype,
+                                         lf_matrix *a, lf_matrix *b);
+
+/*! lf_peft_merge() :
+ *  W ← W + scale·B·A, in place, in W's dtype: fp32 arithmetic and one rounding per element.
+ *  w is [out, in] ([in, out] when fan_in_fan_out ≠ 0: W ← W + scale·(B·A)ᵀ), a is [r, in], b is
+ *  [out, r], 1 ≤ r ≤ LF_MAX_RANK; each view has its own stride. W is f32, f16 or bf16; a and b
+ *  share a dtype of those, which may differ from W's. Pointers belong to ctx's backend (device
+ *  memory on CUDA; the work is queued on the context's stream). W must not overlap a or b.
+ *  Bitwise reproducible run to run on one backend.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (sizes, rank, dtype, non-finite scale);
+ *  LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE; LF_ERR_DTYPE_MISMATCH (a and b differ); LF_ERR_OVERFLOW;
+ *  LF_ERR_ALIASING; LF_ERR_OUT_OF_MEMORY; LF_ERR_DEVICE; LF_ERR_UNSUPPORTED (backend without merge). */
+lf_status lf_peft_merge(lf_context *ctx, const lf_matrix *w, const lf_matrix *a, const lf_matrix *b, float scale,
+                        int fan_in_fan_out);
+
+/*! lf_peft_unmerge() :
+ *  W ← W − scale·B·A: lf_peft_merge with the opposite sign (same rules, same single rounding).
+ *  Undoes a merge up to the two roundings of W. */
+lf_status lf_peft_unmerge(lf_context *ctx, const lf_matrix *w, const lf_matrix *a, const lf_matrix *b, float scale,
+                          int fan_in_fan_out);
+
+/* ============================================================================================== */
+/* Many adapters in one batch                                                                      */
+/* ============================================================================================== */
+/*
+ * Serving batches mix requests that use different adapters. An adapter set holds up to `capacity`
+ * adapters of one layer, each with its own rank (1..max_rank) and scale, in the context's memory
+ * (device memory for CUDA). A call then applies to every token the adapter it asks for:
+ *
+ *     y = beta·y + [x·Wᵀ + bias] + s_i·(x_t·A_iᵀ)·B_iᵀ        i = the adapter of token t
+ *
+ *     lf_adapter_set *set;
+ *     lf_adapter_set_create(ctx, LF_BF16, K, N, 64, 16, &set);           // 64 slots, ranks <= 16
+ *     lf_adapter_set_load(set, 3, LF_LAYOUT_PEFT, &a3, &b3, 2.0f, LF_COPY_HOST_TO_DEVICE);
+ *     lf_lora_forward_multi(ctx, set, LF_LAYOUT_PEFT, &x, &w, NULL, ids, 0.0f, &y);  // ids: int32 [M] on the device
+ *
+ * Storage: stacked. Each slot owns room for max_rank rows of A ([rank][K]) and of B ([rank][N],
+ * i.e. B transposed from PEFT's [N, rank]) in the set's dtype, whatever layout it was loaded from;
+ * kernels read only the slot's own rank rows (no padding to max_rank is ever computed).
+ *
+ * Adapter ids live in the context's memory (device memory for CUDA) so that calls need no host
+ * synchronization and can be captured in a CUDA graph; the host never reads them. An id outside
+ * 0..capacity−1, or naming an empty slot, means "no adapter" (as −1 does): such a token gets
+ * y = beta·y [+ x·Wᵀ + bias] and costs nothing beyond that.
+ * The sums of each token do not depend on the other tokens of the batch: results are bitwise
+ * identical run to run, and equal between the per-token and the segment form.
+ */
+
+/* Most adapters one set may hold. */
+#define LF_MAX_ADAPTERS 1024
+
+typedef struct lf_adapter_set lf_adapter_set;
+
+/*! lf_adapter_set_create() :
+ *  Allocates a set of `capacity` empty slots for adapters of a K → N layer in `dtype`, each of rank
+ *  at most max_rank, in ctx's memory: capacity·max_rank·(K + N) elements (rounded up to 16 bytes
+ *  per row). The set belongs to ctx and must be destroyed before it.
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (dtype, K or N < 1, capacity
+ *  outside 1..LF_MAX_ADAPTERS, max_rank outside 1..LF_MAX_RANK); LF_ERR_OVERFLOW;
+ *  LF_ERR_OUT_OF_MEMORY; LF_ERR_DEVICE. *out is NULL on failure. */
+lf_status lf_adapter_set_create(lf_context *ctx, lf_dtype dtype, int64_t k, int64_t n, int capacity,
+                                int64_t max_rank, lf_adapter_set **out);
+
+/*! lf_adapter_set_destroy() : frees the set's memory (after the work queued on its context). NULL: no-op. */
+void lf_adapter_set_destroy(lf_adapter_set *set);
+
+/*! lf_adapter_set_load() :
+ *  Copies adapter (a, b, scale) into `slot`, replacing what it held; other slots are untouched (hot
+ *  swap). Shapes as in lf_lora_forward for `layout` (PEFT: a [r, K], b [N, r]; KN: a [K, r],
+ *  b [r, N]), 1 ≤ r ≤ max_rank, the set's dtype, any row strides. `from` says where a and b live:
+ *  LF_COPY_HOST_TO_DEVICE (host memory) or LF_COPY_DEVICE_TO_DEVICE (the context's memory). The copy
+ *  is ordered on the context's stream: calls queued before it use the old adapter, calls after it
+ *  the new one. From the host it completes before returning (like lf_memcpy); from device memory it
+ *  is asynchronous (the source must stay unchanged until the stream reaches it) and needs no host
+ *  synchronization. Calls captured in a CUDA graph read the slot when the graph runs, so a graph
+ *  replayed after a load uses the new adapter.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (slot, layout, from, rank, non-finite
+ *  scale); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE; LF_ERR_DTYPE_MISMATCH; LF_ERR_OVERFLOW;
+ *  LF_ERR_OUT_OF_MEMORY; LF_ERR_DEVICE. On failure the slot keeps its old adapter. */
+lf_status lf_adapter_set_load(lf_adapter_set *set, int slot, lf_layout layout, const lf_matrix *a,
+                              const lf_matrix *b, float scale, lf_copy_kind from);
+
+/*! lf_adapter_set_clear() :
+ *  Empties `slot` (ordered on the context's stream like a load): tokens that name it get no adapter.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (slot); LF_ERR_DEVICE. */
+lf_status lf_adapter_set_clear(lf_adapter_set *set, int slot);
+
+/*! lf_adapter_set_rank() : @return the rank loaded in `slot`, 0 when it is empty or out of range. */
+int64_t lf_adapter_set_rank(const lf_adapter_set *set, int slot);
+
+/*! lf_lora_forward_multi() :
+ *  The per-token form: token t (row t of x and y) uses adapter token_adapter[t] (int32, M entries,
+ *  in the context's memory; −1 = none). x [M, K], w / bias as in lf_lora_forward for `layout` (w
+ *  NULL: the deltas alone, bias then still added when given), y [M, N]; the set's dtype, K and N.
+ *  beta = 0 overwrites y without reading it. y must not overlap x, w, bias or the ids.
+ *  @return LF_OK; LF_ERR_NULL_POINTER (ctx, set, x, y, token_adapter with M > 0); LF_ERR_INVALID_VALUE
+ *  (layout, non-finite beta, a set of another context); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE;
+ *  LF_ERR_DTYPE_MISMATCH; LF_ERR_OVERFLOW; LF_ERR_ALIASING; LF_ERR_UNSUPPORTED (sizes beyond 2^31
+ *  on CUDA); LF_ERR_OUT_OF_MEMORY (the first call of a larger M grows the context's workspace, with
+ *  a synchronization: make that call before capturing a graph); LF_ERR_DEVICE. */
+lf_status lf_lora_forward_multi(lf_context *ctx, const lf_adapter_set *set, lf_layout layout, const lf_matrix *x,
+                                const lf_matrix *w, const lf_matrix *bias, const int32_t *token_adapter,
+                                float beta, const lf_matrix *y);
+
+/*! lf_lora_forward_segments() :
+ *  The segment form: `segments` runs of consecutive tokens, run s = rows [seg_starts[s],
+ *  seg_starts[s+1]) using adapter seg_adapter[s] (−1 = none). seg_starts has segments + 1 entries,
+ *  seg_adapter `segments`, both int32 in the context's memory. Starts must be non-decreasing (then
+ *  each token is in at most one run); tokens outside every run get no adapter. Starts that decrease
+ *  are not detected (the host never reads them): which runs the affected tokens fall into is then
+ *  unspecified, but memory outside the operands is never touched. Otherwise as lf_lora_forward_multi;
+ *  the result is bitwise the one of the per-token form with the same adapter per token.
+ *  @return as lf_lora_forward_multi; LF_ERR_INVALID_VALUE also for segments < 0 or > 2^30. */
+lf_status lf_lora_forward_segments(lf_context *ctx, const lf_adapter_set *set, lf_layout layout,
+                                   const lf_matrix *x, const lf_matrix *w, const lf_matrix *bias,
+                                   const int32_t *seg_starts, const int32_t *seg_adapter, int64_t segments,
+                                   float beta, const lf_matrix *y);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,10 @@ needed=(
   libopenblas-dev   # CBLAS for the CPU base GEMM
   libjansson-dev    # JSON for bench results and adapter configs
 )
+# Fuzzing only (`scripts/install-deps.sh --fuzz` or LF_FUZZ=1; not needed to build or test):
+if [ "${1:-}" = "--fuzz" ] || [ "${LF_FUZZ:-0}" = 1 ]; then
+  needed+=(clang libclang-rt-dev)   # libFuzzer and the sanitizer runtimes (fuzz/CMakeLists.txt)
+fi
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -45,7 +45,8 @@ enum {
     LF_PLAN_HAS_W = 1u << 0,
     LF_PLAN_HAS_BIAS = 1u << 1,
     LF_PLAN_BETA_NONZERO = 1u << 2,
-    LF_PLAN_ALIGNED16 = 1u << 3 /* every pointer and row stride is a multiple of 16 bytes */
+    LF_PLAN_ALIGNED16 = 1u << 3, /* every pointer and row stride is a multiple of 16 bytes */
+    LF_PLAN_STRIDES_INT = 1u << 4 /* every row stride that is used fits in an int (cuBLAS's ld) */
 };
 
 typedef enum lf_op { LF_OP_LORA_FORWARD = 0 } lf_op;
@@ -66,6 +67,75 @@ typedef struct lf_plan {
     int64_t param[6];
     size_t workspace_bytes;
 } lf_plan;
+
+/* One validated merge: W ← W + scale·B·A with W [out, in] (PEFT), or W [in, out] when
+ * w_transposed (fan_in_fan_out), A [rank, in], B [out, rank]; fp32 arithmetic, W rounded once.
+ * A and B share ab_dtype, which may differ from w_dtype. Leading dimensions in elements. */
+typedef struct lf_merge_problem {
+    lf_dtype w_dtype, ab_dtype;
+    int w_transposed;
+    int64_t out, in, rank;
+    void *w;
+    int64_t ldw;
+    const void *a;
+    int64_t lda;
+    const void *b;
+    int64_t ldb;
+    float scale;
+} lf_merge_problem;
+
+/* ---- many adapters (adapter_set.c validates; lorafuse.h describes the API) ---- */
+
+/* One slot's entry in the set's table, in the context's memory: what kernels read at run time, so a
+ * graph captured before a load sees the new adapter. rank 0: the slot is empty. */
+typedef struct lf_adapter_slot {
+    int32_t rank;
+    float scale;
+} lf_adapter_slot;
+
+struct lf_adapter_set {
+    lf_context *ctx;
+    lf_dtype dtype;
+    int64_t k, n, max_rank;
+    int capacity;
+    int64_t lda, ldb; /* row strides of the stacked storage: K and N rounded up to 16 bytes */
+    void *a;          /* [capacity][max_rank][lda]: slot s, row t = A[t, :] */
+    void *b;          /* [capacity][max_rank][ldb]: slot s, row t = B[:, t] (PEFT's B transposed) */
+    lf_adapter_slot *slots;      /* [capacity] in the context's memory */
+    lf_adapter_slot *host_slots; /* host mirror: ranks and scales as last loaded */
+    void *backend;               /* the backend's per-set state (NULL when it keeps none) */
+};
+
+/* One validated multi-adapter call (pointers in the context's memory). Exactly one of the forms:
+ * token_adapter [m], or seg_starts [segments + 1] with seg_adapter [segments]. */
+typedef struct lf_multi_problem {
+    lf_layout layout; /* of w */
+    lf_dtype dtype;
+    int64_t m, k, n;
+    const void *x;
+    int64_t ldx;
+    const void *w; /* NULL: the deltas alone */
+    int64_t ldw;
+    const void *bias; /* NULL: none */
+    float beta;
+    void *y;
+    int64_t ldy;
+    const int32_t *token_adapter;
+    const int32_t *seg_starts, *seg_adapter;
+    int64_t segments;
+    const lf_adapter_set *set;
+} lf_multi_problem;
+
+/* One validated adapter to load: rank rows of A and B as lf_lora_problem's a and b in layout. */
+typedef struct lf_adapter_source {
+    lf_layout layout;
+    int64_t rank;
+    const void *a;
+    int64_t lda;
+    const void *b;
+    int64_t ldb;
+    float scale;
+} lf_adapter_source;
 
 /* How lf_backend_ops.time_calls times a function. */
 typedef enum lf_timing_mode {
@@ -101,6 +171,22 @@ typedef struct lf_backend_ops {
     /* Copy bandwidth of the backend's memory in GB/s (bytes read + bytes written, per second), from
      * a large buffer-to-buffer copy; the ceiling memory-bound results are reported against. */
     lf_status (*measure_copy_bandwidth)(lf_context *ctx, double *gbps);
+    /* W ← W + scale·B·A in place (src/peft/merge.c validates; NULL: the backend cannot merge). */
+    lf_status (*lora_merge)(lf_context *ctx, const lf_merge_problem *p);
+    /* Many adapters. set_init / set_destroy: the backend's part of a set (NULL: none). */
+    lf_status (*adapter_set_init)(lf_context *ctx, lf_adapter_set *set);
+    void (*adapter_set_destroy)(lf_context *ctx, lf_adapter_set *set);
+    /* Copies src (in the context's memory) into slot and writes the slot's entry, ordered on the
+     * stream, without a host synchronization. NULL: the context's memory is host memory, and
+     * adapter_set.c packs through the host path. */
+    lf_status (*adapter_load_device)(lf_context *ctx, lf_adapter_set *set, int slot, const lf_adapter_source *src);
+    lf_status (*lora_multi)(lf_context *ctx, const lf_multi_problem *p);
+    /* Bench: the unfused per-adapter loop (lf_multi_unfused in tools/lorafuse.c says what it is).
+     * perm: token indices grouped by adapter (context memory); group[i]..group[i+1]: adapter i's
+     * range of perm (host, capacity + 1 entries). ws holds multi_unfused_workspace_bytes(p). */
+    size_t (*multi_unfused_workspace_bytes)(const lf_multi_problem *p);
+    lf_status (*multi_unfused)(lf_context *ctx, const lf_multi_problem *p, const int32_t *perm,
+                               const int64_t *group, void *ws);
 } lf_backend_ops;
 
 #define LF_PLAN_CACHE_SIZE 64
@@ -132,6 +218,9 @@ lf_status lf_fail(lf_context *ctx, lf_status status, const char *fmt, ...)
 
 /* Finds or builds the plan for p (plan.c). Grows ctx->workspace when a new plan needs more. */
 lf_status lf_plan_get(lf_context *ctx, const lf_lora_problem *p, const lf_plan **plan);
+/* Grows ctx->workspace to at least `bytes` (plan.c; a synchronization when it grows). For ops that
+ * size their workspace per call instead of per plan (lf_lora_forward_multi). */
+lf_status lf_workspace_reserve(lf_context *ctx, size_t bytes);
 
 /* Fills the key of p (also used by tests). */
 lf_plan_key lf_plan_key_of(const lf_lora_problem *p);

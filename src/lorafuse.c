@@ -37,6 +37,9 @@ static const struct {
     [LF_ERR_OUT_OF_MEMORY] = {"LF_ERR_OUT_OF_MEMORY", "out of memory"},
     [LF_ERR_DEVICE] = {"LF_ERR_DEVICE", "the device runtime reported an error"},
     [LF_ERR_INTERNAL] = {"LF_ERR_INTERNAL", "internal error in lorafuse"},
+    [LF_ERR_IO] = {"LF_ERR_IO", "a file could not be read or written"},
+    [LF_ERR_BAD_FORMAT] = {"LF_ERR_BAD_FORMAT", "a file is malformed"},
+    [LF_ERR_NOT_FOUND] = {"LF_ERR_NOT_FOUND", "no tensor or module of that name"},
 };
 
 static int status_known(lf_status s)

@@ -8,6 +8,7 @@
  */
 #include "lf_internal.h"
 
+#include <limits.h>
 #include <string.h>
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
@@ -31,6 +32,10 @@ lf_plan_key lf_plan_key_of(const lf_lora_problem *p)
         all16 = all16 && aligned16(p->bias);
     if (all16)
         flags |= LF_PLAN_ALIGNED16;
+    /* One row's stride is never used: a backend passes the row length for it. */
+    const int64_t ld_x = p->m > 1 ? p->ldx : 0, ld_y = p->m > 1 ? p->ldy : 0;
+    if (ld_x <= INT_MAX && ld_y <= INT_MAX && p->lda <= INT_MAX && p->ldb <= INT_MAX && (!p->w || p->ldw <= INT_MAX))
+        flags |= LF_PLAN_STRIDES_INT;
     lf_plan_key key;
     memset(&key, 0, sizeof key); /* keys are compared with memcmp: padding must be zero */
     key.op = LF_OP_LORA_FORWARD;
@@ -42,6 +47,29 @@ lf_plan_key lf_plan_key_of(const lf_lora_problem *p)
     key.n = p->n;
     key.rank = p->rank;
     return key;
+}
+
+lf_status lf_workspace_reserve(lf_context *ctx, size_t bytes)
+{
+    if (bytes <= ctx->workspace_bytes)
+        return LF_OK;
+    void *grown = NULL;
+    lf_status st = ctx->ops->alloc(ctx, &grown, bytes);
+    if (st != LF_OK)
+        return st;
+    if (ctx->workspace) {
+        /* Work queued earlier may still use the old workspace (CUDA): wait before freeing it. */
+        st = ctx->ops->synchronize(ctx);
+        if (st == LF_OK)
+            st = ctx->ops->release(ctx, ctx->workspace);
+        if (st != LF_OK) {
+            ctx->ops->release(ctx, grown);
+            return st;
+        }
+    }
+    ctx->workspace = grown;
+    ctx->workspace_bytes = bytes;
+    return LF_OK;
 }
 
 lf_status lf_plan_get(lf_context *ctx, const lf_lora_problem *p, const lf_plan **out)
@@ -60,24 +88,8 @@ lf_status lf_plan_get(lf_context *ctx, const lf_lora_problem *p, const lf_plan *
     lf_status st = ctx->ops->plan(ctx, p, &plan);
     if (st != LF_OK)
         return st;
-    if (plan.workspace_bytes > ctx->workspace_bytes) {
-        void *grown = NULL;
-        st = ctx->ops->alloc(ctx, &grown, plan.workspace_bytes);
-        if (st != LF_OK)
-            return st;
-        if (ctx->workspace) {
-            /* Work queued earlier may still use the old workspace (CUDA): wait before freeing it. */
-            st = ctx->ops->synchronize(ctx);
-            if (st == LF_OK)
-                st = ctx->ops->release(ctx, ctx->workspace);
-            if (st != LF_OK) {
-                ctx->ops->release(ctx, grown);
-                return st;
-            }
-        }
-        ctx->workspace = grown;
-        ctx->workspace_bytes = plan.workspace_bytes;
-    }
+    if ((st = lf_workspace_reserve(ctx, plan.workspace_bytes)) != LF_OK)
+        return st;
 
     int slot = ctx->plan_count < LF_PLAN_CACHE_SIZE ? ctx->plan_count++ : ctx->plan_next;
     if (ctx->plan_count == LF_PLAN_CACHE_SIZE)

@@ -176,59 +176,6 @@ float lft_rng_value(lft_rng *rng)
     return (float)((bits & 1) ? -mag : mag);
 }
 
-/* ---- tolerance ------------------------------------------------------------------------------- */
-
-double lft_eps_out(lf_dtype dtype)
-{
-    switch (dtype) {
-    case LF_F16:
-        return 0x1.0p-11;
-    case LF_BF16:
-        return 0x1.0p-8;
-    default:
-        return 0x1.0p-24;
-    }
-}
-
-/* Why this tolerance, and why it is not hand-tuned:
- *
- * The contract is "accumulate in fp32, round to the dtype once". An fp32 evaluation of the element,
- * in any order and with or without FMA, makes these errors (u = 2^-24, the fp32 rounding unit):
- *  - x·Wᵀ: a sum of K products. Standard bound (Higham, Accuracy and Stability, 3.1): the computed
- *    sum differs from the exact one by at most γ_K·Σ|x·w| with γ_K = K·u/(1 - K·u); products of
- *    f16/bf16 inputs are exact in fp32, products of f32 inputs add one more u each.
- *  - t = x·Aᵀ: the same, γ_K·Σ_k|x·a|; that error is carried through B and scale into the output,
- *    which is the last term of the reference's mag (|scale|·Σ_t(Σ_k|x·a|)·|b|).
- *  - s·Σ_t t·b: a sum of r products, γ_r·|scale|·Σ_t|t|·|b| (the fourth term of mag), plus one
- *    rounding if the scale is applied separately.
- *  - beta·y + base + bias + lora: at most four more additions/multiplications of terms bounded by mag.
- * Adding up: |fp32 result - exact| ≤ (K + r + 4 + O(1))·u·mag to first order. c = 2 covers the O(1)
- * (the product roundings: K+1 ≤ 2K) and the second-order factor 1/(1 - n·u) (≤ 1.001 for every shape
- * here), with no room for a real mistake: a wrong index, a dropped term or an intermediate rounded to
- * f16/bf16 makes errors of order |term| or 2^-8·|term|, far above (K + r + 4)·2^-23·mag for the
- * shapes tested. Typical errors are ~√n·u, well inside the bound, so it does not flake.
- *
- * Then the result is rounded once to the output dtype: at most eps_out·|value| in the normal range
- * (relative to the exact value to first order; the difference is eps_out·(K+r+4)·u·mag, absorbed by
- * c), plus half the spacing of the dtype's subnormals when the value underflows, which only matters
- * for f16 results below 2^-14 (2^-25 absolute). */
-double lft_tolerance(lf_dtype dtype, int64_t k, int64_t rank, double exact, double mag)
-{
-    double eta;
-    switch (dtype) {
-    case LF_F16:
-        eta = 0x1.0p-25;
-        break;
-    case LF_BF16:
-        eta = 0x1.0p-134;
-        break;
-    default:
-        eta = 0x1.0p-150;
-        break;
-    }
-    return lft_eps_out(dtype) * fabs(exact) + LFT_ACCUM_C * (double)(k + rank + 4) * 0x1.0p-24 * mag + eta;
-}
-
 /* ---- buffers --------------------------------------------------------------------------------- */
 
 static unsigned char guard_byte(size_t i) { return (unsigned char)(0xC3u + 7u * (unsigned)(i & 0xffffu) + (unsigned)(i >> 16)); }
@@ -545,7 +492,7 @@ int lft_problem_check(lft_problem *p, double *max_abs_err, unsigned char **y_bit
         for (int64_t j = 0; j < p->c.n; j++) {
             double got = lft_mat_get(&p->y, after, i, j);
             double exact = p->exact[i * p->c.n + j], mag = p->mag[i * p->c.n + j];
-            double tol = lft_tolerance(p->c.dtype, p->c.k, p->c.rank, exact, mag);
+            double tol = lf_ref_tolerance(p->c.dtype, p->c.k, p->c.rank, exact, mag);
             double err = fabs(got - exact);
             if (!(err <= tol)) { /* written so that NaN fails */
                 ok = 0;

@@ -77,15 +77,6 @@ double lft_rng_unit(lft_rng *rng);
  * patterns, and rounding it to f16/bf16 keeps it away from zero and from overflow. */
 float lft_rng_value(lft_rng *rng);
 
-/* ---- numbers of each dtype ------------------------------------------------------------------- */
-
-/* Rounding unit of the one final rounding to `dtype`: 2^-24 (f32), 2^-11 (f16), 2^-8 (bf16). */
-double lft_eps_out(lf_dtype dtype);
-/* The tolerance for one output element (see lf_test.c for the derivation):
- *   eps_out·|exact| + LFT_ACCUM_C·(k + r + 4)·2^-24·mag + (half the dtype's smallest subnormal). */
-#define LFT_ACCUM_C 2.0
-double lft_tolerance(lf_dtype dtype, int64_t k, int64_t rank, double exact, double mag);
-
 /* ---- buffers in a backend's memory ----------------------------------------------------------- */
 
 /* Bytes of guard before and after every buffer (a multiple of 64: keeps lf_malloc's alignment). */
@@ -169,7 +160,8 @@ void lft_problem_free(lft_problem *p);
 lf_status lft_problem_reset_y(lft_problem *p);
 /* Calls lf_lora_forward on the backend views. */
 lf_status lft_problem_run(lft_problem *p);
-/* Fills p->exact and p->mag from lf_ref_lora_forward_f64 on the host images. */
+/* Fills p->exact and p->mag from the reference on the host images; each element of y is then
+ * checked against lf_ref_tolerance. */
 void lft_problem_reference(lft_problem *p);
 /* Downloads y (and every input) and checks: every element within lft_tolerance of the reference
  * (NaN never passes), y's padding and guards untouched, inputs unchanged. Failures are reported in

@@ -6,6 +6,7 @@
  * ships. Versions:
  *   delta-fused   one launch: each block shrinks its rows into shared memory, then expands
  *   delta-two     shrink kernel (T fp32 in the workspace), then the expand kernel
+ *   delta-tsplit  T by cuBLAS in K-slices (workspace), then the GEMM path's epilogue without a base
  *   decode        shrink + W-streaming mma.sync GEMV with the LoRA epilogue, PDL between them
  *   decode-nopdl  the same, launched without programmatic dependent launch
  *   decode-rt1    16 rows of W per block instead of 32 (twice the blocks, twice the x rereads)
@@ -48,8 +49,9 @@ static float frand(void) /* uniform in [-1, 1) */
     return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
-enum { V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM, V_COUNT };
-static const char *vname[V_COUNT] = {"plan", "delta-fused", "delta-two", "decode", "plan-nopdl", "decode-rtalt", "gemm"};
+enum { V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM, V_COUNT };
+static const char *vname[V_COUNT] = {"plan",       "delta-fused",  "delta-two",    "delta-tsplit",
+                                     "decode",     "plan-nopdl",   "decode-rtalt", "gemm"};
 
 /* A host matrix with its device copy: rows × cols with a row stride; `off` elements skipped at the
  * start (misaligns the pointer when odd). */
@@ -181,6 +183,15 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
         plan->param[2] = s.rc;
         plan->param[3] = s.kc;
         plan->workspace_bytes = (size_t)p->m * p->rank * 4 + 256;
+        break;
+    case V_DELTA_TSPLIT:
+        if (p->w || !(plan->key.flags & LF_PLAN_STRIDES_INT))
+            return 0;
+        plan->impl = LF_CUDA_DELTA_TSPLIT;
+        plan->param[0] = LF_CUDA_DELTA_TSPLIT;
+        plan->param[1] = lf_cuda_gemm_t_splits(p->m, p->k);
+        plan->param[4] = lf_cuda_state_of(ctx)->cc_major >= 9;
+        plan->workspace_bytes = (size_t)plan->param[1] * p->m * p->rank * 4 + 256;
         break;
     case V_NOPDL: /* the plan's own choice, every launch without programmatic dependent launch */
         if (plan->impl == LF_CUDA_DECODE)
@@ -358,7 +369,7 @@ static int check_case(const tcase *c, int v, float scale)
 typedef struct {
     char line[200];
 } row;
-static row table[64];
+static row table[128];
 static int nrows = 0;
 
 /* Times version v (and, with baselines, cuBLAS base and the unfused sequence) on a dense aligned
@@ -513,9 +524,17 @@ int main(int argc, char **argv)
         bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vd, 2, 1, copy);
         bench("decode_m16_r64", LF_BF16, 16, 4096, 4096, 64, 1, vd, 1, 0, copy);
     } else {
-    const int vdelta[] = {V_DEFAULT, V_NOPDL, V_DELTA_FUSED};
+    const int vdelta[] = {V_DEFAULT, V_NOPDL, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT};
     const int vlayer[] = {V_DEFAULT, V_NOPDL, V_DECODE_RTALT, V_GEMM};
     bench("seed-delta", LF_F32, 128, 512, 512, 8, 0, vdelta, 3, 1, copy);
+    /* the delta at large K·r (v12b): which of fused, two-kernel and T-split wins where */
+    bench("delta-r32", LF_F32, 128, 512, 512, 32, 0, vdelta, 5, 1, copy);
+    bench("delta-k1024", LF_F32, 128, 1024, 1024, 8, 0, vdelta, 5, 1, copy);
+    bench("delta-k2048", LF_F32, 128, 2048, 2048, 8, 0, vdelta, 5, 1, copy);
+    bench("delta-m1-4096", LF_BF16, 1, 4096, 4096, 16, 0, vdelta, 5, 1, copy);
+    bench("delta-m16-4096", LF_BF16, 16, 4096, 4096, 16, 0, vdelta, 5, 1, copy);
+    bench("delta-m128-4096", LF_BF16, 128, 4096, 4096, 16, 0, vdelta, 5, 1, copy);
+    bench("delta-m1024-4096", LF_BF16, 1024, 4096, 4096, 16, 0, vdelta, 5, 1, copy);
     const int vseedl[] = {V_DEFAULT, V_GEMM};
     bench("seed-layer", LF_F32, 128, 512, 512, 8, 1, vseedl, 2, 1, copy);
     bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vlayer, 4, 1, copy);

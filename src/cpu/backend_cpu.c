@@ -10,6 +10,8 @@
  * 2.5× slower and erratic (2 cores, pthread OpenBLAS); one thread costs them less than that.
  */
 #include "lora_fwd.h"
+#include "lora_merge.h"
+#include "lora_multi.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -66,6 +68,11 @@ static lf_status cpu_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *pl
 static lf_status cpu_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lora_problem *p)
 {
     return lf_cpu_lora_forward(ctx, kernels_of(ctx), plan, p);
+}
+
+static lf_status cpu_lora_multi(lf_context *ctx, const lf_multi_problem *p)
+{
+    return lf_cpu_lora_multi(ctx, kernels_of(ctx), p);
 }
 
 static lf_status cpu_alloc(lf_context *ctx, void **ptr, size_t bytes)
@@ -371,6 +378,10 @@ static const lf_backend_ops cpu_ops = {
     .baseline_base_gemm = cpu_baseline_base_gemm,
     .baseline_unfused = cpu_baseline_unfused,
     .measure_copy_bandwidth = cpu_measure_copy_bandwidth,
+    .lora_merge = lf_cpu_lora_merge,
+    .adapter_set_init = lf_cpu_adapter_set_init,
+    .adapter_set_destroy = lf_cpu_adapter_set_destroy,
+    .lora_multi = cpu_lora_multi,
 };
 
 const lf_backend_ops *lf_cpu_backend_ops(void) { return &cpu_ops; }

@@ -7,6 +7,7 @@
  * it, can be captured into a graph.
  */
 #include "common.cuh"
+#include "lora_multi.cuh"
 
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +375,9 @@ static lf_status cuda_measure_copy_bandwidth(lf_context *ctx, double *gbps)
     return LF_OK;
 }
 
+/* merge.cu */
+lf_status lf_cuda_lora_merge(lf_context *ctx, const lf_merge_problem *p);
+
 static const lf_backend_ops cuda_ops = {
     LF_BACKEND_CUDA,
     cuda_init,
@@ -389,6 +393,13 @@ static const lf_backend_ops cuda_ops = {
     cuda_baseline_base_gemm,
     cuda_baseline_unfused,
     cuda_measure_copy_bandwidth,
+    lf_cuda_lora_merge,
+    lf_cuda_adapter_set_init,
+    lf_cuda_adapter_set_destroy,
+    lf_cuda_adapter_load_device,
+    lf_cuda_lora_multi,
+    lf_cuda_multi_unfused_workspace_bytes,
+    lf_cuda_multi_unfused,
 };
 
 extern "C" const lf_backend_ops *lf_cuda_backend_ops(void) { return &cuda_ops; }

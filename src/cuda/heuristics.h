@@ -17,7 +17,8 @@ enum {
     LF_CUDA_DELTA_TWO = 2,   /* delta, T = x·Aᵀ into the workspace (fp32), then expand */
     LF_CUDA_DECODE = 3,      /* layer, small M: T in K-slices, then a W-streaming tensor-core GEMV (PDL) */
     LF_CUDA_GEMM = 4,        /* layer: cuBLAS T and base GEMM (fp32), then one epilogue kernel */
-    LF_CUDA_DELTA_SMALL = 5  /* delta, short K and small rank: one launch, one memory round trip */
+    LF_CUDA_DELTA_SMALL = 5, /* delta, short K and small rank: one launch, one memory round trip */
+    LF_CUDA_DELTA_TSPLIT = 6 /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -88,6 +89,13 @@ static inline int lf_cuda_delta_fused_fits(int64_t m, int64_t k, int64_t n, int6
         return 0; /* T and a useful chunk of A do not fit in shared memory together */
     return k * r <= 16384 || slices == 1;
 }
+
+/* The delta by cuBLAS's T (K-slices) and the GEMM path's epilogue, two launches: from K = 4096 it
+ * beats the fused kernel (T recomputed per N-slice) and the two-kernel one (a CUDA-core K loop):
+ * M = 1, 16, 128, 1024 at 4096², r16: 6.2, 6.5, 6.6, 17.3 µs against 7.9, 13.1, 31.7, 96.4 for the
+ * best of the others; at K = 1024, 2048 (f32, M=128) the two-kernel delta still wins, 6.3 and 9.2
+ * against 10.3 and 10.6 (dev/cuda/NOTES.md v12b). */
+static inline int lf_cuda_delta_tsplit_wins(int64_t k) { return k >= 4096; }
 
 /* The one-round-trip delta kernel (lora_delta_small_kernel): PEFT, 16-byte aligned, K a multiple
  * of the 16-byte vector and at most 128 of them (f32 512, 16-bit 1024: each lane holds 4 vectors

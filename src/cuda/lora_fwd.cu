@@ -8,8 +8,8 @@
  *                       x·Aᵀ into shared memory, fp32), then expands them over its slice of N. With
  *                       T given (p.t) it only expands: the second half of the two-kernel path.
  *   lora_shrink_kernel  T = x·Aᵀ into the workspace (fp32, [M, r]) for the two-kernel delta.
- *   lora_epilogue_kernel  the GEMM path's epilogue (below).
- *   lora_tpart_kernel   decode's T = x·Aᵀ as K-slice partials, one memory round trip per block.
+ *   lora_epilogue_kernel  adds s·T·Bᵀ (T from cuBLAS in K-slices), bias and beta·y to an fp32 base
+ *                       (the GEMM path's x·Wᵀ; none for the delta) and rounds once.
  *   lora_tpart_kernel   decode's T = x·Aᵀ as K-slice partials, one memory round trip per block.
  *   lora_decode_kernel  the whole layer for M ≤ 64: a persistent grid streams W once through
  *                       per-lane cp.async rings into mma.sync (W rows on the 16-wide side, tokens on
@@ -19,13 +19,15 @@
  *   GEMM path           cuBLAS writes T = x·Aᵀ (K-slice partials, one strided-batched call) and
  *                       x·Wᵀ in fp32 (into the workspace for 16-bit dtypes, into y for f32), then
  *                       lora_epilogue_kernel adds s·T·Bᵀ, bias and beta·y and rounds once: one read
- *                       of the fp32 result, one write of y.
+ *                       of the fp32 result, one write of y. The delta alone at large K·r runs the
+ *                       same way without x·Wᵀ (T-split delta).
  * Every sum has a fixed order: no atomics, results are bitwise identical run to run.
  * Nothing here allocates or synchronizes the host: calls can be captured in a CUDA graph.
  * On sm_90 every launch uses programmatic dependent launch (pdl_wait_and_release).
  */
 #include "common.cuh"
 #include "heuristics.h"
+#include "launch.cuh"
 
 #include <limits.h>
 #include <type_traits>
@@ -45,7 +47,8 @@ struct lora_args {
     int64_t ldb;
     const void *bias;
     const float *t;    /* T = x·Aᵀ, [m, r] fp32, from the shrink kernel; NULL: the block computes it */
-    const float *base; /* GEMM path: x·Wᵀ (+ beta·y for f32) from cuBLAS, fp32, row stride ldbase */
+    const float *base; /* GEMM path: x·Wᵀ (+ beta·y for f32) from cuBLAS, fp32, row stride ldbase;
+                        * NULL for the T-split delta */
     int64_t ldbase;
     int tsplit;        /* GEMM path: T comes as tsplit K-slice partials, tstride floats apart */
     int64_t tstride;
@@ -75,16 +78,14 @@ __device__ __forceinline__ void store_out(const lora_args &p, int row, int j, fl
     *y = lf_dt<T>::from_f32(v);
 }
 
-/* Programmatic dependent launch (sm_90; every launch here asks for it when the plan says so): wait
- * for the preceding grid in the stream (complete, its writes visible) before the first global
+/* Programmatic dependent launch (launch.cuh; every launch here asks for it when the plan says so):
+ * wait for the preceding grid in the stream (complete, its writes visible) before the first global
  * access, then let the next kernel launch, so that its launch and block setup overlap this one's
- * work instead of following it. Without the launch attribute both are no-ops. */
+ * work instead of following it. */
 __device__ __forceinline__ void pdl_wait_and_release()
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
+    lf_pdl_wait();
+    lf_pdl_release();
 }
 
 /* Stages rows of K chunk [k0, k0+kc) as fp32: x rows m0.. (bm of them) into x_s and, when a_rows,
@@ -381,7 +382,8 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_shrink_kernel(lora_args 
 /* ---- GEMM-path epilogue ------------------------------------------------------------------------ */
 
 /* y = round(base + s·T·Bᵀ + bias + beta·y) for the rows of a chunk, base = x·Wᵀ in fp32 from cuBLAS
- * (for f32, base is y itself, already holding x·Wᵀ + beta·y, and p.beta is 0). Bandwidth-bound:
+ * (for f32, base is y itself, already holding x·Wᵀ + beta·y, and p.beta is 0), or 0 when p.base is
+ * NULL (the T-split delta). Bandwidth-bound:
  * reads base once and writes y once; T ([m, r] fp32, from cuBLAS as K-slice partials that are
  * summed here) and B come through shared memory. Block: EPI_BN columns (4 consecutive per thread:
  * one 16-byte load of base) × 4·EPI_RR rows (EPI_RR per thread, strided by 4); the rank in chunks
@@ -409,7 +411,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
 #pragma unroll
     for (int rr = 0; rr < EPI_RR; rr++) {
         const int i = m0 + rl + 4 * rr;
-        if (i >= p.m)
+        if (i >= p.m || !p.base)
             break;
         const float *br = p.base + (int64_t)i * p.ldbase + j0;
         if (vec) {
@@ -652,7 +654,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
     /* Its primary is the shrink, released only after what preceded it completed: x and W are
      * final, so they stream now; T is waited for before the first epilogue. The next kernel waits
      * for all of this grid, so it may launch now. */
-    asm volatile("griddepcontrol.launch_dependents;");
+    lf_pdl_release();
 #endif
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
@@ -783,7 +785,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
         }
         if (tl == 0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            asm volatile("griddepcontrol.wait;" ::: "memory"); /* T is complete and visible from here on */
+            lf_pdl_wait(); /* T is complete and visible from here on */
 #endif
             for (int idx = threadIdx.x; idx < p.m * p.r; idx += blockDim.x) {
                 float v = 0.0f; /* T = the sum of its K-slice partials, in slice order */
@@ -826,17 +828,7 @@ stage_cfg make_cfg(int bm, int rc, int kc, int bn)
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, bool pdl, cudaStream_t st, Args... args)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(LF_CUDA_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
+    return lf_cuda_launch(kernel, grid, LF_CUDA_THREADS, smem, pdl, st, args...);
 }
 
 template <typename T, bool KN, bool VEC, int BM>
@@ -994,7 +986,7 @@ lora_args args_of(const lf_lora_problem *p)
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 /* The delta plan params:
- *   small: {LF_CUDA_DELTA_SMALL, -, -, -, pdl}
+ *   small: {LF_CUDA_DELTA_SMALL, -, -, -, pdl}   T-split: {LF_CUDA_DELTA_TSPLIT, K-slices of T, -, -, pdl}
  *   fused: {LF_CUDA_DELTA_FUSED, bm, bn, kc, pdl}   two-kernel: {LF_CUDA_DELTA_TWO, shrink bm, rc, kc, pdl}
  * (the two-kernel expand takes bm = 8 and bn from heuristics.h). Returns the bytes of T it needs. */
 size_t plan_delta(const lf_plan_key &key, const lf_cuda_state *cs, int64_t *param)
@@ -1004,6 +996,11 @@ size_t plan_delta(const lf_plan_key &key, const lf_cuda_state *cs, int64_t *para
     if (lf_cuda_delta_small_fits(key.dtype, key.layout, key.flags, k, r)) {
         param[0] = LF_CUDA_DELTA_SMALL;
         return 0;
+    }
+    if ((key.flags & LF_PLAN_STRIDES_INT) && lf_cuda_delta_tsplit_wins(k)) {
+        param[0] = LF_CUDA_DELTA_TSPLIT;
+        param[1] = lf_cuda_gemm_t_splits(m, k);
+        return align256((size_t)param[1] * m * r * 4);
     }
     if (lf_cuda_delta_fused_fits(m, k, n, r)) {
         const int bm = lf_cuda_delta_bm(m);
@@ -1021,6 +1018,16 @@ size_t plan_delta(const lf_plan_key &key, const lf_cuda_state *cs, int64_t *para
     return align256((size_t)m * r * 4);
 }
 
+/* T = x·Aᵀ by one strided-batched cuBLAS call over `splits` K-slices of a's problem: partial sums
+ * [splits][m][r] in fp32 into t (a thin, deep product runs on `splits` times more blocks). */
+lf_status t_slices(lf_context *ctx, const lf_plan_key &key, const lora_args &a, int splits, float *t)
+{
+    const int w_nk = key.layout == LF_LAYOUT_PEFT;
+    const int64_t ks = a.k / splits, ldx = a.m == 1 ? a.k : a.ldx; /* cuBLAS: the smallest valid stride */
+    return lf_cuda_gemm_xwt_ksplit(ctx, lf_cuda_data_type(key.dtype), w_nk, a.m, a.r, ks, splits, a.x, ldx, ks, a.a,
+                                   a.lda, w_nk ? ks : ks * a.lda, t, a.r, (int64_t)a.m * a.r);
+}
+
 /* Runs the delta sub-plan; t_ws is the T buffer. */
 lf_status run_delta(lf_context *ctx, const lf_plan_key &key, const int64_t *param, lora_args a, float *t_ws,
                     cudaStream_t st)
@@ -1036,6 +1043,14 @@ lf_status run_delta(lf_context *ctx, const lf_plan_key &key, const int64_t *para
             launch(lora_delta_small_kernel<__nv_bfloat16>, grid, 0, pdl, st, a);
     } else if (param[0] == LF_CUDA_DELTA_FUSED) {
         by_type<delta_fn>(key, a, make_cfg((int)param[1], a.r, (int)param[3], (int)param[2]), (int)param[1], pdl, st);
+    } else if (param[0] == LF_CUDA_DELTA_TSPLIT) {
+        const lf_status s = t_slices(ctx, key, a, (int)param[1], t_ws);
+        if (s != LF_OK)
+            return s;
+        a.t = t_ws;
+        a.tsplit = (int)param[1];
+        a.tstride = (int64_t)a.m * a.r;
+        by_type<epilogue_fn>(key, a, pdl, st);
     } else {
         by_type<shrink_fn>(key, a, make_cfg((int)param[1], (int)param[2], (int)param[3], 0), t_ws, pdl, st);
         a.t = t_ws;
@@ -1064,7 +1079,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
 }
 
 /* Plan params (PDL: launch with programmatic dependent launch, sm_90 and up):
- *   DELTA_FUSED / DELTA_TWO: see plan_delta
+ *   DELTA_*: see plan_delta
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
@@ -1087,8 +1102,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->param[5] = cs->cc_major >= 9;
         ws = align256((size_t)plan->param[2] * m * r * 4);
     } else {
-        /* cuBLAS takes int leading dimensions; a single row's stride is never used (see forward) */
-        if ((m > 1 && (p->ldx > INT_MAX || p->ldy > INT_MAX)) || p->ldw > INT_MAX || p->lda > INT_MAX)
+        if (!(key->flags & LF_PLAN_STRIDES_INT)) /* in the key: a cached plan never skips this */
             return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
                            "supported for M = %lld (cuBLAS takes 32-bit leading dimensions)", (long long)m);
         plan->impl = LF_CUDA_GEMM;
@@ -1114,6 +1128,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     case LF_CUDA_DELTA_SMALL:
     case LF_CUDA_DELTA_FUSED:
     case LF_CUDA_DELTA_TWO:
+    case LF_CUDA_DELTA_TSPLIT:
         return run_delta(ctx, key, plan->param, a, ws, st);
     case LF_CUDA_DECODE: {
         const bool pdl = plan->param[5] != 0;
@@ -1143,7 +1158,6 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         const int w_nk = key.layout == LF_LAYOUT_PEFT;
         const cudaDataType_t in = lf_cuda_data_type(p->dtype);
         const int splits = (int)plan->param[2];
-        const int64_t ks = p->k / splits;
         /* A single row's stride is never used, and cuBLAS takes ints: pass the smallest valid one. */
         const int64_t ldx = p->m == 1 ? p->k : p->ldx, ldy = p->m == 1 ? p->n : p->ldy;
         if (plan->param[3]) { /* f32, short K: cuBLAS x·Wᵀ + beta·y into y, then the one-round-trip
@@ -1158,8 +1172,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
             LF_CUDA_CHECK_LAUNCH(ctx);
             return LF_OK;
         }
-        lf_status s = lf_cuda_gemm_xwt_ksplit(ctx, in, w_nk, p->m, p->rank, ks, splits, p->x, ldx, ks, p->a, p->lda,
-                                              w_nk ? ks : ks * p->lda, ws, p->rank, p->m * p->rank);
+        lf_status s = t_slices(ctx, key, a, splits, ws);
         if (s != LF_OK)
             return s;
         a.t = ws;

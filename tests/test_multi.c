@@ -1,0 +1,480 @@
+/*
+ * test_multi.c — many adapters in one batch (lf_adapter_set_*, lf_lora_forward_multi and
+ * lf_lora_forward_segments) against the per-token reference (lf_ref_lora_multi_f64), on every
+ * backend present.
+ *
+ * Mappings: random (ids from -1 to past the capacity: empty slots and out-of-range ids mean no
+ * adapter), all -1, one adapter for every token, one token per adapter; ranks differ per adapter;
+ * M = 1, M ≤ 64 (in-kernel grouping on CUDA) and M > 64 (the grouping kernel); delta and layer;
+ * beta 0 / 1 / 0.5; bias; every dtype and layout; strided and misaligned operands. Every case: y
+ * poisoned with NaN when beta = 0, every element within the derived tolerance, y's padding and
+ * guards untouched; the segment form must give the same bits as the per-token form, and a second
+ * run the same bits as the first. Then: hot swap of one slot between calls (from host and from
+ * device memory), and bad input (statuses, y untouched).
+ */
+#include "lf_test.h"
+
+#include "cpu/lora_ref.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum mapping { MAP_RANDOM, MAP_NONE, MAP_ONE, MAP_EACH };
+static const char *mapping_name[] = {"random", "all-none", "one-adapter", "one-token-each"};
+
+typedef struct mcase {
+    lf_dtype dtype;
+    lf_layout layout;
+    int64_t m, k, n;
+    int capacity;
+    int64_t max_rank;
+    int has_w, has_bias;
+    float beta;
+    enum mapping map;
+    int strided, misalign;
+    int load_from_device;
+    uint64_t seed;
+} mcase;
+
+/* The operands of one case: x, w, bias, y and per slot a host/device copy of A and B. */
+typedef struct mprob {
+    mcase c;
+    lf_context *ctx;
+    lft_mat x, w, bias, y;
+    lft_mat *a, *b;   /* [capacity]; rows 0 for an empty slot */
+    int64_t *rank;    /* [capacity]; 0: empty */
+    float *scale;
+    int32_t *ids;     /* host, [m] */
+    int32_t *ids_dev; /* context memory */
+    lf_adapter_set *set;
+} mprob;
+
+static void mprob_free(mprob *p)
+{
+    lft_mat_free(&p->x), lft_mat_free(&p->w), lft_mat_free(&p->bias), lft_mat_free(&p->y);
+    for (int i = 0; p->a && i < p->c.capacity; i++)
+        lft_mat_free(&p->a[i]), lft_mat_free(&p->b[i]);
+    free(p->a), free(p->b), free(p->rank), free(p->scale), free(p->ids);
+    if (p->ids_dev)
+        lf_free(p->ctx, p->ids_dev);
+    lf_adapter_set_destroy(p->set);
+    memset(p, 0, sizeof *p);
+}
+
+/* Fills slot i with a fresh random adapter of rank r and loads it into the set. */
+static lf_status load_adapter(mprob *p, int i, int64_t r, lft_rng *rng)
+{
+    const mcase *c = &p->c;
+    const int peft = c->layout == LF_LAYOUT_PEFT;
+    const int64_t ga = c->strided ? 1 : 0, gb = c->strided ? 7 : 0, off = c->misalign ? 1 : 0;
+    lft_mat_free(&p->a[i]), lft_mat_free(&p->b[i]);
+    lf_status st;
+    if ((st = lft_mat_init(&p->a[i], p->ctx, c->dtype, peft ? r : c->k, peft ? c->k : r, (peft ? c->k : r) + ga, off)) !=
+            LF_OK ||
+        (st = lft_mat_init(&p->b[i], p->ctx, c->dtype, peft ? c->n : r, peft ? r : c->n, (peft ? r : c->n) + gb, off)) !=
+            LF_OK)
+        return st;
+    lft_mat_fill_random(&p->a[i], rng);
+    lft_mat_fill_random(&p->b[i], rng);
+    p->rank[i] = r;
+    p->scale[i] = (float)(0.25 + lft_rng_unit(rng)) * (lft_rng_unit(rng) < 0.5 ? -1.0f : 1.0f);
+    lf_matrix av, bv;
+    lf_copy_kind from;
+    if (c->load_from_device) {
+        if ((st = lft_mat_upload(&p->a[i])) != LF_OK || (st = lft_mat_upload(&p->b[i])) != LF_OK)
+            return st;
+        av = lft_mat_view(&p->a[i]), bv = lft_mat_view(&p->b[i]);
+        from = LF_COPY_DEVICE_TO_DEVICE;
+    } else { /* the host images themselves */
+        av = lft_mat_view(&p->a[i]), bv = lft_mat_view(&p->b[i]);
+        av.data = lft_mat_host(&p->a[i]), bv.data = lft_mat_host(&p->b[i]);
+        from = LF_COPY_HOST_TO_DEVICE;
+    }
+    return lf_adapter_set_load(p->set, i, c->layout, &av, &bv, p->scale[i], from);
+}
+
+static lf_status mprob_init(mprob *p, lf_context *ctx, const mcase *c)
+{
+    memset(p, 0, sizeof *p);
+    p->c = *c;
+    p->ctx = ctx;
+    const int peft = c->layout == LF_LAYOUT_PEFT;
+    const int64_t gx = c->strided ? 3 : 0, gw = c->strided ? 5 : 0, gy = c->strided ? 2 : 0;
+    const int64_t off = c->misalign ? 1 : 0;
+    p->a = calloc((size_t)c->capacity, sizeof *p->a);
+    p->b = calloc((size_t)c->capacity, sizeof *p->b);
+    p->rank = calloc((size_t)c->capacity, sizeof *p->rank);
+    p->scale = calloc((size_t)c->capacity, sizeof *p->scale);
+    p->ids = calloc((size_t)c->m + 1, sizeof *p->ids);
+    lf_status st = p->a && p->b && p->rank && p->scale && p->ids ? LF_OK : LF_ERR_OUT_OF_MEMORY;
+    if (st == LF_OK)
+        st = lft_mat_init(&p->x, ctx, c->dtype, c->m, c->k, c->k + gx, off);
+    if (st == LF_OK)
+        st = lft_mat_init(&p->y, ctx, c->dtype, c->m, c->n, c->n + gy, off);
+    if (st == LF_OK && c->has_w)
+        st = lft_mat_init(&p->w, ctx, c->dtype, peft ? c->n : c->k, peft ? c->k : c->n, (peft ? c->k : c->n) + gw, off);
+    if (st == LF_OK && c->has_bias)
+        st = lft_mat_init(&p->bias, ctx, c->dtype, 1, c->n, c->n, off);
+    if (st == LF_OK)
+        st = lf_adapter_set_create(ctx, c->dtype, c->k, c->n, c->capacity, c->max_rank, &p->set);
+    if (st != LF_OK) {
+        mprob_free(p);
+        return st;
+    }
+    lft_rng rng;
+    lft_rng_seed(&rng, c->seed);
+    lft_mat_fill_random(&p->x, &rng);
+    if (c->has_w)
+        lft_mat_fill_random(&p->w, &rng);
+    if (c->has_bias)
+        lft_mat_fill_random(&p->bias, &rng);
+    if (c->beta != 0.0f)
+        lft_mat_fill_random(&p->y, &rng);
+    /* Every slot but the last gets an adapter of its own rank (1..max_rank, max_rank included). */
+    for (int i = 0; i < c->capacity - (c->capacity > 1) && st == LF_OK; i++) {
+        const int64_t r = i == 0 ? c->max_rank : 1 + (int64_t)(lft_rng_unit(&rng) * (double)c->max_rank);
+        st = load_adapter(p, i, r, &rng);
+    }
+    for (int64_t t = 0; t < c->m; t++) {
+        switch (c->map) {
+        case MAP_RANDOM: /* -1 .. capacity + 1: none, every slot, the empty one, out of range */
+            p->ids[t] = (int32_t)(lft_rng_unit(&rng) * (double)(c->capacity + 3)) - 1;
+            break;
+        case MAP_NONE:
+            p->ids[t] = -1;
+            break;
+        case MAP_ONE:
+            p->ids[t] = 0;
+            break;
+        case MAP_EACH:
+            p->ids[t] = (int32_t)(t % (c->capacity > 1 ? c->capacity - 1 : 1));
+            break;
+        }
+    }
+    lft_mat *all[4] = {&p->x, &p->y, &p->w, &p->bias};
+    for (int i = 0; i < 4 && st == LF_OK; i++)
+        if (all[i]->image)
+            st = lft_mat_upload(all[i]);
+    if (st == LF_OK)
+        st = lf_malloc(ctx, (void **)&p->ids_dev, (size_t)(c->m + 1) * sizeof(int32_t));
+    if (st == LF_OK)
+        st = lf_memcpy(ctx, p->ids_dev, p->ids, (size_t)(c->m + 1) * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE);
+    if (st != LF_OK)
+        mprob_free(p);
+    return st;
+}
+
+static lf_status run_tokens(mprob *p)
+{
+    lf_matrix x = lft_mat_view(&p->x), y = lft_mat_view(&p->y), w = lft_mat_view(&p->w), bias = lft_mat_view(&p->bias);
+    return lf_lora_forward_multi(p->ctx, p->set, p->c.layout, &x, p->c.has_w ? &w : NULL,
+                                 p->c.has_bias ? &bias : NULL, p->ids_dev, p->c.beta, &y);
+}
+
+static int is_none(const mprob *p, int32_t id) { return id < 0 || id >= p->c.capacity || p->rank[id] == 0; }
+
+/* The same mapping as runs of equal ids, one segment per run; a leading and a trailing run without
+ * an adapter are left outside every segment, and an empty segment precedes the first one. */
+static lf_status run_segments(mprob *p)
+{
+    const int64_t m = p->c.m;
+    int32_t *starts = malloc((size_t)(2 * m + 2) * sizeof *starts), *adapter = malloc((size_t)(2 * m + 1) * sizeof *adapter);
+    void *dev = NULL;
+    lf_status st = starts && adapter ? LF_OK : LF_ERR_OUT_OF_MEMORY;
+    int64_t s = 0, covered = 0;
+    for (int64_t t = 0, e; t < m && st == LF_OK; t = e) {
+        for (e = t; e < m && p->ids[e] == p->ids[t]; e++)
+            ;
+        if (is_none(p, p->ids[t]) && (t == 0 || e == m))
+            continue;
+        if (s == 0) { /* an empty run: [t, t) */
+            starts[s] = (int32_t)t;
+            adapter[s++] = 0;
+        }
+        starts[s] = (int32_t)t;
+        adapter[s++] = p->ids[t];
+        covered = e;
+    }
+    starts[s] = (int32_t)covered;
+    const size_t bytes = (size_t)(2 * s + 1) * sizeof(int32_t);
+    if (st == LF_OK)
+        st = lf_malloc(p->ctx, &dev, bytes);
+    if (st == LF_OK)
+        st = lf_memcpy(p->ctx, dev, starts, (size_t)(s + 1) * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE);
+    if (st == LF_OK && s > 0)
+        st = lf_memcpy(p->ctx, (int32_t *)dev + s + 1, adapter, (size_t)s * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE);
+    if (st == LF_OK) {
+        lf_matrix x = lft_mat_view(&p->x), y = lft_mat_view(&p->y), w = lft_mat_view(&p->w),
+                  bias = lft_mat_view(&p->bias);
+        st = lf_lora_forward_segments(p->ctx, p->set, p->c.layout, &x, p->c.has_w ? &w : NULL,
+                                      p->c.has_bias ? &bias : NULL, dev, (int32_t *)dev + s + 1, s, p->c.beta, &y);
+        if (st == LF_OK)
+            st = lf_synchronize(p->ctx);
+    }
+    if (dev)
+        lf_free(p->ctx, dev);
+    free(starts), free(adapter);
+    return st;
+}
+
+/* Downloads y and checks every element against the reference, and padding and guards. *bits gets
+ * the downloaded image (caller frees). */
+static void check_y(mprob *p, unsigned char **bits)
+{
+    const mcase *c = &p->c;
+    const int64_t m = c->m, n = c->n;
+    unsigned char *got = malloc(p->y.total);
+    double *exact = malloc((size_t)(m * n) * sizeof *exact), *mag = malloc((size_t)(m * n) * sizeof *mag);
+    lf_lora_problem *ads = calloc((size_t)c->capacity, sizeof *ads);
+    int32_t *ids = malloc((size_t)m * sizeof *ids);
+    if (!got || !exact || !mag || !ads || !ids || !LFT_CHECK(lft_mat_download(&p->y, got) == LF_OK)) {
+        LFT_CHECKF(0, "out of memory or download failed");
+        goto done;
+    }
+    lf_lora_problem hp = {.layout = c->layout, .dtype = c->dtype, .m = m, .k = c->k, .n = n, .rank = 1,
+                          .x = lft_mat_host(&p->x), .ldx = p->x.stride,
+                          .w = c->has_w ? lft_mat_host(&p->w) : NULL, .ldw = p->w.stride,
+                          .bias = c->has_bias ? lft_mat_host(&p->bias) : NULL, .beta = c->beta,
+                          .y = lft_mat_host(&p->y), .ldy = p->y.stride};
+    for (int i = 0; i < c->capacity; i++) {
+        const int ok = p->rank[i] > 0;
+        ads[i] = (lf_lora_problem){.a = ok ? lft_mat_host(&p->a[i]) : NULL, .lda = p->a[i].stride,
+                                   .b = ok ? lft_mat_host(&p->b[i]) : NULL, .ldb = p->b[i].stride,
+                                   .rank = ok ? p->rank[i] : 1, .scale = p->scale[i]};
+    }
+    for (int64_t t = 0; t < m; t++) /* an empty slot is none too */
+        ids[t] = is_none(p, p->ids[t]) ? -1 : p->ids[t];
+    lf_ref_lora_multi_f64(&hp, ads, c->capacity, ids, exact, mag);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            const double v = lft_mat_get(&p->y, got, i, j), e = exact[i * n + j];
+            const double tol = lf_ref_tolerance(c->dtype, c->k, c->max_rank, e, mag[i * n + j]);
+            if (!(fabs(v - e) <= tol) && bad++ < 4)
+                LFT_CHECKF(0, "y[%lld][%lld] = %.9g, expected %.9g (tolerance %.3g, adapter %d)", (long long)i,
+                           (long long)j, v, e, tol, ids[i]);
+        }
+    LFT_CHECKF(bad == 0, "%lld elements of y out of tolerance", (long long)bad);
+    lft_mat_check_untouched(&p->y, got, 0, "y");
+    if (bits) {
+        *bits = got;
+        got = NULL;
+    }
+done:
+    free(got), free(exact), free(mag), free(ads), free(ids);
+}
+
+static const char *case_name(const mcase *c, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s %s %s%s beta=%g %lldx%lldx%lld L%d r<=%lld %s%s%s%s", lf_dtype_name(c->dtype),
+             c->layout == LF_LAYOUT_PEFT ? "peft" : "kn", c->has_w ? "layer" : "delta", c->has_bias ? "+bias" : "",
+             (double)c->beta, (long long)c->m, (long long)c->k, (long long)c->n, c->capacity, (long long)c->max_rank,
+             mapping_name[c->map], c->strided ? " strided" : "", c->misalign ? " misaligned" : "",
+             c->load_from_device ? " device-loaded" : "");
+    return buf;
+}
+
+/* One case: per-token form checked, the segment form and a repeat bitwise equal to it. */
+static void run_case(lf_context *ctx, const mcase *c)
+{
+    char name[256];
+    lft_begin("multi %s %s", lf_backend_name(lf_context_backend(ctx)), case_name(c, name, sizeof name));
+    lft_set_seed(c->seed);
+    mprob p;
+    lf_status st = mprob_init(&p, ctx, c);
+    if (!LFT_CHECK_STATUS(ctx, st, LF_OK)) {
+        lft_end();
+        return;
+    }
+    unsigned char *first = NULL, *again = NULL;
+    if (LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK)) {
+        check_y(&p, &first);
+        /* the segment form, then the per-token form again, each from the same initial y */
+        for (int form = 0; form < 2 && first; form++) {
+            if (!LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) ||
+                !LFT_CHECK_STATUS(ctx, form == 0 ? run_segments(&p) : run_tokens(&p), LF_OK))
+                break;
+            again = malloc(p.y.total);
+            if (again && lft_mat_download(&p.y, again) == LF_OK)
+                LFT_CHECKF(memcmp(first, again, p.y.total) == 0, "%s: y differs bitwise from the first per-token run",
+                           form == 0 ? "segment form" : "second per-token run");
+            free(again);
+            again = NULL;
+        }
+    }
+    free(first);
+    mprob_free(&p);
+    lft_end();
+}
+
+typedef struct shape {
+    int64_t m, k, n;
+    int capacity;
+    int64_t max_rank;
+    int strided, misalign;
+} shape;
+
+static const shape shapes[] = {
+    {1, 300, 200, 4, 16, 0, 0},   /* M = 1 */
+    {16, 256, 256, 8, 16, 0, 0},  /* decode-like, aligned */
+    {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
+    {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
+    {150, 257, 130, 9, 24, 0, 0}, /* M > 64: the grouping kernel on CUDA; ranks past 16 */
+    {300, 64, 64, 3, 5, 1, 1},    /* long groups (more than one tile per adapter) */
+};
+#define N_SHAPES (sizeof shapes / sizeof shapes[0])
+
+static void sweep(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    uint64_t index = 0;
+    static const lf_dtype dtypes[3] = {LF_F32, LF_F16, LF_BF16};
+    static const float betas[3] = {0.0f, 1.0f, 0.5f};
+    for (size_t s = 0; s < N_SHAPES; s++)
+        for (int dt = 0; dt < 3; dt++)
+            for (int has_w = 0; has_w <= 1; has_w++)
+                for (int map = 0; map < 4; map++) {
+                    const shape *sh = &shapes[s];
+                    /* layout, beta, bias and the load path rotate with the index */
+                    mcase c = {.dtype = dtypes[dt], .layout = index % 2 ? LF_LAYOUT_KN : LF_LAYOUT_PEFT,
+                               .m = sh->m, .k = sh->k, .n = sh->n, .capacity = sh->capacity,
+                               .max_rank = sh->max_rank, .has_w = has_w, .has_bias = (index / 3) % 2 == 0,
+                               .beta = betas[(index / 2) % 3], .map = (enum mapping)map, .strided = sh->strided,
+                               .misalign = sh->misalign, .load_from_device = index % 5 == 1,
+                               .seed = lft_case_seed(index)};
+                    index++;
+                    run_case(ctx, &c);
+                }
+}
+#define SWEEP_CASES (N_SHAPES * 3 * 2 * 4)
+
+/* Hot swap: slot 1 replaced between calls (another rank, from host then from device), slot 0
+ * unchanged; each call checked against the reference of the adapters it should see. */
+static void hot_swap(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    for (int from_device = 0; from_device <= 1; from_device++) {
+        lft_begin("multi %s hot swap (%s)", lf_backend_name(lf_context_backend(ctx)), from_device ? "device" : "host");
+        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 24, .k = 192, .n = 160, .capacity = 3,
+                   .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + from_device)};
+        mprob p;
+        if (LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
+            for (int64_t t = 0; t < c.m; t++) /* both slots used */
+                p.ids[t] = (int32_t)(t % 2);
+            lf_memcpy(ctx, p.ids_dev, p.ids, (size_t)c.m * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE);
+            if (LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
+                check_y(&p, NULL);
+            lft_rng rng;
+            lft_rng_seed(&rng, c.seed ^ 0x5a5a);
+            p.c.load_from_device = from_device;
+            if (LFT_CHECK_STATUS(ctx, load_adapter(&p, 1, 3, &rng), LF_OK) && LFT_CHECK(lf_adapter_set_rank(p.set, 1) == 3) &&
+                LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) && LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
+                check_y(&p, NULL);
+            /* cleared: slot 1's tokens get no adapter */
+            if (LFT_CHECK_STATUS(ctx, lf_adapter_set_clear(p.set, 1), LF_OK)) {
+                p.rank[1] = 0;
+                if (LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) && LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
+                    check_y(&p, NULL);
+            }
+            mprob_free(&p);
+        }
+        lft_end();
+    }
+}
+#define HOT_SWAP_CASES 2
+
+/* Bad input: a status, a message, and y untouched. */
+static void bad_input(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    const char *be = lf_backend_name(lf_context_backend(ctx));
+    lft_begin("multi %s bad input", be);
+    lf_adapter_set *set = NULL;
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_BF16, 64, 32, 0, 8, &set), LF_ERR_INVALID_VALUE);
+    LFT_CHECK(set == NULL);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_BF16, 64, 32, LF_MAX_ADAPTERS + 1, 8, &set), LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_BF16, 64, 32, 2, LF_MAX_RANK + 1, &set), LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_BF16, 0, 32, 2, 8, &set), LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, (lf_dtype)7, 64, 32, 2, 8, &set), LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_BF16, 64, 32, 2, 8, NULL), LF_ERR_NULL_POINTER);
+    mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 8, .k = 64, .n = 32, .capacity = 2, .max_rank = 8,
+               .beta = 0.0f, .map = MAP_ONE, .seed = 77};
+    mprob p;
+    if (LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
+        lf_matrix x = lft_mat_view(&p.x), y = lft_mat_view(&p.y), a = lft_mat_view(&p.a[0]), b = lft_mat_view(&p.b[0]);
+        a.data = lft_mat_host(&p.a[0]), b.data = lft_mat_host(&p.b[0]);
+        /* loads */
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 2, c.layout, &a, &b, 1.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, -1, c.layout, &a, &b, 1.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 0, c.layout, &a, &b, 1.0f, LF_COPY_DEVICE_TO_HOST),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 0, c.layout, NULL, &b, 1.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_NULL_POINTER);
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 0, c.layout, &a, &b, 1.0f / 0.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_INVALID_VALUE);
+        lf_matrix wide_b = b;
+        wide_b.rows = b.rows + 1;
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 0, c.layout, &a, &wide_b, 1.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_SHAPE_MISMATCH);
+        lf_matrix f32_a = a;
+        f32_a.dtype = LF_F32;
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_load(p.set, 0, c.layout, &f32_a, &b, 1.0f, LF_COPY_HOST_TO_DEVICE),
+                         LF_ERR_DTYPE_MISMATCH);
+        LFT_CHECK(lf_adapter_set_rank(p.set, 0) == p.rank[0]); /* failed loads left the slot alone */
+        LFT_CHECK(lf_adapter_set_rank(p.set, 5) == 0 && lf_adapter_set_rank(NULL, 0) == 0);
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_clear(p.set, 9), LF_ERR_INVALID_VALUE);
+        /* calls: every failure leaves y (poisoned) untouched */
+        lf_matrix bad_x = x;
+        bad_x.cols = c.k + 1;
+        lf_matrix f16_x = x;
+        f16_x.dtype = LF_F16;
+        lf_matrix y_on_x = y;
+        y_on_x.data = x.data;
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, NULL, c.layout, &x, NULL, NULL, p.ids_dev, 0.0f, &y),
+                         LF_ERR_NULL_POINTER);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, c.layout, &x, NULL, NULL, NULL, 0.0f, &y),
+                         LF_ERR_NULL_POINTER);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, c.layout, &bad_x, NULL, NULL, p.ids_dev, 0.0f, &y),
+                         LF_ERR_SHAPE_MISMATCH);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, c.layout, &f16_x, NULL, NULL, p.ids_dev, 0.0f, &y),
+                         LF_ERR_DTYPE_MISMATCH);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, (lf_layout)5, &x, NULL, NULL, p.ids_dev, 0.0f, &y),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, c.layout, &x, NULL, NULL, p.ids_dev, 0.0f / 0.0f, &y),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_multi(ctx, p.set, c.layout, &x, NULL, NULL, p.ids_dev, 0.0f, &y_on_x),
+                         LF_ERR_ALIASING);
+        LFT_CHECK(strlen(lf_context_last_error(ctx)) > 0);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_segments(ctx, p.set, c.layout, &x, NULL, NULL, p.ids_dev, p.ids_dev, -1,
+                                                       0.0f, &y),
+                         LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_lora_forward_segments(ctx, p.set, c.layout, &x, NULL, NULL, NULL, p.ids_dev, 1, 0.0f,
+                                                       &y),
+                         LF_ERR_NULL_POINTER);
+        lf_context *other = NULL;
+        if (lf_context_create(&other, lf_context_backend(ctx)) == LF_OK) {
+            LFT_CHECK_STATUS(other, lf_lora_forward_multi(other, p.set, c.layout, &x, NULL, NULL, p.ids_dev, 0.0f, &y),
+                             LF_ERR_INVALID_VALUE);
+            lf_context_destroy(other);
+        }
+        unsigned char *after = malloc(p.y.total);
+        if (after && LFT_CHECK(lft_mat_download(&p.y, after) == LF_OK))
+            LFT_CHECK(lft_mat_check_untouched(&p.y, after, 1, "y after failed calls") == 0);
+        free(after);
+        mprob_free(&p);
+    }
+    lft_end();
+}
+#define BAD_INPUT_CASES 1
+
+int main(void)
+{
+    lft_for_each_backend("multi sweep", (int)SWEEP_CASES, sweep, NULL);
+    lft_for_each_backend("multi hot swap", HOT_SWAP_CASES, hot_swap, NULL);
+    lft_for_each_backend("multi bad input", BAD_INPUT_CASES, bad_input, NULL);
+    return lft_summary("test_multi");
+}
