@@ -579,6 +579,101 @@ lf_status lf_lora_forward_segments(lf_context *ctx, const lf_adapter_set *set, l
                                    const int32_t *seg_starts, const int32_t *seg_adapter, int64_t segments,
                                    float beta, const lf_matrix *y);
 
+/* ============================================================================================== */
+/*  Tensor parallelism (Megatron layout)                                                          */
+/* ============================================================================================== */
+/*
+ * A layer too large for one GPU is split over P ranks:
+ *   column-parallel (q/k/v, gate/up): W and B split on N (output features), A whole on every rank.
+ *     Each rank computes its N/P columns of y with lf_lora_forward on its shard: no communication.
+ *   row-parallel (o_proj, down_proj): x, W and A split on K (input features), B whole. Each rank
+ *     computes x_p·W_pᵀ + s·(x_p·A_pᵀ)·Bᵀ, and one all-reduce (the one the base layer needs anyway)
+ *     sums the partial outputs: the LoRA branch adds no collective and no launch of its own.
+ * lf_tp_shard_lora cuts a full layer (host or device views, e.g. from lf_peft_adapter_host_weights)
+ * into rank `index`'s shard without copying; lf_tp_split says which rows or columns a rank owns.
+ * Uneven sizes are allowed: the first n % P ranks get one more row or column than the others.
+ *
+ *     lf_tp_comm *comm;                      // once per rank: wraps the caller's ncclComm_t
+ *     lf_tp_comm_from_nccl(ctx, (void *)nccl_comm, &comm);
+ *     lf_tp_row_forward(ctx, comm, LF_LAYOUT_PEFT, &x_p, &w_p, &bias, &a_p, &b, scale, 0.0f, &y);
+ */
+
+/* How a layer is split over the ranks. */
+typedef enum lf_tp_kind {
+    LF_TP_COLUMN = 0, /* W and B split on N, A whole; no communication */
+    LF_TP_ROW = 1     /* x, W and A split on K, B whole; one all-reduce of y */
+} lf_tp_kind;
+
+/*! lf_tp_split() :
+ *  The part `index` (0 ≤ index < parts) of n items split contiguously over `parts`: items
+ *  [*begin, *begin + *count), the first n % parts parts one item longer than the others.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (n < 0, parts < 1, index outside). */
+lf_status lf_tp_split(int64_t n, int parts, int index, int64_t *begin, int64_t *count);
+
+/*! lf_tp_shard_lora() :
+ *  Views of rank `index`'s shard of a full layer's W and bias (both optional: NULL gives a zeroed
+ *  view), A and B, for `kind` and `layout` (the shapes of lf_lora_forward): column-parallel takes
+ *  the slice of N of W, bias and B; row-parallel the slice of K of W and A (bias whole). The views
+ *  share the full matrices' memory (row strides kept); copy them to where the rank computes when
+ *  they live elsewhere. The rank's x is its slice of x's columns (row-parallel), and its y the
+ *  slice of y's columns (column-parallel): lf_tp_split gives both.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (kind, layout, parts, index, or a split
+ *  that leaves this rank no row or column); LF_ERR_SHAPE_MISMATCH (W, bias, A, B disagree). */
+lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int index, const lf_matrix *w,
+                           const lf_matrix *bias, const lf_matrix *a, const lf_matrix *b, lf_matrix *w_shard,
+                           lf_matrix *bias_shard, lf_matrix *a_shard, lf_matrix *b_shard);
+
+/* A rank's handle on its communicator. */
+typedef struct lf_tp_comm lf_tp_comm;
+
+/*! lf_tp_comm_from_nccl() :
+ *  Wraps the caller's NCCL communicator (an ncclComm_t, passed as a pointer so that this header
+ *  needs no nccl.h) for a CUDA context on the communicator's device. The communicator stays the
+ *  caller's; the handle holds a second stream and events for overlapping the all-reduce with the
+ *  next rows' compute. Keep NCCL_NVLS_ENABLE=0 (lorafuse never uses NVLink multicast).
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_UNSUPPORTED (lorafuse was built without
+ *  NCCL, or ctx is not a CUDA context); LF_ERR_DEVICE (NCCL or CUDA reported an error). */
+lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
+
+/*! lf_tp_comm_destroy() : frees the handle (not the NCCL communicator). NULL is a no-op. */
+void lf_tp_comm_destroy(lf_tp_comm *comm);
+
+/*! lf_tp_comm_rank() / lf_tp_comm_size() : this rank's index and the number of ranks (-1 for NULL). */
+int lf_tp_comm_rank(const lf_tp_comm *comm);
+int lf_tp_comm_size(const lf_tp_comm *comm);
+
+/*! lf_tp_row_forward() :
+ *  Row-parallel layer, called by every rank with its shard: x_p [M, K_p], w_p (optional) and a_p
+ *  split on K as lf_tp_shard_lora gives them, b and bias (optional) whole, y [M, N] dense (row
+ *  stride N) in ctx's memory. On return (in stream order) every rank's y holds
+ *      beta·y + Σ_p (x_p·W_pᵀ + scale·(x_p·A_pᵀ)·Bᵀ) + bias
+ *  Rank 0 alone adds beta·y and bias; every rank's partial output is rounded to the dtype and the
+ *  all-reduce sums them (as the TP base layer does). Large M is cut into row chunks, so that the
+ *  all-reduce of one chunk runs while the next is computed. All ranks must pass the same M, N,
+ *  dtype and beta: the ranks do not compare them (that would cost a collective), and NCCL may hang
+ *  on a mismatch. Runs of the same inputs give bitwise the same y.
+ *  @return as lf_lora_forward; LF_ERR_NULL_POINTER (comm); LF_ERR_INVALID_VALUE (comm of another
+ *  context); LF_ERR_BAD_STRIDE (y not dense); LF_ERR_DEVICE (NCCL's error text in the message). */
+lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout, const lf_matrix *x_p,
+                            const lf_matrix *w_p, const lf_matrix *bias, const lf_matrix *a_p, const lf_matrix *b,
+                            float scale, float beta, const lf_matrix *y);
+
+/*! lf_tp_row_forward_multi() :
+ *  The per-token many-adapter form of lf_tp_row_forward: `set` holds each adapter's A shard (its
+ *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. */
+lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
+                                  const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
+                                  const int32_t *token_adapter, float beta, const lf_matrix *y);
+
+/*! lf_tp_row_forward_segments() :
+ *  The per-segment form (lf_lora_forward_segments) of lf_tp_row_forward. Segments are not cut into
+ *  row chunks: the all-reduce follows the whole partial output. */
+lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,
+                                     lf_layout layout, const lf_matrix *x_p, const lf_matrix *w_p,
+                                     const lf_matrix *bias, const int32_t *seg_starts,
+                                     const int32_t *seg_adapter, int64_t segments, float beta,
+                                     const lf_matrix *y);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,7 +10,7 @@
 # (default: all), SANITIZE=those run under compute-sanitizer, BENCH=bench arguments ("" skips it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft"
+all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
 tests=${TESTS:-$all_tests}
 sanitize=${SANITIZE-test_seed test_ops}

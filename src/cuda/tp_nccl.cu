@@ -1,0 +1,105 @@
+/*
+ * tp_nccl.cu — the NCCL communicator of the row-parallel layers (built only when NCCL is found).
+ *
+ * Each all-reduce runs on a second stream that waits for the chunk's compute on the context's
+ * stream, so the sum of chunk i overlaps the compute of chunk i + 1; join makes the context's
+ * stream wait for the last sum. Events, not host synchronization: the pattern is legal inside CUDA
+ * graph capture (the second stream joins the capture through the first event). NCCL's own
+ * reduction order is fixed for a communicator, so results repeat bit for bit.
+ */
+#include "common.cuh"
+#include "../tp_internal.h"
+
+#include <nccl.h>
+#include <stdlib.h>
+
+namespace {
+
+struct nccl_state {
+    lf_tp_comm comm;
+    ncclComm_t nccl;
+    cudaStream_t side;
+    cudaEvent_t ready, done; /* compute → side stream; side stream → context stream */
+    bool pending;            /* an all-reduce was issued since the last join */
+};
+
+ncclDataType_t nccl_type(lf_dtype d)
+{
+    return d == LF_F32 ? ncclFloat32 : d == LF_F16 ? ncclFloat16 : ncclBfloat16;
+}
+
+#define LF_NCCL_CHECK(ctx, call)                                                                     \
+    do {                                                                                             \
+        ncclResult_t r_ = (call);                                                                    \
+        if (r_ != ncclSuccess)                                                                       \
+            return lf_fail((ctx), LF_ERR_DEVICE, "%s failed: %s (%s)", #call, ncclGetErrorString(r_), \
+                           ncclGetLastError(NULL));                                                  \
+    } while (0)
+
+lf_status nccl_allreduce(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype)
+{
+    nccl_state *s = static_cast<nccl_state *>(comm->impl);
+    lf_context *ctx = comm->ctx;
+    LF_CUDA_CHECK(ctx, cudaEventRecord(s->ready, lf_cuda_stream(ctx)));
+    LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(s->side, s->ready, 0));
+    LF_NCCL_CHECK(ctx, ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, s->nccl, s->side));
+    s->pending = true;
+    return LF_OK;
+}
+
+lf_status nccl_join(lf_tp_comm *comm)
+{
+    nccl_state *s = static_cast<nccl_state *>(comm->impl);
+    if (!s->pending)
+        return LF_OK;
+    s->pending = false;
+    LF_CUDA_CHECK(comm->ctx, cudaEventRecord(s->done, s->side));
+    LF_CUDA_CHECK(comm->ctx, cudaStreamWaitEvent(lf_cuda_stream(comm->ctx), s->done, 0));
+    return LF_OK;
+}
+
+void nccl_destroy(lf_tp_comm *comm)
+{
+    nccl_state *s = static_cast<nccl_state *>(comm->impl);
+    if (s->side) {
+        cudaStreamSynchronize(s->side); /* its last all-reduce may still read or write y */
+        cudaStreamDestroy(s->side);
+    }
+    if (s->ready)
+        cudaEventDestroy(s->ready);
+    if (s->done)
+        cudaEventDestroy(s->done);
+    free(s);
+}
+
+const lf_tp_comm_ops nccl_ops = {nccl_allreduce, nccl_join, nccl_destroy};
+
+} /* namespace */
+
+extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)
+{
+    nccl_state *s = static_cast<nccl_state *>(calloc(1, sizeof(nccl_state)));
+    if (!s)
+        return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
+    s->nccl = static_cast<ncclComm_t>(nccl_comm);
+    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s};
+    ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
+    if (r == ncclSuccess)
+        r = ncclCommCount(s->nccl, &s->comm.size);
+    if (r != ncclSuccess) {
+        free(s);
+        return lf_fail(ctx, LF_ERR_DEVICE, "lf_tp_comm_from_nccl: not a usable NCCL communicator: %s",
+                       ncclGetErrorString(r));
+    }
+    cudaError_t e = cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        nccl_destroy(&s->comm);
+        return lf_fail(ctx, LF_ERR_DEVICE, "lf_tp_comm_from_nccl: %s", cudaGetErrorString(e));
+    }
+    *out = &s->comm;
+    return LF_OK;
+}

@@ -1,0 +1,230 @@
+/*
+ * tp.c — tensor-parallel LoRA layers: shard views, and the row-parallel driver that folds the LoRA
+ * term into each rank's partial output before the one all-reduce the base layer needs anyway.
+ *
+ * The partial outputs are computed by the ordinary ops (lf_lora_forward and its many-adapter forms)
+ * on row chunks of x and y, so they keep those ops' validation, plans and kernels; the communicator
+ * (tp_internal.h) sums each chunk while the next one is computed.
+ */
+#include "tp_internal.h"
+
+#include <stdlib.h>
+
+lf_status lf_tp_split(int64_t n, int parts, int index, int64_t *begin, int64_t *count)
+{
+    if (!begin || !count)
+        return LF_ERR_NULL_POINTER;
+    if (n < 0 || parts < 1 || index < 0 || index >= parts)
+        return LF_ERR_INVALID_VALUE;
+    const int64_t base = n / parts, extra = n % parts;
+    *begin = index * base + (index < extra ? index : extra);
+    *count = base + (index < extra ? 1 : 0);
+    return LF_OK;
+}
+
+/* Rows [r0, r0 + rows) and columns [c0, c0 + cols) of m, as a view. */
+static lf_matrix sub_view(const lf_matrix *m, int64_t r0, int64_t rows, int64_t c0, int64_t cols)
+{
+    lf_matrix v = *m;
+    v.data = (char *)m->data + (size_t)(r0 * m->stride + c0) * lf_dtype_size(m->dtype);
+    v.rows = rows;
+    v.cols = cols;
+    return v;
+}
+
+lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int index, const lf_matrix *w,
+                           const lf_matrix *bias, const lf_matrix *a, const lf_matrix *b, lf_matrix *w_shard,
+                           lf_matrix *bias_shard, lf_matrix *a_shard, lf_matrix *b_shard)
+{
+    if (!a || !b || !w_shard || !bias_shard || !a_shard || !b_shard)
+        return LF_ERR_NULL_POINTER;
+    if ((kind != LF_TP_COLUMN && kind != LF_TP_ROW) || (layout != LF_LAYOUT_PEFT && layout != LF_LAYOUT_KN))
+        return LF_ERR_INVALID_VALUE;
+    const int peft = layout == LF_LAYOUT_PEFT;
+    /* K, N and the rank as the full A and B give them */
+    const int64_t k = peft ? a->cols : a->rows, r = peft ? a->rows : a->cols, n = peft ? b->rows : b->cols;
+    if ((peft ? b->cols : b->rows) != r)
+        return LF_ERR_SHAPE_MISMATCH;
+    if (w && (peft ? w->rows != n || w->cols != k : w->rows != k || w->cols != n))
+        return LF_ERR_SHAPE_MISMATCH;
+    if (bias && (bias->rows != 1 || bias->cols != n))
+        return LF_ERR_SHAPE_MISMATCH;
+    int64_t begin, count;
+    lf_status st = lf_tp_split(kind == LF_TP_COLUMN ? n : k, parts, index, &begin, &count);
+    if (st != LF_OK)
+        return st;
+    if (count == 0)
+        return LF_ERR_INVALID_VALUE; /* more ranks than rows or columns to share */
+    const lf_matrix none = {0};
+    *w_shard = none;
+    *bias_shard = none;
+    *a_shard = *a;
+    *b_shard = *b;
+    if (kind == LF_TP_COLUMN) { /* the slice of N: W's rows (PEFT) or columns (KN), likewise B */
+        if (w)
+            *w_shard = peft ? sub_view(w, begin, count, 0, k) : sub_view(w, 0, k, begin, count);
+        if (bias)
+            *bias_shard = sub_view(bias, 0, 1, begin, count);
+        *b_shard = peft ? sub_view(b, begin, count, 0, r) : sub_view(b, 0, r, begin, count);
+    } else { /* the slice of K: W's and A's columns (PEFT) or rows (KN) */
+        if (w)
+            *w_shard = peft ? sub_view(w, 0, n, begin, count) : sub_view(w, begin, count, 0, n);
+        if (bias)
+            *bias_shard = *bias;
+        *a_shard = peft ? sub_view(a, 0, r, begin, count) : sub_view(a, begin, count, 0, r);
+    }
+    return LF_OK;
+}
+
+/* Not yet measured (no machine with several GPUs has been lent): chunks of at least 128 rows from
+ * M = 256, at most four; one rank has nothing to overlap. */
+int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
+{
+    (void)n;
+    if (parts < 2 || m < 256)
+        return 1;
+    return m >= 512 ? 4 : 2;
+}
+
+lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
+
+lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)
+{
+    if (!ctx)
+        return LF_ERR_NULL_POINTER;
+    if (!out)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "lf_tp_comm_from_nccl: out is NULL");
+    *out = NULL;
+    if (!nccl_comm)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "lf_tp_comm_from_nccl: the NCCL communicator is NULL");
+#ifdef LF_HAVE_NCCL
+    if (ctx->ops->kind != LF_BACKEND_CUDA)
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_tp_comm_from_nccl: NCCL needs a CUDA context, this one is %s",
+                       lf_backend_name(ctx->ops->kind));
+    return lf_tp_comm_from_nccl_impl(ctx, nccl_comm, out);
+#else
+    return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_tp_comm_from_nccl: lorafuse was built without NCCL");
+#endif
+}
+
+void lf_tp_comm_destroy(lf_tp_comm *comm)
+{
+    if (comm)
+        comm->ops->destroy(comm);
+}
+
+int lf_tp_comm_rank(const lf_tp_comm *comm) { return comm ? comm->rank : -1; }
+int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
+
+/* ---- the row-parallel driver ------------------------------------------------------------------ */
+
+/* Computes this rank's partial output for rows [r0, r0 + rows) into y_rows: beta and bias only on
+ * rank 0 (first). */
+typedef lf_status (*partial_fn)(lf_context *ctx, const void *arg, int64_t r0, int64_t rows, int first,
+                                const lf_matrix *y_rows);
+
+typedef struct row_args {
+    lf_layout layout;
+    const lf_matrix *x, *w, *bias, *a, *b;
+    float scale, beta;
+    const lf_adapter_set *set; /* many-adapter forms */
+    const int32_t *token_adapter;
+    const int32_t *seg_starts, *seg_adapter;
+    int64_t segments;
+} row_args;
+
+/* x's rows [r0, r0 + rows) (x itself when it is NULL or has no data: the op reports that). */
+static lf_matrix x_rows(const lf_matrix *x, int64_t r0, int64_t rows)
+{
+    if (!x->data)
+        return *x;
+    return sub_view(x, r0, rows, 0, x->cols);
+}
+
+static lf_status partial_single(lf_context *ctx, const void *arg, int64_t r0, int64_t rows, int first,
+                                const lf_matrix *y_rows)
+{
+    const row_args *g = arg;
+    const lf_matrix x = g->x ? x_rows(g->x, r0, rows) : (lf_matrix){0};
+    return lf_lora_forward(ctx, g->layout, g->x ? &x : NULL, g->w, first ? g->bias : NULL, g->a, g->b, g->scale,
+                           first ? g->beta : 0.0f, y_rows);
+}
+
+static lf_status partial_multi(lf_context *ctx, const void *arg, int64_t r0, int64_t rows, int first,
+                               const lf_matrix *y_rows)
+{
+    const row_args *g = arg;
+    const lf_matrix x = g->x ? x_rows(g->x, r0, rows) : (lf_matrix){0};
+    return lf_lora_forward_multi(ctx, g->set, g->layout, g->x ? &x : NULL, g->w, first ? g->bias : NULL,
+                                 g->token_adapter ? g->token_adapter + r0 : NULL, first ? g->beta : 0.0f, y_rows);
+}
+
+static lf_status partial_segments(lf_context *ctx, const void *arg, int64_t r0, int64_t rows, int first,
+                                  const lf_matrix *y_rows)
+{
+    const row_args *g = arg;
+    (void)r0, (void)rows; /* never chunked: segments may cross chunk boundaries */
+    return lf_lora_forward_segments(ctx, g->set, g->layout, g->x, g->w, first ? g->bias : NULL, g->seg_starts,
+                                    g->seg_adapter, g->segments, first ? g->beta : 0.0f, y_rows);
+}
+
+static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, int chunkable,
+                             partial_fn partial, const row_args *g, const char *fn)
+{
+    if (!ctx)
+        return LF_ERR_NULL_POINTER;
+    if (!comm)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: comm is NULL", fn);
+    if (comm->ctx != ctx)
+        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: comm belongs to another context", fn);
+    if (!y)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL", fn);
+    if (y->rows > 1 && y->stride != y->cols)
+        return lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)",
+                       fn, (long long)y->stride, (long long)y->cols);
+    if (m < 0 || y->rows != m)
+        m = 0; /* the op reports the shapes; no chunking of a call it will refuse */
+    const int chunks = chunkable ? lf_tp_row_chunks(m, y->cols, comm->size) : 1;
+    for (int c = 0; c < chunks; c++) {
+        int64_t r0 = 0, rows = m;
+        if (chunks > 1)
+            lf_tp_split(m, chunks, c, &r0, &rows);
+        const lf_matrix y_rows = y->data ? sub_view(y, r0, rows, 0, y->cols) : *y;
+        /* the first chunk validates everything: a refused call queues no all-reduce */
+        lf_status st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
+        if (st != LF_OK)
+            return st;
+        if (rows > 0 && (st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype)) != LF_OK)
+            return st;
+    }
+    return comm->ops->join(comm);
+}
+
+lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout, const lf_matrix *x_p,
+                            const lf_matrix *w_p, const lf_matrix *bias, const lf_matrix *a_p, const lf_matrix *b,
+                            float scale, float beta, const lf_matrix *y)
+{
+    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .a = a_p, .b = b, .scale = scale,
+                        .beta = beta};
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_single, &g, "lf_tp_row_forward");
+}
+
+lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
+                                  const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
+                                  const int32_t *token_adapter, float beta, const lf_matrix *y)
+{
+    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
+                        .token_adapter = token_adapter};
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_multi, &g, "lf_tp_row_forward_multi");
+}
+
+lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,
+                                     lf_layout layout, const lf_matrix *x_p, const lf_matrix *w_p,
+                                     const lf_matrix *bias, const int32_t *seg_starts,
+                                     const int32_t *seg_adapter, int64_t segments, float beta,
+                                     const lf_matrix *y)
+{
+    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
+                        .seg_starts = seg_starts, .seg_adapter = seg_adapter, .segments = segments};
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 0, partial_segments, &g, "lf_tp_row_forward_segments");
+}

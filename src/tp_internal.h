@@ -1,0 +1,55 @@
+/*
+ * tp_internal.h — what a tensor-parallel communicator does for the row-parallel driver (src/tp.c).
+ *
+ * Two implementations: NCCL (src/cuda/tp_nccl.cu, when the library is built with it) and a local
+ * group that simulates P ranks inside one process on the CPU backend (src/tp_local.c), which the
+ * tests use to check the sharding maths without GPUs.
+ */
+#ifndef LF_TP_INTERNAL_H
+#define LF_TP_INTERNAL_H
+
+#include "lf_internal.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lf_tp_comm_ops {
+    /* Sums `count` elements at data (dtype, in ctx's memory) over the ranks, in place, after the
+     * work queued so far on the context; may return before the sum is done (stream order). */
+    lf_status (*allreduce)(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype);
+    /* After a layer's last allreduce: work queued on the context from now on sees every sum. */
+    lf_status (*join)(lf_tp_comm *comm);
+    void (*destroy)(lf_tp_comm *comm);
+} lf_tp_comm_ops;
+
+struct lf_tp_comm {
+    const lf_tp_comm_ops *ops;
+    lf_context *ctx;
+    int rank, size;
+    void *impl; /* the implementation's state */
+};
+
+/* Row chunks of a row-parallel layer: the all-reduce of chunk i overlaps the compute of chunk
+ * i + 1. A pure function of (M, N, P). */
+int lf_tp_row_chunks(int64_t m, int64_t n, int parts);
+
+/* ---- the local group (CPU contexts, tests) ---------------------------------------------------- */
+
+typedef struct lf_tp_local_group lf_tp_local_group;
+
+/* A group of `parts` simulated ranks in this process. */
+lf_status lf_tp_local_group_create(int parts, lf_tp_local_group **out);
+void lf_tp_local_group_destroy(lf_tp_local_group *group);
+/* Rank `index`'s communicator in the group, for a CPU context. */
+lf_status lf_tp_local_comm(lf_tp_local_group *group, lf_context *ctx, int index, lf_tp_comm **out);
+/* Completes the all-reduces every rank has issued since the last finish: the k-th allreduce of
+ * every rank is summed in fp32 in rank order, rounded once and written to every rank's buffer.
+ * LF_ERR_INVALID_VALUE when the ranks issued different all-reduces (count, dtype or number). */
+lf_status lf_tp_local_group_finish(lf_tp_local_group *group);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LF_TP_INTERNAL_H */

@@ -1,0 +1,397 @@
+/*
+ * test_tp.c — tensor-parallel LoRA layers against the unsharded reference.
+ *
+ * CPU (any machine): P ∈ {1, 2, 3, 4} simulated ranks of a local group (src/tp_local.c), shapes that
+ * do not divide by P, both layouts, f32 and bf16, bias and beta, M past the row-chunking threshold:
+ *   column-parallel: every rank writes its columns of one y through lf_lora_forward on its shard;
+ *   row-parallel: every rank runs lf_tp_row_forward (single adapter, per-token and per-segment
+ *     many-adapter forms) on its slice of K; the group then sums the partial outputs.
+ * Every element of y is checked; the row-parallel tolerance adds one rounding of each rank's partial
+ * output (u·Σ_p |partial_p|, from the reference of each rank's own problem), the rounding every TP
+ * layer makes before its all-reduce. All ranks' y must be bitwise equal.
+ * CUDA + NCCL: the same row-parallel layer through NCCL with world size 1 on device 0.
+ */
+#include "lf_test.h"
+
+#include "cpu/lora_ref.h"
+#include "lf_dtype.h"
+#include "tp_internal.h"
+
+#ifdef LF_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_P 4
+#define ADAPTERS 3
+
+typedef struct layer {
+    lf_dtype dtype;
+    lf_layout layout;
+    int64_t m, k, n, r;
+    float scale, beta;
+    int has_bias;
+    void *x, *w, *bias, *a, *b, *y0; /* host, dense */
+    lf_matrix vx, vw, vbias, va, vb, vy0;
+} layer;
+
+static void *random_buffer(lf_dtype dtype, int64_t count, lft_rng *rng)
+{
+    void *p = malloc((size_t)(count > 0 ? count : 1) * lf_dtype_size(dtype));
+    for (int64_t i = 0; p && i < count; i++)
+        lf_store_f32(p, dtype, i, lft_rng_value(rng));
+    return p;
+}
+
+static void layer_init(layer *l, lf_dtype dtype, lf_layout layout, int64_t m, int64_t k, int64_t n, int64_t r,
+                       int has_bias, float beta, uint64_t seed)
+{
+    lft_rng rng;
+    lft_rng_seed(&rng, seed);
+    const int peft = layout == LF_LAYOUT_PEFT;
+    memset(l, 0, sizeof *l);
+    l->dtype = dtype, l->layout = layout, l->m = m, l->k = k, l->n = n, l->r = r;
+    l->scale = 0.5f, l->beta = beta, l->has_bias = has_bias;
+    l->x = random_buffer(dtype, m * k, &rng);
+    l->w = random_buffer(dtype, n * k, &rng);
+    l->bias = random_buffer(dtype, n, &rng);
+    l->a = random_buffer(dtype, r * k, &rng);
+    l->b = random_buffer(dtype, n * r, &rng); /* never zero: PEFT's zero B would hide the LoRA term */
+    l->y0 = random_buffer(dtype, m * n, &rng);
+    l->vx = lf_matrix_make(dtype, l->x, m, k);
+    l->vw = peft ? lf_matrix_make(dtype, l->w, n, k) : lf_matrix_make(dtype, l->w, k, n);
+    l->vbias = lf_matrix_make(dtype, l->bias, 1, n);
+    l->va = peft ? lf_matrix_make(dtype, l->a, r, k) : lf_matrix_make(dtype, l->a, k, r);
+    l->vb = peft ? lf_matrix_make(dtype, l->b, n, r) : lf_matrix_make(dtype, l->b, r, n);
+    l->vy0 = lf_matrix_make(dtype, l->y0, m, n);
+}
+
+static void layer_free(layer *l)
+{
+    free(l->x), free(l->w), free(l->bias), free(l->a), free(l->b), free(l->y0);
+}
+
+/* y's starting image: the initial values when beta reads them, NaN otherwise (must not leak). */
+static void *start_y(const layer *l)
+{
+    const size_t bytes = (size_t)(l->m * l->n) * lf_dtype_size(l->dtype);
+    void *y = malloc(bytes);
+    if (y && l->beta != 0.0f)
+        memcpy(y, l->y0, bytes);
+    for (int64_t i = 0; y && l->beta == 0.0f && i < l->m * l->n; i++)
+        lf_store_f32(y, l->dtype, i, NAN);
+    return y;
+}
+
+/* exact and mag of a problem given by views (the problem's own y holds its initial values). */
+static void reference(lf_context *ctx, const layer *l, const lf_matrix *x, const lf_matrix *w, const lf_matrix *bias,
+                      const lf_matrix *a, const lf_matrix *b, float beta, double *exact, double *mag)
+{
+    lf_lora_problem p;
+    lf_matrix y = l->vy0;
+    LFT_CHECK(lf_lora_problem_from_views(ctx, l->layout, x, w, bias, a, b, l->scale, beta, &y, &p) == LF_OK);
+    lf_ref_lora_forward_f64(&p, exact, mag);
+}
+
+/* Checks y (host, dense) against exact within the tolerance plus u·extra[i] (extra may be NULL). */
+static void check_y(const layer *l, const void *y, const double *exact, const double *mag, const double *extra)
+{
+    int64_t bad = 0;
+    for (int64_t i = 0; i < l->m * l->n; i++) {
+        const double got = lf_load_f32(y, l->dtype, i);
+        double tol = lf_ref_tolerance(l->dtype, l->k, l->r, exact[i], mag[i]);
+        if (extra)
+            tol += lf_ref_unit_roundoff(l->dtype) * extra[i];
+        if (!(fabs(got - exact[i]) <= tol) && ++bad <= 3)
+            LFT_CHECKF(0, "y[%lld] = %.9g, exact %.9g, tol %.3g", (long long)i, got, exact[i], tol);
+    }
+    LFT_CHECKF(bad == 0, "%lld of %lld elements out of tolerance", (long long)bad, (long long)(l->m * l->n));
+}
+
+static void column_case(lf_context *ctx, const layer *l, int parts)
+{
+    lft_begin("test_tp column %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g", lf_dtype_name(l->dtype),
+              l->layout == LF_LAYOUT_PEFT ? "peft" : "kn", parts, (long long)l->m, (long long)l->k,
+              (long long)l->n, (long long)l->r, l->has_bias ? " bias" : "", (double)l->beta);
+    double *exact = malloc((size_t)(l->m * l->n) * sizeof(double)), *mag = malloc((size_t)(l->m * l->n) * sizeof(double));
+    void *y = start_y(l);
+    reference(ctx, l, &l->vx, &l->vw, l->has_bias ? &l->vbias : NULL, &l->va, &l->vb, l->beta, exact, mag);
+    for (int p = 0; p < parts; p++) {
+        lf_matrix w, bias, a, b;
+        LFT_CHECK(lf_tp_shard_lora(LF_TP_COLUMN, l->layout, parts, p, &l->vw, &l->vbias, &l->va, &l->vb, &w, &bias,
+                                   &a, &b) == LF_OK);
+        int64_t n0, nc;
+        LFT_CHECK(lf_tp_split(l->n, parts, p, &n0, &nc) == LF_OK);
+        lf_matrix yp = lf_matrix_make(l->dtype, (char *)y + (size_t)n0 * lf_dtype_size(l->dtype), l->m, nc);
+        yp.stride = l->n; /* this rank's columns of the one y */
+        LFT_CHECK_STATUS(ctx, lf_lora_forward(ctx, l->layout, &l->vx, &w, l->has_bias ? &bias : NULL, &a, &b,
+                                              l->scale, l->beta, &yp),
+                         LF_OK);
+    }
+    check_y(l, y, exact, mag, NULL);
+    free(exact), free(mag), free(y);
+    lft_end();
+}
+
+typedef enum { FORM_SINGLE, FORM_MULTI, FORM_SEGMENTS } row_form;
+static const char *form_name[] = {"single", "per-token", "segments"};
+
+/* The full problems of the many-adapter forms: adapter i has rank r - 2i and scale 0.5 + i/4, its A
+ * the first rows (PEFT) or columns (KN) of the layer's A and its B likewise. */
+static lf_lora_problem adapter_problem(lf_context *ctx, const layer *l, int i, const lf_matrix *x, const lf_matrix *a)
+{
+    const int64_t r = l->r - 2 * i;
+    lf_matrix ai = *a, bi = l->vb;
+    if (l->layout == LF_LAYOUT_PEFT)
+        ai.rows = r, bi.cols = r;
+    else
+        ai.cols = r, bi.rows = r;
+    lf_lora_problem p;
+    lf_matrix y = l->vy0;
+    LFT_CHECK(lf_lora_problem_from_views(ctx, l->layout, x, NULL, NULL, &ai, &bi, 0.5f + 0.25f * (float)i, 0.0f, &y,
+                                         &p) == LF_OK);
+    return p;
+}
+
+/* The adapter of token t: -1 (none) for every fourth token, else 0..ADAPTERS-1 in runs of 3. */
+static int32_t adapter_of(int64_t t) { return t % 4 == 3 ? -1 : (int32_t)((t / 3) % ADAPTERS); }
+
+static void row_case(lf_context *ctx, const layer *l, int parts, row_form form)
+{
+    lft_begin("test_tp row %s %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g", form_name[form], lf_dtype_name(l->dtype),
+              l->layout == LF_LAYOUT_PEFT ? "peft" : "kn", parts, (long long)l->m, (long long)l->k,
+              (long long)l->n, (long long)l->r, l->has_bias ? " bias" : "", (double)l->beta);
+    const size_t cells = (size_t)(l->m * l->n);
+    double *exact = malloc(cells * sizeof(double)), *mag = malloc(cells * sizeof(double));
+    double *part = malloc(cells * sizeof(double)), *sum_abs = calloc(cells, sizeof(double));
+    int32_t *ids = malloc((size_t)l->m * sizeof(int32_t)), *starts = malloc((size_t)(l->m + 1) * sizeof(int32_t));
+    int32_t *seg_ids = malloc((size_t)l->m * sizeof(int32_t)); /* at most one run per token */
+    int64_t segments = 0;
+    for (int64_t t = 0; t < l->m; t++) {
+        ids[t] = adapter_of(t);
+        if (t == 0 || ids[t] != ids[t - 1]) {
+            starts[segments] = (int32_t)t;
+            seg_ids[segments++] = ids[t];
+        }
+    }
+    starts[segments] = (int32_t)l->m;
+    lf_tp_local_group *group = NULL;
+    LFT_CHECK(lf_tp_local_group_create(parts, &group) == LF_OK);
+    void *y[MAX_P] = {0};
+    lf_adapter_set *set[MAX_P] = {0};
+    const lf_matrix *bias = l->has_bias ? &l->vbias : NULL;
+
+    if (form == FORM_SINGLE) {
+        reference(ctx, l, &l->vx, &l->vw, bias, &l->va, &l->vb, l->beta, exact, mag);
+    } else {
+        lf_lora_problem full, ad[ADAPTERS];
+        lf_matrix y0 = l->vy0;
+        LFT_CHECK(lf_lora_problem_from_views(ctx, l->layout, &l->vx, &l->vw, bias, &l->va, &l->vb, 1.0f, l->beta,
+                                             &y0, &full) == LF_OK);
+        for (int i = 0; i < ADAPTERS; i++)
+            ad[i] = adapter_problem(ctx, l, i, &l->vx, &l->va);
+        lf_ref_lora_multi_f64(&full, ad, ADAPTERS, ids, exact, mag);
+    }
+    for (int p = 0; p < parts && !lft_case_failed(); p++) {
+        lf_matrix w, bias_p, a, b;
+        LFT_CHECK(lf_tp_shard_lora(LF_TP_ROW, l->layout, parts, p, &l->vw, bias, &l->va, &l->vb, &w, &bias_p, &a,
+                                   &b) == LF_OK);
+        int64_t k0, kc;
+        LFT_CHECK(lf_tp_split(l->k, parts, p, &k0, &kc) == LF_OK);
+        lf_matrix x = lf_matrix_make(l->dtype, (char *)l->x + (size_t)k0 * lf_dtype_size(l->dtype), l->m, kc);
+        x.stride = l->k;
+        y[p] = start_y(l);
+        lf_matrix yp = lf_matrix_make(l->dtype, y[p], l->m, l->n);
+        lf_tp_comm *comm = NULL;
+        LFT_CHECK(lf_tp_local_comm(group, ctx, p, &comm) == LF_OK);
+        /* this rank's exact partial output, for the rounding it takes before the sum */
+        const float beta_p = p == 0 ? l->beta : 0.0f;
+        const lf_matrix *bias_rank = p == 0 ? bias : NULL;
+        if (form == FORM_SINGLE) {
+            reference(ctx, l, &x, &w, bias_rank, &a, &b, beta_p, part, NULL);
+            LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l->layout, &x, &w, bias, &a, &b, l->scale, l->beta, &yp),
+                             LF_OK);
+        } else {
+            lf_lora_problem rank_full, ad[ADAPTERS];
+            lf_matrix y0 = l->vy0;
+            LFT_CHECK(lf_lora_problem_from_views(ctx, l->layout, &x, &w, bias_rank, &a, &b, 1.0f, beta_p, &y0,
+                                                 &rank_full) == LF_OK);
+            LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, l->dtype, kc, l->n, ADAPTERS, l->r, &set[p]), LF_OK);
+            for (int i = 0; i < ADAPTERS && set[p]; i++) {
+                ad[i] = adapter_problem(ctx, l, i, &x, &a);
+                lf_matrix ai = a, bi = b;
+                if (l->layout == LF_LAYOUT_PEFT)
+                    ai.rows = ad[i].rank, bi.cols = ad[i].rank;
+                else
+                    ai.cols = ad[i].rank, bi.rows = ad[i].rank;
+                LFT_CHECK_STATUS(ctx, lf_adapter_set_load(set[p], i, l->layout, &ai, &bi, ad[i].scale,
+                                                          LF_COPY_HOST_TO_DEVICE),
+                                 LF_OK);
+            }
+            lf_ref_lora_multi_f64(&rank_full, ad, ADAPTERS, ids, part, NULL);
+            if (form == FORM_MULTI)
+                LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, comm, set[p], l->layout, &x, &w, bias, ids, l->beta,
+                                                              &yp),
+                                 LF_OK);
+            else
+                LFT_CHECK_STATUS(ctx, lf_tp_row_forward_segments(ctx, comm, set[p], l->layout, &x, &w, bias, starts,
+                                                                 seg_ids, segments, l->beta, &yp),
+                                 LF_OK);
+        }
+        for (size_t i = 0; i < cells; i++)
+            sum_abs[i] += fabs(part[i]);
+    }
+    if (!lft_case_failed()) {
+        LFT_CHECK(lf_tp_local_group_finish(group) == LF_OK);
+        check_y(l, y[0], exact, mag, parts > 1 ? sum_abs : NULL);
+        for (int p = 1; p < parts; p++)
+            LFT_CHECKF(memcmp(y[p], y[0], cells * lf_dtype_size(l->dtype)) == 0, "rank %d's y differs from rank 0's", p);
+    }
+    for (int p = 0; p < parts; p++)
+        free(y[p]), lf_adapter_set_destroy(set[p]);
+    lf_tp_local_group_destroy(group);
+    free(exact), free(mag), free(part), free(sum_abs), free(ids), free(starts), free(seg_ids);
+    lft_end();
+}
+
+static void cpu_cases(lf_context *ctx)
+{
+    const struct {
+        lf_dtype dtype;
+        lf_layout layout;
+        int64_t m, k, n, r;
+        int bias;
+        float beta;
+    } shapes[] = {
+        {LF_F32, LF_LAYOUT_PEFT, 37, 131, 67, 7, 1, 0.0f},
+        {LF_BF16, LF_LAYOUT_KN, 13, 70, 45, 8, 0, 0.5f},
+        {LF_BF16, LF_LAYOUT_PEFT, 300, 96, 40, 8, 1, 1.0f}, /* M ≥ 256: the row layers run in chunks */
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        layer l;
+        layer_init(&l, shapes[s].dtype, shapes[s].layout, shapes[s].m, shapes[s].k, shapes[s].n, shapes[s].r,
+                   shapes[s].bias, shapes[s].beta, lft_case_seed(s));
+        for (int parts = 1; parts <= MAX_P; parts++) {
+            column_case(ctx, &l, parts);
+            for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
+                row_case(ctx, &l, parts, (row_form)form);
+        }
+        layer_free(&l);
+    }
+
+    lft_begin("test_tp split and bad input");
+    int64_t b0, c0;
+    LFT_CHECK(lf_tp_split(10, 4, 0, &b0, &c0) == LF_OK && b0 == 0 && c0 == 3);
+    LFT_CHECK(lf_tp_split(10, 4, 3, &b0, &c0) == LF_OK && b0 == 8 && c0 == 2);
+    LFT_CHECK(lf_tp_split(10, 4, 4, &b0, &c0) == LF_ERR_INVALID_VALUE);
+    LFT_CHECK(lf_tp_split(10, 0, 0, &b0, &c0) == LF_ERR_INVALID_VALUE);
+    layer l;
+    layer_init(&l, LF_F32, LF_LAYOUT_PEFT, 4, 3, 5, 2, 1, 0.0f, 99);
+    lf_matrix w, bias, a, b, bad_b = l.vb;
+    bad_b.cols = 1;
+    LFT_CHECK(lf_tp_shard_lora(LF_TP_ROW, l.layout, 4, 3, &l.vw, NULL, &l.va, &l.vb, &w, &bias, &a, &b) ==
+              LF_ERR_INVALID_VALUE); /* K = 3 over 4 ranks: rank 3 would own nothing */
+    LFT_CHECK(lf_tp_shard_lora(LF_TP_COLUMN, l.layout, 2, 0, &l.vw, NULL, &l.va, &bad_b, &w, &bias, &a, &b) ==
+              LF_ERR_SHAPE_MISMATCH);
+    LFT_CHECK(lf_tp_shard_lora((lf_tp_kind)7, l.layout, 2, 0, &l.vw, NULL, &l.va, &l.vb, &w, &bias, &a, &b) ==
+              LF_ERR_INVALID_VALUE);
+    lf_tp_comm *nccl = NULL;
+    const lf_status from_nccl = lf_tp_comm_from_nccl(ctx, (void *)&l, &nccl); /* a CPU context has no NCCL */
+    LFT_CHECK_STATUS(ctx, from_nccl, LF_ERR_UNSUPPORTED);
+    LFT_CHECK(nccl == NULL);
+    lf_tp_local_group *group = NULL;
+    lf_tp_comm *comm = NULL;
+    LFT_CHECK(lf_tp_local_group_create(1, &group) == LF_OK && lf_tp_local_comm(group, ctx, 0, &comm) == LF_OK);
+    void *y = start_y(&l);
+    lf_matrix strided = lf_matrix_make(LF_F32, y, 2, 2);
+    strided.stride = 5;
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, 1.0f, 0.0f, &strided),
+                     LF_ERR_BAD_STRIDE);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, NULL, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, 1.0f, 0.0f, &l.vy0),
+                     LF_ERR_NULL_POINTER);
+    lf_matrix short_y = lf_matrix_make(LF_F32, y, 3, 5); /* x has 4 rows */
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, 1.0f, 0.0f, &short_y),
+                     LF_ERR_SHAPE_MISMATCH);
+    LFT_CHECK(lf_tp_local_group_finish(group) == LF_OK); /* refused calls queued no all-reduce */
+    free(y);
+    lf_tp_local_group_destroy(group);
+    layer_free(&l);
+    lft_end();
+}
+
+#ifdef LF_HAVE_NCCL
+/* One GPU: the row-parallel layer through NCCL with world size 1 (the full path: shard, chunks,
+ * the all-reduce on the second stream, the join), against the reference, twice for determinism. */
+static void nccl_world1(void)
+{
+    lf_context *ctx = NULL;
+    if (!lf_backend_available(LF_BACKEND_CUDA) || lf_context_create(&ctx, LF_BACKEND_CUDA) != LF_OK) {
+        lft_skip("test_tp nccl world size 1", "cuda", "no CUDA device", 1);
+        return;
+    }
+    lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, twice");
+    ncclComm_t nc;
+    int dev = 0;
+    LFT_CHECKF(ncclCommInitAll(&nc, 1, &dev) == ncclSuccess, "ncclCommInitAll failed");
+    lf_tp_comm *comm = NULL;
+    LFT_CHECK_STATUS(ctx, lf_tp_comm_from_nccl(ctx, nc, &comm), LF_OK);
+    LFT_CHECK(lf_tp_comm_rank(comm) == 0 && lf_tp_comm_size(comm) == 1);
+    layer l;
+    layer_init(&l, LF_BF16, LF_LAYOUT_PEFT, 300, 256, 192, 16, 1, 0.5f, 7);
+    const size_t es = lf_dtype_size(l.dtype);
+    void *host[6] = {l.x, l.w, l.bias, l.a, l.b, l.y0}, *dev_ptr[6] = {0};
+    const int64_t count[6] = {l.m * l.k, l.n * l.k, l.n, l.r * l.k, l.n * l.r, l.m * l.n};
+    for (int i = 0; i < 6; i++) {
+        LFT_CHECK_STATUS(ctx, lf_malloc(ctx, &dev_ptr[i], (size_t)count[i] * es), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, dev_ptr[i], host[i], (size_t)count[i] * es, LF_COPY_HOST_TO_DEVICE), LF_OK);
+    }
+    lf_matrix x = l.vx, w = l.vw, bias = l.vbias, a = l.va, b = l.vb, y = l.vy0;
+    x.data = dev_ptr[0], w.data = dev_ptr[1], bias.data = dev_ptr[2], a.data = dev_ptr[3], b.data = dev_ptr[4];
+    y.data = dev_ptr[5];
+    double *exact = malloc((size_t)(l.m * l.n) * sizeof(double)), *mag = malloc((size_t)(l.m * l.n) * sizeof(double));
+    lf_context *cpu = NULL;
+    LFT_CHECK(lf_context_create(&cpu, LF_BACKEND_CPU) == LF_OK);
+    reference(cpu, &l, &l.vx, &l.vw, &l.vbias, &l.va, &l.vb, l.beta, exact, mag);
+    void *out[2] = {malloc((size_t)count[5] * es), malloc((size_t)count[5] * es)};
+    for (int run = 0; run < 2 && !lft_case_failed(); run++) {
+        LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, y.data, l.y0, (size_t)count[5] * es, LF_COPY_HOST_TO_DEVICE), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &x, &w, &bias, &a, &b, l.scale, l.beta, &y), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, out[run], y.data, (size_t)count[5] * es, LF_COPY_DEVICE_TO_HOST), LF_OK);
+    }
+    if (!lft_case_failed()) {
+        check_y(&l, out[0], exact, mag, NULL);
+        LFT_CHECKF(memcmp(out[0], out[1], (size_t)count[5] * es) == 0, "two runs differ");
+    }
+    for (int i = 0; i < 6; i++)
+        lf_free(ctx, dev_ptr[i]);
+    free(out[0]), free(out[1]), free(exact), free(mag);
+    layer_free(&l);
+    lf_tp_comm_destroy(comm);
+    ncclCommDestroy(nc);
+    lf_context_destroy(cpu);
+    lf_context_destroy(ctx);
+    lft_end();
+}
+#endif
+
+int main(void)
+{
+    setenv("NCCL_NVLS_ENABLE", "0", 1); /* never NVLink multicast */
+    lf_context *ctx = NULL;
+    if (lf_context_create(&ctx, LF_BACKEND_CPU) != LF_OK) {
+        fprintf(stderr, "test_tp: no CPU context\n");
+        return 1;
+    }
+    cpu_cases(ctx);
+    lf_context_destroy(ctx);
+#ifdef LF_HAVE_NCCL
+    nccl_world1();
+#else
+    lft_skip("test_tp nccl world size 1", "cuda", "built without NCCL", 1);
+#endif
+    return lft_summary("test_tp");
+}
