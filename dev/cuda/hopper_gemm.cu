@@ -17,6 +17,18 @@
  *   v4 cluster2  v3 on clusters of 2 CTAs along M: each CTA loads its own x tile and half of the
  *                shared W tile, multicast (TMA .multicast::cluster) into both; consumers release a
  *                stage on the empty barriers of both CTAs (mapa + remote mbarrier arrive).
+ *   v5 bk32-8st / v6 cl2-bk32  v3 / v4 with 32-wide K stages, 8 of them in the same ring.
+ *   v7 inT       v3 without the pre-pass: each K stage also brings A's tile (r ≤ 16: 16 rows, r ≤ 64:
+ *                64, zero-filled past r), and each consumer accumulates T = x·Aᵀ for its 64 rows
+ *                (m64n16k16 / m64n64k16 beside every m64n256k16, same x descriptor) in registers. After
+ *                the K loop it splits s·T into bf16 hi + lo and runs the LoRA slab (B alone) with A
+ *                from registers: the accumulator fragment of T is the A fragment of m64k16 as is.
+ *                Every column tile recomputes T for its rows: + r/256 of the MMA work.
+ *   v8 Tworkers  v3 without the pre-pass, T computed once per row block inside the same launch: the
+ *                grid is 128 tile CTAs + 4 T workers (the SMs that 128-tile rounds leave idle). A
+ *                worker streams x's row block and A through its ring (m64n16/n64 wgmma), stores s·T as
+ *                bf16 [hi | lo] to t2 and publishes t_ready[mb] = epoch (release); a tile's producer
+ *                acquires it before its LoRA slab, which is v3's, 2r wide: [T_hi | T_lo]·[B | B]ᵀ.
  * The LoRA term is one more K slab: T = s·x·Aᵀ (bf16, a pre-pass here: one strided-batched cuBLAS
  * call over 16 K slices into fp32 partials, then an ordered reduction that scales and rounds) and
  * B are read by the same TMA ring after the K loop of each tile (the last K steps read T and B
@@ -71,6 +83,9 @@ enum {
     THREADS = 128 * (1 + CONSUMERS),
     /* the ring, 1024 bytes to align it (the swizzle atom), the full and empty barriers */
     SMEM_BYTES = RING_BYTES + 1024 + 2 * 8 * 8,
+    /* v7 (T inside the GEMM) adds per stage the tile of A: kInT rows of 64 K (2 KB or 8 KB) */
+    SMEM_BYTES_INT16 = SMEM_BYTES + 4 * 16 * 64 * 2,
+    SMEM_BYTES_INT64 = SMEM_BYTES + 4 * 64 * 64 * 2, /* 230,528 ≤ 232,448 (227 KB) */
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
 };
@@ -85,6 +100,14 @@ typedef struct {
     bf16 *y;
     long long ldy;
     float beta;
+    float scale; /* s: applied to T in the kernel when it computes T (v7, v8) */
+    /* v8: CTAs [tile_ctas, gridDim.x) compute s·T = [hi | lo] (bf16, [M][2r]) into t2 row block by
+     * row block and publish each with t_ready[mb] = epoch; the tile CTAs wait for it before their
+     * LoRA slab, which reads t2 against B2 = [B | B] */
+    int tile_ctas;
+    bf16 *t2;
+    unsigned *t_ready;
+    unsigned epoch;
     int y_pairs; /* y and ldy allow 4-byte bf16x2 stores */
 } gemm_params;
 
@@ -150,45 +173,66 @@ template <int N> static __device__ __forceinline__ void wgmma_wait()
 }
 /* Ties the accumulator registers to a volatile point, so the compiler neither reads them before
  * the wgmma that writes them has been waited for nor moves writes across it. */
-static __device__ __forceinline__ void fence_acc(float *d)
+template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d)
 {
 #pragma unroll
-    for (int i = 0; i < 128; i++)
+    for (int i = 0; i < N; i++)
         asm volatile("" : "+f"(d[i])::"memory");
 }
+
+/* The accumulator fragment of an m64nN wgmma as asm operands: "{%0, …, %(N/2-1)}" and the N/2 "+f"
+ * bindings of d[] (fp32: N/2 registers per thread). */
+#define WGMMA_D8_STR \
+    "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define WGMMA_BIND8(o) \
+    "+f"(d[(o) + 0]), "+f"(d[(o) + 1]), "+f"(d[(o) + 2]), "+f"(d[(o) + 3]), "+f"(d[(o) + 4]), "+f"(d[(o) + 5]), \
+        "+f"(d[(o) + 6]), "+f"(d[(o) + 7])
+#define WGMMA_BIND32(o) WGMMA_BIND8(o), WGMMA_BIND8((o) + 8), WGMMA_BIND8((o) + 16), WGMMA_BIND8((o) + 24)
+#define WGMMA_D8_BIND WGMMA_BIND8(0)
+#define WGMMA_D32_STR \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WGMMA_D32_BIND WGMMA_BIND32(0)
+#define WGMMA_D128_STR \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define WGMMA_D128_BIND WGMMA_BIND32(0), WGMMA_BIND32(32), WGMMA_BIND32(64), WGMMA_BIND32(96)
 
 /* d[64×256] += A[64×16] · B[256×16]ᵀ, both K-major in shared memory, bf16 in, fp32 accumulate. */
 static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
 {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-        " %128, %129, 1, 1, 1, 0, 0;"
-        :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db));
+    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WGMMA_D128_STR ", %128, %129, 1, 1, 1, 0, 0;"
+                 : WGMMA_D128_BIND
+                 : "l"(da), "l"(db));
+}
+/* The same with A from registers: the m64k16 bf16 fragment of this thread (4 × bf16x2: rows
+ * 16w + lane/4 (+8), columns 2·(lane%4) (+1) (+8)), which is exactly the layout of an m64n16 fp32
+ * accumulator converted pairwise: what T = x·Aᵀ leaves in registers feeds the LoRA step directly. */
+static __device__ __forceinline__ void wgmma_m64n256k16_rs(float *d, const uint32_t *a, uint64_t db)
+{
+    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WGMMA_D128_STR
+                 ", {%128, %129, %130, %131}, %132, 1, 1, 1, 0;"
+                 : WGMMA_D128_BIND
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+/* T's accumulators: d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64. */
+template <int kN> static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uint64_t db)
+{
+    static_assert(kN == 16 || kN == 64, "T widths of this lab: 16, 64");
+    if constexpr (kN == 16)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
+                     : WGMMA_D8_BIND
+                     : "l"(da), "l"(db));
+    else
+        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WGMMA_D32_STR ", %32, %33, 1, 1, 1, 0, 0;"
+                     : WGMMA_D32_BIND
+                     : "l"(da), "l"(db));
 }
 
 /* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom). */
@@ -207,6 +251,39 @@ static __device__ __forceinline__ void wgmma_stage(float *d, uint32_t a, uint32_
         wgmma_k16_steps<kBK, kSteps>(d, a, b);
     else if constexpr (kSteps > 1)
         wgmma_stage<kBK, kSteps - 1>(d, a, b, k16);
+}
+
+/* s·t (pairs of fp32 accumulators) as bf16x2 hi = rn(s·t) and lo = rn(s·t − hi): hi + lo carries 16
+ * bits of s·t's mantissa. Pair i of an m64nN accumulator is register i of the m64k16 A fragments. */
+template <int kPairs>
+static __device__ __forceinline__ void split_hi_lo(const float *t, float s, uint32_t *hi, uint32_t *lo)
+{
+#pragma unroll
+    for (int i = 0; i < kPairs; i++) {
+        const float v0 = s * t[2 * i], v1 = s * t[2 * i + 1];
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+        const __nv_bfloat162 l = __floats2bfloat162_rn(v0 - __low2float(h), v1 - __high2float(h));
+        hi[i] = *(const uint32_t *)&h;
+        lo[i] = *(const uint32_t *)&l;
+    }
+}
+
+/* v8's hand-over of T between CTAs of one launch. The writers store with the generic proxy, the
+ * readers load it with TMA (the async proxy): a proxy fence on both sides of the release/acquire. */
+static __device__ __forceinline__ void publish_flag(unsigned *flag, unsigned value)
+{
+    asm volatile("fence.proxy.async.global;\n\tst.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
+}
+static __device__ __forceinline__ void wait_flag(const unsigned *flag, unsigned value)
+{
+    unsigned v;
+    for (;;) {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+        if (v == value)
+            break;
+        __nanosleep(100);
+    }
+    asm volatile("fence.proxy.async.global;" ::: "memory");
 }
 
 template <int R> static __device__ __forceinline__ void regs_dealloc()
@@ -263,6 +340,15 @@ template <int kCluster> static __device__ __forceinline__ void release_stage(uin
             mbar_arrive_cluster(empty_bar, q);
 }
 
+/* The next stage of the ring; the phase parity flips at each wrap. */
+template <int kStages> static __device__ __forceinline__ void ring_next(int &stage, uint32_t &phase)
+{
+    if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+    }
+}
+
 /* Work item t → (row-block group pm, column block nb) over ceil(tiles_m / cluster) row groups:
  * group_m row groups side by side walk the column blocks together, so the x row blocks and W
  * column blocks in flight at once stay in L2. */
@@ -280,17 +366,26 @@ static __device__ __forceinline__ void tile_coords(const gemm_params &p, int t, 
  * each loads its own x tile and one half of the W (or B) tile, multicast into both CTAs, so L2
  * serves 32 KB per stage and CTA instead of 48. A stage is refilled only when the consumers of
  * both CTAs released it (they arrive on the empty barriers of both). */
-template <bool kWaitOne, int kCluster, int kBK>
+template <bool kWaitOne, int kCluster, int kBK, int kInT = 0, bool kTWorkers = false>
 __global__ void __launch_bounds__(THREADS, 1)
     hopper_gemm_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                        const __grid_constant__ CUtensorMap tm_t, const __grid_constant__ CUtensorMap tm_b,
-                       const gemm_params p)
+                       const gemm_params p, const __grid_constant__ CUtensorMap tm_a)
 {
     constexpr int STAGES = RING_BYTES / ((BM + BN) * kBK * 2), A_BYTES = BM * kBK * 2, B_BYTES = BN * kBK * 2;
-    constexpr int STAGE_BYTES = A_BYTES + B_BYTES, K16 = kBK / 16, ROW_BYTES = 2 * kBK;
+    constexpr int K16 = kBK / 16, ROW_BYTES = 2 * kBK;
+    /* kInT > 0 (v7): the stages of the K loop also hold the tile of A (kInT rows, zero past r), and
+     * the consumers accumulate T = x·Aᵀ for their rows beside the tile (tm_t is then A's map) */
+    static_assert(kInT == 0 || (kBK == 64 && kCluster == 1), "T in the GEMM: 64-wide stages, no cluster");
+    /* kTWorkers (v8): T is computed by the last CTAs of the grid instead (tm_a: A's map); each
+     * tile reads it back as v3 reads the pre-pass's, from p.t2 once p.t_ready says it is there */
+    constexpr bool kTileT = kInT > 0 && !kTWorkers;
+    constexpr int T_BYTES = kTileT ? kInT * kBK * 2 : 0, STAGE_BYTES = A_BYTES + B_BYTES + T_BYTES;
+    const bool t_worker = kTWorkers && (int)blockIdx.x >= p.tile_ctas;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring_b + STAGES * B_BYTES;
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, ring_t = ring_b + STAGES * B_BYTES;
+    const uint32_t bars = ring_t + STAGES * T_BYTES;
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (STAGES + (s)))
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
@@ -308,11 +403,23 @@ __global__ void __launch_bounds__(THREADS, 1)
     else
         __syncthreads();
     const int items = p.cluster_rows * p.tiles_n, steps = p.k_tiles + p.lora_tiles;
-    const int first_item = blockIdx.x / kCluster, item_stride = gridDim.x / kCluster;
+    const int first_item = blockIdx.x / kCluster, item_stride = (kTWorkers ? p.tile_ctas : gridDim.x) / kCluster;
+    const int t_workers = gridDim.x - p.tile_ctas, t_first = blockIdx.x - p.tile_ctas; /* v8 */
 
     if (wg == 0) { /* producer warpgroup: one thread issues every copy */
         regs_dealloc<PRODUCER_REGS>();
-        if (tid == 0) {
+        if (tid == 0 && t_worker) { /* v8 T worker: x's row block and A, over K */
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int mb = t_first; mb < p.tiles_m; mb += t_workers)
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + kInT * kBK * 2);
+                    tma_load_2d(ring_a + stage * A_BYTES, &tm_x, FULL(stage), ks * kBK, mb * BM);
+                    tma_load_2d(ring_b + stage * B_BYTES, &tm_a, FULL(stage), ks * kBK, 0);
+                    ring_next<STAGES>(stage, phase);
+                }
+        } else if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
             for (int t = first_item; t < items; t += item_stride) {
@@ -321,20 +428,24 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const int mb = pm * kCluster + rank;
                 for (int ks = 0; ks < steps; ks++) {
                     mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), STAGE_BYTES); /* full boxes, OOB parts zero-filled */
                     const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
                     const bool lora = ks >= p.k_tiles; /* the LoRA slab: [x | s·T] against [W | B] */
                     const int kc = (lora ? ks - p.k_tiles : ks) * kBK;
-                    tma_load_2d(a, lora ? &tm_t : &tm_x, FULL(stage), kc, mb * BM);
+                    /* full boxes, OOB parts zero-filled; v7: the K stages add A's tile, and the LoRA
+                     * slab is B alone (T is in the consumers' registers) */
+                    if (kTWorkers && ks == p.k_tiles) /* this row block's s·T is in t2 */
+                        wait_flag(p.t_ready + mb, p.epoch);
+                    mbar_arrive_expect_tx(FULL(stage), kTileT && lora ? B_BYTES : STAGE_BYTES);
+                    if (!(kTileT && lora))
+                        tma_load_2d(a, lora ? &tm_t : &tm_x, FULL(stage), kc, mb * BM);
+                    if (kTileT && !lora)
+                        tma_load_2d(ring_t + stage * T_BYTES, &tm_t, FULL(stage), kc, 0);
                     if (kCluster == 1)
                         tma_load_2d(b, lora ? &tm_b : &tm_w, FULL(stage), kc, nb * BN);
                     else
                         tma_load_2d_multicast(b + rank * (B_BYTES / kCluster), lora ? &tm_b : &tm_w, FULL(stage), kc,
                                               nb * BN + rank * (BN / kCluster), (uint16_t)((1u << kCluster) - 1));
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
+                    ring_next<STAGES>(stage, phase);
                 }
             }
         }
@@ -343,23 +454,99 @@ __global__ void __launch_bounds__(THREADS, 1)
         regs_alloc<CONSUMER_REGS>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32;
         float d[128];
+        /* v7: this warpgroup's 64 rows of T = x·Aᵀ (m64·kInT fp32 fragment), then s·T split into bf16
+         * hi + lo A fragments of the LoRA step (4 registers per 16 of rank each) */
+        float t_acc[kInT ? kInT / 2 : 1];
+        uint32_t t_hi[kInT ? kInT / 4 : 1], t_lo[kInT ? kInT / 4 : 1];
         int stage = 0;
         uint32_t phase = 0;
-        for (int t = first_item; t < items; t += item_stride) {
+        for (int mb = t_first; t_worker && mb < p.tiles_m; mb += t_workers) { /* v8 T worker */
+#pragma unroll
+            for (int i = 0; i < (kInT ? kInT / 2 : 1); i++)
+                t_acc[i] = 0.0f;
+            int prev = -1;
+            for (int ks = 0; ks < p.k_tiles; ks++) {
+                mbar_wait(FULL(stage), phase);
+                const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, at = ring_b + stage * B_BYTES;
+                wgmma_fence();
+                if constexpr (kInT > 0)
+#pragma unroll
+                    for (int k = 0; k < K16; k++)
+                        wgmma_m64nXk16<kInT>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
+                wgmma_commit();
+                wgmma_wait<1>();
+                if (prev >= 0 && lane == 0)
+                    release_stage<kCluster>(EMPTY(prev));
+                prev = stage;
+                ring_next<STAGES>(stage, phase);
+            }
+            wgmma_wait<0>();
+            if (prev >= 0 && lane == 0)
+                release_stage<kCluster>(EMPTY(prev));
+            fence_acc<kInT ? kInT / 2 : 1>(t_acc);
+            split_hi_lo<kInT / 4>(t_acc, p.scale, t_hi, t_lo);
+            /* pair i of the fragment: row 16w + lane/4 + 8·(i%2), columns 8·(i/2) + 2·(lane%4) (+1) */
+            const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
+#pragma unroll
+            for (int i = 0; i < kInT / 4; i++) {
+                const int row = row0 + 8 * (i % 2), col = 8 * (i / 2) + 2 * (lane % 4);
+                if (row < p.m && col < p.r) {
+                    uint32_t *dst = (uint32_t *)(p.t2 + (long long)row * 2 * p.r + col);
+                    dst[0] = t_hi[i];
+                    dst[p.r / 2] = t_lo[i]; /* columns r + col */
+                }
+            }
+            asm volatile("fence.proxy.async.global;\n\tbar.sync 1, 256;" ::: "memory"); /* both consumers stored */
+            if (c == 0 && tid == 0)
+                publish_flag(p.t_ready + mb, p.epoch);
+        }
+        for (int t = first_item; !t_worker && t < items; t += item_stride) {
             int pm, nb;
             tile_coords(p, t, &pm, &nb);
             const int mb = pm * kCluster + rank;
 #pragma unroll
             for (int i = 0; i < 128; i++)
                 d[i] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < (kInT ? kInT / 2 : 1); i++)
+                t_acc[i] = 0.0f;
             int prev = -1;
             for (int ks = 0; ks < steps; ks++) {
                 mbar_wait(FULL(stage), phase);
+                const bool lora = ks >= p.k_tiles;
+                if (kTileT && ks == p.k_tiles) {
+                    /* T is complete once the K loop's groups are: drain them (its stage is free),
+                     * then s·T in two bf16 parts, hi + lo: 16 bits of mantissa, so T's rounding
+                     * stays far under the output's one rounding */
+                    wgmma_wait<0>();
+                    fence_acc<kInT ? kInT / 2 : 1>(t_acc);
+                    if (prev >= 0 && lane == 0)
+                        release_stage<kCluster>(EMPTY(prev));
+                    prev = -1;
+                    split_hi_lo<kInT / 4>(t_acc, p.scale, t_hi, t_lo);
+                }
                 /* K steps of 16 in this stage: 4, or what is left of the rank in a LoRA stage */
-                const int k16 = ks < p.k_tiles ? K16 : min(K16, (p.r - (ks - p.k_tiles) * kBK + 15) / 16);
+                const int lora_k = kTWorkers ? 2 * p.r : p.r; /* v8's slab: [T_hi | T_lo]·[B | B]ᵀ */
+                const int k16 = !lora ? K16 : min(K16, (lora_k - (ks - p.k_tiles) * kBK + 15) / 16);
                 const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
                 wgmma_fence();
-                wgmma_stage<kBK, K16>(d, a, b, k16);
+                if constexpr (kTileT) {
+                    if (!lora) { /* the tile's step and T's, on the same x rows */
+                        const uint32_t at = ring_t + stage * T_BYTES;
+#pragma unroll
+                        for (int k = 0; k < K16; k++) {
+                            wgmma_m64n256k16(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
+                            wgmma_m64nXk16<kInT>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
+                        }
+                    } else { /* d += (s·T)_hi·Bᵀ + (s·T)_lo·Bᵀ, A from registers; T is zero past r */
+#pragma unroll
+                        for (int q = 0; q < kInT / 16; q++) {
+                            wgmma_m64n256k16_rs(d, &t_hi[4 * q], smem_desc<kBK>(b + 32 * q));
+                            wgmma_m64n256k16_rs(d, &t_lo[4 * q], smem_desc<kBK>(b + 32 * q));
+                        }
+                    }
+                } else
+                    wgmma_stage<kBK, K16>(d, a, b, k16);
                 wgmma_commit();
                 const int done = kWaitOne ? prev : stage; /* the stage whose wgmmas have completed */
                 if (kWaitOne)
@@ -369,10 +556,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 if (done >= 0 && lane == 0)
                     release_stage<kCluster>(EMPTY(done));
                 prev = stage;
-                if (++stage == STAGES) {
-                    stage = 0;
-                    phase ^= 1;
-                }
+                ring_next<STAGES>(stage, phase);
             }
             if (kWaitOne) {
                 wgmma_wait<0>();
@@ -501,7 +685,16 @@ typedef struct { /* device operands of one problem */
     struct {
         CUtensorMap x, w, t, b, w_half, b_half;
     } map[2];
+    CUtensorMap a_tile; /* v7, v8: A in boxes of int_width(r) rows (zero-filled past r) × 64 of K */
+    /* v8: s·T as [hi | lo] [M][2r], B twice [N][2r] (prepared once, as with the adapter), the
+     * per-row-block ready flags (epochs: never reset) and their maps for the LoRA slab */
+    bf16 *t2, *b2;
+    unsigned *t_ready;
+    CUtensorMap t2_map, b2_map;
 } operands;
+
+/* v7's and v8's T width: the m64nN of T's wgmma, r rounded up to 16 or 64 (0: they do not take this r) */
+static int int_width(int r) { return r <= 0 || r > 64 ? 0 : r <= 16 ? 16 : 64; }
 
 static void fill_random(bf16 *p, size_t n, float amp)
 {
@@ -540,6 +733,17 @@ static int operands_make(const problem *pb, operands *o)
             o->map[i].t = tensor_map(o->t, m, r, r, BM, bk);
             o->map[i].b = tensor_map(o->b, n, r, r, BN, bk);
             o->map[i].b_half = tensor_map(o->b, n, r, r, BN / 2, bk);
+            if (i == 0 && int_width(pb->r)) {
+                o->a_tile = tensor_map(o->a, r, k, k, int_width(pb->r), bk);
+                CK(cudaMalloc(&o->t2, m * 2 * r * 2));
+                CK(cudaMalloc(&o->b2, n * 2 * r * 2));
+                CK(cudaMalloc(&o->t_ready, cdiv(m, BM) * sizeof(unsigned)));
+                CK(cudaMemset(o->t_ready, 0, cdiv(m, BM) * sizeof(unsigned)));
+                for (int half = 0; half < 2; half++)
+                    CK(cudaMemcpy2D(o->b2 + half * r, 2 * r * 2, o->b, r * 2, r * 2, n, cudaMemcpyDeviceToDevice));
+                o->t2_map = tensor_map(o->t2, m, 2 * r, 2 * r, BM, bk);
+                o->b2_map = tensor_map(o->b2, n, 2 * r, 2 * r, BN, bk);
+            }
         } else { /* unused: no LoRA steps */
             o->map[i].t = o->map[i].x;
             o->map[i].b = o->map[i].w;
@@ -558,11 +762,23 @@ static void operands_free(operands *o)
     cudaFree(o->b);
     cudaFree(o->t);
     cudaFree(o->t_part);
+    cudaFree(o->t2);
+    cudaFree(o->b2);
+    cudaFree(o->t_ready);
 }
 
-enum { V_TILE, V_PERSIST, V_PERSIST_W1, V_CLUSTER2, V_BK32, V_CLUSTER2_BK32, V_COUNT };
-static const char *vname[V_COUNT] = {"v1-tile",  "v2-persist",    "v3-persist-w1",
-                                     "v4-cluster2", "v5-bk32-8st", "v6-cl2-bk32"};
+enum { V_TILE, V_PERSIST, V_PERSIST_W1, V_CLUSTER2, V_BK32, V_CLUSTER2_BK32, V_IN_T, V_T_WORKERS, V_COUNT };
+static const char *vname[V_COUNT] = {"v1-tile",     "v2-persist",  "v3-persist-w1", "v4-cluster2",
+                                     "v5-bk32-8st", "v6-cl2-bk32", "v7-inT",        "v8-Tworkers"};
+static int t_worker_ctas = 4; /* v8: HOPPER_T_CTAS; 132 SMs − 4 = 128 divides every suite shape's tiles */
+static unsigned t_epoch = 0;  /* v8: one per launch, so flags need no reset */
+/* Versions this run validates and times: HOPPER_VERSIONS="2,3,7" (numbers as in vname), or all. */
+static int version_on[V_COUNT];
+/* v7 and v8 are v3 plus T in the kernel: they exist for 0 < r ≤ 64 only. */
+static int version_takes(int v, const problem *pb)
+{
+    return version_on[v] && (v < V_IN_T || int_width(pb->r));
+}
 
 /* The LoRA pre-pass: T[M,r] = s·x·Aᵀ in bf16 (column-major view: Tᵀ[r,M] = s·A·xᵀ). */
 static void lora_prepass(const problem *pb, const operands *o)
@@ -618,7 +834,10 @@ static cudaLaunchConfig_t cluster2_config(int grid, cudaLaunchAttribute *attr)
  * persistent grid (validation: several tiles per CTA, the ring's phases carried across tiles). */
 static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
 {
-    if (pb->r)
+    const int in_t = v >= V_IN_T ? int_width(pb->r) : 0; /* v7, v8 where they apply, else v3 */
+    if (v >= V_IN_T && !in_t)
+        v = V_PERSIST_W1;
+    if (pb->r && !in_t)
         lora_prepass_split(pb, o);
     gemm_params p;
     memset(&p, 0, sizeof p);
@@ -636,6 +855,7 @@ static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
     p.y = o->y;
     p.ldy = pb->ldy;
     p.beta = pb->beta;
+    p.scale = pb->scale;
     p.y_pairs = pb->ldy % 2 == 0 && (uintptr_t)o->y % 4 == 0;
     const int cluster = v == V_CLUSTER2 || v == V_CLUSTER2_BK32 ? 2 : 1;
     p.cluster_rows = cdiv(p.tiles_m, cluster);
@@ -647,19 +867,41 @@ static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
         grid = max_ctas / cluster;
     grid *= cluster;
     const auto &mp = o->map[bk32];
+    if (v == V_T_WORKERS) { /* the last CTAs of the grid compute T; the LoRA slab is 2r wide */
+        const int workers = t_worker_ctas < p.tiles_m ? t_worker_ctas : p.tiles_m;
+        const int cap = max_ctas > 0 && max_ctas < sm_count ? max_ctas : sm_count;
+        p.tile_ctas = items < cap - workers ? items : cap - workers > 1 ? cap - workers : 1;
+        grid = p.tile_ctas + workers;
+        p.lora_tiles = cdiv(2 * pb->r, bk);
+        p.t2 = o->t2;
+        p.t_ready = o->t_ready;
+        p.epoch = ++t_epoch;
+        if (in_t == 16)
+            hopper_gemm_kernel<true, 1, 64, 16, true>
+                <<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, o->t2_map, o->b2_map, p, o->a_tile);
+        else
+            hopper_gemm_kernel<true, 1, 64, 64, true>
+                <<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, o->t2_map, o->b2_map, p, o->a_tile);
+        CK(cudaGetLastError());
+        return;
+    }
     if (cluster == 2) {
         cudaLaunchAttribute attr;
         const cudaLaunchConfig_t cfg = cluster2_config(grid, &attr);
         if (bk32)
-            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 32>, mp.x, mp.w_half, mp.t, mp.b_half, p));
+            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 32>, mp.x, mp.w_half, mp.t, mp.b_half, p, mp.x));
         else
-            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 64>, mp.x, mp.w_half, mp.t, mp.b_half, p));
-    } else if (v == V_BK32)
-        hopper_gemm_kernel<true, 1, 32><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
+            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 64>, mp.x, mp.w_half, mp.t, mp.b_half, p, mp.x));
+    } else if (in_t == 16)
+        hopper_gemm_kernel<true, 1, 64, 16><<<grid, THREADS, SMEM_BYTES_INT16>>>(mp.x, mp.w, o->a_tile, mp.b, p, mp.x);
+    else if (in_t == 64)
+        hopper_gemm_kernel<true, 1, 64, 64><<<grid, THREADS, SMEM_BYTES_INT64>>>(mp.x, mp.w, o->a_tile, mp.b, p, mp.x);
+    else if (v == V_BK32)
+        hopper_gemm_kernel<true, 1, 32><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
     else if (v == V_PERSIST_W1)
-        hopper_gemm_kernel<true, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
+        hopper_gemm_kernel<true, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
     else
-        hopper_gemm_kernel<false, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
+        hopper_gemm_kernel<false, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
     CK(cudaGetLastError());
 }
 
@@ -909,6 +1151,8 @@ static void check_sampled(const problem *pb)
     bf16 *ycub = NULL;
     double err_cublas = 0;
     for (int v = -1; v < V_COUNT; v++) { /* -1: cuBLAS */
+        if (v >= 0 && !version_takes(v, pb))
+            continue;
         CK(cudaMemcpy(o.y, poison, ny * 2, cudaMemcpyHostToDevice));
         if (v < 0) {
             if (pb->r)
@@ -1049,7 +1293,7 @@ static void bench(const char *name, int m, int n, int k, int r)
         rows[nr++].v = 0;
     }
     for (int v = 0; v < V_COUNT && ok; v++)
-        if (!version_failed[v] && !(r && v < V_PERSIST_W1)) {
+        if (version_takes(v, &pb) && !version_failed[v] && !(r && v < V_PERSIST_W1)) {
             snprintf(rows[nr].label, sizeof rows[nr].label, "%s%s", vname[v], r ? "+lora" : "");
             rows[nr].what = T_OURS;
             rows[nr++].v = v;
@@ -1070,6 +1314,14 @@ static void bench(const char *name, int m, int n, int k, int r)
 int main(int argc, char **argv)
 {
     const int only_check = argc > 1 && strcmp(argv[1], "check") == 0;
+    /* `profile M N K r v`: three calls of version v (1-based) on one shape, nothing else (for ncu) */
+    const int profile = argc == 7 && strcmp(argv[1], "profile") == 0;
+    const char *versions = getenv("HOPPER_VERSIONS");
+    for (int v = 0; v < V_COUNT; v++) {
+        char num[8];
+        snprintf(num, sizeof num, "%d", v + 1);
+        version_on[v] = !versions || strstr(versions, num) != NULL; /* one-digit version numbers */
+    }
     int dev = 0, ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         printf("SKIP: no CUDA device\n");
@@ -1095,6 +1347,16 @@ int main(int argc, char **argv)
     CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 2, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
     CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
     CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 2, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            SMEM_BYTES_INT16));
+    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            SMEM_BYTES_INT64));
+    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 16, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            SMEM_BYTES));
+    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 64, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            SMEM_BYTES));
+    if (getenv("HOPPER_T_CTAS"))
+        t_worker_ctas = atoi(getenv("HOPPER_T_CTAS")) > 0 ? atoi(getenv("HOPPER_T_CTAS")) : 1;
     {
         cudaLaunchAttribute attr;
         const cudaLaunchConfig_t cfg = cluster2_config(sm_count, &attr);
@@ -1104,17 +1366,32 @@ int main(int argc, char **argv)
             max_active_clusters2 = 1;
     }
 
+    if (profile) {
+        const problem pb = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), 2.0f, 0.0f, 0, atoi(argv[3])};
+        const int v = atoi(argv[6]) - 1;
+        operands o;
+        if (v < 0 || v >= V_COUNT || !operands_make(&pb, &o))
+            return 1;
+        for (int i = 0; i < 3; i++)
+            run_ours(v, &pb, &o, 0);
+        sync_or_die("profile");
+        operands_free(&o);
+        return 0;
+    }
     /* m, n, k, r, scale, beta, bias, ldy: M/N/K tails, r < 16, r > 64 (two LoRA stages), odd ldy
      * (scalar stores), NaN-poisoned y with beta = 0, many tiles per CTA with a capped grid */
     const problem small[] = {
         {200, 328, 264, 0, 2.0f, 0.5f, 1, 336},   {200, 328, 264, 16, 2.0f, 0.0f, 0, 333},
         {129, 520, 72, 8, -1.5f, 1.0f, 1, 520},   {77, 300, 136, 80, 0.5f, 0.0f, 1, 304},
         {3, 40, 16, 8, 2.0f, 0.25f, 1, 41},       {1100, 2100, 200, 64, 2.0f, 0.0f, 0, 2100},
-        {333, 777, 1000, 16, 1.0f, 0.5f, 1, 780},
+        {333, 777, 1000, 16, 1.0f, 0.5f, 1, 780},   {257, 600, 520, 40, 1.5f, 0.0f, 1, 600},
     };
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++)
         for (int v = 0; v < V_COUNT; v++)
-            check_full(&small[i], v, v == V_TILE ? 0 : 6);
+            if (version_takes(v, &small[i]))
+                check_full(&small[i], v, v == V_TILE ? 0 : 6);
+            else if (version_on[v] && small[i].r)
+                printf("SKIP full  %-14s r%d (T in the kernel: 0 < r <= 64)\n", vname[v], small[i].r);
     if (!only_check) {
         const problem big[] = {
             {4096, 4096, 4096, 0, 2.0f, 0.0f, 0, 4096},
@@ -1133,12 +1410,17 @@ int main(int argc, char **argv)
     bench("m1024", 1024, 4096, 4096, 0);
     bench("m1024_mlp", 1024, 14336, 4096, 0);
     bench("m4096_mlp", 4096, 14336, 4096, 0);
+    bench("m8192", 8192, 4096, 4096, 0);
     bench("sq8192", 8192, 8192, 8192, 0);
     bench("m1024_r16", 1024, 4096, 4096, 16);
     bench("m1024_r64", 1024, 4096, 4096, 64);
     bench("sq4096_r16", 4096, 4096, 4096, 16);
     bench("sq4096_r64", 4096, 4096, 4096, 64);
+    bench("m8192_r16", 8192, 4096, 4096, 16);
+    bench("m8192_r64", 8192, 4096, 4096, 64);
     bench("m1024mlp_r16", 1024, 14336, 4096, 16);
+    bench("m1024mlp_r64", 1024, 14336, 4096, 64);
+    bench("m4096mlp_r16", 4096, 14336, 4096, 16);
 
     time_t now = time(NULL);
     char date[32];
