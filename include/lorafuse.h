@@ -651,7 +651,8 @@ int lf_tp_comm_size(const lf_tp_comm *comm);
  *  all-reduce sums them (as the TP base layer does). Large M is cut into row chunks, so that the
  *  all-reduce of one chunk runs while the next is computed. All ranks must pass the same M, N,
  *  dtype and beta: the ranks do not compare them (that would cost a collective), and NCCL may hang
- *  on a mismatch. Runs of the same inputs give bitwise the same y.
+ *  on a mismatch. Every rank checks beta and bias, so that a call rank 0 refuses is refused by all.
+ *  Runs of the same inputs give bitwise the same y.
  *  @return as lf_lora_forward; LF_ERR_NULL_POINTER (comm); LF_ERR_INVALID_VALUE (comm of another
  *  context); LF_ERR_BAD_STRIDE (y not dense); LF_ERR_DEVICE (NCCL's error text in the message). */
 lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout, const lf_matrix *x_p,
@@ -660,7 +661,8 @@ lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout,
 
 /*! lf_tp_row_forward_multi() :
  *  The per-token many-adapter form of lf_tp_row_forward: `set` holds each adapter's A shard (its
- *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. */
+ *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. Not cut into row
+ *  chunks (yet): the all-reduce follows the whole partial output. */
 lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
                                   const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
                                   const int32_t *token_adapter, float beta, const lf_matrix *y);

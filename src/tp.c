@@ -8,6 +8,8 @@
  */
 #include "tp_internal.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 lf_status lf_tp_split(int64_t n, int parts, int index, int64_t *begin, int64_t *count)
@@ -168,6 +170,42 @@ static lf_status partial_segments(lf_context *ctx, const void *arg, int64_t r0, 
                                     g->seg_adapter, g->segments, first ? g->beta : 0.0f, y_rows);
 }
 
+/* Prefixes the message of a failure inside the op with the TP function's name. */
+static lf_status name_failure(lf_context *ctx, lf_status st, const char *fn)
+{
+    if (st != LF_OK) {
+        char inner[LF_ERROR_CAPACITY];
+        snprintf(inner, sizeof inner, "%s", ctx->last_error);
+        lf_fail(ctx, st, "%s: %s", fn, inner);
+    }
+    return st;
+}
+
+/* Ranks other than 0 do not pass beta and bias to the op, so they check them here: every rank must
+ * refuse what rank 0 refuses, or the others would enter an all-reduce that rank 0 never joins. */
+static lf_status check_rank0_operands(lf_context *ctx, const char *fn, const lf_matrix *bias, float beta,
+                                      const lf_matrix *y)
+{
+    if (!isfinite(beta))
+        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: beta is not finite", fn);
+    if (!bias)
+        return LF_OK;
+    if (!bias->data)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: bias has no data", fn);
+    if (bias->dtype != y->dtype)
+        return lf_fail(ctx, LF_ERR_DTYPE_MISMATCH, "%s: bias is %s, y %s", fn, lf_dtype_name(bias->dtype),
+                       lf_dtype_name(y->dtype));
+    if (bias->rows != 1 || bias->cols != y->cols || bias->stride < bias->cols)
+        return lf_fail(ctx, LF_ERR_SHAPE_MISMATCH, "%s: bias is [%lld, %lld], expected [1, %lld]", fn,
+                       (long long)bias->rows, (long long)bias->cols, (long long)y->cols);
+    const size_t es = lf_dtype_size(y->dtype);
+    const uintptr_t b0 = (uintptr_t)bias->data, b1 = b0 + (size_t)bias->cols * es, y0 = (uintptr_t)y->data;
+    const uintptr_t y1 = y0 + (size_t)(y->rows > 0 ? y->rows * y->stride : 0) * es;
+    if (b0 < y1 && y0 < b1)
+        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps bias", fn);
+    return LF_OK;
+}
+
 static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, int chunkable,
                              partial_fn partial, const row_args *g, const char *fn)
 {
@@ -177,25 +215,36 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: comm is NULL", fn);
     if (comm->ctx != ctx)
         return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: comm belongs to another context", fn);
-    if (!y)
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL", fn);
+    if (!y || (y->rows > 0 && !y->data))
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL or has no data", fn);
     if (y->rows > 1 && y->stride != y->cols)
         return lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)",
                        fn, (long long)y->stride, (long long)y->cols);
+    lf_status st = comm->rank == 0 ? LF_OK : check_rank0_operands(ctx, fn, g->bias, g->beta, y);
+    if (st != LF_OK)
+        return st;
+    if (chunkable) { /* the whole call first: the chunks alone would miss y overlapping x's other rows */
+        lf_lora_problem whole;
+        st = lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale, g->beta, y, &whole);
+        if (st != LF_OK)
+            return name_failure(ctx, st, fn);
+    }
     if (m < 0 || y->rows != m)
-        m = 0; /* the op reports the shapes; no chunking of a call it will refuse */
+        m = 0; /* the op reports the shapes */
     const int chunks = chunkable ? lf_tp_row_chunks(m, y->cols, comm->size) : 1;
     for (int c = 0; c < chunks; c++) {
         int64_t r0 = 0, rows = m;
         if (chunks > 1)
             lf_tp_split(m, chunks, c, &r0, &rows);
         const lf_matrix y_rows = y->data ? sub_view(y, r0, rows, 0, y->cols) : *y;
-        /* the first chunk validates everything: a refused call queues no all-reduce */
-        lf_status st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
-        if (st != LF_OK)
-            return st;
-        if (rows > 0 && (st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype)) != LF_OK)
-            return st;
+        st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
+        if (st == LF_OK && rows > 0)
+            st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype);
+        if (st != LF_OK) {
+            if (c > 0) /* order later work after the all-reduces already issued */
+                comm->ops->join(comm);
+            return name_failure(ctx, st, fn);
+        }
     }
     return comm->ops->join(comm);
 }
@@ -215,7 +264,8 @@ lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_ad
 {
     const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
                         .token_adapter = token_adapter};
-    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_multi, &g, "lf_tp_row_forward_multi");
+    /* not chunked: one call of the op validates the whole batch (ids and aliasing included) */
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 0, partial_multi, &g, "lf_tp_row_forward_multi");
 }
 
 lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,

@@ -320,6 +320,37 @@ static void cpu_cases(lf_context *ctx)
     free(y);
     lf_tp_local_group_destroy(group);
     layer_free(&l);
+
+    /* What rank 0 refuses (beta, bias: only rank 0 hands them to the op), every rank refuses. */
+    layer_init(&l, LF_F32, LF_LAYOUT_PEFT, 6, 8, 5, 2, 1, 0.0f, 98);
+    LFT_CHECK(lf_tp_local_group_create(2, &group) == LF_OK && lf_tp_local_comm(group, ctx, 1, &comm) == LF_OK);
+    lf_matrix wide_bias = lf_matrix_make(LF_F32, l.bias, 1, 4); /* N = 5 */
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, 1.0f, NAN, &l.vy0),
+                     LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &l.vx, &l.vw, &wide_bias, &l.va, &l.vb, 1.0f, 0.0f,
+                                            &l.vy0),
+                     LF_ERR_SHAPE_MISMATCH);
+    layer_free(&l);
+    lf_tp_local_group_destroy(group);
+
+    /* y overlapping rows of x that another row chunk reads: refused before any chunk runs. */
+    layer_init(&l, LF_F32, LF_LAYOUT_PEFT, 512, 16, 16, 2, 0, 0.0f, 97); /* K = N: y can sit inside x */
+    LFT_CHECK(lf_tp_local_group_create(2, &group) == LF_OK && lf_tp_local_comm(group, ctx, 0, &comm) == LF_OK);
+    void *x_before = malloc(512 * 16 * sizeof(float));
+    memcpy(x_before, l.x, 512 * 16 * sizeof(float));
+    /* 300 rows in two chunks of 150: chunk by chunk x and y never meet (x rows 0..149 with y's
+     * 150..299, then 150..299 with 300..449), but chunk 0 would write x rows chunk 1 reads. */
+    lf_matrix x_long = lf_matrix_make(LF_F32, l.x, 300, 16), y_long = lf_matrix_make(LF_F32, (float *)l.x + 150 * 16,
+                                                                                         300, 16);
+    LFT_CHECK(lf_tp_row_chunks(300, 16, 2) == 2);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &x_long, &l.vw, NULL, &l.va, &l.vb, 1.0f, 0.0f,
+                                            &y_long),
+                     LF_ERR_ALIASING);
+    LFT_CHECK(memcmp(l.x, x_before, 512 * 16 * sizeof(float)) == 0); /* nothing written */
+    LFT_CHECK(strstr(lf_context_last_error(ctx), "lf_tp_row_forward") != NULL);
+    free(x_before);
+    lf_tp_local_group_destroy(group);
+    layer_free(&l);
     lft_end();
 }
 
