@@ -27,22 +27,40 @@ __device__ __forceinline__ void lf_pdl_release()
 #endif
 }
 
-/* Launches kernel<<<grid, threads, smem, st>>>(args...), with PDL when pdl. */
+/* Launches kernel<<<grid, threads, smem, st>>>(args...), with PDL when pdl, in thread block clusters
+ * of `cluster` consecutive blocks along x when cluster > 1 (sm_90; grid.x a multiple of it). */
 template <typename... KArgs, typename... Args>
-cudaError_t lf_cuda_launch(void (*kernel)(KArgs...), dim3 grid, unsigned threads, size_t smem, bool pdl,
-                           cudaStream_t st, Args... args)
+cudaError_t lf_cuda_launch_clustered(void (*kernel)(KArgs...), dim3 grid, unsigned threads, size_t smem, bool pdl,
+                                     unsigned cluster, cudaStream_t st, Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(threads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n++].val.clusterDim.z = 1;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+/* Launches kernel<<<grid, threads, smem, st>>>(args...), with PDL when pdl. */
+template <typename... KArgs, typename... Args>
+cudaError_t lf_cuda_launch(void (*kernel)(KArgs...), dim3 grid, unsigned threads, size_t smem, bool pdl,
+                           cudaStream_t st, Args... args)
+{
+    return lf_cuda_launch_clustered(kernel, grid, threads, smem, pdl, 1u, st, args...);
 }
 
 #endif /* LF_CUDA_LAUNCH_CUH */

@@ -2,8 +2,12 @@
  * lora_multi.cu — many adapters in one batch on CUDA (lf_lora_forward_multi / _segments), adapter
  * loads from device memory, and the unfused per-adapter loop the bench compares with.
  *
- * A call is two or three kernels, chained with programmatic dependent launch, and no host work that
- * needs device data (capture-safe, no synchronization, no allocation once the workspace is sized):
+ * No host work that needs device data (capture-safe, no synchronization, no allocation once the
+ * workspace is sized). On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
+ * multi_fused_kernel (thread block clusters; see its comment), and a layer is the cuBLAS base GEMM
+ * beside that kernel on a side stream (it writes the LoRA term in fp32) and multi_finish_kernel,
+ * which adds both and rounds y once. Otherwise a call is two or three kernels, chained with
+ * programmatic dependent launch:
  *
  *   bucketing   each token's slot (per-token ids, or a binary search of the segment starts; an id
  *               out of range or naming an empty slot means none), tokens grouped by slot, and the
@@ -26,8 +30,8 @@
  * fixed order that does not depend on a token's position in its tile or on the other tokens: results
  * are bitwise reproducible, and identical between the per-token and the segment form.
  *
- * Layer: the bucketing and the shrink run on a side stream (fork and join by events, capture-safe)
- * beside the cuBLAS base GEMM x·Wᵀ into an fp32 buffer in the workspace; the expand then adds T·B,
+ * Layer (two- or three-kernel form): the bucketing and the shrink run on a side stream (fork and
+ * join by events, capture-safe) beside the cuBLAS base GEMM x·Wᵀ into an fp32 buffer in the workspace; the expand then adds T·B,
  * bias and beta·y to it and rounds y once. At decode sizes the shrink hides behind the GEMM and
  * the expand is the only cost on top of it; at large M the fp32 buffer costs a write and a read
  * of M × N floats (the next step there: the expand inside the GEMM's epilogue).
@@ -72,26 +76,31 @@ struct multi_args {
     int4 *tiles;     /* global bucketing: tiles, and ntiles */
     int *ntiles;
     int32_t *bins;   /* global bucketing: each token's bin, [m] */
+    int nchunks;     /* fused: N chunks per tile (a cluster each) */
+    bool vec_x, vec_a, vec_b; /* fused: 16-byte copies of x, A and B rows */
+    float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
 };
+
+/* The raw id of token t (per-token array, or the run holding t; starts / adapters may be staged). */
+__device__ int token_id(const multi_args &p, const int *starts, const int *adapters, int t)
+{
+    if (p.ids)
+        return p.ids[t];
+    int lo = -1, hi = p.segments - 1; /* the last run whose start is <= t */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (starts[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo >= 0 && t < starts[lo + 1] ? adapters[lo] : -1;
+}
 
 /* The slot token t uses, or -1 (none). */
 __device__ int token_slot(const multi_args &p, int t)
 {
-    int id = -1;
-    if (p.ids) {
-        id = p.ids[t];
-    } else if (p.segments > 0) {
-        int lo = -1, hi = p.segments - 1; /* the last run whose start is <= t */
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) >> 1;
-            if (p.seg_starts[mid] <= t)
-                lo = mid;
-            else
-                hi = mid - 1;
-        }
-        if (lo >= 0 && t < p.seg_starts[lo + 1])
-            id = p.seg_adapter[lo];
-    }
+    const int id = token_id(p, p.seg_starts, p.seg_adapter, t);
     if (id < 0 || id >= p.capacity || p.slots[id].rank <= 0)
         return -1;
     return id;
@@ -419,6 +428,31 @@ __device__ __forceinline__ void fma4(float t, const float4 &b, float4 &acc)
     acc.w = fmaf(t, b.w, acc.w);
 }
 
+/* 4 columns of a y row (yr, from column col on, `valid` of them in the matrix): y = round(lora +
+ * bias + base + beta·y), in that order, on every path (bias, base: NULL for none; base an fp32
+ * row at col). beta = 0 must not read y. */
+template <typename T, bool VECY>
+__device__ __forceinline__ void finish4(float4 acc, const T *bias, const float *base, float beta, T *yr, int col,
+                                        int valid)
+{
+    if (bias) {
+        const float4 bb = load4<T, VECY>(bias + col, valid);
+        acc.x += bb.x, acc.y += bb.y, acc.z += bb.z, acc.w += bb.w;
+    }
+    if (base) {
+        const float4 gb = VECY ? *(const float4 *)base : load4<float, false>(base, valid);
+        acc.x += gb.x, acc.y += gb.y, acc.z += gb.z, acc.w += gb.w;
+    }
+    if (beta != 0.0f) {
+        const float4 old = load4<T, VECY>(yr, valid);
+        acc.x = fmaf(beta, old.x, acc.x);
+        acc.y = fmaf(beta, old.y, acc.y);
+        acc.z = fmaf(beta, old.z, acc.z);
+        acc.w = fmaf(beta, old.w, acc.w);
+    }
+    store4<T, VECY>(yr, acc, valid);
+}
+
 /* y[token][N slice] for the tiles g, g + G, ... (g = blockIdx.y); RSMALL: max_rank ≤ RC, B in
  * registers once per tile. */
 template <typename T, bool VECY, bool GLOBAL, bool RSMALL>
@@ -478,28 +512,367 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
                 for (int j = 0; j < rank; j++)
                     fma4(t[j], load4<T, VECY>(b + (int64_t)j * p.ldb, valid), acc);
             }
-            if (bias) {
-                const float4 bb = load4<T, VECY>(bias + col, valid);
-                acc.x += bb.x, acc.y += bb.y, acc.z += bb.z, acc.w += bb.w;
-            }
-            if (p.base) {
-                const float *g = p.base + (int64_t)token * p.n + col;
-                const float4 gb = VECY ? *(const float4 *)g
-                                       : make_float4(g[0], valid > 1 ? g[1] : 0.f, valid > 2 ? g[2] : 0.f,
-                                                     valid > 3 ? g[3] : 0.f);
-                acc.x += gb.x, acc.y += gb.y, acc.z += gb.z, acc.w += gb.w;
-            }
-            T *yr = y + (int64_t)token * p.ldy + col;
-            if (p.beta != 0.0f) { /* beta = 0 must not read y */
-                const float4 old = load4<T, VECY>(yr, valid);
-                acc.x = fmaf(p.beta, old.x, acc.x);
-                acc.y = fmaf(p.beta, old.y, acc.y);
-                acc.z = fmaf(p.beta, old.z, acc.z);
-                acc.w = fmaf(p.beta, old.w, acc.w);
-            }
-            store4<T, VECY>(yr, acc, valid);
+            finish4<T, VECY>(acc, bias, p.base ? p.base + (int64_t)token * p.n + col : NULL, p.beta,
+                             y + (int64_t)token * p.ldy + col, col, valid);
         }
     }
+}
+
+/* ---- fused: shrink and expand in one kernel, a thread block cluster per tile (sm_90) ---------- */
+
+/* One launch does the whole delta, for M ≤ LF_FUSED_SMALL_M. Work item = (tile, N chunk), one
+ * cluster of LF_FUSED_CLUSTER blocks each. Block c of a cluster stages its K slice c of x (the
+ * tile's tokens) and of A_slot in shared memory (cp.async: one memory latency for x, A and the
+ * block's columns of B together), computes the partial T over that slice (tensor cores for 16-bit
+ * types), and the cluster adds the partials through distributed shared memory in the fixed order
+ * c = 0, 1, ...; then every block expands its own N columns with the full T. A is read once per
+ * tile and N chunk (the chunks exist only where tiles are few), B once per tile. Bucketing in every
+ * block: counting by bin, a scan over the bins to find the cluster's tile, a ballot for the stable
+ * order of its tokens (O(1) per token). A token's sums never depend on its tile-mates: the K
+ * steps, warps and cluster order are the same for every token. Larger M (measured slower fused
+ * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
+#define LF_FUSED_CLUSTER 8
+#define LF_FUSED_TB 16          /* tokens per tile: the mma's 16 rows */
+#define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
+#define LF_FUSED_SMEM_MAX (160 * 1024)
+#define LF_FUSED_WARPS (LF_MULTI_THREADS / 32)
+#define LF_FUSED_PAD 8          /* elements after each staged row of x and A */
+static_assert(LF_MULTI_THREADS == LF_FUSED_TB * LF_MULTI_RC, "the fused kernel adds its K halves one (token, rank) per thread");
+
+struct fused_shared {
+    int count[LF_MAX_ADAPTERS + 1]; /* tokens per bin (capacity: none) */
+    lf_adapter_slot slots[LF_MAX_ADAPTERS];
+    int seg[2 * LF_FUSED_SMALL_M + 1]; /* segment form, segments ≤ LF_FUSED_SMALL_M: starts, adapters */
+    int warp_sums[32];
+    int tok[LF_FUSED_TB];  /* the tile's tokens */
+    int tile[3];           /* slot (-1: none), tokens, and whether the cluster has work (1) */
+};
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all()
+{
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+
+/* dst[r·ld + c] = row r of src (row rowidx[r], or r) from element 0 on, for r < rows, c < ld (a
+ * multiple of 8); rows ≥ rows_valid and columns ≥ cols_valid read as 0. vec: 16-byte cp.async for
+ * whole chunks (src, its stride and its column offset 16-byte aligned), scalars for the rest. */
+template <typename T>
+__device__ void stage_rows(T *dst, int ld, const T *src, int64_t ld_src, const int *rowidx, int rows, int rows_valid,
+                           int cols_valid, bool vec)
+{
+    constexpr int VE = 16 / sizeof(T);
+    const int chunks = ld / VE;
+    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+        const int r = i / chunks, c = (i - r * chunks) * VE;
+        T *d = dst + r * ld + c;
+        const bool row_ok = r < rows_valid && c < cols_valid;
+        const T *s = row_ok ? src + (int64_t)(rowidx ? rowidx[r] : r) * ld_src + c : NULL;
+        if (row_ok && vec && c + VE <= cols_valid) {
+            cp_async16(d, s);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VE; e++)
+                d[e] = row_ok && c + e < cols_valid ? s[e] : lf_dt<T>::from_f32(0.0f);
+        }
+    }
+}
+
+__device__ __forceinline__ void cluster_arrive()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+/* The float at the same shared-memory address in block `rank` of the cluster. */
+__device__ __forceinline__ float cluster_load(const float *local, int rank)
+{
+    float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned s = (unsigned)__cvta_generic_to_shared(local), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(s), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r));
+#else
+    (void)local, (void)rank;
+#endif
+    return v;
+}
+
+/* In-block bucketing for the cluster's tile index ti: fills sh.tile and sh.tok. */
+__device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int ti)
+{
+    const int t = threadIdx.x, bins = p.capacity + 1;
+    const bool staged_segs = !p.ids && p.segments <= LF_FUSED_SMALL_M;
+    for (int b = t; b < bins; b += blockDim.x)
+        sh.count[b] = 0;
+    for (int b = t; b < p.capacity; b += blockDim.x)
+        sh.slots[b] = p.slots[b];
+    if (staged_segs)
+        for (int i = t; i < 2 * p.segments + 1; i += blockDim.x)
+            sh.seg[i] = i <= p.segments ? p.seg_starts[i] : p.seg_adapter[i - p.segments - 1];
+    int id = -1;
+    if (p.ids && t < p.m)
+        id = p.ids[t];
+    __syncthreads();
+    if (!p.ids && t < p.m)
+        id = staged_segs ? token_id(p, sh.seg, sh.seg + p.segments + 1, t)
+                         : token_id(p, p.seg_starts, p.seg_adapter, t);
+    const int bin = id < 0 || id >= p.capacity || sh.slots[id].rank <= 0 ? p.capacity : id;
+    /* Counts only (the order comes from the ballot below); one atomic per bin and warp: a batch
+     * of one adapter would otherwise serialize 32 lanes on one address. */
+    const unsigned valid = __ballot_sync(0xffffffffu, t < p.m);
+    if (t < p.m) {
+        const unsigned peers = __match_any_sync(valid, bin);
+        if ((peers & ((1u << (t & 31)) - 1u)) == 0)
+            atomicAdd(&sh.count[bin], __popc(peers));
+    }
+    __syncthreads();
+    /* Tiles are numbered by bin, then chunk of LF_FUSED_TB tokens: each thread scans a run of bins. */
+    const int per = (bins + blockDim.x - 1) / blockDim.x, b0 = t * per, b1 = min(bins, b0 + per);
+    int tiles = 0;
+    for (int b = b0; b < b1; b++)
+        tiles += (sh.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+    int total, before = block_exclusive_scan(tiles, sh.warp_sums, &total);
+    if (t == 0)
+        sh.tile[2] = 0;
+    __syncthreads();
+    for (int b = b0; b < b1; b++) {
+        const int nt = (sh.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+        if (ti >= before && ti < before + nt) {
+            const int chunk = ti - before;
+            sh.tile[0] = b == p.capacity ? -1 : b;
+            sh.tile[1] = min(LF_FUSED_TB, sh.count[b] - chunk * LF_FUSED_TB);
+            sh.tile[2] = 1 + chunk; /* chunk + 1 until the ballot below */
+        }
+        before += nt;
+    }
+    __syncthreads();
+    if (sh.tile[2] == 0)
+        return; /* past the last tile */
+    const int mine = sh.tile[0] < 0 ? p.capacity : sh.tile[0], first = (sh.tile[2] - 1) * LF_FUSED_TB;
+    const bool in = t < p.m && bin == mine;
+    const unsigned ball = __ballot_sync(0xffffffffu, in);
+    const int lane = t & 31, warp = t >> 5;
+    if (lane == 0)
+        sh.warp_sums[warp] = __popc(ball);
+    __syncthreads();
+    int pos = __popc(ball & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; w++)
+        pos += sh.warp_sums[w];
+    if (in && pos >= first && pos < first + LF_FUSED_TB)
+        sh.tok[pos - first] = t;
+    __syncthreads();
+    if (t == 0)
+        sh.tile[2] = 1;
+    __syncthreads();
+}
+
+/* The partial T of one block's K slice (ks elements, a multiple of 16, zero past K) for the tile's
+ * 16 tokens and 16 ranks: red[w][u][j] = warp w's share; returns the number of shares, added in
+ * order by the caller. Every token goes through the same steps whatever its tile-mates.
+ * 16-bit types: tensor cores (mma m16n8k16, fp32 accumulation; products exact), warp w taking the
+ * k-steps w, w + 8, ... */
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __half)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __nv_bfloat16)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <typename T>
+__device__ __forceinline__ int shrink_slice(const T *xs, const T *as, int lds, int ks, float *red)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if constexpr (sizeof(T) == 2) {
+        const int g = lane >> 2, c2 = 2 * (lane & 3);
+        float acc[2][4] = {};
+        for (int k = warp * 16; k < ks; k += LF_FUSED_WARPS * 16) {
+            const T *x0 = xs + g * lds + k + c2, *x1 = x0 + 8 * lds;
+            const uint32_t fa[4] = {*(const uint32_t *)x0, *(const uint32_t *)x1, *(const uint32_t *)(x0 + 8),
+                                    *(const uint32_t *)(x1 + 8)};
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const T *a0 = as + (nt * 8 + g) * lds + k + c2;
+                const uint32_t fb[2] = {*(const uint32_t *)a0, *(const uint32_t *)(a0 + 8)};
+                mma_16816(acc[nt], fa, fb, T());
+            }
+        }
+        float *r = red + warp * LF_FUSED_TB * LF_MULTI_RC;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            r[g * LF_MULTI_RC + nt * 8 + c2] = acc[nt][0];
+            r[g * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][1];
+            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2] = acc[nt][2];
+            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][3];
+        }
+        return LF_FUSED_WARPS;
+    } else {
+        /* fp32: CUDA cores, a warp per 4 tokens and K half, lanes along K, the fixed butterfly. */
+        const int tg = warp >> 1, half = ks / 2, kb = (warp & 1) * half;
+        float acc[64];
+#pragma unroll
+        for (int i = 0; i < 64; i++)
+            acc[i] = 0.0f;
+        for (int kk = kb + lane * 4; kk < kb + half; kk += 128) {
+            float4 xv[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                xv[u] = load4<T, true>(xs + (tg * 4 + u) * lds + kk, 4);
+#pragma unroll
+            for (int j = 0; j < LF_MULTI_RC; j++) {
+                const float4 av = load4<T, true>(as + j * lds + kk, 4);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    float s = acc[u * 16 + j];
+                    s = fmaf(xv[u].x, av.x, s);
+                    s = fmaf(xv[u].y, av.y, s);
+                    s = fmaf(xv[u].z, av.z, s);
+                    s = fmaf(xv[u].w, av.w, s);
+                    acc[u * 16 + j] = s;
+                }
+            }
+        }
+        warp_reduce_scatter64(acc);
+        const int u = tg * 4 + (lane >> 3), j = (2 * lane) & 15; /* values 2·lane, 2·lane + 1 */
+        float *r = red + ((warp & 1) * LF_FUSED_TB + u) * LF_MULTI_RC + j;
+        r[0] = acc[0], r[1] = acc[1];
+        return 2;
+    }
+}
+
+/* Delta (dout NULL: y, with bias, base and beta; else dout[token][col] = the LoRA term in fp32)
+ * for work item blockIdx.x / LF_FUSED_CLUSTER. Dynamic shared memory: x slice [TB][ks + 8], A
+ * slice [RC][ks + 8] (8 elements of padding: the mma fragments' rows fall in different banks), B
+ * columns [max_rank][bn] in T; per-warp partial T [8][TB][RC], the block's T [TB][rp] and the full
+ * T [TB][rp] in fp32 (rp = max_rank rounded up to RC). */
+template <typename T, bool VECY>
+__global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_args p)
+{
+    __shared__ fused_shared sh;
+    extern __shared__ float4 fused_smem4[];
+    lf_pdl_wait();
+    lf_pdl_release();
+    const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
+    const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
+    fused_bucket_in_block(p, sh, ti);
+    const int slot = sh.tile[0], count = sh.tile[1];
+    if (!sh.tile[2] || (slot < 0 && !p.none_tiles))
+        return; /* the same for every block of the cluster: none reaches a cluster barrier */
+    const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : sh.slots[slot];
+    const int rank = entry.rank, rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
+    const int lds = p.ks + LF_FUSED_PAD;
+    T *xs = (T *)fused_smem4, *as = xs + LF_FUSED_TB * lds, *bs = as + LF_MULTI_RC * lds;
+    float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
+    float *part = red + LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC, *tfull = part + LF_FUSED_TB * rp;
+    const int k0 = crank * p.ks, kspan = max(0, min(p.ks, p.k - k0));
+    const int col0 = (chunk * LF_FUSED_CLUSTER + crank) * p.bn, ncols = max(0, min(p.bn, p.n - col0));
+    const T *a = slot < 0 ? NULL : (const T *)p.a + ((int64_t)slot * p.max_rank) * p.lda + k0;
+    const T *b = slot < 0 ? NULL : (const T *)p.b + ((int64_t)slot * p.max_rank) * p.ldb + col0;
+
+    /* x, the first A chunk and B in flight together. */
+    if (rank > 0) {
+        stage_rows<T>(xs, lds, (const T *)p.x + k0, p.ldx, sh.tok, LF_FUSED_TB, count, kspan, p.vec_x);
+        stage_rows<T>(bs, p.bn, b, p.ldb, NULL, rank, rank, ncols, p.vec_b);
+    }
+    for (int j0 = 0; j0 < rank; j0 += LF_MULTI_RC) {
+        stage_rows<T>(as, lds, a + (int64_t)j0 * p.lda, p.lda, NULL, LF_MULTI_RC, rank - j0, kspan, p.vec_a);
+        cp_async_wait_all();
+        __syncthreads();
+        /* red[w][u][j]: warp w's share of the slice for token u, rank j0 + j */
+        const int nparts = shrink_slice<T>(xs, as, lds, p.ks, red);
+        __syncthreads(); /* red complete; as free */
+        {
+            const int u = threadIdx.x / LF_MULTI_RC, j = threadIdx.x % LF_MULTI_RC; /* 256 = TB × RC */
+            float s = 0.0f;
+            for (int w = 0; w < nparts; w++)
+                s += red[(w * LF_FUSED_TB + u) * LF_MULTI_RC + j];
+            part[u * rp + j0 + j] = s;
+        }
+    }
+    /* The cluster's partials: T = scale · Σ_c part_c, c in order. */
+    cluster_arrive();
+    cluster_wait();
+    for (int idx = threadIdx.x; idx < count * rank; idx += blockDim.x) {
+        const int u = idx / rank, j = idx - u * rank;
+        float v[LF_FUSED_CLUSTER], s = 0.0f;
+#pragma unroll
+        for (int c = 0; c < LF_FUSED_CLUSTER; c++) /* all loads in flight, then added in order */
+            v[c] = cluster_load(part + u * rp + j, c);
+#pragma unroll
+        for (int c = 0; c < LF_FUSED_CLUSTER; c++)
+            s += v[c];
+        tfull[u * rp + j] = entry.scale * s;
+    }
+    cluster_arrive(); /* done reading the others' part; the wait is at the end */
+    __syncthreads();
+
+    /* Expand: 4 columns per thread, tpr threads per token. */
+    const int tpr = p.bn / 4, rpp = LF_MULTI_THREADS / tpr, cl = (threadIdx.x % tpr) * 4;
+    const int valid = ncols - cl, col = col0 + cl;
+    if (threadIdx.x < rpp * tpr && valid > 0) {
+        const T *bias = (const T *)p.bias;
+        T *y = (T *)p.y;
+        for (int u = threadIdx.x / tpr; u < count; u += rpp) {
+            const int token = sh.tok[u];
+            const float *t = tfull + u * rp;
+            float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j = 0; j < rank; j++)
+                fma4(t[j], load4<T, true>(bs + j * p.bn + cl, 4), acc);
+            if (p.dout) {
+                float *d = p.dout + (int64_t)token * p.n + col;
+                if (VECY) {
+                    *(float4 *)d = acc;
+                } else {
+                    const float *f = &acc.x;
+                    for (int e = 0; e < 4 && e < valid; e++)
+                        d[e] = f[e];
+                }
+                continue;
+            }
+            finish4<T, VECY>(acc, bias, NULL, p.beta, y + (int64_t)token * p.ldy + col, col, valid);
+        }
+    }
+    cluster_wait(); /* no block leaves while another may still read its part */
+}
+
+/* Layer at small M: y = round(lora + bias + base + beta·y), lora = dout's row for tokens with an
+ * adapter (the fused kernel wrote it beside the base GEMM), 0 for the others. Block: 1024 columns
+ * of one row. */
+template <typename T, bool VECY> __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_finish_kernel(multi_args p)
+{
+    lf_pdl_wait();
+    lf_pdl_release();
+    const int token = blockIdx.y, col = (blockIdx.x * LF_MULTI_THREADS + threadIdx.x) * 4, valid = p.n - col;
+    if (valid <= 0)
+        return;
+    const float *d = p.dout + (int64_t)token * p.n + col;
+    float4 acc = VECY ? *(const float4 *)d : load4<float, false>(d, valid); /* read before the id is known */
+    if (token_slot(p, token) < 0)
+        acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    finish4<T, VECY>(acc, (const T *)p.bias, p.base + (int64_t)token * p.n + col, p.beta,
+                     (T *)p.y + (int64_t)token * p.ldy + col, col, valid);
 }
 
 /* ---- adapter loads from device memory ------------------------------------------------------- */
@@ -589,34 +962,81 @@ struct cuda_set_state {
 
 /* Blocking and workspace of one call. */
 struct multi_plan {
+    bool fused;   /* multi_fused_kernel (else the shrink and the expand) */
     bool global;  /* bucketing by multi_bucket_kernel */
     int max_tiles;
-    dim3 shrink_grid, expand_grid;
-    size_t shrink_smem, expand_smem;
-    size_t tpart, perm, bins, tiles, ntiles, base, total; /* workspace offsets (bytes) */
+    dim3 shrink_grid, expand_grid, fused_grid;
+    size_t shrink_smem, expand_smem, fused_smem;
+    size_t tpart, perm, bins, tiles, ntiles, base, dout, total; /* workspace offsets (bytes) */
 };
 
-multi_plan plan_of(const lf_multi_problem *q, const multi_args &a, int sms, bool with_base)
+size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+/* The fused kernel's shared memory for a's ks, bn and max_rank (see multi_fused_kernel). */
+size_t fused_smem_bytes(const multi_args &a, size_t es)
+{
+    const size_t rp = round_up((size_t)a.max_rank, LF_MULTI_RC);
+    const size_t lds = (size_t)a.ks + LF_FUSED_PAD;
+    return ((size_t)LF_FUSED_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
+           (LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC + 2 * LF_FUSED_TB * rp) * sizeof(float);
+}
+
+/* Sets a's blocking for the fused kernel (K slice per cluster block, N chunks and columns per
+ * block) and says whether its shared memory fits. spread: few tiles get several N chunks, so that
+ * about two blocks per SM work (not beside the layer's GEMM, which needs the SMs); B's columns of a
+ * block stay within 32 KiB. */
+bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool spread)
+{
+    a.tb = LF_FUSED_TB;
+    a.ks = (int)round_up((size_t)(a.k + LF_FUSED_CLUSTER - 1) / LF_FUSED_CLUSTER, 16); /* mma k-steps */
+    const int bn_cap = std::max(8, std::min(1024, (int)(32768 / ((size_t)a.max_rank * es)) / 8 * 8));
+    const int clusters_wanted = spread ? std::max(1, 2 * sms / LF_FUSED_CLUSTER) : 1;
+    max_tiles = std::max(1, max_tiles);
+    int chunks = std::max(1, std::min((clusters_wanted + max_tiles - 1) / max_tiles,
+                                      a.n / (LF_FUSED_CLUSTER * 64)));
+    chunks = std::max(chunks, (a.n + LF_FUSED_CLUSTER * bn_cap - 1) / (LF_FUSED_CLUSTER * bn_cap));
+    a.nchunks = chunks;
+    a.bn = (int)round_up((size_t)(a.n + chunks * LF_FUSED_CLUSTER - 1) / (chunks * LF_FUSED_CLUSTER), 8);
+    return fused_smem_bytes(a, es) <= LF_FUSED_SMEM_MAX;
+}
+
+multi_plan plan_of(multi_args &a, int sms, bool fused_ok, bool with_base, size_t es)
 {
     multi_plan pl;
-    pl.global = a.m > LF_MULTI_SMALL_M;
+    a.tb = LF_FUSED_TB;
     pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
-    const int nslices = (a.n + a.bn - 1) / a.bn;
-    /* Up to 8 blocks per SM: a block's tiles run one after another, each a chain of memory
-     * latencies, so many small blocks beat few long ones. */
-    pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / a.kslices)));
-    pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / nslices)));
-    pl.shrink_smem = (size_t)LF_MULTI_RC * a.ks * sizeof(float);
-    pl.expand_smem = (size_t)a.tb * a.max_rank * sizeof(float);
-    size_t at = 0;
-    pl.tpart = at, at += align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
-    pl.perm = at, at += align256((size_t)a.m * sizeof(int32_t));
-    pl.bins = at, at += align256((size_t)a.m * sizeof(int32_t));
-    pl.tiles = at, at += align256((size_t)pl.max_tiles * sizeof(int4));
-    pl.ntiles = at, at += 256;
+    pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && fused_blocking(a, pl.max_tiles, sms, es, !with_base);
+    if (!pl.fused) {
+        a.tb = (int)std::max<int64_t>(1, std::min<int64_t>(64, LF_MULTI_TS_FLOATS / a.max_rank));
+        pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
+        a.ks = a.m <= 64 ? 256 : LF_MULTI_KS_MAX;
+        a.kslices = (a.k + a.ks - 1) / a.ks;
+        a.bn = 256;
+    }
+    pl.global = !pl.fused && a.m > LF_MULTI_SMALL_M;
+    const bool with_dout = pl.fused && with_base; /* the layer's LoRA term beside its GEMM */
+    if (pl.fused) {
+        pl.fused_grid = dim3((unsigned)(pl.max_tiles * a.nchunks * LF_FUSED_CLUSTER));
+        pl.fused_smem = fused_smem_bytes(a, es);
+    } else {
+        const int nslices = (a.n + a.bn - 1) / a.bn;
+        /* Up to 8 blocks per SM: a block's tiles run one after another, each a chain of memory
+         * latencies, so many small blocks beat few long ones. */
+        pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / a.kslices)));
+        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / nslices)));
+        pl.shrink_smem = (size_t)LF_MULTI_RC * a.ks * sizeof(float);
+        pl.expand_smem = (size_t)a.tb * a.max_rank * sizeof(float);
+    }
+    size_t at = 0; /* the fused kernel needs none of the partials and grouping buffers */
+    const size_t unfused = pl.fused ? 0 : 1;
+    pl.tpart = at, at += unfused * align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
+    pl.perm = at, at += unfused * align256((size_t)a.m * sizeof(int32_t));
+    pl.bins = at, at += unfused * align256((size_t)a.m * sizeof(int32_t));
+    pl.tiles = at, at += unfused * align256((size_t)pl.max_tiles * sizeof(int4));
+    pl.ntiles = at, at += unfused * 256;
     pl.base = at, at += with_base ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
+    pl.dout = at, at += with_dout ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
     pl.total = at;
-    (void)q;
     return pl;
 }
 
@@ -663,6 +1083,51 @@ cudaError_t launch_kernel(lf_dtype dt, const multi_args &a, const multi_plan &pl
     return launch_kernels_t<__nv_bfloat16>(a, pl, vecx, vecy, pdl, which, st);
 }
 
+template <typename T>
+cudaError_t launch_fused_t(const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, cudaStream_t st)
+{
+    return vecy ? lf_cuda_launch_clustered(multi_fused_kernel<T, true>, pl.fused_grid, LF_MULTI_THREADS,
+                                           pl.fused_smem, pdl, LF_FUSED_CLUSTER, st, a)
+                : lf_cuda_launch_clustered(multi_fused_kernel<T, false>, pl.fused_grid, LF_MULTI_THREADS,
+                                           pl.fused_smem, pdl, LF_FUSED_CLUSTER, st, a);
+}
+
+template <typename T>
+cudaError_t launch_finish_t(const multi_args &a, bool vecy, bool pdl, cudaStream_t st)
+{
+    const dim3 grid((unsigned)((a.n + 4 * LF_MULTI_THREADS - 1) / (4 * LF_MULTI_THREADS)), (unsigned)a.m);
+    return vecy ? lf_cuda_launch(multi_finish_kernel<T, true>, grid, LF_MULTI_THREADS, 0, pdl, st, a)
+                : lf_cuda_launch(multi_finish_kernel<T, false>, grid, LF_MULTI_THREADS, 0, pdl, st, a);
+}
+
+/* which: 0 the fused kernel, 1 the layer's finish. */
+cudaError_t launch_fused(lf_dtype dt, const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, int which,
+                         cudaStream_t st)
+{
+    if (dt == LF_F32)
+        return which == 0 ? launch_fused_t<float>(a, pl, vecy, pdl, st) : launch_finish_t<float>(a, vecy, pdl, st);
+    if (dt == LF_F16)
+        return which == 0 ? launch_fused_t<__half>(a, pl, vecy, pdl, st) : launch_finish_t<__half>(a, vecy, pdl, st);
+    return which == 0 ? launch_fused_t<__nv_bfloat16>(a, pl, vecy, pdl, st)
+                      : launch_finish_t<__nv_bfloat16>(a, vecy, pdl, st);
+}
+
+/* The fused kernels may use up to LF_FUSED_SMEM_MAX of dynamic shared memory (set once per set,
+ * outside any capture). */
+template <typename T> cudaError_t allow_fused_smem_t()
+{
+    const int bytes = LF_FUSED_SMEM_MAX;
+    const cudaError_t e = cudaFuncSetAttribute(multi_fused_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    return e != cudaSuccess ? e
+                            : cudaFuncSetAttribute(multi_fused_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+cudaError_t allow_fused_smem(lf_dtype dt)
+{
+    return dt == LF_F32 ? allow_fused_smem_t<float>() : dt == LF_F16 ? allow_fused_smem_t<__half>()
+                                                                     : allow_fused_smem_t<__nv_bfloat16>();
+}
+
 bool aligned(const void *p, size_t to) { return ((uintptr_t)p % to) == 0; }
 
 } /* namespace */
@@ -676,6 +1141,8 @@ extern "C" lf_status lf_cuda_adapter_set_init(lf_context *ctx, lf_adapter_set *s
     LF_CUDA_CHECK(ctx, cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking));
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->fork, cudaEventDisableTiming));
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->join, cudaEventDisableTiming));
+    if (lf_cuda_state_of(ctx)->cc_major >= 9)
+        LF_CUDA_CHECK(ctx, allow_fused_smem(set->dtype));
     return LF_OK;
 }
 
@@ -736,11 +1203,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.segments = (int)q->segments;
     a.a = set->a, a.b = set->b, a.lda = set->lda, a.ldb = set->ldb;
     a.max_rank = (int)set->max_rank, a.capacity = set->capacity, a.slots = set->slots;
-    a.tb = (int)std::max<int64_t>(1, std::min<int64_t>(64, LF_MULTI_TS_FLOATS / set->max_rank));
-    a.ks = q->m <= 64 ? 256 : LF_MULTI_KS_MAX;
-    a.kslices = (a.k + a.ks - 1) / a.ks;
-    a.bn = 256;
-    multi_plan pl = plan_of(q, a, cs->sm_count, q->w != NULL);
+    /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
+    multi_plan pl = plan_of(a, cs->sm_count, cs->cc_major >= 9, q->w != NULL, es);
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
@@ -755,25 +1219,41 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
 
     const bool vecx = q->k % 4 == 0 && q->ldx % 4 == 0 && aligned(q->x, 4 * es);
     const bool vecy = q->n % 4 == 0 && q->ldy % 4 == 0 && aligned(q->y, 4 * es) && (!q->bias || aligned(q->bias, 4 * es));
+    a.vec_x = aligned(q->x, 16) && (q->ldx * es) % 16 == 0;
+    a.vec_a = aligned(set->a, 16) && (set->lda * es) % 16 == 0;
+    a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     const cudaDataType_t in = lf_cuda_data_type(q->dtype);
     const int w_nk = q->layout == LF_LAYOUT_PEFT;
     /* cuBLAS takes ints, and a single row's stride is never used: pass the smallest valid one. */
     const int64_t ldx = q->m == 1 ? q->k : q->ldx;
 
     if (!q->w) {
+        if (pl.fused) {
+            LF_CUDA_CHECK(ctx, launch_fused(q->dtype, a, pl, vecy, pdl, 0, st));
+            return LF_OK;
+        }
         if (pl.global)
             LF_CUDA_CHECK(ctx, lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, pdl, st, a));
         LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 0, st));
         LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 1, st));
         return LF_OK;
     }
-    /* Layer: bucketing and shrink on the side stream beside the base GEMM (fp32, into the
-     * workspace); the expand is the GEMM's epilogue and rounds y once. */
+    /* Layer: the LoRA work on the side stream (fork and join by events, capture-safe) beside the
+     * base GEMM (fp32, into the workspace); then one kernel rounds y once. Fused: the side stream
+     * writes the whole LoRA term (fp32) and multi_finish_kernel adds it; else the bucketing and
+     * the shrink run there and the expand is the GEMM's epilogue. */
     LF_CUDA_CHECK(ctx, cudaEventRecord(ss->fork, st));
     LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(ss->side, ss->fork, 0));
-    if (pl.global)
-        LF_CUDA_CHECK(ctx, lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, false, ss->side, a));
-    LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pl.global && pdl, 0, ss->side));
+    if (pl.fused) {
+        multi_args side = a;
+        side.dout = (float *)(ws + pl.dout), side.base = NULL, side.none_tiles = 0;
+        a.dout = side.dout;
+        LF_CUDA_CHECK(ctx, launch_fused(q->dtype, side, pl, q->n % 4 == 0, false, 0, ss->side));
+    } else {
+        if (pl.global)
+            LF_CUDA_CHECK(ctx, lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, false, ss->side, a));
+        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pl.global && pdl, 0, ss->side));
+    }
     LF_CUDA_CHECK(ctx, cudaEventRecord(ss->join, ss->side));
     s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, q->m, q->n, q->k, q->x, ldx, q->w, q->ldw, 0.0f, (void *)a.base,
                          q->n);
@@ -781,7 +1261,10 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     if (s != LF_OK)
         return s;
     LF_CUDA_CHECK(ctx, joined);
-    LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 1, st));
+    if (pl.fused)
+        LF_CUDA_CHECK(ctx, launch_fused(q->dtype, a, pl, vecy, pdl, 1, st));
+    else
+        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 1, st));
     return LF_OK;
 }
 
