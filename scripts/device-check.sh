@@ -7,7 +7,8 @@
 #   run(command="bash scripts/device-check.sh", carry=[".device"])
 # Logs and the suite's JSON land in $OUT (the device tool brings them back).
 # Environment (both sides): PACK=folder of the pack (default .device), TESTS=test programs to run
-# (default: all), SANITIZE=those run under compute-sanitizer, BENCH=bench arguments ("" skips it).
+# (default: all), SANITIZE=those run under compute-sanitizer, BENCH=bench arguments ("" skips it),
+# BENCH_TIMEOUT=its limit in seconds (400).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
@@ -49,7 +50,7 @@ done
 if [ -n "$bench_args" ]; then
   suite_json="$out/cuda-suite-$(date +%F).json"
   # shellcheck disable=SC2086 # BENCH is a list of arguments
-  timeout 200 "$bin/lorafuse" bench --backend cuda $bench_args --json "$suite_json" >"$out/bench.log" 2>&1
+  timeout "${BENCH_TIMEOUT:-400}" "$bin/lorafuse" bench --backend cuda $bench_args --json "$suite_json" >"$out/bench.log" 2>&1
   summary+=("bench $bench_args rc=$? -> $(basename "$suite_json")")
 fi
 
