@@ -293,11 +293,13 @@ typedef struct lf_safetensors_tensor_info {
 /*! lf_safetensors_open() :
  *  Maps a .safetensors file read-only and validates it: header length within the file and at most
  *  LF_SAFETENSORS_MAX_HEADER, the header a JSON object without duplicate keys, every entry with a
- *  known dtype (BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64, F8_E4M3, F8_E5M2),
+ *  known dtype (BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64, F8_E4M3, F8_E5M2,
+ *  F8_E8M0),
  *  a shape of non-negative integers whose byte count equals end − begin, offsets inside the data
  *  section, and the tensors tiling it exactly (no overlap, no gap), as the reference library writes.
  *  "__metadata__", when present, must map strings to strings.
- *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_IO (cannot open or map); LF_ERR_BAD_FORMAT
+ *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_IO (cannot open or map, or not a regular file:
+ *  a FIFO or device is refused without waiting on it); LF_ERR_BAD_FORMAT
  *  (with what and where in lf_context_last_error); LF_ERR_OUT_OF_MEMORY. *out is NULL on failure. */
 lf_status lf_safetensors_open(lf_context *ctx, const char *path, lf_safetensors **out);
 
@@ -337,7 +339,8 @@ typedef struct lf_safetensors_writer lf_safetensors_writer;
  *  lf_safetensors_writer_commit() renames over `path`; until then `path` is untouched, and an
  *  abandoned writer leaves nothing behind. `protected_paths` (count entries, may be NULL) are the
  *  inputs the output must never replace: the call fails when `path` names one of them, by name or
- *  by device and inode (hard and symbolic links included).
+ *  by device and inode (hard and symbolic links included). The file is created with mode 0666 less
+ *  the process's umask, as any new file.
  *  Use: declare every tensor (add), optionally metadata, then write their bytes in declaration order
  *  (write: in as many pieces as convenient), then commit.
  *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (path is protected);
@@ -361,12 +364,14 @@ lf_status lf_safetensors_writer_set_metadata(lf_safetensors_writer *w, const cha
 /*! lf_safetensors_writer_write() :
  *  Appends bytes of the tensors' data, in declaration order (the header is written before the first
  *  piece). @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (more bytes than declared);
- *  LF_ERR_IO. */
+ *  LF_ERR_IO. After LF_ERR_IO the file's contents are unknown: later writes and the commit fail too,
+ *  and nothing is renamed into place. */
 lf_status lf_safetensors_writer_write(lf_safetensors_writer *w, const void *data, size_t bytes);
 
 /*! lf_safetensors_writer_commit() :
- *  Checks that every declared byte was written, flushes the file to disk and renames it over the
- *  path; frees the writer in every case (on failure the temporary file is removed).
+ *  Checks that every declared byte was written and that no write failed, flushes the file to disk,
+ *  renames it over the path and flushes the directory (where the filesystem can); frees the writer
+ *  in every case (on failure the temporary file is removed).
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (bytes missing); LF_ERR_IO. */
 lf_status lf_safetensors_writer_commit(lf_safetensors_writer *w);
 
@@ -402,10 +407,17 @@ typedef struct lf_peft_module_info {
 /*! lf_peft_adapter_open() :
  *  Opens a PEFT LoRA adapter directory: adapter_config.json and adapter_model.safetensors. The
  *  config must say peft_type "LORA"; r, lora_alpha, use_rslora, rank_pattern, alpha_pattern (keys
- *  are regular expressions matched against the end of the module name after a '.', first match in
- *  file order, as PEFT's get_pattern_key), fan_in_fan_out, bias and modules_to_save are read.
- *  use_dora, lora_bias, and LoRA tensors other than lora_A / lora_B (embeddings, DoRA magnitudes)
- *  give LF_ERR_UNSUPPORTED. Every lora_A.weight [r, in] needs its lora_B.weight [out, r] and the
+ *  are Python regular expressions matched against the end of the module name after a '.', first
+ *  match in file order, as PEFT's get_pattern_key), fan_in_fan_out, bias and modules_to_save are
+ *  read. Pattern keys may use literals, . * + ? | ( ) (?:) [ ], \d \D \w \W \s \S (ASCII meaning,
+ *  also in brackets) and escaped punctuation; {m,n} bounds, back-references, other letter escapes
+ *  and other (?...) groups give LF_ERR_UNSUPPORTED. The config's fields are an allowlist (PEFT
+ *  0.21's LoraConfig): a feature that changes the computation (use_dora, lora_bias, use_bdlora,
+ *  aLoRA, Arrow, KaSA, LoftQ, trainable tokens, ...), an init_lora_weights other than true, false,
+ *  "gaussian" or "eva" (PiSSA etc. change the base weights), an unknown field that is not null,
+ *  false or empty, and LoRA tensors other than lora_A / lora_B (embeddings, DoRA magnitudes) give
+ *  LF_ERR_UNSUPPORTED. Either file being a FIFO or another non-regular file gives LF_ERR_IO without
+ *  blocking. Every lora_A.weight [r, in] needs its lora_B.weight [out, r] and the
  *  reverse; both ranks must equal the config's for that module, the dtypes be F32, F16 or BF16 and
  *  agree. Tensors under base_model.model. that are not LoRA weights are replacements (see info).
  *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_IO; LF_ERR_BAD_FORMAT; LF_ERR_UNSUPPORTED;

@@ -6,6 +6,7 @@
  *   test_peft                                    every case
  *   test_peft --compare-merge OUT.safetensors CASE    checks `lorafuse merge`'s output (ctest)
  *   test_peft --write-wrong-base OUT.safetensors      base_f32 with one weight of the wrong shape
+ *   test_peft --write-replacement-adapter DIR         adapter_f32 plus a trained model.norm.weight
  *
  * Tolerances (u = 2⁻²⁴ for f32, 2⁻⁸ for bf16; mag = the sum of the magnitudes of every term):
  * - forward vs PEFT: PEFT rounds to the dtype after the base GEMM, after x·Aᵀ, after ·Bᵀ, after
@@ -21,10 +22,12 @@
 #include "cpu/lora_ref.h"
 #include "lf_dtype.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef LF_FIXTURES_DIR
@@ -511,6 +514,45 @@ static void hostile_adapters(lf_context *ctx)
     expect_adapter(ctx, "layer_replication", CFG(",\"layer_replication\":[[0,1]]"), ok, 2, LF_ERR_UNSUPPORTED,
                    "layer_replication");
 
+    /* The config's fields are an allowlist: features lorafuse does not implement must be off. */
+    expect_adapter(ctx, "BD-LoRA (use_bdlora)", CFG(",\"use_bdlora\":{\"nblocks\":4}"), ok, 2, LF_ERR_UNSUPPORTED,
+                   "\"use_bdlora\" is set: BD-LoRA");
+    expect_adapter(ctx, "Arrow routing", CFG(",\"arrow_config\":{\"top_k\":3}"), ok, 2, LF_ERR_UNSUPPORTED, "Arrow");
+    expect_adapter(ctx, "LoftQ", CFG(",\"loftq_config\":{\"loftq_bits\":4}"), ok, 2, LF_ERR_UNSUPPORTED, "LoftQ");
+    expect_adapter(ctx, "trainable tokens", CFG(",\"trainable_token_indices\":[1,2]"), ok, 2, LF_ERR_UNSUPPORTED,
+                   "trainable tokens");
+    expect_adapter(ctx, "an unknown field that is set", CFG(",\"use_magic\":true"), ok, 2, LF_ERR_UNSUPPORTED,
+                   "unknown field \"use_magic\"");
+    expect_adapter(ctx, "unknown fields that are off, known ones at their defaults",
+                   CFG(",\"use_magic\":false,\"magic_config\":null,\"magic_list\":[],\"loftq_config\":{},"
+                       "\"use_dora\":false,\"arrow_config\":null,\"lora_dropout\":0.05,\"init_lora_weights\":\"gaussian\""),
+                   ok, 2, LF_OK, "scale=2");
+    expect_adapter(ctx, "PiSSA, not converted", CFG(",\"init_lora_weights\":\"pissa\""), ok, 2, LF_ERR_UNSUPPORTED,
+                   "init_lora_weights \"pissa\"");
+
+    /* Keys in Python's syntax, as PEFT matches them (re.match(r"(.*\.)?(KEY)$", name)); JSON doubles
+     * each backslash, C again. */
+    expect_adapter(ctx, "key with \\d (Python's digit class)",
+                   CFG(",\"rank_pattern\":{\"layers\\\\.\\\\d+\\\\.self_attn\\\\.q_proj\":4}"), ok4, 2, LF_OK, "scale=4");
+    expect_adapter(ctx, "key with \\d and \\w inside brackets",
+                   CFG(",\"rank_pattern\":{\"layers\\\\.[\\\\d]+\\\\.[\\\\w]+\\\\.q_proj\":4}"), ok4, 2, LF_OK, "scale=4");
+    expect_adapter(ctx, "key with \\D, \\S and an escaped dash", CFG(",\"rank_pattern\":{\"\\\\D+\\\\.[\\\\S]\\\\.[\\\\-\\\\w]+\\\\.q_proj\":4}"),
+                   ok4, 2, LF_OK, "scale=4");
+    expect_adapter(ctx, "(?:...) groups", CFG(",\"rank_pattern\":{\"(?:k|q)_proj\":4}"), ok4, 2, LF_OK, "scale=4");
+    expect_adapter(ctx, "nested {m,n} bounds (a gigabyte in glibc's regcomp)",
+                   CFG(",\"alpha_pattern\":{\"((a{1,100}){1,100}){1,100}\":1}"), ok, 2, LF_ERR_UNSUPPORTED,
+                   "((a{1,100}){1,100}){1,100}\" uses a {m,n} repetition bound");
+    expect_adapter(ctx, "a {m} bound", CFG(",\"rank_pattern\":{\"q_proj{1}\":4}"), ok4, 2, LF_ERR_UNSUPPORTED,
+                   "repetition bound");
+    expect_adapter(ctx, "a Python escape POSIX lacks (\\b)", CFG(",\"rank_pattern\":{\"\\\\bq_proj\":4}"), ok4, 2,
+                   LF_ERR_UNSUPPORTED, "uses the escape \\b");
+    expect_adapter(ctx, "a back-reference", CFG(",\"rank_pattern\":{\"(q)_proj\\\\1\":4}"), ok4, 2, LF_ERR_UNSUPPORTED,
+                   "uses \\1");
+    expect_adapter(ctx, "a lookahead", CFG(",\"rank_pattern\":{\"(?=q)q_proj\":4}"), ok4, 2, LF_ERR_UNSUPPORTED,
+                   "(?...) group");
+    expect_adapter(ctx, "an unterminated bracket", CFG(",\"rank_pattern\":{\"q_pro[j\":4}"), ok4, 2, LF_ERR_BAD_FORMAT,
+                   "without its ']'");
+
     lft_begin("test_peft hostile adapter: directories without the files");
     char dir[] = "/tmp/lf_test_peft_XXXXXX";
     lf_peft_adapter *ad;
@@ -529,6 +571,33 @@ static void hostile_adapters(lf_context *ctx)
         unlink(bin);
         unlink(path);
         rmdir(dir);
+    }
+    lft_end();
+
+    lft_begin("test_peft hostile adapter: a FIFO or a directory for either file, refused without blocking");
+    char fdir[] = "/tmp/lf_test_peft_XXXXXX";
+    if (LFT_CHECK(mkdtemp(fdir) != NULL)) {
+        char config[128], model[128];
+        snprintf(config, sizeof config, "%s/adapter_config.json", fdir);
+        snprintf(model, sizeof model, "%s/adapter_model.safetensors", fdir);
+        alarm(20); /* a blocking open would otherwise hang the test until ctest's timeout */
+        LFT_CHECK(mkfifo(config, 0600) == 0);
+        LFT_CHECK_STATUS(ctx, lf_peft_adapter_open(ctx, fdir, &ad), LF_ERR_IO);
+        LFT_CHECK(strstr(lf_context_last_error(ctx), "adapter_config.json: not a regular file") != NULL);
+        unlink(config);
+        LFT_CHECK(mkdir(config, 0700) == 0);
+        LFT_CHECK_STATUS(ctx, lf_peft_adapter_open(ctx, fdir, &ad), LF_ERR_IO);
+        rmdir(config);
+        FILE *f = fopen(config, "w");
+        fputs(CFG(""), f);
+        fclose(f);
+        LFT_CHECK(mkfifo(model, 0600) == 0);
+        LFT_CHECK_STATUS(ctx, lf_peft_adapter_open(ctx, fdir, &ad), LF_ERR_IO);
+        LFT_CHECK(strstr(lf_context_last_error(ctx), "adapter_model.safetensors: not a regular file") != NULL);
+        alarm(0);
+        unlink(model);
+        unlink(config);
+        rmdir(fdir);
     }
     lft_end();
 }
@@ -667,12 +736,66 @@ static int write_wrong_base(const char *path)
     return s == LF_OK ? 0 : 1;
 }
 
+/* adapter_f32 plus base_model.model.model.norm.weight (F32 [64], all 0.5): a tensor that replaces
+ * the base's in a merge, as modules_to_save or a trained bias would. */
+static int write_replacement_adapter(const char *dir)
+{
+    lf_context *ctx;
+    lf_safetensors *st;
+    lf_safetensors_writer *w;
+    char in[1024], out[1024];
+    if (lf_context_create(&ctx, LF_BACKEND_CPU) != LF_OK)
+        return 1;
+    snprintf(in, sizeof in, "%s/adapter_f32/adapter_config.json", fixtures());
+    snprintf(out, sizeof out, "%s/adapter_config.json", dir);
+    FILE *fi = fopen(in, "rb"), *fo = (mkdir(dir, 0755) == 0 || errno == EEXIST) ? fopen(out, "wb") : NULL;
+    int ok = fi && fo;
+    for (int c; ok && (c = fgetc(fi)) != EOF;)
+        ok = fputc(c, fo) != EOF;
+    if (fi)
+        fclose(fi);
+    if (fo && fclose(fo) != 0)
+        ok = 0;
+    snprintf(in, sizeof in, "%s/adapter_f32/adapter_model.safetensors", fixtures());
+    snprintf(out, sizeof out, "%s/adapter_model.safetensors", dir);
+    lf_status s = ok ? lf_safetensors_open(ctx, in, &st) : LF_ERR_IO;
+    if (s == LF_OK && (s = lf_safetensors_writer_create(ctx, out, NULL, 0, &w)) == LF_OK) {
+        const int64_t norm_shape[1] = {64};
+        float norm[64];
+        for (int i = 0; i < 64; i++)
+            norm[i] = 0.5f;
+        for (size_t i = 0; i < lf_safetensors_count(st) && s == LF_OK; i++) {
+            lf_safetensors_tensor_info t;
+            lf_safetensors_tensor(st, i, &t);
+            s = lf_safetensors_writer_add(w, t.name, t.dtype_name, t.ndim, t.shape);
+        }
+        if (s == LF_OK)
+            s = lf_safetensors_writer_add(w, "base_model.model.model.norm.weight", "F32", 1, norm_shape);
+        for (size_t i = 0; i < lf_safetensors_count(st) && s == LF_OK; i++) {
+            lf_safetensors_tensor_info t;
+            lf_safetensors_tensor(st, i, &t);
+            s = lf_safetensors_writer_write(w, t.data, t.bytes);
+        }
+        if (s == LF_OK && (s = lf_safetensors_writer_write(w, norm, sizeof norm)) == LF_OK)
+            s = lf_safetensors_writer_commit(w);
+        else
+            lf_safetensors_writer_abort(w);
+        lf_safetensors_close(st);
+    }
+    if (s != LF_OK)
+        printf("--write-replacement-adapter: %s\n", ok ? lf_context_last_error(ctx) : "cannot copy the config");
+    lf_context_destroy(ctx);
+    return s == LF_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--compare-merge") == 0)
         return compare_merge_output(argv[2], argv[3]);
     if (argc == 3 && strcmp(argv[1], "--write-wrong-base") == 0)
         return write_wrong_base(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "--write-replacement-adapter") == 0)
+        return write_replacement_adapter(argv[2]);
     printf("test_peft: fixtures in %s, base seed LF_TEST_SEED=0x%016llx\n", fixtures(),
            (unsigned long long)lft_base_seed());
     lft_for_each_backend("test_peft fixtures", 4 * 15, fixture_tests, NULL);

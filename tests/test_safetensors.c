@@ -1,20 +1,39 @@
 /*
  * test_safetensors.c — the safetensors reader against hostile files (each malformation its own
  * status and sentence, never a crash: every prefix of a valid file and every one-byte corruption of
- * it are opened too), and the writer: round trip, atomic replacement, never overwriting an input.
+ * it are opened too), and the writer: round trip, atomic replacement, never overwriting an input,
+ * the umask's file mode, and failed writes, fsyncs and a synced directory (fault injection below).
  */
-#define _GNU_SOURCE /* mkdtemp */
+#define _GNU_SOURCE /* mkdtemp, syscall */
 
 #include "lf_test.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static lf_context *ctx;
+
+/* Fault injection: the library is linked statically, so its fsync calls land here. Every call is
+ * counted; while fail_fsync is set, each fails with EIO. */
+static int fsync_calls, fail_fsync;
+
+int fsync(int fd)
+{
+    fsync_calls++;
+    if (fail_fsync) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_fsync, fd);
+}
 
 /* 8-byte length + header + data, in a malloc'd buffer. */
 static unsigned char *make_file(const char *header, uint64_t header_len, const void *data, size_t data_len,
@@ -182,6 +201,21 @@ static void test_hostile(void)
     LFT_CHECK_STATUS(ctx, lf_safetensors_open(ctx, NULL, &st), LF_ERR_NULL_POINTER);
     LFT_CHECK_STATUS(ctx, lf_safetensors_open_memory(ctx, NULL, 8, &st), LF_ERR_NULL_POINTER);
     lft_end();
+
+    lft_begin("test_safetensors hostile: a FIFO is refused without waiting for a writer");
+    char dir[] = "/tmp/lf_test_st_fifo_XXXXXX", fifo[64];
+    if (LFT_CHECK(mkdtemp(dir) != NULL)) {
+        snprintf(fifo, sizeof fifo, "%s/model.safetensors", dir);
+        if (LFT_CHECK(mkfifo(fifo, 0600) == 0)) {
+            alarm(20); /* a blocking open would otherwise hang the test until ctest's timeout */
+            LFT_CHECK_STATUS(ctx, lf_safetensors_open(ctx, fifo, &st), LF_ERR_IO);
+            alarm(0);
+            LFT_CHECK(st == NULL && strstr(lf_context_last_error(ctx), "not a regular file") != NULL);
+            unlink(fifo);
+        }
+        rmdir(dir);
+    }
+    lft_end();
 }
 
 static int dir_entries(const char *dir)
@@ -274,6 +308,89 @@ static void test_writer(void)
     rmdir(dir);
 }
 
+/* One U8 tensor "t" of `bytes` bytes, written in one piece; commit's status. */
+static lf_status write_one(const char *path, const void *data, int64_t bytes)
+{
+    lf_safetensors_writer *w = NULL;
+    lf_status s = lf_safetensors_writer_create(ctx, path, NULL, 0, &w);
+    if (s == LF_OK && (s = lf_safetensors_writer_add(w, "t", "U8", 1, &bytes)) == LF_OK &&
+        (s = lf_safetensors_writer_write(w, data, (size_t)bytes)) == LF_OK)
+        return lf_safetensors_writer_commit(w);
+    lf_safetensors_writer_abort(w); /* NULL when create failed: a no-op */
+    return s;
+}
+
+static void test_writer_failures(void)
+{
+    char dir[] = "/tmp/lf_test_st_XXXXXX";
+    if (!mkdtemp(dir)) {
+        lft_begin("test_safetensors writer failures: mkdtemp");
+        LFT_CHECK(0);
+        lft_end();
+        return;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/out.safetensors", dir);
+    static unsigned char data[16384];
+    memset(data, 0x5a, sizeof data);
+
+    lft_begin("test_safetensors writer: the output's mode is 0666 less the umask");
+    const mode_t masks[2] = {027, 002};
+    for (int i = 0; i < 2; i++) {
+        const mode_t old = umask(masks[i]);
+        struct stat sb;
+        LFT_CHECK_STATUS(ctx, write_one(path, data, 16), LF_OK);
+        umask(old);
+        LFT_CHECKF(stat(path, &sb) == 0 && (sb.st_mode & 0777) == (0666 & ~masks[i]), "mode %03o under umask %03o, "
+                   "expected %03o", (unsigned)(sb.st_mode & 0777), (unsigned)masks[i], (unsigned)(0666 & ~masks[i]));
+        unlink(path);
+    }
+    lft_end();
+
+    lft_begin("test_safetensors writer: commit syncs the file and then its directory");
+    fsync_calls = 0;
+    LFT_CHECK_STATUS(ctx, write_one(path, data, 16), LF_OK);
+    LFT_CHECKF(fsync_calls == 2, "%d fsync calls, expected 2 (the file, the directory)", fsync_calls);
+    unlink(path);
+    lft_end();
+
+    lft_begin("test_safetensors writer: a failed fsync leaks no descriptor and leaves nothing");
+    const int fds = dir_entries("/proc/self/fd");
+    fail_fsync = 1;
+    LFT_CHECK_STATUS(ctx, write_one(path, data, 16), LF_ERR_IO);
+    fail_fsync = 0;
+    LFT_CHECK(strstr(lf_context_last_error(ctx), "flushing to disk failed") != NULL);
+    LFT_CHECKF(dir_entries("/proc/self/fd") == fds, "%d open descriptors, %d before", dir_entries("/proc/self/fd"),
+               fds);
+    LFT_CHECK(dir_entries(dir) == 0);
+    lft_end();
+
+    lft_begin("test_safetensors writer: after a write fails part way, nothing can be committed");
+    lf_safetensors_writer *w;
+    const int64_t n = sizeof data;
+    if (LFT_CHECK_STATUS(ctx, lf_safetensors_writer_create(ctx, path, NULL, 0, &w), LF_OK) &&
+        LFT_CHECK_STATUS(ctx, lf_safetensors_writer_add(w, "t", "U8", 1, &n), LF_OK)) {
+        /* A file size limit makes the write stop part way (EFBIG), as a full disk would. */
+        struct rlimit saved, small;
+        void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+        getrlimit(RLIMIT_FSIZE, &saved);
+        small = saved;
+        small.rlim_cur = 4096;
+        fflush(stdout);
+        setrlimit(RLIMIT_FSIZE, &small);
+        const lf_status first = lf_safetensors_writer_write(w, data, sizeof data);
+        setrlimit(RLIMIT_FSIZE, &saved);
+        signal(SIGXFSZ, old_handler);
+        LFT_CHECK_STATUS(ctx, first, LF_ERR_IO);
+        /* A retry would append after the partial bytes: the file would say 16384 bytes and hold more. */
+        LFT_CHECK_STATUS(ctx, lf_safetensors_writer_write(w, data, sizeof data), LF_ERR_IO);
+        LFT_CHECK_STATUS(ctx, lf_safetensors_writer_commit(w), LF_ERR_IO);
+    }
+    LFT_CHECK(access(path, F_OK) != 0 && dir_entries(dir) == 0);
+    lft_end();
+    rmdir(dir);
+}
+
 int main(void)
 {
     if (lf_context_create(&ctx, LF_BACKEND_CPU) != LF_OK) {
@@ -283,6 +400,7 @@ int main(void)
     test_valid();
     test_hostile();
     test_writer();
+    test_writer_failures();
     lf_context_destroy(ctx);
     return lft_summary("test_safetensors");
 }

@@ -194,6 +194,17 @@ typedef struct merge_job {
 static lf_status plan_merge(merge_job *job, const char *base_path)
 {
     lf_context *ctx = job->ctx;
+    if (job->unmerge && job->info.replacement_count > 0) {
+        /* Merging overwrites those base tensors with the adapter's; their originals are nowhere. */
+        const char *name;
+        lf_safetensors_tensor_info rt;
+        lf_peft_adapter_replacement(job->ad, 0, &name, &rt);
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED, "--unmerge: the adapter replaces %zu base tensor%s (%s%s: "
+                       "modules_to_save or trained biases), and a replaced tensor cannot be restored from the "
+                       "adapter; unmerge is refused", job->info.replacement_count,
+                       job->info.replacement_count == 1 ? "" : "s", name,
+                       job->info.replacement_count > 1 ? ", ..." : "");
+    }
     job->tensors = lf_safetensors_count(job->base);
     job->plan = malloc((job->tensors ? job->tensors : 1) * sizeof *job->plan);
     if (!job->plan)
@@ -379,6 +390,7 @@ int lf_cli_merge(int argc, char **argv)
                    "dtype with one rounding; the adapter's other tensors (modules_to_save, trained biases)\n"
                    "replace the base's; every other tensor is copied byte for byte. The output is written\n"
                    "to a temporary file beside OUT and renamed; nothing is written when a check fails.\n"
+                   "--unmerge refuses an adapter with such replacement tensors: they cannot be undone.\n"
                    "exit status: 0 ok, 2 invalid options or input files, 3 runtime error\n");
             return EXIT_PASS;
         }

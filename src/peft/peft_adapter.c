@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define PEFT_PREFIX "base_model.model."
 #define CONFIG_MAX_BYTES (16u << 20) /* a config is a few kB; this only bounds a hostile one */
@@ -248,9 +249,17 @@ lf_status lf_peft_adapter_open_memory(lf_context *ctx, const char *config_json, 
 /* Reads a small file whole; *len excludes the terminating NUL added for convenience. */
 static lf_status read_small_file(lf_context *ctx, const char *path, char **text, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return lf_fail(ctx, LF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    struct stat sb;
+    lf_status s = lf_open_regular_file(ctx, path, &fd, &sb);
+    if (s != LF_OK)
+        return s;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        const int e = errno;
+        close(fd);
+        return lf_fail(ctx, LF_ERR_IO, "%s: cannot open: %s", path, strerror(e));
+    }
     char *buf = malloc(CONFIG_MAX_BYTES + 1);
     size_t n = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, f) : 0;
     const int err = ferror(f);

@@ -11,8 +11,11 @@
 #include <regex.h>
 
 /* One rank_pattern or alpha_pattern entry: PEFT's key (a Python regular expression matched as
- * re.match(r"(.*\.)?(KEY)$", module_name)), compiled as the POSIX extended expression
- * ^(.*\.)?(KEY)$, which means the same for the syntax the two share. */
+ * re.match(r"(.*\.)?(KEY)$", module_name)), translated to POSIX extended syntax and compiled as
+ * ^(.*\.)?(KEY)$. Translated: \d \D \w \W \s \S (ASCII meaning; inside brackets too), escaped
+ * punctuation, (?:...); the rest of what module-name patterns use (. * + ? | ( ) [ ]) means the
+ * same in both. Refused with LF_ERR_UNSUPPORTED: {m,n} bounds (glibc's regcomp expands nested
+ * bounds into gigabytes), back-references, other letter escapes, other (?...) groups. */
 typedef struct lf_peft_pattern {
     char *key;
     regex_t re;
@@ -37,8 +40,11 @@ typedef struct lf_peft_config {
 
 /* Parses `len` bytes of JSON. On failure *cfg holds nothing that needs freeing.
  * @return LF_OK; LF_ERR_BAD_FORMAT (not JSON, missing or mistyped fields, bad patterns);
- * LF_ERR_UNSUPPORTED (use_dora, lora_bias, use_qalora, layer_replication, aLoRA, target_parameters,
- * a peft_type other than LORA); LF_ERR_OUT_OF_MEMORY. */
+ * LF_ERR_UNSUPPORTED (a peft_type other than LORA; a LoraConfig feature that changes the computation
+ * and is not off: use_dora, lora_bias, use_qalora, use_bdlora, layer_replication, aLoRA,
+ * target_parameters, trainable tokens, Arrow, KaSA, LoftQ, ... (known_fields in peft_config.c);
+ * init_lora_weights other than true, false, "gaussian", "eva"; an unknown field not null, false or
+ * empty; a pattern key using syntax that is refused); LF_ERR_OUT_OF_MEMORY. */
 lf_status lf_peft_config_parse(lf_context *ctx, const char *json, size_t len, lf_peft_config *cfg);
 void lf_peft_config_free(lf_peft_config *cfg);
 

@@ -7,7 +7,7 @@
  * sentence in lf_context_last_error, and the reader touches no data byte, so a malformed file costs
  * at most a JSON parse of at most LF_SAFETENSORS_MAX_HEADER bytes.
  */
-#define _GNU_SOURCE /* mkstemp, fsync, strdup */
+#define _GNU_SOURCE /* fsync, strdup, strndup, O_DIRECTORY */
 
 #include "safetensors_text.h"
 
@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- dtypes ---------------------------------------------------------------------------------- */
@@ -294,24 +295,38 @@ lf_status lf_safetensors_open_memory(lf_context *ctx, const void *data, size_t s
     return open_bytes(ctx, "safetensors (memory)", size ? data : "", size, 0, out);
 }
 
+lf_status lf_open_regular_file(lf_context *ctx, const char *path, int *fd, struct stat *sb)
+{
+    /* Without O_NONBLOCK, opening a FIFO waits for a writer: a hang before any check could run. */
+    const int f = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f < 0)
+        return lf_fail(ctx, LF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    const char *why = NULL;
+    int e = 0;
+    if (fstat(f, sb) != 0)
+        e = errno;
+    else if (!S_ISREG(sb->st_mode))
+        why = "not a regular file";
+    else if (fcntl(f, F_SETFL, fcntl(f, F_GETFL) & ~O_NONBLOCK) != 0) /* reads of the file block as usual */
+        e = errno;
+    if (why || e) {
+        close(f);
+        return lf_fail(ctx, LF_ERR_IO, "%s: %s", path, why ? why : strerror(e));
+    }
+    *fd = f;
+    return LF_OK;
+}
+
 lf_status lf_safetensors_open(lf_context *ctx, const char *path, lf_safetensors **out)
 {
     if (!out || !path)
         return lf_fail(ctx, LF_ERR_NULL_POINTER, "lf_safetensors_open: %s is NULL", !out ? "out" : "path");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return lf_fail(ctx, LF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return lf_fail(ctx, LF_ERR_IO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return lf_fail(ctx, LF_ERR_IO, "%s: not a regular file", path);
-    }
+    int fd;
+    lf_status s = lf_open_regular_file(ctx, path, &fd, &sb);
+    if (s != LF_OK)
+        return s;
     if (sb.st_size < 8) {
         close(fd);
         return lf_fail(ctx, LF_ERR_BAD_FORMAT, "%s: %lld bytes is shorter than the 8-byte header length", path,
@@ -405,6 +420,7 @@ struct lf_safetensors_writer {
     json_t *metadata; /* NULL until the first pair */
     uint64_t declared, written;
     int header_written;
+    int failed; /* a write failed part way: the file's contents are unknown, so it is never committed */
 };
 
 static void writer_free(lf_safetensors_writer *w)
@@ -466,16 +482,23 @@ lf_status lf_safetensors_writer_create(lf_context *ctx, const char *path, const 
         writer_free(w);
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_safetensors_writer_create: no memory");
     }
-    snprintf(w->tmp, tmp_len, "%.*s.%s.tmp.XXXXXX", (int)dir_len, path, path + dir_len);
-    w->fd = mkstemp(w->tmp);
+    /* Not mkstemp: its mode is 0600 whatever the umask. Mode 0666 lets the umask decide, as for
+     * any file a program creates; O_EXCL makes the name ours. */
+    uint64_t salt = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)w ^ (uint64_t)time(NULL);
+    int e = EEXIST;
+    for (int attempt = 0; attempt < 64 && w->fd < 0 && e == EEXIST; attempt++) {
+        salt = salt * 6364136223846793005ull + 1442695040888963407ull;
+        snprintf(w->tmp, tmp_len, "%.*s.%s.tmp.%06llx", (int)dir_len, path, path + dir_len,
+                 (unsigned long long)(salt >> 40));
+        w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        e = errno;
+    }
     if (w->fd < 0) {
-        int e = errno;
         free(w->tmp);
         w->tmp = NULL;
         writer_free(w);
         return lf_fail(ctx, LF_ERR_IO, "%s: cannot create a temporary file beside it: %s", path, strerror(e));
     }
-    fchmod(w->fd, 0644); /* mkstemp's 0600 would make the output private to its writer */
     *out = w;
     return LF_OK;
 }
@@ -574,9 +597,12 @@ static lf_status write_header(lf_safetensors_writer *w)
         prefix[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     static const char spaces[8] = "        ";
     int ok = write_all(w->fd, prefix, 8) && write_all(w->fd, text, len) && write_all(w->fd, spaces, padded - len);
+    const int e = errno;
     free(text);
-    if (!ok)
-        return lf_fail(w->ctx, LF_ERR_IO, "%s: writing the header failed: %s", w->tmp, strerror(errno));
+    if (!ok) {
+        w->failed = 1;
+        return lf_fail(w->ctx, LF_ERR_IO, "%s: writing the header failed: %s", w->tmp, strerror(e));
+    }
     w->header_written = 1;
     return LF_OK;
 }
@@ -587,15 +613,39 @@ lf_status lf_safetensors_writer_write(lf_safetensors_writer *w, const void *data
         return LF_ERR_NULL_POINTER;
     if (!data && bytes > 0)
         return lf_fail(w->ctx, LF_ERR_NULL_POINTER, "lf_safetensors_writer_write: data is NULL");
+    if (w->failed)
+        return lf_fail(w->ctx, LF_ERR_IO, "%s: an earlier write failed; abort the writer", w->path);
     if (bytes > w->declared - w->written)
         return lf_fail(w->ctx, LF_ERR_INVALID_VALUE, "%s: %zu more bytes would exceed the %llu declared", w->path,
                        bytes, (unsigned long long)w->declared);
     lf_status s;
     if (!w->header_written && (s = write_header(w)) != LF_OK)
         return s;
-    if (!write_all(w->fd, data, bytes))
+    if (!write_all(w->fd, data, bytes)) {
+        w->failed = 1;
         return lf_fail(w->ctx, LF_ERR_IO, "%s: write failed: %s", w->tmp, strerror(errno));
+    }
     w->written += bytes;
+    return LF_OK;
+}
+
+/* Makes a rename in path's directory durable. Filesystems that cannot sync a directory say EINVAL;
+ * one that cannot be opened for reading is skipped. */
+static lf_status sync_directory(lf_context *ctx, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir)
+        return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "%s: no memory", path);
+    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0)
+        return LF_OK;
+    const int e = fsync(fd) != 0 ? errno : 0;
+    close(fd);
+    if (e != 0 && e != EINVAL)
+        return lf_fail(ctx, LF_ERR_IO, "%s: written and renamed into place, but syncing its directory failed: %s "
+                       "(the new name may not survive a crash)", path, strerror(e));
     return LF_OK;
 }
 
@@ -605,22 +655,28 @@ lf_status lf_safetensors_writer_commit(lf_safetensors_writer *w)
         return LF_ERR_NULL_POINTER;
     lf_context *ctx = w->ctx;
     lf_status s = LF_OK;
-    if (w->written != w->declared)
+    if (w->failed)
+        s = lf_fail(ctx, LF_ERR_IO, "%s: an earlier write failed; nothing was committed", w->path);
+    else if (w->written != w->declared)
         s = lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: %llu of %llu declared bytes were written", w->path,
                     (unsigned long long)w->written, (unsigned long long)w->declared);
     else if (!w->header_written)
         s = write_header(w);
     if (s == LF_OK) {
-        int fd = w->fd;
+        const int fd = w->fd;
         w->fd = -1;
-        if (fsync(fd) != 0 || close(fd) != 0)
-            s = lf_fail(ctx, LF_ERR_IO, "%s: flushing to disk failed: %s", w->tmp, strerror(errno));
+        int e = fsync(fd) != 0 ? errno : 0;
+        if (close(fd) != 0 && e == 0) /* closed whatever fsync said */
+            e = errno;
+        if (e != 0)
+            s = lf_fail(ctx, LF_ERR_IO, "%s: flushing to disk failed: %s", w->tmp, strerror(e));
         else if (rename(w->tmp, w->path) != 0)
             s = lf_fail(ctx, LF_ERR_IO, "%s: renaming the finished file into place failed: %s", w->path,
                         strerror(errno));
         else {
             free(w->tmp); /* renamed: nothing to remove */
             w->tmp = NULL;
+            s = sync_directory(ctx, w->path);
         }
     }
     writer_free(w);
