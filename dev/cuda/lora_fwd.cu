@@ -11,6 +11,9 @@
  *   decode-nopdl  the same, launched without programmatic dependent launch
  *   decode-rt1    16 rows of W per block instead of 32 (twice the blocks, twice the x rereads)
  *   gemm          cuBLAS base GEMM (fp32 out) + the delta as epilogue
+ *   gemm-c128     the same in row chunks of 128 (the plan chunks only past 256 MiB of fp32: this
+ *                 keeps the chunk loop validated on small shapes)
+ *   gemm-whole    the same in one chunk (one cuBLAS GEMM, the fp32 result read from HBM)
  * The v11 decode experiments (prefetch-size hints, whole-line copies, evict-first; NOTES.md) were
  * copies of the library's decode kernel with knobs; the winner (the 128-byte hint) is in
  * src/cuda, the copies are in git history at commit 387b7ba.
@@ -49,9 +52,13 @@ static float frand(void) /* uniform in [-1, 1) */
     return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
-enum { V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM, V_COUNT };
+enum {
+    V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM,
+    V_GEMM_C128, V_GEMM_WHOLE, V_COUNT
+};
 static const char *vname[V_COUNT] = {"plan",       "delta-fused",  "delta-two",    "delta-tsplit",
-                                     "decode",     "plan-nopdl",   "decode-rtalt", "gemm"};
+                                     "decode",     "plan-nopdl",   "decode-rtalt", "gemm",
+                                     "gemm-c128", "gemm-whole"};
 
 /* A host matrix with its device copy: rows × cols with a row stride; `off` elements skipped at the
  * start (misaligns the pointer when odd). */
@@ -209,10 +216,16 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
             plan->param[0] = 3 - plan->param[0];
         break;
     case V_GEMM:
+    case V_GEMM_C128:
+    case V_GEMM_WHOLE:
         if (!p->w)
             return 0;
         plan->impl = LF_CUDA_GEMM;
         plan->param[0] = p->dtype == LF_F32 ? p->m : lf_cuda_gemm_chunk_rows(p->m, p->n);
+        if (v == V_GEMM_C128)
+            plan->param[0] = p->m < 128 ? p->m : 128;
+        if (v == V_GEMM_WHOLE)
+            plan->param[0] = p->m;
         plan->param[1] = lf_cuda_state_of(ctx)->cc_major >= 9;
         plan->param[2] = lf_cuda_gemm_t_splits(p->m, p->k);
         plan->param[3] = 0; /* the general path: T by cuBLAS and lora_epilogue_kernel */
@@ -477,6 +490,7 @@ int main(int argc, char **argv)
     CHECK_LF(lf_context_create(&ctx, LF_BACKEND_CUDA));
     printf("device: %s\n", lf_context_device_name(ctx));
     const int decode_only = argc > 1 && strcmp(argv[1], "decode") == 0; /* validate all, time decode only */
+    const int gemm_only = argc > 1 && strcmp(argv[1], "gemm") == 0;     /* validate all, time the GEMM path */
     if (argc > 1 && strcmp(argv[1], "prof") == 0) {
         prof_case(LF_F32, 128, 512, 512, 8, 0, 3);
         prof_case(LF_BF16, 1, 4096, 4096, 16, 1, 2);
@@ -517,7 +531,14 @@ int main(int argc, char **argv)
 
     double copy = 0;
     CHECK_LF(lf_cuda_backend_ops()->measure_copy_bandwidth(ctx, &copy));
-    if (decode_only) {
+    if (gemm_only) { /* v12c: how large the fp32 chunks of the GEMM path should be */
+        const int vg[] = {V_DEFAULT, V_GEMM_WHOLE};
+        bench("mid_m1024", LF_BF16, 1024, 4096, 4096, 16, 1, vg, 2, 2, copy);
+        bench("prefill_m4096", LF_BF16, 4096, 4096, 4096, 16, 1, vg, 2, 2, copy);
+        bench("prefill_m4096_r64", LF_BF16, 4096, 4096, 4096, 64, 1, vg, 2, 2, copy);
+        bench("prefill_m4096_mlp", LF_BF16, 4096, 4096, 14336, 16, 1, vg, 2, 2, copy);
+        bench("prefill_m1024_mlp", LF_BF16, 1024, 4096, 14336, 16, 1, vg, 2, 2, copy);
+    } else if (decode_only) {
         const int vd[] = {V_DEFAULT, V_DECODE_RTALT};
         bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 2, 1, copy);
         bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vd, 2, 1, copy);

@@ -165,11 +165,14 @@ static inline int lf_cuda_decode_rt(int64_t m, int64_t n, int sm_count)
     return busiest1 < busiest2 || (busiest1 == busiest2 && per_sm == 2) ? 1 : 2;
 }
 
-/* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace in chunks of rows that
- * stay in L2 (16 MiB) until the epilogue reads them. */
+/* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace, in chunks of rows of at
+ * most 256 MiB. Chunks small enough to stay in L2 (16 MiB) made one fast GEMM into several slower
+ * ones: 4096 → 14336 at M = 4096 took 1193 µs in 256-row chunks and 915 µs whole (cuBLAS base 717),
+ * at M = 1024 299 against 238, and 4096² stayed within 2% (dev/cuda/NOTES.md v12c). The cap bounds
+ * the workspace (M = 8192 at N = 14336: two chunks). */
 static inline int64_t lf_cuda_gemm_chunk_rows(int64_t m, int64_t n)
 {
-    int64_t rows = (16 << 20) / (4 * n);
+    int64_t rows = (256 << 20) / (4 * n);
     rows = rows < 128 ? 128 : rows / 128 * 128;
     return rows < m ? rows : m;
 }

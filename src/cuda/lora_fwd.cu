@@ -1190,8 +1190,8 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
             LF_CUDA_CHECK_LAUNCH(ctx);
             return LF_OK;
         }
-        /* 16-bit: x·Wᵀ in fp32 into the workspace, chunk by chunk so that it is still in L2 when
-         * the epilogue reads it. */
+        /* 16-bit: x·Wᵀ in fp32 into the workspace, in chunks of rows that bound its size
+         * (heuristics.h: lf_cuda_gemm_chunk_rows). */
         float *base = (float *)((char *)ctx->workspace + align256((size_t)splits * p->m * p->rank * 4));
         const size_t es = lf_dtype_size(p->dtype);
         for (int64_t m0 = 0; m0 < p->m; m0 += plan->param[0]) {
