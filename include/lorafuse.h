@@ -551,7 +551,8 @@ void lf_adapter_set_destroy(lf_adapter_set *set);
  *  replayed after a load uses the new adapter.
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (slot, layout, from, rank, non-finite
  *  scale); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE; LF_ERR_DTYPE_MISMATCH; LF_ERR_OVERFLOW;
- *  LF_ERR_OUT_OF_MEMORY; LF_ERR_DEVICE. On failure the slot keeps its old adapter. */
+ *  LF_ERR_OUT_OF_MEMORY; LF_ERR_DEVICE. When the arguments are refused the slot keeps its old
+ *  adapter; when a copy fails (LF_ERR_DEVICE) the slot is left empty, never half-written. */
 lf_status lf_adapter_set_load(lf_adapter_set *set, int slot, lf_layout layout, const lf_matrix *a,
                               const lf_matrix *b, float scale, lf_copy_kind from);
 
@@ -570,8 +571,8 @@ int64_t lf_adapter_set_rank(const lf_adapter_set *set, int slot);
  *  beta = 0 overwrites y without reading it. y must not overlap x, w, bias or the ids.
  *  @return LF_OK; LF_ERR_NULL_POINTER (ctx, set, x, y, token_adapter with M > 0); LF_ERR_INVALID_VALUE
  *  (layout, non-finite beta, a set of another context); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE;
- *  LF_ERR_DTYPE_MISMATCH; LF_ERR_OVERFLOW; LF_ERR_ALIASING; LF_ERR_UNSUPPORTED (sizes beyond 2^31
- *  on CUDA); LF_ERR_OUT_OF_MEMORY (the first call of a larger M grows the context's workspace, with
+ *  LF_ERR_DTYPE_MISMATCH; LF_ERR_OVERFLOW; LF_ERR_ALIASING; LF_ERR_UNSUPPORTED (more than 2^31 − 1
+ *  tokens; other sizes beyond 2^31 on CUDA); LF_ERR_OUT_OF_MEMORY (the first call of a larger M grows the context's workspace, with
  *  a synchronization: make that call before capturing a graph); LF_ERR_DEVICE. */
 lf_status lf_lora_forward_multi(lf_context *ctx, const lf_adapter_set *set, lf_layout layout, const lf_matrix *x,
                                 const lf_matrix *w, const lf_matrix *bias, const int32_t *token_adapter,

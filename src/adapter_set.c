@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 static const char LF_SINGLE_PREFIX[] = "lf_lora_forward: ";
@@ -242,6 +243,8 @@ static lf_status multi_problem_of(lf_context *ctx, const char *fn, const lf_adap
     if (x->dtype != set->dtype && lf_dtype_size(x->dtype) != 0)
         return lf_fail(ctx, LF_ERR_DTYPE_MISMATCH, "%s: x is %s but the adapter set holds %s", fn,
                        lf_dtype_name(x->dtype), lf_dtype_name(set->dtype));
+    if (x->rows > INT32_MAX) /* tokens are indexed with int32, as the segment starts are */
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED, "%s: %lld tokens: at most 2^31 - 1 per call", fn, (long long)x->rows);
     if (x->cols != set->k || y->cols != set->n)
         return lf_fail(ctx, LF_ERR_SHAPE_MISMATCH, "%s: x is [%lld, %lld] and y [%lld, %lld], but the adapter set "
                        "is for K = %lld, N = %lld", fn, (long long)x->rows, (long long)x->cols, (long long)y->rows,
