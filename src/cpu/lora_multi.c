@@ -14,7 +14,8 @@
  *            tokens without one: a zero adapter with scale 0, the base layer alone); fine for
  *            prefill-sized groups, W-bound for decode batches that use many adapters.
  *
- * Calls allocate their scratch (the grouping, per-task fp32 panels) with malloc: unlike the
+ * Calls allocate their scratch (the grouping, per-thread fp32 panels, the layer's gathered rows)
+ * with malloc, all of it before y is written: a call that fails leaves y untouched. Unlike the
  * single-adapter path, nothing here is planned per shape yet.
  */
 #include "lora_fwd.h"
@@ -79,20 +80,25 @@ static void slots_of_tokens(const lf_multi_problem *p, int32_t *slot)
             slot[t] = -1;
 }
 
+/* fp32 scratch of one delta task for adapters of rank ≤ rank: A and B packed, a panel of T and x. */
+static size_t group_floats(const lf_cpu_kernels *kern, const lf_multi_problem *p, int64_t rank)
+{
+    const int64_t kp = round_up(p->k, kern->vl), rp = round_up(rank, kern->proj_ranks);
+    const int64_t np = round_up(p->n, kern->expand_cols);
+    return (size_t)(rp * kp + rank * np + MULTI_PANEL_ROWS * (rp + kp));
+}
+
 /* Applies one group (adapter `slot`, or none when slot < 0) to its tokens tok[0..count), in
- * increasing order: runs of consecutive tokens are projected and expanded together. */
-static lf_status run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p, const float *bias_f, int32_t slot,
-                           const int32_t *tok, int64_t count)
+ * increasing order: runs of consecutive tokens are projected and expanded together. buf holds
+ * group_floats(rank) floats. */
+static void run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p, const float *bias_f, int32_t slot,
+                      const int32_t *tok, int64_t count, float *buf)
 {
     const lf_adapter_set *set = p->set;
     const size_t es = lf_dtype_size(p->dtype);
     const int64_t rank = slot >= 0 ? set->slots[slot].rank : 0;
     const int64_t kp = round_up(p->k, kern->vl), rp = round_up(rank, kern->proj_ranks);
     const int64_t np = round_up(p->n, kern->expand_cols);
-    const size_t floats = (size_t)(rp * kp + rank * np + MULTI_PANEL_ROWS * (rp + kp));
-    float *buf = malloc((floats ? floats : 1) * sizeof(float));
-    if (!buf)
-        return LF_ERR_OUT_OF_MEMORY;
     float *af = buf, *bf = af + rp * kp, *tf = bf + rank * np, *xf = tf + MULTI_PANEL_ROWS * rp;
     /* Pack A [rp][kp] and B [rank][np] to fp32, zero padded as the kernels want. */
     for (int64_t t = 0; t < rp; t++) {
@@ -137,15 +143,14 @@ static lf_status run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p
         kern->expand(&ea);
         i += len;
     }
-    free(buf);
-    return LF_OK;
 }
 
-/* Applies the layer to one group through the single-adapter layer on gathered rows: x and y rows
- * of the group's tokens into panels, lf_lora_forward (the adapter's A or B transposed to W's layout;
- * no adapter: a zero adapter with scale 0, which adds exactly nothing), y rows scattered back. */
+/* Applies the layer to one group through the single-adapter layer on gathered rows: the x (and,
+ * for beta ≠ 0, y) rows of the group's tokens into xp and yp, lf_lora_forward into yp (the
+ * adapter's A or B transposed to W's layout into tr; no adapter: a zero adapter with scale 0, which
+ * adds exactly nothing). The caller scatters yp back once every group has succeeded. */
 static lf_status run_layer_group(lf_context *ctx, const lf_multi_problem *p, int32_t slot, const int32_t *tok,
-                                 int64_t count)
+                                 int64_t count, unsigned char *xp, unsigned char *yp, unsigned char *tr)
 {
     const lf_adapter_set *set = p->set;
     const cpu_set_state *s = set->backend;
@@ -154,10 +159,6 @@ static lf_status run_layer_group(lf_context *ctx, const lf_multi_problem *p, int
     const int64_t rank = slot >= 0 ? set->slots[slot].rank : 1;
     /* The operand the stacked storage does not hold in W's layout: B as [N, r] (PEFT) or A as [K, r]. */
     const int64_t tr_rows = peft ? p->n : p->k;
-    unsigned char *xp = malloc((size_t)count * (size_t)(p->k + p->n) * es + (size_t)(tr_rows * rank) * es);
-    if (!xp)
-        return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
-    unsigned char *yp = xp + (size_t)(count * p->k) * es, *tr = yp + (size_t)(count * p->n) * es;
     for (int64_t i = 0; i < count; i++) {
         memcpy(xp + (size_t)(i * p->k) * es, (const char *)p->x + (size_t)(tok[i] * p->ldx) * es, (size_t)p->k * es);
         if (p->beta != 0.0f)
@@ -183,12 +184,7 @@ static lf_status run_layer_group(lf_context *ctx, const lf_multi_problem *p, int
     const lf_matrix x = {xp, p->dtype, count, p->k, p->k}, y = {yp, p->dtype, count, p->n, p->n};
     const lf_matrix w = {(void *)p->w, p->dtype, peft ? p->n : p->k, peft ? p->k : p->n, p->ldw};
     const lf_matrix bias = {(void *)p->bias, p->dtype, 1, p->n, p->n};
-    lf_status st = lf_lora_forward(ctx, p->layout, &x, &w, p->bias ? &bias : NULL, &a, &b, scale, p->beta, &y);
-    if (st == LF_OK)
-        for (int64_t i = 0; i < count; i++)
-            memcpy((char *)p->y + (size_t)(tok[i] * p->ldy) * es, yp + (size_t)(i * p->n) * es, (size_t)p->n * es);
-    free(xp);
-    return st;
+    return lf_lora_forward(ctx, p->layout, &x, &w, p->bias ? &bias : NULL, &a, &b, scale, p->beta, &y);
 }
 
 lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const lf_multi_problem *p)
@@ -215,25 +211,48 @@ lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const l
     memcpy(fill, start, (size_t)groups * sizeof *fill);
     for (int64_t t = 0; t < p->m; t++)
         order[fill[slot[t] < 0 ? set->capacity : slot[t]]++] = (int32_t)t;
-    if (p->w) { /* one layer call per group: each is threaded itself */
+    if (p->w) { /* one layer call per group (each threaded itself) into gathered rows, then y */
+        const size_t es = lf_dtype_size(p->dtype);
+        const int64_t tr_rows = p->layout == LF_LAYOUT_PEFT ? p->n : p->k;
+        unsigned char *xs = malloc((size_t)p->m * (size_t)(p->k + p->n) * es + (size_t)(tr_rows * set->max_rank) * es);
+        if (!xs) {
+            st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
+            goto done;
+        }
+        unsigned char *ys = xs + (size_t)(p->m * p->k) * es, *tr = ys + (size_t)(p->m * p->n) * es;
         for (int g = 0; g < groups && st == LF_OK; g++)
             if (start[g + 1] > start[g])
-                st = run_layer_group(ctx, p, g == set->capacity ? -1 : g, order + start[g], start[g + 1] - start[g]);
+                st = run_layer_group(ctx, p, g == set->capacity ? -1 : g, order + start[g], start[g + 1] - start[g],
+                                     xs + (size_t)(start[g] * p->k) * es, ys + (size_t)(start[g] * p->n) * es, tr);
+        for (int64_t i = 0; i < p->m && st == LF_OK; i++) /* every group done: only now is y written */
+            memcpy((char *)p->y + (size_t)(order[i] * p->ldy) * es, ys + (size_t)(i * p->n) * es, (size_t)p->n * es);
+        free(xs);
+        goto done;
+    }
+    /* Delta: one scratch per thread, sized for the largest rank in use, before y is written. */
+    int64_t rank_max = 0;
+    for (int g = 0; g < set->capacity; g++)
+        if (start[g + 1] > start[g] && set->slots[g].rank > rank_max)
+            rank_max = set->slots[g].rank;
+    const int threads = lf_cpu_threads(ctx);
+    const size_t per_task = group_floats(kern, p, rank_max);
+    float *scratch = malloc((size_t)threads * per_task * sizeof(float));
+    if (!scratch) {
+        st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
         goto done;
     }
     if (p->bias)
         kern->to_f32(p->bias, p->dtype, p->n, bias_f);
     const int skip_none = p->beta == 1.0f && !p->bias; /* y already holds their result */
-    int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(lf_cpu_threads(ctx)) reduction(| : failed)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int g = 0; g < groups; g++) {
         const int64_t count = start[g + 1] - start[g];
         if (count == 0 || (g == set->capacity && skip_none))
             continue;
-        failed |= run_group(kern, p, bias_f, g == set->capacity ? -1 : g, order + start[g], count) != LF_OK;
+        run_group(kern, p, bias_f, g == set->capacity ? -1 : g, order + start[g], count,
+                  scratch + (size_t)omp_get_thread_num() * per_task);
     }
-    if (failed)
-        st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory for a panel");
+    free(scratch);
 done:
     free(slot);
     free(order);
