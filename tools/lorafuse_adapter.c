@@ -15,6 +15,8 @@
 
 #include "lorafuse_adapter.h"
 
+#include "cli.h"
+
 #include "lf_commit.h"
 #include "lf_dtype.h"
 #include "lf_internal.h"
@@ -31,7 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { EXIT_PASS = 0, EXIT_NUMERIC = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
 
 const char lf_cli_adapter_usage[] =
     "  info       lorafuse info ADAPTER_DIR: a PEFT LoRA adapter's modules, ranks, scales, sizes\n"
@@ -41,36 +42,12 @@ const char lf_cli_adapter_usage[] =
     "  bench-merge  time W += scale*B*A [--out-features 4096 --in-features 4096 --rank 16\n"
     "             --dtype bf16 --backend B --json FILE]\n";
 
-static void cli_error(const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2)))
-#endif
-    ;
-
-static void cli_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("lorafuse: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-/* Bad input files are the user's to fix (exit 2); the rest are runtime failures (exit 3). */
+/* Reports a failed library call; bad input files are the user's to fix (exit 2), the rest are
+ * runtime failures (exit 3). */
 static int fail_status(lf_context *ctx, const char *what, lf_status st)
 {
-    cli_error("%s: %s (%s)", what, ctx ? lf_context_last_error(ctx) : "", lf_status_name(st));
-    switch (st) {
-    case LF_ERR_IO:
-    case LF_ERR_OUT_OF_MEMORY:
-    case LF_ERR_DEVICE:
-    case LF_ERR_INTERNAL:
-    case LF_ERR_BACKEND_UNAVAILABLE:
-        return EXIT_RUNTIME;
-    default:
-        return EXIT_USAGE;
-    }
+    lf_cli_error("%s: %s (%s)", what, ctx ? lf_context_last_error(ctx) : "", lf_status_name(st));
+    return lf_cli_exit_status(st);
 }
 
 /* "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past what it used. */
@@ -85,7 +62,7 @@ static const char *option_value(int argc, char **argv, int *i, const char *name)
     if (arg[2 + n] != '\0')
         return NULL;
     if (*i + 1 >= argc) {
-        cli_error("--%s needs a value", name);
+        lf_cli_error("--%s needs a value", name);
         return "";
     }
     return argv[++*i];
@@ -99,7 +76,7 @@ static int parse_backend(const char *s, lf_backend *b)
             *b = (lf_backend)i;
             return 1;
         }
-    cli_error("--backend %s: expected auto, cpu or cuda", s);
+    lf_cli_error("--backend %s: expected auto, cpu or cuda", s);
     return 0;
 }
 
@@ -107,7 +84,7 @@ static int open_context(lf_backend backend, lf_context **ctx)
 {
     lf_status st = lf_context_create(ctx, backend);
     if (st != LF_OK) {
-        cli_error("cannot create a %s context: %s", lf_backend_name(backend), lf_status_string(st));
+        lf_cli_error("cannot create a %s context: %s", lf_backend_name(backend), lf_status_string(st));
         return st == LF_ERR_BACKEND_UNAVAILABLE ? EXIT_USAGE : EXIT_RUNTIME;
     }
     return EXIT_PASS;
@@ -406,12 +383,12 @@ int lf_cli_merge(int argc, char **argv)
         } else if (strcmp(argv[i], "--unmerge") == 0)
             unmerge = 1;
         else {
-            cli_error("merge: unknown option '%s' (lorafuse merge --help)", argv[i]);
+            lf_cli_error("merge: unknown option '%s' (lorafuse merge --help)", argv[i]);
             return EXIT_USAGE;
         }
     }
     if (!base_path || !adapter_dir || !out_path || !*base_path || !*adapter_dir || !*out_path) {
-        cli_error("merge needs --base, --adapter and --out (lorafuse merge --help)");
+        lf_cli_error("merge needs --base, --adapter and --out (lorafuse merge --help)");
         return EXIT_USAGE;
     }
     merge_job job = {.unmerge = unmerge};
@@ -452,7 +429,7 @@ int lf_cli_merge(int argc, char **argv)
         rc = EXIT_PASS;
     } else {
         rc = fail_status(ctx, what, st);
-        cli_error("nothing was written to %s", out_path);
+        lf_cli_error("nothing was written to %s", out_path);
     }
     free(job.plan);
     lf_safetensors_close(job.base);
@@ -550,7 +527,7 @@ int lf_cli_bench_merge(int argc, char **argv)
             else if (strcmp(v, "bf16") == 0)
                 dt = LF_BF16;
             else {
-                cli_error("--dtype %s: expected f32, f16 or bf16", v);
+                lf_cli_error("--dtype %s: expected f32, f16 or bf16", v);
                 return EXIT_USAGE;
             }
             continue;
@@ -570,7 +547,7 @@ int lf_cli_bench_merge(int argc, char **argv)
         errno = 0;
         long long x = strtoll(v, &end, 10);
         if (errno || *end || end == v || x < 1 || x > (num == &rank ? LF_MAX_RANK : 65536)) {
-            cli_error("%s %s: expected an integer in 1..%d", argv[i - 1], v, num == &rank ? LF_MAX_RANK : 65536);
+            lf_cli_error("%s %s: expected an integer in 1..%d", argv[i - 1], v, num == &rank ? LF_MAX_RANK : 65536);
             return EXIT_USAGE;
         }
         *num = x;
@@ -653,7 +630,7 @@ int lf_cli_bench_merge(int argc, char **argv)
         if (root && isfinite(copy_gbps))
             json_object_set_new(root, "copy_GBps", json_real(copy_gbps));
         if (!root || json_dump_file(root, json_path, JSON_INDENT(2) | JSON_REAL_PRECISION(7)) != 0) {
-            cli_error("cannot write %s", json_path);
+            lf_cli_error("cannot write %s", json_path);
             rc = EXIT_RUNTIME;
         } else {
             printf("wrote %s\n", json_path);
