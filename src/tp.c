@@ -88,8 +88,6 @@ int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
     return m >= 512 ? 4 : 2;
 }
 
-lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
-
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)
 {
     if (!ctx)

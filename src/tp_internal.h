@@ -30,6 +30,9 @@ struct lf_tp_comm {
     void *impl; /* the implementation's state */
 };
 
+/* The NCCL communicator (src/cuda/tp_nccl.cu, built with NCCL only); ctx is a CUDA context. */
+lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
+
 /* Row chunks of a row-parallel layer: the all-reduce of chunk i overlaps the compute of chunk
  * i + 1. A pure function of (M, N, P). */
 int lf_tp_row_chunks(int64_t m, int64_t n, int parts);
