@@ -181,7 +181,11 @@ lf_status lf_context_set_threads(lf_context *ctx, int threads);
 /*! lf_context_set_stream() :
  *  CUDA backend: queue all later work of this context on `stream` (a cudaStream_t; NULL = the legacy
  *  default stream). The library never synchronizes the stream itself, so calls can be captured in
- *  a CUDA graph.
+ *  a CUDA graph. Capturing: the first call of a shape builds its plan and may grow the context's
+ *  workspace (with a synchronization), so make one call of every shape, largest first, before
+ *  capturing; a graph keeps the workspace it was captured with, so a later call that grows the
+ *  workspace invalidates graphs captured earlier (capture them again). Switch streams only when
+ *  the work queued on the old one is done (or ordered before the new one by an event).
  *  @return LF_OK; LF_ERR_NULL_POINTER (ctx); LF_ERR_UNSUPPORTED (not a CUDA context). */
 lf_status lf_context_set_stream(lf_context *ctx, void *stream);
 
@@ -517,8 +521,9 @@ lf_status lf_peft_unmerge(lf_context *ctx, const lf_matrix *w, const lf_matrix *
  * synchronization and can be captured in a CUDA graph; the host never reads them. An id outside
  * 0..capacity−1, or naming an empty slot, means "no adapter" (as −1 does): such a token gets
  * y = beta·y [+ x·Wᵀ + bias] and costs nothing beyond that.
- * The sums of each token do not depend on the other tokens of the batch: results are bitwise
- * identical run to run, and equal between the per-token and the segment form.
+ * For a given number of tokens M, the sums of each token do not depend on the other tokens of the
+ * batch: results are bitwise identical run to run, and equal between the per-token and the segment
+ * form. Across batch sizes they may differ in the last bits (CUDA picks its blocking by M).
  */
 
 /* Most adapters one set may hold. */

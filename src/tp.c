@@ -239,8 +239,7 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         if (st == LF_OK && rows > 0)
             st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype);
         if (st != LF_OK) {
-            if (c > 0) /* order later work after the all-reduces already issued */
-                comm->ops->join(comm);
+            comm->ops->join(comm); /* order later work after what was already issued */
             return name_failure(ctx, st, fn);
         }
     }
