@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "lf_dtype.h"
+#include "cpu/lora_ref.h"
 #include "cuda/common.cuh"
 #include "cuda/heuristics.h"
 
@@ -99,7 +100,6 @@ static lf_matrix view(const mat *m, lf_dtype dt)
     v.stride = m->stride;
     return v;
 }
-static float hat(const mat *m, int64_t i, int64_t j) { return m->h[m->off + i * m->stride + j]; }
 
 typedef struct {
     const char *name;
@@ -110,51 +110,20 @@ typedef struct {
     float beta;
 } tcase;
 
-/* The _cpu reference: double accumulation; mag bounds the terms an fp32 evaluation adds. */
-static void lora_fwd_cpu(const tcase *c, const mat *x, const mat *w, const mat *bias, const mat *a, const mat *b,
-                         const mat *y0, float scale, double *out, double *mag)
+/* Host view of m's fp32 values (exactly the dtype's values) for the library's reference. */
+static const float *host_at(const mat *m) { return m->h + m->off; }
+
+/* The reference (src/cpu/lora_ref.c, double accumulation) on the host copies of case c: exact
+ * values in out, the magnitudes lf_ref_tolerance wants in mag. y0 holds y's values before the call. */
+static void reference(const tcase *c, const mat *x, const mat *w, const mat *bias, const mat *a, const mat *b,
+                      const mat *y0, float scale, double *out, double *mag)
 {
-    const int kn = c->layout == LF_LAYOUT_KN;
-    double *t = (double *)malloc(c->r * 8), *ta = (double *)malloc(c->r * 8);
-    for (int64_t i = 0; i < c->m; i++) {
-        for (int64_t q = 0; q < c->r; q++) {
-            double s = 0, sa = 0;
-            for (int64_t kk = 0; kk < c->k; kk++) {
-                double av = kn ? hat(a, kk, q) : hat(a, q, kk);
-                s += (double)hat(x, i, kk) * av;
-                sa += fabs((double)hat(x, i, kk) * av);
-            }
-            t[q] = s;
-            ta[q] = sa;
-        }
-        for (int64_t j = 0; j < c->n; j++) {
-            double v = 0, mg = 0;
-            if (c->beta != 0) {
-                v += (double)c->beta * hat(y0, i, j);
-                mg += fabs((double)c->beta * hat(y0, i, j));
-            }
-            if (w)
-                for (int64_t kk = 0; kk < c->k; kk++) {
-                    double p = (double)hat(x, i, kk) * (kn ? hat(w, kk, j) : hat(w, j, kk));
-                    v += p;
-                    mg += fabs(p);
-                }
-            if (bias) {
-                v += hat(bias, 0, j);
-                mg += fabs(hat(bias, 0, j));
-            }
-            double l = 0, lm = 0;
-            for (int64_t q = 0; q < c->r; q++) {
-                double bv = kn ? hat(b, q, j) : hat(b, j, q);
-                l += t[q] * bv;
-                lm += (fabs(t[q]) + ta[q]) * fabs(bv);
-            }
-            out[i * c->n + j] = v + scale * l;
-            mag[i * c->n + j] = mg + fabs(scale) * lm;
-        }
-    }
-    free(t);
-    free(ta);
+    const lf_lora_problem hp = {.layout = c->layout, .dtype = LF_F32, .m = c->m, .k = c->k, .n = c->n, .rank = c->r,
+                                .x = host_at(x), .ldx = x->stride, .w = w ? host_at(w) : NULL,
+                                .ldw = w ? w->stride : 0, .bias = bias ? host_at(bias) : NULL, .a = host_at(a),
+                                .lda = a->stride, .b = host_at(b), .ldb = b->stride, .scale = scale,
+                                .beta = c->beta, .y = (void *)host_at(y0), .ldy = y0->stride};
+    lf_ref_lora_forward_f64(&hp, out, mag);
 }
 
 /* A plan for version v of problem p: the backend's own, then forced where v asks. */
@@ -278,6 +247,23 @@ static lf_status timed_call(void *arg)
 
 static int failures = 0;
 
+/* Frees what check_case made for case c. */
+static void free_case(const tcase *c, mat *x, mat *w, mat *bias, mat *a, mat *b, mat *y, unsigned char *y0,
+                      unsigned char *y1, unsigned char *y2)
+{
+    mat_free(x);
+    if (c->has_w)
+        mat_free(w);
+    if (c->has_bias)
+        mat_free(bias);
+    mat_free(a);
+    mat_free(b);
+    mat_free(y);
+    free(y0);
+    free(y1);
+    free(y2);
+}
+
 /* Validates version v on case c; returns 0 when the version does not apply. */
 static int check_case(const tcase *c, int v, float scale)
 {
@@ -310,17 +296,7 @@ static int check_case(const tcase *c, int v, float scale)
                                         &av, &bv, scale, c->beta, &yv, &p));
     lf_plan plan;
     if (!plan_version(&p, v, &plan)) {
-        mat_free(&x);
-        if (c->has_w)
-            mat_free(&w);
-        if (c->has_bias)
-            mat_free(&bias);
-        mat_free(&a);
-        mat_free(&b);
-        mat_free(&y);
-        free(y0);
-        free(y1);
-        free(y2);
+        free_case(c, &x, &w, &bias, &a, &b, &y, y0, y1, y2);
         return 0;
     }
     for (int run = 0; run < 2; run++) {
@@ -330,8 +306,7 @@ static int check_case(const tcase *c, int v, float scale)
     }
     double *ref = (double *)malloc(c->m * c->n * 8), *mag = (double *)malloc(c->m * c->n * 8);
     /* the reference reads y's old values (beta != 0) from y.h, which matches y0 then */
-    lora_fwd_cpu(c, &x, c->has_w ? &w : NULL, c->has_bias ? &bias : NULL, &a, &b, &y, scale, ref, mag);
-    const double out_eps = c->dt == LF_F32 ? 0x1p-24 : c->dt == LF_F16 ? 0x1p-11 : 0x1p-8;
+    reference(c, &x, c->has_w ? &w : NULL, c->has_bias ? &bias : NULL, &a, &b, &y, scale, ref, mag);
     int64_t bad = 0, bad_canary = 0;
     double worst = 0, num = 0, den = 0;
     for (int64_t i = 0; i < c->m; i++)
@@ -342,7 +317,7 @@ static int check_case(const tcase *c, int v, float scale)
                 continue;
             }
             const double got = lf_load_f32(y1, c->dt, e), want = ref[i * c->n + j];
-            const double tol = out_eps * fabs(want) + 2.0 * (c->k + c->r + 4) * 0x1p-24 * mag[i * c->n + j] + 1e-30;
+            const double tol = lf_ref_tolerance(c->dt, c->k, c->r, want, mag[i * c->n + j]);
             const double err = fabs(got - want);
             if (!(err <= tol))
                 bad++;
@@ -365,17 +340,7 @@ static int check_case(const tcase *c, int v, float scale)
            bad ? "  WRONG VALUES" : "", bad_canary ? "  CANARY OVERWRITTEN" : "", det ? "" : "  NOT DETERMINISTIC");
     free(ref);
     free(mag);
-    mat_free(&x);
-    if (c->has_w)
-        mat_free(&w);
-    if (c->has_bias)
-        mat_free(&bias);
-    mat_free(&a);
-    mat_free(&b);
-    mat_free(&y);
-    free(y0);
-    free(y1);
-    free(y2);
+    free_case(c, &x, &w, &bias, &a, &b, &y, y0, y1, y2);
     return 1;
 }
 
