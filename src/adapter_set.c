@@ -231,10 +231,10 @@ static int overlaps_y(const void *p, size_t bytes, const lf_multi_problem *q)
     return b0 < y1 && y0 < b1;
 }
 
-/* Validates a call of either form and fills *q (ids / segments set by the caller). */
-static lf_status multi_problem_of(lf_context *ctx, const char *fn, const lf_adapter_set *set, lf_layout layout,
-                                  const lf_matrix *x, const lf_matrix *w, const lf_matrix *bias, float beta,
-                                  const lf_matrix *y, lf_multi_problem *q)
+/* lf_internal.h */
+lf_status lf_multi_problem_from_views(lf_context *ctx, const char *fn, const lf_adapter_set *set,
+                                     lf_layout layout, const lf_matrix *x, const lf_matrix *w,
+                                     const lf_matrix *bias, float beta, const lf_matrix *y, lf_multi_problem *q)
 {
     if (!set || !x || !y)
         return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: %s is NULL", fn, !set ? "set" : !x ? "x" : "y");
@@ -279,7 +279,7 @@ lf_status lf_lora_forward_multi(lf_context *ctx, const lf_adapter_set *set, lf_l
         return LF_ERR_NULL_POINTER;
     static const char fn[] = "lf_lora_forward_multi";
     lf_multi_problem q;
-    lf_status st = multi_problem_of(ctx, fn, set, layout, x, w, bias, beta, y, &q);
+    lf_status st = lf_multi_problem_from_views(ctx, fn, set, layout, x, w, bias, beta, y, &q);
     if (st != LF_OK || q.m == 0)
         return st;
     if (!token_adapter)
@@ -301,7 +301,7 @@ lf_status lf_lora_forward_segments(lf_context *ctx, const lf_adapter_set *set, l
     if (segments < 0 || segments > ((int64_t)1 << 30))
         return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: segments = %lld is outside 0..2^30", fn, (long long)segments);
     lf_multi_problem q;
-    lf_status st = multi_problem_of(ctx, fn, set, layout, x, w, bias, beta, y, &q);
+    lf_status st = lf_multi_problem_from_views(ctx, fn, set, layout, x, w, bias, beta, y, &q);
     if (st != LF_OK || q.m == 0)
         return st;
     if (!seg_starts || (segments > 0 && !seg_adapter))

@@ -232,6 +232,12 @@ lf_status lf_lora_problem_from_views(lf_context *ctx, lf_layout layout, const lf
                                      const lf_matrix *b, float scale, float beta,
                                      const lf_matrix *y, lf_lora_problem *p);
 
+/* Validates the views of lf_lora_forward_multi / _segments (all but the ids or segments) as those
+ * functions do, messages naming fn, and fills *q (src/adapter_set.c). */
+lf_status lf_multi_problem_from_views(lf_context *ctx, const char *fn, const lf_adapter_set *set,
+                                     lf_layout layout, const lf_matrix *x, const lf_matrix *w,
+                                     const lf_matrix *bias, float beta, const lf_matrix *y, lf_multi_problem *q);
+
 /* Backends. lf_cuda_backend_ops() returns NULL when the library was built without CUDA. */
 const lf_backend_ops *lf_cpu_backend_ops(void);
 const lf_backend_ops *lf_cuda_backend_ops(void);

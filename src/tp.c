@@ -8,7 +8,6 @@
  */
 #include "tp_internal.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -179,31 +178,6 @@ static lf_status name_failure(lf_context *ctx, lf_status st, const char *fn)
     return st;
 }
 
-/* Ranks other than 0 do not pass beta and bias to the op, so they check them here: every rank must
- * refuse what rank 0 refuses, or the others would enter an all-reduce that rank 0 never joins. */
-static lf_status check_rank0_operands(lf_context *ctx, const char *fn, const lf_matrix *bias, float beta,
-                                      const lf_matrix *y)
-{
-    if (!isfinite(beta))
-        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: beta is not finite", fn);
-    if (!bias)
-        return LF_OK;
-    if (!bias->data)
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: bias has no data", fn);
-    if (bias->dtype != y->dtype)
-        return lf_fail(ctx, LF_ERR_DTYPE_MISMATCH, "%s: bias is %s, y %s", fn, lf_dtype_name(bias->dtype),
-                       lf_dtype_name(y->dtype));
-    if (bias->rows != 1 || bias->cols != y->cols || bias->stride < bias->cols)
-        return lf_fail(ctx, LF_ERR_SHAPE_MISMATCH, "%s: bias is [%lld, %lld], expected [1, %lld]", fn,
-                       (long long)bias->rows, (long long)bias->cols, (long long)y->cols);
-    const size_t es = lf_dtype_size(y->dtype);
-    const uintptr_t b0 = (uintptr_t)bias->data, b1 = b0 + (size_t)bias->cols * es, y0 = (uintptr_t)y->data;
-    const uintptr_t y1 = y0 + (size_t)(y->rows > 0 ? y->rows * y->stride : 0) * es;
-    if (b0 < y1 && y0 < b1)
-        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps bias", fn);
-    return LF_OK;
-}
-
 static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, int chunkable,
                              partial_fn partial, const row_args *g, const char *fn)
 {
@@ -218,15 +192,21 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     if (y->rows > 1 && y->stride != y->cols)
         return lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)",
                        fn, (long long)y->stride, (long long)y->cols);
-    lf_status st = comm->rank == 0 ? LF_OK : check_rank0_operands(ctx, fn, g->bias, g->beta, y);
+    /* The whole call first, on every rank with beta and bias (only rank 0 hands them to the op): a
+     * call rank 0 refuses is refused by all, before any all-reduce, and y overlapping x's rows of
+     * a later chunk is seen. */
+    lf_status st;
+    if (g->set) {
+        lf_multi_problem whole;
+        st = lf_multi_problem_from_views(ctx, fn, g->set, g->layout, g->x, g->w, g->bias, g->beta, y, &whole);
+    } else {
+        lf_lora_problem whole;
+        st = name_failure(ctx, lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale,
+                                                          g->beta, y, &whole),
+                          fn);
+    }
     if (st != LF_OK)
         return st;
-    if (chunkable) { /* the whole call first: the chunks alone would miss y overlapping x's other rows */
-        lf_lora_problem whole;
-        st = lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale, g->beta, y, &whole);
-        if (st != LF_OK)
-            return name_failure(ctx, st, fn);
-    }
     if (m < 0 || y->rows != m)
         m = 0; /* the op reports the shapes */
     const int chunks = chunkable ? lf_tp_row_chunks(m, y->cols, comm->size) : 1;

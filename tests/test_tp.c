@@ -330,6 +330,16 @@ static void cpu_cases(lf_context *ctx)
     LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &l.vx, &l.vw, &wide_bias, &l.va, &l.vb, 1.0f, 0.0f,
                                             &l.vy0),
                      LF_ERR_SHAPE_MISMATCH);
+    lf_adapter_set *one = NULL;
+    const int32_t none[6] = {-1, -1, -1, -1, -1, -1};
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_F32, 8, 5, 1, 2, &one), LF_OK);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, comm, one, l.layout, &l.vx, &l.vw, NULL, none, NAN, &l.vy0),
+                     LF_ERR_INVALID_VALUE);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, comm, one, l.layout, &l.vx, &l.vw, &wide_bias, none, 0.0f,
+                                                  &l.vy0),
+                     LF_ERR_SHAPE_MISMATCH);
+    lf_adapter_set_destroy(one);
+    LFT_CHECK(lf_tp_local_group_finish(group) == LF_OK); /* refused calls queued no all-reduce */
     layer_free(&l);
     lf_tp_local_group_destroy(group);
 
