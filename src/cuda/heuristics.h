@@ -80,14 +80,17 @@ static inline int lf_cuda_delta_bm(int64_t m)
 static inline int lf_cuda_delta_bn(int64_t n) { return n <= 1024 ? 256 : 512; }
 
 /* One launch recomputes T once per column slice: fine while K·r is small or N has one slice.
- * Beyond that the two-kernel path reads A once per row block instead of once per block. */
+ * Beyond that the two-kernel path reads A once per row block instead of once per block: f32,
+ * M = 128, graph replay, fused against two-kernel: 512→512 r32 (K·r 16384) 17.4 against 13.4 µs,
+ * 1024² r8 (8192) 9.5 against 6.3, 2048² r8 (16384) 16.5 against 9.2; the seed (512² r8, 4096)
+ * stays fused at 2.3 (dev/cuda/NOTES.md v12b). */
 static inline int lf_cuda_delta_fused_fits(int64_t m, int64_t k, int64_t n, int64_t r)
 {
     int bm = lf_cuda_delta_bm(m);
     int64_t slices = (n + lf_cuda_delta_bn(n) - 1) / lf_cuda_delta_bn(n);
     if (lf_cuda_pick_kc(k, bm, (int)r) < 64)
         return 0; /* T and a useful chunk of A do not fit in shared memory together */
-    return k * r <= 16384 || slices == 1;
+    return k * r <= 4096 || slices == 1;
 }
 
 /* The delta by cuBLAS's T (K-slices) and the GEMM path's epilogue, two launches: from K = 4096 it

@@ -1245,20 +1245,26 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
      * the shrink run there and the expand is the GEMM's epilogue. */
     LF_CUDA_CHECK(ctx, cudaEventRecord(ss->fork, st));
     LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(ss->side, ss->fork, 0));
+    /* The side stream is forked from here: every path joins it before returning, or the next call
+     * (or a graph capture's end) would race with what it still runs. */
+    cudaError_t e;
     if (pl.fused) {
         multi_args side = a;
         side.dout = (float *)(ws + pl.dout), side.base = NULL, side.none_tiles = 0;
         a.dout = side.dout;
-        LF_CUDA_CHECK(ctx, launch_fused(q->dtype, side, pl, q->n % 4 == 0, false, 0, ss->side));
+        e = launch_fused(q->dtype, side, pl, q->n % 4 == 0, false, 0, ss->side);
     } else {
-        if (pl.global)
-            LF_CUDA_CHECK(ctx, lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, false, ss->side, a));
-        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pl.global && pdl, 0, ss->side));
+        e = pl.global ? lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, false, ss->side, a)
+                      : cudaSuccess;
+        if (e == cudaSuccess)
+            e = launch_kernel(q->dtype, a, pl, vecx, vecy, pl.global && pdl, 0, ss->side);
     }
-    LF_CUDA_CHECK(ctx, cudaEventRecord(ss->join, ss->side));
-    s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, q->m, q->n, q->k, q->x, ldx, q->w, q->ldw, 0.0f, (void *)a.base,
-                         q->n);
-    const cudaError_t joined = cudaStreamWaitEvent(st, ss->join, 0); /* never leave the side stream forked */
+    const cudaError_t recorded = cudaEventRecord(ss->join, ss->side);
+    if (e == cudaSuccess && recorded == cudaSuccess)
+        s = lf_cuda_gemm_xwt(ctx, in, CUDA_R_32F, w_nk, q->m, q->n, q->k, q->x, ldx, q->w, q->ldw, 0.0f,
+                             (void *)a.base, q->n);
+    const cudaError_t joined = recorded == cudaSuccess ? cudaStreamWaitEvent(st, ss->join, 0) : recorded;
+    LF_CUDA_CHECK(ctx, e);
     if (s != LF_OK)
         return s;
     LF_CUDA_CHECK(ctx, joined);

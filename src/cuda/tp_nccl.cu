@@ -42,8 +42,8 @@ lf_status nccl_allreduce(lf_tp_comm *comm, void *data, size_t count, lf_dtype dt
     lf_context *ctx = comm->ctx;
     LF_CUDA_CHECK(ctx, cudaEventRecord(s->ready, lf_cuda_stream(ctx)));
     LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(s->side, s->ready, 0));
+    s->pending = true; /* forked: join must follow, whatever NCCL says */
     LF_NCCL_CHECK(ctx, ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, s->nccl, s->side));
-    s->pending = true;
     return LF_OK;
 }
 
