@@ -649,6 +649,9 @@ typedef struct lf_tp_comm lf_tp_comm;
  *  needs no nccl.h) for a CUDA context on the communicator's device. The communicator stays the
  *  caller's; the handle holds a second stream and events for overlapping the all-reduce with the
  *  next rows' compute. Keep NCCL_NVLS_ENABLE=0 (lorafuse never uses NVLink multicast).
+ *  One thread (or process) per GPU, with that GPU current when its context runs: the row layers
+ *  issue their all-reduces inside the call and order later work after them with events, so several
+ *  ranks cannot share one thread's ncclGroupStart/ncclGroupEnd.
  *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_UNSUPPORTED (lorafuse was built without
  *  NCCL, or ctx is not a CUDA context); LF_ERR_DEVICE (NCCL or CUDA reported an error). */
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
@@ -666,8 +669,8 @@ int lf_tp_comm_size(const lf_tp_comm *comm);
  *  stride N) in ctx's memory. On return (in stream order) every rank's y holds
  *      beta·y + Σ_p (x_p·W_pᵀ + scale·(x_p·A_pᵀ)·Bᵀ) + bias
  *  Rank 0 alone adds beta·y and bias; every rank's partial output is rounded to the dtype and the
- *  all-reduce sums them (as the TP base layer does). Large M is cut into row chunks, so that the
- *  all-reduce of one chunk runs while the next is computed. All ranks must pass the same M, N,
+ *  all-reduce sums them (as the TP base layer does; one rank needs none). Large M is cut into row
+ *  chunks, so that the all-reduce of one chunk runs while the next is computed. All ranks must pass the same M, N,
  *  dtype and beta: the ranks do not compare them (that would cost a collective), and NCCL may hang
  *  on a mismatch. Every rank checks beta and bias, so that a call rank 0 refuses is refused by all.
  *  Runs of the same inputs give bitwise the same y.
@@ -679,8 +682,9 @@ lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout,
 
 /*! lf_tp_row_forward_multi() :
  *  The per-token many-adapter form of lf_tp_row_forward: `set` holds each adapter's A shard (its
- *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. Not cut into row
- *  chunks (yet): the all-reduce follows the whole partial output. */
+ *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. Cut into row chunks as
+ *  lf_tp_row_forward; ids that one chunk's rows of y would overwrite before a later chunk reads
+ *  them are refused (LF_ERR_ALIASING). */
 lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
                                   const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
                                   const int32_t *token_adapter, float beta, const lf_matrix *y);

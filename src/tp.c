@@ -8,6 +8,7 @@
  */
 #include "tp_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -167,6 +168,14 @@ static lf_status partial_segments(lf_context *ctx, const void *arg, int64_t r0, 
                                     g->seg_adapter, g->segments, first ? g->beta : 0.0f, y_rows);
 }
 
+/* 1 when the m ids at `ids` share a byte with y (dense: row_forward checks that first). */
+static int ids_overlap_y(const int32_t *ids, int64_t m, const lf_matrix *y)
+{
+    const uintptr_t i0 = (uintptr_t)ids, y0 = (uintptr_t)y->data;
+    const uintptr_t ib = (uintptr_t)m * sizeof *ids, yb = (uintptr_t)(y->rows * y->cols) * lf_dtype_size(y->dtype);
+    return ib && yb && i0 < y0 + yb && y0 < i0 + ib;
+}
+
 /* Prefixes the message of a failure inside the op with the TP function's name. */
 static lf_status name_failure(lf_context *ctx, lf_status st, const char *fn)
 {
@@ -199,6 +208,10 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     if (g->set) {
         lf_multi_problem whole;
         st = lf_multi_problem_from_views(ctx, fn, g->set, g->layout, g->x, g->w, g->bias, g->beta, y, &whole);
+        /* Each chunk's op sees only its own ids: y's rows that one chunk writes must not hold ids
+         * that a later chunk reads. */
+        if (st == LF_OK && g->token_adapter && ids_overlap_y(g->token_adapter, whole.m, y))
+            st = lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps token_adapter", fn);
     } else {
         lf_lora_problem whole;
         st = name_failure(ctx, lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale,
@@ -216,8 +229,8 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
             lf_tp_split(m, chunks, c, &r0, &rows);
         const lf_matrix y_rows = y->data ? sub_view(y, r0, rows, 0, y->cols) : *y;
         st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
-        if (st == LF_OK && rows > 0)
-            st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype);
+        if (st == LF_OK && rows > 0 && comm->size > 1) /* one rank: its partial output is the sum */
+            st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype, chunks > 1);
         if (st != LF_OK) {
             comm->ops->join(comm); /* order later work after what was already issued */
             return name_failure(ctx, st, fn);
@@ -241,8 +254,8 @@ lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_ad
 {
     const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
                         .token_adapter = token_adapter};
-    /* not chunked: one call of the op validates the whole batch (ids and aliasing included) */
-    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 0, partial_multi, &g, "lf_tp_row_forward_multi");
+    /* chunked as the single-adapter form: each chunk's tokens carry their own ids */
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_multi, &g, "lf_tp_row_forward_multi");
 }
 
 lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,

@@ -16,8 +16,10 @@ extern "C" {
 
 typedef struct lf_tp_comm_ops {
     /* Sums `count` elements at data (dtype, in ctx's memory) over the ranks, in place, after the
-     * work queued so far on the context; may return before the sum is done (stream order). */
-    lf_status (*allreduce)(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype);
+     * work queued so far on the context; may return before the sum is done (stream order).
+     * overlap: more rows follow (row chunks), so the sum may run beside the context's work until
+     * join; otherwise it runs in the context's order (no fork to join). */
+    lf_status (*allreduce)(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype, int overlap);
     /* After a layer's last allreduce: work queued on the context from now on sees every sum. */
     lf_status (*join)(lf_tp_comm *comm);
     void (*destroy)(lf_tp_comm *comm);

@@ -5,7 +5,8 @@
  * do not divide by P, both layouts, f32 and bf16, bias and beta, M past the row-chunking threshold:
  *   column-parallel: every rank writes its columns of one y through lf_lora_forward on its shard;
  *   row-parallel: every rank runs lf_tp_row_forward (single adapter, per-token and per-segment
- *     many-adapter forms) on its slice of K; the group then sums the partial outputs.
+ *     many-adapter forms) on its slice of K; the group then sums the partial outputs. The
+ *     single-adapter and per-token forms run in row chunks from M = 256 (with P > 1).
  * Every element of y is checked; the row-parallel tolerance adds one rounding of each rank's partial
  * output (u·Σ_p |partial_p|, from the reference of each rank's own problem), the rounding every TP
  * layer makes before its all-reduce. All ranks' y must be bitwise equal.
@@ -364,6 +365,60 @@ static void cpu_cases(lf_context *ctx)
     lft_end();
 }
 
+/* The per-token form runs in row chunks as the single-adapter form does: both issue the same
+ * all-reduces (the local group finishes only ranks that issued the same ones), unlike the
+ * per-segment form (one). Ids that one chunk's rows of y would overwrite before a later chunk reads
+ * them are refused before anything runs. */
+static void multi_chunk_cases(lf_context *ctx)
+{
+    lft_begin("test_tp row per-token form in chunks: all-reduces as the single form; y over later ids refused");
+    enum { M = 300, K = 16, N = 8, R = 2 };
+    layer l;
+    layer_init(&l, LF_F32, LF_LAYOUT_PEFT, M, K, N, R, 0, 0.0f, 96);
+    LFT_CHECK(lf_tp_row_chunks(M, N, 2) == 2);
+    lf_adapter_set *set = NULL;
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_F32, K, N, 1, R, &set), LF_OK);
+    LFT_CHECK_STATUS(ctx, lf_adapter_set_load(set, 0, l.layout, &l.va, &l.vb, l.scale, LF_COPY_HOST_TO_DEVICE), LF_OK);
+    int32_t ids[M] = {0};
+    void *y0 = start_y(&l), *y1 = start_y(&l);
+    lf_matrix v0 = lf_matrix_make(LF_F32, y0, M, N), v1 = lf_matrix_make(LF_F32, y1, M, N);
+    lf_tp_local_group *group = NULL;
+    lf_tp_comm *c0 = NULL, *c1 = NULL;
+    LFT_CHECK(lf_tp_local_group_create(2, &group) == LF_OK && lf_tp_local_comm(group, ctx, 0, &c0) == LF_OK &&
+              lf_tp_local_comm(group, ctx, 1, &c1) == LF_OK);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, c0, set, l.layout, &l.vx, &l.vw, NULL, ids, 0.0f, &v0), LF_OK);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, c1, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, l.scale, 0.0f, &v1),
+                     LF_OK);
+    LFT_CHECK(lf_tp_local_group_finish(group) == LF_OK);
+    const int32_t starts[2] = {0, M}, seg_ids[1] = {0};
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward_segments(ctx, c0, set, l.layout, &l.vx, &l.vw, NULL, starts, seg_ids, 1,
+                                                     0.0f, &v0),
+                     LF_OK);
+    LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, c1, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, l.scale, 0.0f, &v1),
+                     LF_OK);
+    LFT_CHECK(lf_tp_local_group_finish(group) == LF_ERR_INVALID_VALUE);
+
+    /* ids [M] starting M/2 ids before y: chunk 0's ids lie outside y, chunk 1's in y's first rows,
+     * which chunk 0 writes. Each chunk alone would pass the op's own check. */
+    const size_t before = (M / 2) * sizeof(int32_t), ybytes = (size_t)(M * N) * sizeof(float);
+    unsigned char *buf = calloc(1, before + ybytes), *snapshot = malloc(before + ybytes);
+    LFT_CHECK(buf && snapshot);
+    if (buf && snapshot) {
+        memcpy(snapshot, buf, before + ybytes);
+        lf_matrix vy = lf_matrix_make(LF_F32, buf + before, M, N);
+        LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, c0, set, l.layout, &l.vx, &l.vw, NULL, (const int32_t *)buf,
+                                                      0.0f, &vy),
+                         LF_ERR_ALIASING);
+        LFT_CHECK(memcmp(buf, snapshot, before + ybytes) == 0); /* nothing written */
+        LFT_CHECK(lf_tp_local_group_finish(group) == LF_OK);   /* nothing queued */
+    }
+    free(buf), free(snapshot), free(y0), free(y1);
+    lf_tp_local_group_destroy(group);
+    lf_adapter_set_destroy(set);
+    layer_free(&l);
+    lft_end();
+}
+
 #ifdef LF_HAVE_NCCL
 /* One GPU: the row-parallel layer through NCCL with world size 1 (the full path: shard, chunks,
  * the all-reduce on the second stream, the join), against the reference, twice for determinism. */
@@ -428,6 +483,7 @@ int main(void)
         return 1;
     }
     cpu_cases(ctx);
+    multi_chunk_cases(ctx);
     lf_context_destroy(ctx);
 #ifdef LF_HAVE_NCCL
     nccl_world1();
