@@ -445,27 +445,33 @@ void lft_problem_reference(lft_problem *p)
     if (!p->exact || !p->mag || m == 0)
         return;
     lf_lora_problem q;
-    memset(&q, 0, sizeof q);
-    q.layout = p->c.layout;
-    q.dtype = p->c.dtype;
-    q.m = m;
-    q.k = p->c.k;
-    q.n = n;
-    q.rank = p->c.rank;
-    q.x = lft_mat_host(&p->x);
-    q.ldx = p->x.stride;
-    q.w = p->c.has_w ? lft_mat_host(&p->w) : NULL;
-    q.ldw = p->c.has_w ? p->w.stride : 0;
-    q.bias = p->c.has_bias ? lft_mat_host(&p->bias) : NULL;
-    q.a = lft_mat_host(&p->a);
-    q.lda = p->a.stride;
-    q.b = lft_mat_host(&p->b);
-    q.ldb = p->b.stride;
-    q.scale = p->c.scale;
-    q.beta = p->c.beta;
-    q.y = lft_mat_host(&p->y); /* the values y held before the call */
-    q.ldy = p->y.stride;
+    lft_problem_lora(p, 0, &q); /* y: the values it held before the call */
     lf_ref_lora_forward_f64(&q, p->exact, p->mag);
+}
+
+void lft_problem_lora(const lft_problem *p, int on_backend, lf_lora_problem *q)
+{
+    void *(*at)(const lft_mat *) = on_backend ? lft_mat_dev : lft_mat_host;
+    memset(q, 0, sizeof *q);
+    q->layout = p->c.layout;
+    q->dtype = p->c.dtype;
+    q->m = p->c.m;
+    q->k = p->c.k;
+    q->n = p->c.n;
+    q->rank = p->c.rank;
+    q->x = at(&p->x);
+    q->ldx = p->x.stride;
+    q->w = p->c.has_w ? at(&p->w) : NULL;
+    q->ldw = p->c.has_w ? p->w.stride : 0;
+    q->bias = p->c.has_bias ? at(&p->bias) : NULL;
+    q->a = at(&p->a);
+    q->lda = p->a.stride;
+    q->b = at(&p->b);
+    q->ldb = p->b.stride;
+    q->scale = p->c.scale;
+    q->beta = p->c.beta;
+    q->y = at(&p->y);
+    q->ldy = p->y.stride;
 }
 
 int lft_problem_check(lft_problem *p, double *max_abs_err, unsigned char **y_bits)

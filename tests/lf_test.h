@@ -158,6 +158,8 @@ lf_status lft_problem_init(lft_problem *p, lf_context *ctx, const lft_case *c);
 void lft_problem_free(lft_problem *p);
 /* Re-uploads y's image (poisoned again, exactly as after init), e.g. before a second run. */
 lf_status lft_problem_reset_y(lft_problem *p);
+/* p as an lf_lora_problem: pointers into the backend's memory (on_backend) or into the host images. */
+void lft_problem_lora(const lft_problem *p, int on_backend, lf_lora_problem *q);
 /* Calls lf_lora_forward on the backend views. */
 lf_status lft_problem_run(lft_problem *p);
 /* Fills p->exact and p->mag from the reference on the host images; each element of y is then

@@ -6,12 +6,20 @@
  * Every case: random inputs (never zero, B included), y poisoned with NaN when beta = 0, NaN in every
  * stride gap, canaries around every buffer, every element within the derived tolerance
  * (lft_tolerance), inputs unchanged. LF_TEST_SEED=<n> reruns with other random values.
+ *
+ * Then the shapes the CUDA plan sends to the Hopper kernel (lora_hopper.cu): each case asks the plan
+ * which implementation it chose and is reported as skipped, with the reason, where that is not the
+ * Hopper kernel; one of them also runs as a captured CUDA graph replayed with new inputs.
  */
 #include "lf_test.h"
+#include "cuda/heuristics.h" /* LF_CUDA_HOPPER: the plan's implementation ids */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef LF_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 typedef struct shape {
     int64_t m, k, n, rank;
@@ -33,6 +41,7 @@ static const shape sweep_shapes[] = {
     {16, 64, 128, 16, 0, 0},   /* aligned and dense: the SIMD path's comfortable case */
     {65, 96, 33, 8, 1, 1},     /* strided and misaligned together */
     {5, 33, 19, 1024, 1, 0},   /* the largest rank */
+    {5, 72, 4360, 16, 0, 0},   /* few tokens on wide W: CUDA decode with two blocks per SM, K tail */
 };
 #define N_SHAPES (sizeof sweep_shapes / sizeof sweep_shapes[0])
 
@@ -151,11 +160,162 @@ static void threads(lf_context *ctx, void *arg)
     LFT_CHECK_STATUS(ctx, lf_context_set_threads(ctx, 0), LF_OK);
 }
 
+/* ---- the Hopper kernel ---------------------------------------------------------------------- */
+
+/* Shapes with tiles enough to take the Hopper path on an H100 (heuristics.h: lf_cuda_hopper_fits):
+ * M, N and K past whole tiles (128, 256, 64) where noted, both T widths (16: r ≤ 16; 64: r ≤ 64),
+ * bf16 and f16, bias on and off, beta 0, 1 and 0.5. Dense operands: K, N and r are multiples of 8
+ * (16-byte rows, the copy engine's rule). */
+typedef struct hopper_shape {
+    shape s;
+    int dt, has_bias, be; /* indices into dtypes, betas */
+} hopper_shape;
+static const hopper_shape hopper_shapes[] = {
+    {{1100, 1032, 2824, 16, 0, 0}, 2, 1, 0}, /* bf16, every tail: M 76, K 8, N 8 past whole tiles */
+    {{1100, 72, 4104, 8, 0, 0}, 1, 0, 1},    /* f16, short K (one whole stage and a tail), r 8 */
+    {{1030, 136, 3080, 40, 0, 0}, 2, 1, 2},  /* bf16, r 40: T 64 wide, 3 of 4 k16 steps per LoRA stage */
+    {{1100, 264, 2824, 64, 0, 0}, 1, 1, 0},  /* f16, r 64 */
+    {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2},  /* bf16, whole tiles everywhere */
+};
+#define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
+
+static lft_case hopper_case(const hopper_shape *h, uint64_t index)
+{
+    return make_case(&h->s, h->dt, 0, 1, h->has_bias, h->be, index);
+}
+
+/* The implementation the context's plan chose for p (building the plan if needed), -1 on error. */
+static int planned_impl(lft_problem *p)
+{
+    lf_lora_problem q;
+    lft_problem_lora(p, 1, &q);
+    const lf_plan *plan;
+    return lf_plan_get(p->ctx, &q, &plan) == LF_OK ? plan->impl : -1;
+}
+
+#define HOPPER_NOT_TAKEN "the plan did not choose the Hopper kernel (it needs compute capability 9.0 and sm_90a code)"
+
+/* Every element against the reference, and a second run bitwise equal to the first. */
+static void hopper_case_run(lf_context *ctx, const lft_case *c)
+{
+    char name[256], what[320];
+    snprintf(what, sizeof what, "test_ops hopper %s", lft_case_name(c, name, sizeof name));
+    lft_problem p;
+    if (lft_problem_init(&p, ctx, c) != LF_OK) {
+        lft_begin("%s: setup", what);
+        LFT_CHECK(0);
+        lft_end();
+        return;
+    }
+    if (planned_impl(&p) != LF_CUDA_HOPPER) {
+        lft_skip(what, "cuda", HOPPER_NOT_TAKEN, 1);
+        lft_problem_free(&p);
+        return;
+    }
+    lft_begin("%s", what);
+    lft_set_seed(c->seed);
+    unsigned char *first = NULL, *second = NULL;
+    lft_problem_reference(&p);
+    if (LFT_CHECK_STATUS(ctx, lft_problem_run(&p), LF_OK))
+        lft_problem_check(&p, NULL, &first);
+    if (LFT_CHECK(lft_problem_reset_y(&p) == LF_OK) && LFT_CHECK_STATUS(ctx, lft_problem_run(&p), LF_OK))
+        lft_problem_check(&p, NULL, &second);
+    if (first && second)
+        LFT_CHECKF(memcmp(first, second, p.y.total) == 0, "two runs on the same inputs gave different bits");
+    free(first);
+    free(second);
+    lft_problem_free(&p);
+    lft_end();
+}
+
+#ifdef LF_TEST_CUDA
+#define CUDA_OK(call) LFT_CHECKF((call) == cudaSuccess, "%s failed", #call)
+/* One call captured into a graph, replayed twice with new x in between: each replay must compute
+ * with its own x (a kernel whose per-call state came from the host at capture would reuse the
+ * first replay's T in the second). */
+static void hopper_graph(lf_context *ctx, const lft_case *c)
+{
+    char name[256], what[320];
+    snprintf(what, sizeof what, "test_ops hopper graph replay %s", lft_case_name(c, name, sizeof name));
+    cudaStream_t s = NULL;
+    lft_problem p;
+    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess || lft_problem_init(&p, ctx, c) != LF_OK) {
+        lft_begin("%s: setup", what);
+        LFT_CHECK(0);
+        lft_end();
+        if (s)
+            cudaStreamDestroy(s);
+        return;
+    }
+    if (planned_impl(&p) != LF_CUDA_HOPPER) {
+        lft_skip(what, "cuda", HOPPER_NOT_TAKEN, 1);
+        lft_problem_free(&p);
+        cudaStreamDestroy(s);
+        return;
+    }
+    lft_begin("%s", what);
+    lft_set_seed(c->seed);
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    if (LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, s), LF_OK) &&
+        CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal))) {
+        const lf_status st = lft_problem_run(&p);
+        const int captured = CUDA_OK(cudaStreamEndCapture(s, &graph));
+        if (LFT_CHECK_STATUS(ctx, st, LF_OK) && captured && CUDA_OK(cudaGraphInstantiate(&exec, graph, 0))) {
+            lft_rng rng;
+            lft_rng_seed(&rng, c->seed ^ 0x5bd1e995u);
+            for (int replay = 0; replay < 2 && !lft_case_failed(); replay++) {
+                if (replay) { /* new x: same shape, other values */
+                    lft_mat_fill_random(&p.x, &rng);
+                    LFT_CHECK(lft_mat_upload(&p.x) == LF_OK);
+                }
+                lft_problem_reference(&p);
+                if (LFT_CHECK(lft_problem_reset_y(&p) == LF_OK) && CUDA_OK(cudaGraphLaunch(exec, s)) &&
+                    CUDA_OK(cudaStreamSynchronize(s)))
+                    lft_problem_check(&p, NULL, NULL);
+            }
+        }
+    }
+    if (exec)
+        cudaGraphExecDestroy(exec);
+    if (graph)
+        cudaGraphDestroy(graph);
+    LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, NULL), LF_OK);
+    lft_problem_free(&p);
+    cudaStreamDestroy(s);
+    lft_end();
+}
+#endif
+
+static void hopper(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
+        lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
+                 (int)N_HOPPER + 1);
+        return;
+    }
+    uint64_t index = 300000;
+    for (size_t i = 0; i < N_HOPPER; i++) {
+        const lft_case c = hopper_case(&hopper_shapes[i], index++);
+        hopper_case_run(ctx, &c);
+    }
+    const lft_case g = hopper_case(&hopper_shapes[0], index++);
+#ifdef LF_TEST_CUDA
+    hopper_graph(ctx, &g);
+#else
+    char name[256];
+    lft_skip(lft_case_name(&g, name, sizeof name), "cuda", "test_ops was built without the CUDA runtime: no graph "
+             "capture", 1);
+#endif
+}
+
 int main(void)
 {
     printf("test_ops: base seed LF_TEST_SEED=0x%016llx\n", (unsigned long long)lft_base_seed());
     lft_for_each_backend("test_ops sweep", (int)(N_SHAPES * CASES_PER_SHAPE), sweep, NULL);
     lft_for_each_backend("test_ops determinism", 3 * 3 * 3 * 2, determinism, NULL);
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
+    lft_for_each_backend("test_ops hopper", (int)N_HOPPER + 1, hopper, NULL);
     return lft_summary("test_ops");
 }

@@ -24,11 +24,12 @@
  *                the K loop it splits s·T into bf16 hi + lo and runs the LoRA slab (B alone) with A
  *                from registers: the accumulator fragment of T is the A fragment of m64k16 as is.
  *                Every column tile recomputes T for its rows: + r/256 of the MMA work.
- *   v8 Tworkers  v3 without the pre-pass, T computed once per row block inside the same launch: the
- *                grid is 128 tile CTAs + 4 T workers (the SMs that 128-tile rounds leave idle). A
- *                worker streams x's row block and A through its ring (m64n16/n64 wgmma), stores s·T as
- *                bf16 [hi | lo] to t2 and publishes t_ready[mb] = epoch (release); a tile's producer
- *                acquires it before its LoRA slab, which is v3's, 2r wide: [T_hi | T_lo]·[B | B]ᵀ.
+ *   v8 lib       the library's kernel (src/cuda/lora_hopper.cu through lf_hopper_launch; it began
+ *                here): v3 without the pre-pass, T computed once per row block inside the same
+ *                launch by the first CTAs of the grid (T workers), which store s·T as 16-bit
+ *                [hi | lo] and raise a ready flag per row block (release); a tile's producer
+ *                acquires it before its LoRA slab. Flags carry a generation kept on the device, so
+ *                a replayed CUDA graph stays correct; B is read as is (no [B | B] copy).
  * The LoRA term is one more K slab: T = s·x·Aᵀ (bf16, a pre-pass here: one strided-batched cuBLAS
  * call over 16 K slices into fp32 partials, then an ordered reduction that scales and rounds) and
  * B are read by the same TMA ring after the K loop of each tile (the last K steps read T and B
@@ -44,6 +45,10 @@
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 
+#include "lab_check.h"
+#include "cuda/hopper_ptx.cuh"   /* the PTX wrappers, shared with the library */
+#include "cuda/lora_hopper.cuh"  /* v8: the library's kernel (src/cuda/lora_hopper.cu) */
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,14 +56,6 @@
 #include <string.h>
 #include <time.h>
 
-#define CK(call)                                                                                     \
-    do {                                                                                             \
-        cudaError_t e_ = (call);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                                 \
-        }                                                                                            \
-    } while (0)
 #define CKB(call)                                                                                    \
     do {                                                                                             \
         cublasStatus_t s_ = (call);                                                                  \
@@ -69,6 +66,7 @@
     } while (0)
 
 typedef __nv_bfloat16 bf16;
+using namespace lf_hopper;
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Tile configuration                                                                              */
@@ -100,201 +98,24 @@ typedef struct {
     bf16 *y;
     long long ldy;
     float beta;
-    float scale; /* s: applied to T in the kernel when it computes T (v7, v8) */
-    /* v8: CTAs [tile_ctas, gridDim.x) compute s·T = [hi | lo] (bf16, [M][2r]) into t2 row block by
-     * row block and publish each with t_ready[mb] = epoch; the tile CTAs wait for it before their
-     * LoRA slab, which reads t2 against B2 = [B | B] */
-    int tile_ctas;
-    bf16 *t2;
-    unsigned *t_ready;
-    unsigned epoch;
+    float scale; /* s: applied to T in the kernel when it computes T (v7) */
     int y_pairs; /* y and ldy allow 4-byte bf16x2 stores */
 } gemm_params;
 
 /* ---------------------------------------------------------------------------------------------- */
-/* PTX wrappers (sm_90a)                                                                           */
+/* PTX wrappers (sm_90a): the library's (src/cuda/hopper_ptx.cuh), plus what only v4–v7 use         */
 
-static __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-static __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-/* One arrival that also announces `bytes` of TMA transactions for the current phase. */
-static __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes)
-{
-    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(bar),
-                 "r"(bytes)
-                 : "memory");
-}
-static __device__ __forceinline__ void mbar_arrive(uint32_t bar)
-{
-    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared::cta.b64 st, [%0];\n\t}" ::"r"(bar) : "memory");
-}
-/* Waits until the phase of parity `parity` has completed (a fresh barrier counts the phase before
- * its first, parity 1, as complete: the producer's first pass over the ring does not block). */
-static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
-{
-    uint32_t done;
-    do {
-        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-                     "selp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-
-/* 2-D tile copy global → shared; completes `bar`'s transaction count. c0 is the inner coordinate. */
-static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, uint32_t bar, int c0, int c1)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
-/* Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle:
- * rows of 128 bytes, 8-row atoms of 1024 bytes (stride byte offset), leading offset unused for
- * this mode (1 by convention), swizzle mode 1 = 128B in bits 62–63. Stepping K by 16 elements
- * inside the atom is +32 bytes on the start address (the hardware applies the XOR pattern). */
-template <int kBK> static __device__ __forceinline__ uint64_t smem_desc(uint32_t saddr)
-{
-    /* rows of 2·kBK bytes, 8-row atoms; swizzle mode 1 = 128B, 2 = 64B */
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(8 * 2 * kBK >> 4) << 32) |
-           ((uint64_t)(kBK == 64 ? 1 : 2) << 62);
-}
-
-static __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-static __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> static __device__ __forceinline__ void wgmma_wait()
-{
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-/* Ties the accumulator registers to a volatile point, so the compiler neither reads them before
- * the wgmma that writes them has been waited for nor moves writes across it. */
-template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d)
-{
-#pragma unroll
-    for (int i = 0; i < N; i++)
-        asm volatile("" : "+f"(d[i])::"memory");
-}
-
-/* The accumulator fragment of an m64nN wgmma as asm operands: "{%0, …, %(N/2-1)}" and the N/2 "+f"
- * bindings of d[] (fp32: N/2 registers per thread). */
-#define WGMMA_D8_STR \
-    "{%0, %1, %2, %3, %4, %5, %6, %7}"
-#define WGMMA_BIND8(o) \
-    "+f"(d[(o) + 0]), "+f"(d[(o) + 1]), "+f"(d[(o) + 2]), "+f"(d[(o) + 3]), "+f"(d[(o) + 4]), "+f"(d[(o) + 5]), \
-        "+f"(d[(o) + 6]), "+f"(d[(o) + 7])
-#define WGMMA_BIND32(o) WGMMA_BIND8(o), WGMMA_BIND8((o) + 8), WGMMA_BIND8((o) + 16), WGMMA_BIND8((o) + 24)
-#define WGMMA_D8_BIND WGMMA_BIND8(0)
-#define WGMMA_D32_STR \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define WGMMA_D32_BIND WGMMA_BIND32(0)
-#define WGMMA_D128_STR \
-    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
-    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
-    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
-    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
-    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
-#define WGMMA_D128_BIND WGMMA_BIND32(0), WGMMA_BIND32(32), WGMMA_BIND32(64), WGMMA_BIND32(96)
-
-/* d[64×256] += A[64×16] · B[256×16]ᵀ, both K-major in shared memory, bf16 in, fp32 accumulate. */
-static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
-{
-    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WGMMA_D128_STR ", %128, %129, 1, 1, 1, 0, 0;"
-                 : WGMMA_D128_BIND
-                 : "l"(da), "l"(db));
-}
-/* The same with A from registers: the m64k16 bf16 fragment of this thread (4 × bf16x2: rows
- * 16w + lane/4 (+8), columns 2·(lane%4) (+1) (+8)), which is exactly the layout of an m64n16 fp32
- * accumulator converted pairwise: what T = x·Aᵀ leaves in registers feeds the LoRA step directly. */
+/* v7: d[64×256] += A[64×16] · B[256×16]ᵀ with A from registers: the m64k16 bf16 fragment of this
+ * thread (4 × bf16x2: rows 16w + lane/4 (+8), columns 2·(lane%4) (+1) (+8)), which is exactly the
+ * layout of an m64n16 fp32 accumulator converted pairwise: what T = x·Aᵀ leaves in registers feeds
+ * the LoRA step directly. */
 static __device__ __forceinline__ void wgmma_m64n256k16_rs(float *d, const uint32_t *a, uint64_t db)
 {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " WGMMA_D128_STR
+    asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LF_WGMMA_D128_STR
                  ", {%128, %129, %130, %131}, %132, 1, 1, 1, 0;"
-                 : WGMMA_D128_BIND
+                 : LF_WGMMA_D128_BIND
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
-/* T's accumulators: d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64. */
-template <int kN> static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uint64_t db)
-{
-    static_assert(kN == 16 || kN == 64, "T widths of this lab: 16, 64");
-    if constexpr (kN == 16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
-                     : WGMMA_D8_BIND
-                     : "l"(da), "l"(db));
-    else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WGMMA_D32_STR ", %32, %33, 1, 1, 1, 0, 0;"
-                     : WGMMA_D32_BIND
-                     : "l"(da), "l"(db));
-}
-
-/* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom). */
-template <int kBK, int steps> static __device__ __forceinline__ void wgmma_k16_steps(float *d, uint32_t a, uint32_t b)
-{
-#pragma unroll
-    for (int k = 0; k < steps; k++)
-        wgmma_m64n256k16(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
-}
-/* k16 (≤ kSteps) steps of one stage as straight-line runs: a branch between two wgmmas costs an
- * injected fence, so each count has its own run. */
-template <int kBK, int kSteps>
-static __device__ __forceinline__ void wgmma_stage(float *d, uint32_t a, uint32_t b, int k16)
-{
-    if (k16 >= kSteps)
-        wgmma_k16_steps<kBK, kSteps>(d, a, b);
-    else if constexpr (kSteps > 1)
-        wgmma_stage<kBK, kSteps - 1>(d, a, b, k16);
-}
-
-/* s·t (pairs of fp32 accumulators) as bf16x2 hi = rn(s·t) and lo = rn(s·t − hi): hi + lo carries 16
- * bits of s·t's mantissa. Pair i of an m64nN accumulator is register i of the m64k16 A fragments. */
-template <int kPairs>
-static __device__ __forceinline__ void split_hi_lo(const float *t, float s, uint32_t *hi, uint32_t *lo)
-{
-#pragma unroll
-    for (int i = 0; i < kPairs; i++) {
-        const float v0 = s * t[2 * i], v1 = s * t[2 * i + 1];
-        const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-        const __nv_bfloat162 l = __floats2bfloat162_rn(v0 - __low2float(h), v1 - __high2float(h));
-        hi[i] = *(const uint32_t *)&h;
-        lo[i] = *(const uint32_t *)&l;
-    }
-}
-
-/* v8's hand-over of T between CTAs of one launch. The writers store with the generic proxy, the
- * readers load it with TMA (the async proxy): a proxy fence on both sides of the release/acquire. */
-static __device__ __forceinline__ void publish_flag(unsigned *flag, unsigned value)
-{
-    asm volatile("fence.proxy.async.global;\n\tst.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
-}
-static __device__ __forceinline__ void wait_flag(const unsigned *flag, unsigned value)
-{
-    unsigned v;
-    for (;;) {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-        if (v == value)
-            break;
-        __nanosleep(100);
-    }
-    asm volatile("fence.proxy.async.global;" ::: "memory");
-}
-
-template <int R> static __device__ __forceinline__ void regs_dealloc()
-{
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
-}
-template <int R> static __device__ __forceinline__ void regs_alloc()
-{
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* The kernel                                                                                      */
 
@@ -340,15 +161,6 @@ template <int kCluster> static __device__ __forceinline__ void release_stage(uin
             mbar_arrive_cluster(empty_bar, q);
 }
 
-/* The next stage of the ring; the phase parity flips at each wrap. */
-template <int kStages> static __device__ __forceinline__ void ring_next(int &stage, uint32_t &phase)
-{
-    if (++stage == kStages) {
-        stage = 0;
-        phase ^= 1;
-    }
-}
-
 /* Work item t → (row-block group pm, column block nb) over ceil(tiles_m / cluster) row groups:
  * group_m row groups side by side walk the column blocks together, so the x row blocks and W
  * column blocks in flight at once stay in L2. */
@@ -366,22 +178,19 @@ static __device__ __forceinline__ void tile_coords(const gemm_params &p, int t, 
  * each loads its own x tile and one half of the W (or B) tile, multicast into both CTAs, so L2
  * serves 32 KB per stage and CTA instead of 48. A stage is refilled only when the consumers of
  * both CTAs released it (they arrive on the empty barriers of both). */
-template <bool kWaitOne, int kCluster, int kBK, int kInT = 0, bool kTWorkers = false>
+template <bool kWaitOne, int kCluster, int kBK, int kInT = 0>
 __global__ void __launch_bounds__(THREADS, 1)
     hopper_gemm_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                        const __grid_constant__ CUtensorMap tm_t, const __grid_constant__ CUtensorMap tm_b,
-                       const gemm_params p, const __grid_constant__ CUtensorMap tm_a)
+                       const gemm_params p)
 {
     constexpr int STAGES = RING_BYTES / ((BM + BN) * kBK * 2), A_BYTES = BM * kBK * 2, B_BYTES = BN * kBK * 2;
     constexpr int K16 = kBK / 16, ROW_BYTES = 2 * kBK;
     /* kInT > 0 (v7): the stages of the K loop also hold the tile of A (kInT rows, zero past r), and
      * the consumers accumulate T = x·Aᵀ for their rows beside the tile (tm_t is then A's map) */
     static_assert(kInT == 0 || (kBK == 64 && kCluster == 1), "T in the GEMM: 64-wide stages, no cluster");
-    /* kTWorkers (v8): T is computed by the last CTAs of the grid instead (tm_a: A's map); each
-     * tile reads it back as v3 reads the pre-pass's, from p.t2 once p.t_ready says it is there */
-    constexpr bool kTileT = kInT > 0 && !kTWorkers;
+    constexpr bool kTileT = kInT > 0;
     constexpr int T_BYTES = kTileT ? kInT * kBK * 2 : 0, STAGE_BYTES = A_BYTES + B_BYTES + T_BYTES;
-    const bool t_worker = kTWorkers && (int)blockIdx.x >= p.tile_ctas;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, ring_t = ring_b + STAGES * B_BYTES;
@@ -403,23 +212,11 @@ __global__ void __launch_bounds__(THREADS, 1)
     else
         __syncthreads();
     const int items = p.cluster_rows * p.tiles_n, steps = p.k_tiles + p.lora_tiles;
-    const int first_item = blockIdx.x / kCluster, item_stride = (kTWorkers ? p.tile_ctas : gridDim.x) / kCluster;
-    const int t_workers = gridDim.x - p.tile_ctas, t_first = blockIdx.x - p.tile_ctas; /* v8 */
+    const int first_item = blockIdx.x / kCluster, item_stride = gridDim.x / kCluster;
 
     if (wg == 0) { /* producer warpgroup: one thread issues every copy */
         regs_dealloc<PRODUCER_REGS>();
-        if (tid == 0 && t_worker) { /* v8 T worker: x's row block and A, over K */
-            int stage = 0;
-            uint32_t phase = 0;
-            for (int mb = t_first; mb < p.tiles_m; mb += t_workers)
-                for (int ks = 0; ks < p.k_tiles; ks++) {
-                    mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + kInT * kBK * 2);
-                    tma_load_2d(ring_a + stage * A_BYTES, &tm_x, FULL(stage), ks * kBK, mb * BM);
-                    tma_load_2d(ring_b + stage * B_BYTES, &tm_a, FULL(stage), ks * kBK, 0);
-                    ring_next<STAGES>(stage, phase);
-                }
-        } else if (tid == 0) {
+        if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
             for (int t = first_item; t < items; t += item_stride) {
@@ -433,8 +230,6 @@ __global__ void __launch_bounds__(THREADS, 1)
                     const int kc = (lora ? ks - p.k_tiles : ks) * kBK;
                     /* full boxes, OOB parts zero-filled; v7: the K stages add A's tile, and the LoRA
                      * slab is B alone (T is in the consumers' registers) */
-                    if (kTWorkers && ks == p.k_tiles) /* this row block's s·T is in t2 */
-                        wait_flag(p.t_ready + mb, p.epoch);
                     mbar_arrive_expect_tx(FULL(stage), kTileT && lora ? B_BYTES : STAGE_BYTES);
                     if (!(kTileT && lora))
                         tma_load_2d(a, lora ? &tm_t : &tm_x, FULL(stage), kc, mb * BM);
@@ -460,47 +255,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         uint32_t t_hi[kInT ? kInT / 4 : 1], t_lo[kInT ? kInT / 4 : 1];
         int stage = 0;
         uint32_t phase = 0;
-        for (int mb = t_first; t_worker && mb < p.tiles_m; mb += t_workers) { /* v8 T worker */
-#pragma unroll
-            for (int i = 0; i < (kInT ? kInT / 2 : 1); i++)
-                t_acc[i] = 0.0f;
-            int prev = -1;
-            for (int ks = 0; ks < p.k_tiles; ks++) {
-                mbar_wait(FULL(stage), phase);
-                const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, at = ring_b + stage * B_BYTES;
-                wgmma_fence();
-                if constexpr (kInT > 0)
-#pragma unroll
-                    for (int k = 0; k < K16; k++)
-                        wgmma_m64nXk16<kInT>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
-                wgmma_commit();
-                wgmma_wait<1>();
-                if (prev >= 0 && lane == 0)
-                    release_stage<kCluster>(EMPTY(prev));
-                prev = stage;
-                ring_next<STAGES>(stage, phase);
-            }
-            wgmma_wait<0>();
-            if (prev >= 0 && lane == 0)
-                release_stage<kCluster>(EMPTY(prev));
-            fence_acc<kInT ? kInT / 2 : 1>(t_acc);
-            split_hi_lo<kInT / 4>(t_acc, p.scale, t_hi, t_lo);
-            /* pair i of the fragment: row 16w + lane/4 + 8·(i%2), columns 8·(i/2) + 2·(lane%4) (+1) */
-            const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
-#pragma unroll
-            for (int i = 0; i < kInT / 4; i++) {
-                const int row = row0 + 8 * (i % 2), col = 8 * (i / 2) + 2 * (lane % 4);
-                if (row < p.m && col < p.r) {
-                    uint32_t *dst = (uint32_t *)(p.t2 + (long long)row * 2 * p.r + col);
-                    dst[0] = t_hi[i];
-                    dst[p.r / 2] = t_lo[i]; /* columns r + col */
-                }
-            }
-            asm volatile("fence.proxy.async.global;\n\tbar.sync 1, 256;" ::: "memory"); /* both consumers stored */
-            if (c == 0 && tid == 0)
-                publish_flag(p.t_ready + mb, p.epoch);
-        }
-        for (int t = first_item; !t_worker && t < items; t += item_stride) {
+        for (int t = first_item; t < items; t += item_stride) {
             int pm, nb;
             tile_coords(p, t, &pm, &nb);
             const int mb = pm * kCluster + rank;
@@ -526,8 +281,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     split_hi_lo<kInT / 4>(t_acc, p.scale, t_hi, t_lo);
                 }
                 /* K steps of 16 in this stage: 4, or what is left of the rank in a LoRA stage */
-                const int lora_k = kTWorkers ? 2 * p.r : p.r; /* v8's slab: [T_hi | T_lo]·[B | B]ᵀ */
-                const int k16 = !lora ? K16 : min(K16, (lora_k - (ks - p.k_tiles) * kBK + 15) / 16);
+                const int k16 = !lora ? K16 : min(K16, (p.r - (ks - p.k_tiles) * kBK + 15) / 16);
                 const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
                 wgmma_fence();
                 if constexpr (kTileT) {
@@ -685,12 +439,10 @@ typedef struct { /* device operands of one problem */
     struct {
         CUtensorMap x, w, t, b, w_half, b_half;
     } map[2];
-    CUtensorMap a_tile; /* v7, v8: A in boxes of int_width(r) rows (zero-filled past r) × 64 of K */
-    /* v8: s·T as [hi | lo] [M][2r], B twice [N][2r] (prepared once, as with the adapter), the
-     * per-row-block ready flags (epochs: never reset) and their maps for the LoRA slab */
-    bf16 *t2, *b2;
-    unsigned *t_ready;
-    CUtensorMap t2_map, b2_map;
+    CUtensorMap a_tile; /* v7: A in boxes of int_width(r) rows (zero-filled past r) × 64 of K */
+    /* v8 (the library's kernel): its workspace (s·T) and control words, zeroed once */
+    void *hopper_ws;
+    unsigned *hopper_ctl;
 } operands;
 
 /* v7's and v8's T width: the m64nN of T's wgmma, r rounded up to 16 or 64 (0: they do not take this r) */
@@ -735,14 +487,9 @@ static int operands_make(const problem *pb, operands *o)
             o->map[i].b_half = tensor_map(o->b, n, r, r, BN / 2, bk);
             if (i == 0 && int_width(pb->r)) {
                 o->a_tile = tensor_map(o->a, r, k, k, int_width(pb->r), bk);
-                CK(cudaMalloc(&o->t2, m * 2 * r * 2));
-                CK(cudaMalloc(&o->b2, n * 2 * r * 2));
-                CK(cudaMalloc(&o->t_ready, cdiv(m, BM) * sizeof(unsigned)));
-                CK(cudaMemset(o->t_ready, 0, cdiv(m, BM) * sizeof(unsigned)));
-                for (int half = 0; half < 2; half++)
-                    CK(cudaMemcpy2D(o->b2 + half * r, 2 * r * 2, o->b, r * 2, r * 2, n, cudaMemcpyDeviceToDevice));
-                o->t2_map = tensor_map(o->t2, m, 2 * r, 2 * r, BM, bk);
-                o->b2_map = tensor_map(o->b2, n, 2 * r, 2 * r, BN, bk);
+                CK(cudaMalloc(&o->hopper_ws, lf_hopper_workspace_bytes(pb->m, pb->r)));
+                CK(cudaMalloc(&o->hopper_ctl, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
+                CK(cudaMemset(o->hopper_ctl, 0, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
             }
         } else { /* unused: no LoRA steps */
             o->map[i].t = o->map[i].x;
@@ -762,19 +509,16 @@ static void operands_free(operands *o)
     cudaFree(o->b);
     cudaFree(o->t);
     cudaFree(o->t_part);
-    cudaFree(o->t2);
-    cudaFree(o->b2);
-    cudaFree(o->t_ready);
+    cudaFree(o->hopper_ws);
+    cudaFree(o->hopper_ctl);
 }
 
 enum { V_TILE, V_PERSIST, V_PERSIST_W1, V_CLUSTER2, V_BK32, V_CLUSTER2_BK32, V_IN_T, V_T_WORKERS, V_COUNT };
 static const char *vname[V_COUNT] = {"v1-tile",     "v2-persist",  "v3-persist-w1", "v4-cluster2",
-                                     "v5-bk32-8st", "v6-cl2-bk32", "v7-inT",        "v8-Tworkers"};
-static int t_worker_ctas = 4; /* v8: HOPPER_T_CTAS; 132 SMs − 4 = 128 divides every suite shape's tiles */
-static unsigned t_epoch = 0;  /* v8: one per launch, so flags need no reset */
+                                     "v5-bk32-8st", "v6-cl2-bk32", "v7-inT",        "v8-lib"};
 /* Versions this run validates and times: HOPPER_VERSIONS="2,3,7" (numbers as in vname), or all. */
 static int version_on[V_COUNT];
-/* v7 and v8 are v3 plus T in the kernel: they exist for 0 < r ≤ 64 only. */
+/* v7 and v8 compute T in the kernel: they exist for 0 < r ≤ 64 only. */
 static int version_takes(int v, const problem *pb)
 {
     return version_on[v] && (v < V_IN_T || int_width(pb->r));
@@ -834,7 +578,29 @@ static cudaLaunchConfig_t cluster2_config(int grid, cudaLaunchAttribute *attr)
  * persistent grid (validation: several tiles per CTA, the ring's phases carried across tiles). */
 static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
 {
-    const int in_t = v >= V_IN_T ? int_width(pb->r) : 0; /* v7, v8 where they apply, else v3 */
+    if (v == V_T_WORKERS && int_width(pb->r)) { /* the library's kernel, on its own grid (max_ctas caps it) */
+        lf_lora_problem h;
+        memset(&h, 0, sizeof h);
+        h.layout = LF_LAYOUT_PEFT;
+        h.dtype = LF_BF16;
+        h.m = pb->m;
+        h.k = h.ldx = h.ldw = h.lda = pb->k;
+        h.n = pb->n;
+        h.rank = h.ldb = pb->r;
+        h.x = o->x;
+        h.w = o->w;
+        h.bias = pb->has_bias ? o->bias : NULL;
+        h.a = o->a;
+        h.b = o->b;
+        h.scale = pb->scale;
+        h.beta = pb->beta;
+        h.y = o->y;
+        h.ldy = pb->ldy;
+        CK(lf_hopper_launch(&h, o->hopper_ws, o->hopper_ctl, max_ctas > 0 && max_ctas < sm_count ? max_ctas : sm_count,
+                            0));
+        return;
+    }
+    const int in_t = v >= V_IN_T ? int_width(pb->r) : 0; /* v7 where it applies, else v3 */
     if (v >= V_IN_T && !in_t)
         v = V_PERSIST_W1;
     if (pb->r && !in_t)
@@ -867,41 +633,23 @@ static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
         grid = max_ctas / cluster;
     grid *= cluster;
     const auto &mp = o->map[bk32];
-    if (v == V_T_WORKERS) { /* the last CTAs of the grid compute T; the LoRA slab is 2r wide */
-        const int workers = t_worker_ctas < p.tiles_m ? t_worker_ctas : p.tiles_m;
-        const int cap = max_ctas > 0 && max_ctas < sm_count ? max_ctas : sm_count;
-        p.tile_ctas = items < cap - workers ? items : cap - workers > 1 ? cap - workers : 1;
-        grid = p.tile_ctas + workers;
-        p.lora_tiles = cdiv(2 * pb->r, bk);
-        p.t2 = o->t2;
-        p.t_ready = o->t_ready;
-        p.epoch = ++t_epoch;
-        if (in_t == 16)
-            hopper_gemm_kernel<true, 1, 64, 16, true>
-                <<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, o->t2_map, o->b2_map, p, o->a_tile);
-        else
-            hopper_gemm_kernel<true, 1, 64, 64, true>
-                <<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, o->t2_map, o->b2_map, p, o->a_tile);
-        CK(cudaGetLastError());
-        return;
-    }
     if (cluster == 2) {
         cudaLaunchAttribute attr;
         const cudaLaunchConfig_t cfg = cluster2_config(grid, &attr);
         if (bk32)
-            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 32>, mp.x, mp.w_half, mp.t, mp.b_half, p, mp.x));
+            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 32>, mp.x, mp.w_half, mp.t, mp.b_half, p));
         else
-            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 64>, mp.x, mp.w_half, mp.t, mp.b_half, p, mp.x));
+            CK(cudaLaunchKernelEx(&cfg, hopper_gemm_kernel<true, 2, 64>, mp.x, mp.w_half, mp.t, mp.b_half, p));
     } else if (in_t == 16)
-        hopper_gemm_kernel<true, 1, 64, 16><<<grid, THREADS, SMEM_BYTES_INT16>>>(mp.x, mp.w, o->a_tile, mp.b, p, mp.x);
+        hopper_gemm_kernel<true, 1, 64, 16><<<grid, THREADS, SMEM_BYTES_INT16>>>(mp.x, mp.w, o->a_tile, mp.b, p);
     else if (in_t == 64)
-        hopper_gemm_kernel<true, 1, 64, 64><<<grid, THREADS, SMEM_BYTES_INT64>>>(mp.x, mp.w, o->a_tile, mp.b, p, mp.x);
+        hopper_gemm_kernel<true, 1, 64, 64><<<grid, THREADS, SMEM_BYTES_INT64>>>(mp.x, mp.w, o->a_tile, mp.b, p);
     else if (v == V_BK32)
-        hopper_gemm_kernel<true, 1, 32><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
+        hopper_gemm_kernel<true, 1, 32><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
     else if (v == V_PERSIST_W1)
-        hopper_gemm_kernel<true, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
+        hopper_gemm_kernel<true, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
     else
-        hopper_gemm_kernel<false, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p, mp.x);
+        hopper_gemm_kernel<false, 1, 64><<<grid, THREADS, SMEM_BYTES>>>(mp.x, mp.w, mp.t, mp.b, p);
     CK(cudaGetLastError());
 }
 
@@ -1351,12 +1099,10 @@ int main(int argc, char **argv)
                             SMEM_BYTES_INT16));
     CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             SMEM_BYTES_INT64));
-    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 16, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            SMEM_BYTES));
-    CK(cudaFuncSetAttribute(hopper_gemm_kernel<true, 1, 64, 64, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            SMEM_BYTES));
-    if (getenv("HOPPER_T_CTAS"))
-        t_worker_ctas = atoi(getenv("HOPPER_T_CTAS")) > 0 ? atoi(getenv("HOPPER_T_CTAS")) : 1;
+    if (!lf_hopper_setup()) {
+        fprintf(stderr, "the library's Hopper kernel cannot run here (lf_hopper_setup)\n");
+        return 1;
+    }
     {
         cudaLaunchAttribute attr;
         const cudaLaunchConfig_t cfg = cluster2_config(sm_count, &attr);
@@ -1412,6 +1158,13 @@ int main(int argc, char **argv)
     bench("m4096_mlp", 4096, 14336, 4096, 0);
     bench("m8192", 8192, 4096, 4096, 0);
     bench("sq8192", 8192, 8192, 8192, 0);
+    /* where the library's plan switches to v8 (heuristics.h: lf_cuda_hopper_fits): few tokens */
+    bench("m128_r16", 128, 4096, 4096, 16);
+    bench("m256_r16", 256, 4096, 4096, 16);
+    bench("m512_r16", 512, 4096, 4096, 16);
+    bench("m768_r16", 768, 4096, 4096, 16);
+    bench("m256mlp_r16", 256, 14336, 4096, 16);
+    bench("m512mlp_r16", 512, 14336, 4096, 16);
     bench("m1024_r16", 1024, 4096, 4096, 16);
     bench("m1024_r64", 1024, 4096, 4096, 64);
     bench("sq4096_r16", 4096, 4096, 4096, 16);

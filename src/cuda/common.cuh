@@ -23,6 +23,8 @@ typedef struct lf_cuda_state {
     int sm_count;
     int cc_major;  /* 9 and up: programmatic dependent launch */
     int decode_ok; /* the decode kernel's shared memory fits this device (not on sm_86/89) */
+    int hopper_ok; /* lora_hopper.cu's kernel runs on this device and hopper_ctl is ready */
+    unsigned *hopper_ctl; /* its control words: the tail of cublas_ws, which cuBLAS is not given */
 } lf_cuda_state;
 
 static inline lf_cuda_state *lf_cuda_state_of(lf_context *ctx) { return (lf_cuda_state *)ctx->backend_state; }
@@ -98,7 +100,8 @@ lf_status lf_cuda_gemm_xwt_ksplit(lf_context *ctx, cudaDataType_t in_type, int w
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan);
 lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lora_problem *p);
 /* Raises the shared-memory limits of the kernels that need more than 48 KB; once per context, at
- * init, so that no call (possibly under graph capture) has to. Sets state->decode_ok. */
+ * init, so that no call (possibly under graph capture) has to. Sets state->decode_ok, and
+ * state->hopper_ok with the Hopper kernel's control words. */
 void lf_cuda_lora_fwd_setup(lf_cuda_state *state);
 
 static inline cudaDataType_t lf_cuda_data_type(lf_dtype d)

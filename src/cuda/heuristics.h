@@ -18,7 +18,8 @@ enum {
     LF_CUDA_DECODE = 3,      /* layer, small M: T in K-slices, then a W-streaming tensor-core GEMV (PDL) */
     LF_CUDA_GEMM = 4,        /* layer: cuBLAS T and base GEMM (fp32), then one epilogue kernel */
     LF_CUDA_DELTA_SMALL = 5, /* delta, short K and small rank: one launch, one memory round trip */
-    LF_CUDA_DELTA_TSPLIT = 6 /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
+    LF_CUDA_DELTA_TSPLIT = 6, /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
+    LF_CUDA_HOPPER = 7        /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -143,10 +144,22 @@ static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t
 /* Decode: K-slices of T (lora_tpart_kernel): 512 elements, two 16-byte vectors per lane. */
 static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
 
-/* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for 9..16 tokens, whose
- * blocks fit twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs
- * against 20–25 with one); one otherwise (M=1: 18.9–19.1 with one, 19.9–20.2 with two). */
-static inline int lf_cuda_decode_per_sm(int64_t m) { return m > 8 && m <= 16 ? 2 : 1; }
+/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {1, 2, 4, 8}.
+ * M ≤ 8 takes NT 2 (the unused columns are clamped copies of token 0) when W has more 32-row
+ * tiles than there are SMs: NT 2 runs two blocks per SM, and with one, each SM streams several
+ * tiles in turn, its epilogues in the gaps (bf16 M=1 4096 → 14336 r16: 63.2 µs against 50.3 at
+ * M=16 with NT 2; bench --tp, 2026-11-25). */
+static inline int lf_cuda_decode_nt(int64_t m, int64_t n, int sm_count)
+{
+    if (m <= 8)
+        return (n + 31) / 32 > sm_count ? 2 : 1;
+    return m <= 16 ? 2 : m <= 32 ? 4 : 8;
+}
+
+/* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT 2, whose blocks fit
+ * twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs against
+ * 20–25 with one); one otherwise (M=1 4096²: 18.9–19.1 with one, 19.9–20.2 with two). */
+static inline int lf_cuda_decode_per_sm(int nt) { return nt == 2 ? 2 : 1; }
 
 /* Decode grid: persistent, at most `slots` blocks (per-SM blocks × SMs), each looping over its
  * 16·RT-row tiles. */
@@ -160,9 +173,9 @@ static inline int64_t lf_cuda_decode_grid(int64_t n, int rt, int slots)
  * tiles; take the RT that gives it the fewest rows. On a tie: with two blocks per SM, RT 1 (two
  * streams on every SM; M=16: 4096² 17.6 µs against 22.4, 14336 56.6 against 60.9), with one, RT 2
  * (x re-read from L2 once per tile, half as often; M=1 4096²: 18.9 against 21.5). */
-static inline int lf_cuda_decode_rt(int64_t m, int64_t n, int sm_count)
+static inline int lf_cuda_decode_rt(int nt, int64_t n, int sm_count)
 {
-    const int per_sm = lf_cuda_decode_per_sm(m), slots = per_sm * sm_count;
+    const int per_sm = lf_cuda_decode_per_sm(nt), slots = per_sm * sm_count;
     int64_t t1 = (n + 15) / 16, t2 = (n + 31) / 32;
     int64_t busiest1 = (t1 + slots - 1) / slots * 16, busiest2 = (t2 + slots - 1) / slots * 32;
     return busiest1 < busiest2 || (busiest1 == busiest2 && per_sm == 2) ? 1 : 2;
@@ -195,6 +208,30 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
         if (s * m <= 2048 && k % s == 0 && (k / s) % 32 == 0 && k / s >= 256)
             return s;
     return 1;
+}
+
+/* Hopper layer kernel (lora_hopper.cu): 128×256 tiles on a persistent grid. Its limits: PEFT layout
+ * (the wgmma descriptors read W's rows K-major; the KN layout keeps the GEMM path), 16-bit dtypes,
+ * 16-byte aligned operands and strides (the copy engine's rule; with dense PEFT operands, K and r
+ * multiples of 8), r ≤ 64 (T's width in the workers), M ≤ 2^20 (its row-block flags). */
+#define LF_CUDA_HOPPER_MAX_RANK 64
+#define LF_CUDA_HOPPER_MAX_M (1 << 20)
+/* Where it wins: a 128×256 tile costs one SM its whole K loop, so with few tiles the kernel takes as
+ * long as a full round (~50 µs at K = 4096) while the GEMM path's cuBLAS spreads any M over every
+ * SM. It needs tiles for at least ¾ of the SMs it gives to tiles (the SMs less its 4 T workers).
+ * Measured on an H100 (132 SMs: ≥ 96 tiles), bf16, r 16, µs per call, GEMM path → Hopper kernel,
+ * both in one run (dev/cuda/NOTES.md, "Hopper path in the library"; the Hopper times at M ≤ 512,
+ * which the plan does not send there, are the lab's v8-lib). K = 4096, N = 4096: M = 128 (16
+ * tiles) 24.1 → 50–60, M = 256 (32) 29.0 → 50, M = 512 (64) 38.8 → 50: lose; M = 768 (96) 56.3 →
+ * 51.4, M = 1024 (128) 68.4 → 55.4: win. N = 14336, M = 256 (112 tiles): 75.7 → 61.4. Short K
+ * wins too: M = 1024, K = 1024: 35.0 → 24.8; M = 2048, K = 512: 53.4 → 33.1. */
+static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
+                                      int64_t r, int sm_count)
+{
+    const int64_t tiles = (m + 127) / 128 * ((n + 255) / 256);
+    return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
+           (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK && m <= LF_CUDA_HOPPER_MAX_M &&
+           4 * tiles >= 3 * (int64_t)(sm_count - 4);
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

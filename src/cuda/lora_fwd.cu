@@ -16,6 +16,8 @@
  *                       the 8-wide side), reduces the K-split inside the block in a fixed order, and
  *                       adds bias, beta·y and the LoRA term (T from lora_tpart_kernel, waited for
  *                       with PDL) before its one rounding.
+ *   Hopper path         lora_hopper.cu: the layer in one sm_90a launch (PEFT, 16-bit, r ≤ 64, enough
+ *                       tiles to fill the GPU); this file only plans and dispatches it.
  *   GEMM path           cuBLAS writes T = x·Aᵀ (K-slice partials, one strided-batched call) and
  *                       x·Wᵀ in fp32 (into the workspace for 16-bit dtypes, into y for f32), then
  *                       lora_epilogue_kernel adds s·T·Bᵀ, bias and beta·y and rounds once: one read
@@ -28,6 +30,7 @@
 #include "common.cuh"
 #include "heuristics.h"
 #include "launch.cuh"
+#include "lora_hopper.cuh"
 
 #include <limits.h>
 #include <type_traits>
@@ -613,10 +616,10 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_tpart_kernel(lora_args p
     }
 }
 
-/* Blocks per SM (lf_cuda_decode_per_sm): two for 9..16 tokens (NT 2: ≤ 128 registers and ≤ ~95 KB
- * of shared memory each), so that one block's reduction and epilogue, during which it requests no
- * W, overlap the other's stream; one otherwise. Depth of each warp's copy ring: as many 32-wide K steps (at most 8) as
- * 144 KB (one block per SM) or 80 KB (two) of shared memory hold. Each step is 2·RT chunks of W
+/* Blocks per SM (lf_cuda_decode_per_sm): two for NT 2 (≤ 128 registers and ≤ ~95 KB of shared
+ * memory each), so that one block's reduction and epilogue, during which it requests no W, overlap
+ * the other's stream; one otherwise. Depth of each warp's copy ring: as many 32-wide K steps (at
+ * most 8) as 144 KB (one block per SM) or 80 KB (two) of shared memory hold. Each step is 2·RT chunks of W
  * and NT chunks of x per lane (16 bytes each). */
 template <int NT, int RT> struct decode_shape {
     static constexpr int PER_SM = NT == 2 ? 2 : 1;
@@ -1076,11 +1079,30 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
     if (e != cudaSuccess)
         cudaGetLastError();
     state->decode_ok = e == cudaSuccess;
+    /* The Hopper kernel's control words must outlive every call and belong to no plan: the workspace
+     * is shared by all plans of the context, and any of them may overwrite it between two Hopper
+     * calls. They are carved off the end of the context's cuBLAS workspace (cuBLAS is bound to the
+     * rest: cublas_bind) and zeroed once here, so the first launch finds a consistent generation. */
+    static_assert(LF_CUDA_HOPPER_MAX_M == LF_HOPPER_MAX_M, "heuristics.h and lora_hopper.cuh agree on M");
+    const size_t ctl_bytes = (LF_HOPPER_CTL_WORDS * sizeof(unsigned) + 255) / 256 * 256;
+    state->hopper_ok = 0;
+    if (state->cublas_ws && state->cublas_ws_bytes >= 16 * ctl_bytes && lf_hopper_setup()) {
+        unsigned *ctl = (unsigned *)((char *)state->cublas_ws + state->cublas_ws_bytes - ctl_bytes);
+        if (cudaMemsetAsync(ctl, 0, ctl_bytes, state->own_stream) == cudaSuccess &&
+            cudaStreamSynchronize(state->own_stream) == cudaSuccess) {
+            state->cublas_ws_bytes -= ctl_bytes;
+            state->hopper_ctl = ctl;
+            state->hopper_ok = 1;
+        } else {
+            cudaGetLastError();
+        }
+    }
 }
 
 /* Plan params (PDL: launch with programmatic dependent launch, sm_90 and up):
  *   DELTA_*: see plan_delta
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
+ *   HOPPER: none (lora_hopper.cu sizes its grid per call)
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1096,11 +1118,14 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->impl = (int)plan->param[0];
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, r)) {
         plan->impl = LF_CUDA_DECODE;
-        plan->param[0] = lf_cuda_decode_rt(m, n, cs->sm_count);
-        plan->param[1] = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
+        plan->param[1] = lf_cuda_decode_nt(m, n, cs->sm_count);
+        plan->param[0] = lf_cuda_decode_rt((int)plan->param[1], n, cs->sm_count);
         plan->param[2] = lf_cuda_decode_t_slices(k);
         plan->param[5] = cs->cc_major >= 9;
         ws = align256((size_t)plan->param[2] * m * r * 4);
+    } else if (cs->hopper_ok && lf_cuda_hopper_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
+        plan->impl = LF_CUDA_HOPPER;
+        ws = lf_hopper_workspace_bytes(m, r);
     } else {
         if (!(key->flags & LF_PLAN_STRIDES_INT)) /* in the key: a cached plan never skips this */
             return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
@@ -1150,6 +1175,11 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
             e = plan->param[0] == 2 ? launch_decode_rt<__half, 2>(a, nt, sms, pdl, st)
                                     : launch_decode_rt<__half, 1>(a, nt, sms, pdl, st);
         LF_CUDA_CHECK(ctx, e);
+        return LF_OK;
+    }
+    case LF_CUDA_HOPPER: {
+        const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+        LF_CUDA_CHECK(ctx, lf_hopper_launch(p, ctx->workspace, cs->hopper_ctl, cs->sm_count, st));
         return LF_OK;
     }
     case LF_CUDA_GEMM: {

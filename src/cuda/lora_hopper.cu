@@ -1,0 +1,451 @@
+/*
+ * lora_hopper.cu — the whole LoRA layer in one launch on Hopper (sm_90a), PEFT layout, bf16 or f16:
+ *
+ *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], r ≤ 64
+ *
+ * The kernel lab's v8 (dev/cuda/hopper_gemm.cu, dev/cuda/NOTES.md "Hopper GEMM lab"): a persistent
+ * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128×256 tiles of y: one producer warpgroup
+ * (one thread) streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of
+ * full/empty mbarriers; two consumer warpgroups each accumulate 64×256 in fp32 registers with
+ * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight. The first CTAs of the
+ * grid (blockIdx 0..workers-1, dispatched first) are T workers instead: each streams x's row blocks
+ * and A through its ring, computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
+ * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
+ * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
+ * zero past r), then raises the row block's ready flag (release). A tile's producer waits for the
+ * flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box against B's
+ * first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded for each),
+ * landing in the same accumulators; the epilogue adds bias and beta·y and rounds once. Edges: TMA
+ * zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past r); the
+ * epilogue masks its stores; beta = 0 never reads y. Every sum has a fixed order: no float atomics,
+ * results are bitwise identical run to run. One limit the GEMM path does not have: in f16, T's parts
+ * are f16 too (wgmma takes one operand type), so |s·T| past 65504 overflows; bf16 has fp32's range.
+ *
+ * Flags without host state (CUDA-graph replay carries no per-call host value): the context's control
+ * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
+ * the launch before are g, so none is mistaken for this one's). Each CTA counts itself done with
+ * one integer atomicAdd when it leaves; the last resets the count and stores g + 1, which the next
+ * launch (stream-ordered after this one) reads. The control words are the context's own, not the
+ * workspace: other plans reuse the workspace between calls and would overwrite them.
+ *
+ * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
+ * block indices; the grid is at most one CTA per SM (the ring takes ~197 KB of shared memory), so
+ * every CTA is resident, and where fewer SMs are free the workers still run first.
+ *
+ * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
+ * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
+ * keeps the GEMM path), 16-byte aligned operands and strides (TMA), r ≤ 64.
+ */
+#include "common.cuh"
+#include "hopper_ptx.cuh"
+#include "lora_hopper.cuh"
+
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled: the encoder comes through the runtime */
+#include <limits.h>
+
+using namespace lf_hopper;
+
+namespace {
+
+enum {
+    BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
+    BN = 256, /* rows of W per tile: one m64n256k16 per consumer and k16 step */
+    BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
+    STAGES = 4,
+    CONSUMERS = 2,
+    THREADS = 128 * (1 + CONSUMERS),
+    A_BYTES = BM * BK * 2,
+    B_BYTES = BN * BK * 2,
+    /* the ring, 1024 bytes to align it (the swizzle atom), the full and empty barriers */
+    SMEM_BYTES = STAGES * (A_BYTES + B_BYTES) + 1024 + 2 * 8 * STAGES,
+    PRODUCER_REGS = 40,
+    CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
+    GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
+    /* T workers: the lab's measured choice (NOTES.md v8): 4 of 132 SMs, the SMs a round of 128 tiles
+     * leaves idle at the suite's shapes */
+    T_WORKERS = 4,
+    CTL_GEN = 0,
+    CTL_DONE = 1,
+    CTL_FLAGS = 64 /* the flags start on their own 256 bytes */
+};
+
+struct kparams {
+    int m, n, r;
+    int tiles_m, tiles_n, k_tiles;
+    int tile_ctas; /* CTAs [workers, gridDim.x) compute tiles */
+    int y_pairs;   /* y and ldy allow 4-byte two-element stores */
+    const void *bias;
+    void *y;
+    long long ldy;
+    float beta, scale;
+    void *t2; /* s·T as [hi | lo], [m][2·TW] */
+    unsigned *ctl;
+};
+
+/* The kernel's helpers exist in its sm_90a code alone (other targets compile an empty kernel). */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Two adjacent outputs as one 4-byte access (scalars: common.cuh's lf_dt). */
+template <typename T> struct io;
+template <> struct io<__nv_bfloat16> {
+    using pair = __nv_bfloat162;
+    static __device__ __forceinline__ float2 f32x2(pair v) { return __bfloat1622float2(v); }
+    static __device__ __forceinline__ pair round2(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <> struct io<__half> {
+    using pair = __half2;
+    static __device__ __forceinline__ float2 f32x2(pair v) { return __half22float2(v); }
+    static __device__ __forceinline__ pair round2(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+/* Work item t → (row block mb, column block nb): GROUP_M row blocks side by side walk the column
+ * blocks together, so the x row blocks and W column blocks in flight at once stay in L2. */
+__device__ __forceinline__ void tile_coords(const kparams &p, int t, int *mb, int *nb)
+{
+    const int per_group = GROUP_M * p.tiles_n, g = t / per_group, first = g * GROUP_M;
+    const int rows = min(p.tiles_m - first, (int)GROUP_M), in = t - g * per_group;
+    *mb = first + in % rows;
+    *nb = in / rows;
+}
+
+/* Adds bias and beta·y to a consumer's 64×256 accumulator fragment and rounds once into y: warp w
+ * holds rows 16w + lane/4 (+8), and per 8-column chunk j the columns 8j + 2·(lane%4) (+1). */
+template <typename T>
+__device__ __forceinline__ void epilogue(const kparams &p, const float *d, int row0, int col0, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = col0 + 8 * j + 2 * (lane % 4);
+        if (col >= p.n)
+            continue;
+        const bool two = col + 1 < p.n;
+        float b0 = 0.0f, b1 = 0.0f;
+        if (p.bias) {
+            b0 = lf_dt<T>::to_f32(((const T *)p.bias)[col]);
+            if (two)
+                b1 = lf_dt<T>::to_f32(((const T *)p.bias)[col + 1]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = row0 + 8 * h;
+            if (row >= p.m)
+                continue;
+            T *out = (T *)p.y + (long long)row * p.ldy + col;
+            float v0 = d[4 * j + 2 * h] + b0, v1 = d[4 * j + 2 * h + 1] + b1;
+            if (two && p.y_pairs) {
+                if (p.beta != 0.0f) { /* beta = 0 must not read y: it may hold NaN */
+                    const float2 old = io<T>::f32x2(*(const typename io<T>::pair *)out);
+                    v0 = fmaf(p.beta, old.x, v0);
+                    v1 = fmaf(p.beta, old.y, v1);
+                }
+                *(typename io<T>::pair *)out = io<T>::round2(v0, v1);
+            } else {
+                if (p.beta != 0.0f) {
+                    v0 = fmaf(p.beta, lf_dt<T>::to_f32(out[0]), v0);
+                    if (two)
+                        v1 = fmaf(p.beta, lf_dt<T>::to_f32(out[1]), v1);
+                }
+                out[0] = lf_dt<T>::from_f32(v0);
+                if (two)
+                    out[1] = lf_dt<T>::from_f32(v1);
+            }
+        }
+    }
+}
+
+/* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
+ * in flight) and hand that stage back to the producer, then move on. */
+__device__ __forceinline__ void consumer_next(uint32_t empty0, int &prev, int &stage, uint32_t &phase, int lane)
+{
+    wgmma_commit();
+    wgmma_wait<1>();
+    if (prev >= 0 && lane == 0)
+        mbar_arrive(empty0 + 8 * prev);
+    prev = stage;
+    ring_next<STAGES>(stage, phase);
+}
+/* After a tile's (or a row block's) last stage: drain the wgmmas, hand the last stage back. */
+__device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int lane)
+{
+    wgmma_wait<0>();
+    if (prev >= 0 && lane == 0)
+        mbar_arrive(empty0 + 8 * prev);
+}
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+
+/* TW: T's width, 16 (r ≤ 16) or 64 (r ≤ 64). */
+template <typename T, int TW>
+__global__ void __launch_bounds__(THREADS, 1)
+    lora_hopper_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                       const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
+                       const __grid_constant__ CUtensorMap tm_t2, const kparams p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
+    constexpr int LORA_STAGES = TW == 16 ? 1 : 2;
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring_b + STAGES * B_BYTES;
+#define FULL(s) (bars + 8 * (s))
+#define EMPTY(s) (bars + 8 * (STAGES + (s)))
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int workers = (int)gridDim.x - p.tile_ctas;
+    const bool t_worker = (int)blockIdx.x < workers;
+    /* this launch's flag value (see the head comment); the count of finished CTAs includes this
+     * one only after every thread has read it */
+    const unsigned ready = *(volatile const unsigned *)(p.ctl + CTL_GEN) + 1u;
+    unsigned *const t_ready = p.ctl + CTL_FLAGS;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(FULL(s), 1);              /* the producer's arrive.expect_tx */
+            mbar_init(EMPTY(s), 4 * CONSUMERS); /* one arrival per consumer warp */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    const int items = p.tiles_m * p.tiles_n, steps = p.k_tiles + LORA_STAGES;
+    const int first_item = (int)blockIdx.x - workers;
+
+    if (wg == 0) { /* producer warpgroup: one thread issues every copy */
+        regs_dealloc<PRODUCER_REGS>();
+        if (tid == 0 && t_worker) { /* x's row blocks and A's TW rows (zero past r), over K */
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers)
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + A_TILE_BYTES);
+                    tma_load_2d(ring_a + stage * A_BYTES, &tm_x, FULL(stage), ks * BK, mb * BM);
+                    tma_load_2d(ring_b + stage * B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                    ring_next<STAGES>(stage, phase);
+                }
+        } else if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = first_item; t < items; t += p.tile_ctas) {
+                int mb, nb;
+                tile_coords(p, t, &mb, &nb);
+                for (int ks = 0; ks < steps; ks++) {
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
+                    const bool lora = ks >= p.k_tiles;
+                    if (ks == p.k_tiles) /* this row block's s·T is in t2 */
+                        wait_flag(t_ready + mb, ready);
+                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + B_BYTES);
+                    /* full boxes, the parts outside each tensor zero-filled: the LoRA slab is T's
+                     * [hi | lo] (stage ks − k_tiles of its 64-wide columns) against B's first 64
+                     * columns, loaded again for each LoRA stage (B is never copied per call) */
+                    tma_load_2d(a, lora ? &tm_t2 : &tm_x, FULL(stage), (lora ? ks - p.k_tiles : ks) * BK, mb * BM);
+                    tma_load_2d(b, lora ? &tm_b : &tm_w, FULL(stage), lora ? 0 : ks * BK, nb * BN);
+                    ring_next<STAGES>(stage, phase);
+                }
+            }
+        }
+        __syncwarp();
+    } else { /* consumer warpgroup c owns rows 64c..64c+63 of the tile */
+        regs_alloc<CONSUMER_REGS>();
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+        int stage = 0;
+        uint32_t phase = 0;
+        if (t_worker) {
+            float t_acc[TW / 2];
+            uint32_t t_hi[TW / 4], t_lo[TW / 4];
+            for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers) {
+#pragma unroll
+                for (int i = 0; i < TW / 2; i++)
+                    t_acc[i] = 0.0f;
+                int prev = -1;
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    mbar_wait(FULL(stage), phase);
+                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, at = ring_b + stage * B_BYTES;
+                    wgmma_fence();
+#pragma unroll
+                    for (int k = 0; k < K16; k++)
+                        wgmma_m64nXk16<TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+                    consumer_next(EMPTY(0), prev, stage, phase, lane);
+                }
+                consumer_drain(EMPTY(0), prev, lane);
+                fence_acc<TW / 2>(t_acc);
+                split_hi_lo<TW / 4, T>(t_acc, p.scale, t_hi, t_lo);
+                /* pair i of the fragment: row 16w + lane/4 + 8·(i%2), columns 8·(i/2) + 2·(lane%4) (+1);
+                 * hi at that column of t2's row, lo TW columns further */
+                const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
+#pragma unroll
+                for (int i = 0; i < TW / 4; i++) {
+                    const int row = row0 + 8 * (i % 2), col = 8 * (i / 2) + 2 * (lane % 4);
+                    if (row < p.m) {
+                        uint32_t *dst = (uint32_t *)((T *)p.t2 + (long long)row * 2 * TW + col);
+                        dst[0] = t_hi[i];
+                        dst[TW / 2] = t_lo[i];
+                    }
+                }
+                /* both consumers stored (generic proxy) before the flag lets TMA read t2 */
+                asm volatile("fence.proxy.async.global;\n\tbar.sync 1, 256;" ::: "memory");
+                if (c == 0 && tid == 0)
+                    publish_flag(t_ready + mb, ready);
+            }
+        } else {
+            float d[128];
+            for (int t = first_item; t < items; t += p.tile_ctas) {
+                int mb, nb;
+                tile_coords(p, t, &mb, &nb);
+#pragma unroll
+                for (int i = 0; i < 128; i++)
+                    d[i] = 0.0f;
+                int prev = -1;
+                for (int ks = 0; ks < steps; ks++) {
+                    mbar_wait(FULL(stage), phase);
+                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
+                    wgmma_fence();
+                    if (ks < p.k_tiles)
+                        wgmma_k16_steps<BK, K16, T>(d, a, b);
+                    else if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
+                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
+                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
+                    } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
+                        wgmma_stage<BK, K16, T>(d, a, b, (p.r + 15) / 16);
+                    consumer_next(EMPTY(0), prev, stage, phase, lane);
+                }
+                consumer_drain(EMPTY(0), prev, lane);
+                fence_acc(d);
+                epilogue<T>(p, d, mb * BM + c * 64 + warp * 16 + lane / 4, nb * BN, lane);
+            }
+        }
+    }
+#undef FULL
+#undef EMPTY
+    __syncthreads();
+    if (threadIdx.x == 0) { /* the generation (head comment): integer atomics only */
+        __threadfence();
+        if (atomicAdd(p.ctl + CTL_DONE, 1u) == gridDim.x - 1) {
+            *(volatile unsigned *)(p.ctl + CTL_DONE) = 0;
+            __threadfence();
+            *(volatile unsigned *)(p.ctl + CTL_GEN) = ready;
+        }
+    }
+#endif
+}
+
+/* 1 in the code that holds the kernel above (sm_90a), 0 in every other target's. */
+__device__ int sm90a_code =
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    1;
+#else
+    0;
+#endif
+
+PFN_cuTensorMapEncodeTiled_v12000 encoder()
+{
+    /* a function-local static: looked up once even when contexts are created concurrently */
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            f = nullptr;
+        }
+        return (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }();
+    return fn;
+}
+
+/* Tensor map of a row-major 16-bit matrix [rows, cols] with row stride ld elements: boxes of 64
+ * columns (128 bytes, the swizzle the wgmma descriptors expect) × box_rows rows, zero fill outside. */
+bool make_map(CUtensorMap *m, bool f16, const void *ptr, int64_t rows, int64_t cols, int64_t ld, int box_rows)
+{
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+    const cuuint64_t strides[1] = {(cuuint64_t)ld * 2};
+    const cuuint32_t box[2] = {(cuuint32_t)BK, (cuuint32_t)box_rows};
+    const cuuint32_t elem[2] = {1, 1};
+    return encoder()(m, f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                     const_cast<void *>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+int t_width(int64_t r) { return r <= 16 ? 16 : 64; }
+
+template <typename T, int TW>
+cudaError_t launch_tw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    const bool f16 = p->dtype == LF_F16;
+    CUtensorMap mx, mw, ma, mb, mt;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
+        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, TW) || !make_map(&mb, f16, p->b, p->n, p->rank, p->ldb, BN) ||
+        !make_map(&mt, f16, ws, p->m, 2 * TW, 2 * TW, BM))
+        return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    kparams kp = {};
+    kp.m = (int)p->m;
+    kp.n = (int)p->n;
+    kp.r = (int)p->rank;
+    kp.tiles_m = (int)((p->m + BM - 1) / BM);
+    kp.tiles_n = (int)((p->n + BN - 1) / BN);
+    kp.k_tiles = (int)((p->k + BK - 1) / BK);
+    kp.y_pairs = p->ldy % 2 == 0 && (uintptr_t)p->y % 4 == 0;
+    kp.bias = p->bias;
+    kp.y = p->y;
+    kp.ldy = p->ldy;
+    kp.beta = p->beta;
+    kp.scale = p->scale;
+    kp.t2 = ws;
+    kp.ctl = ctl;
+    const int items = kp.tiles_m * kp.tiles_n;
+    int workers = T_WORKERS < kp.tiles_m ? T_WORKERS : kp.tiles_m;
+    if (workers > max_ctas - 1)
+        workers = max_ctas - 1;
+    kp.tile_ctas = items < max_ctas - workers ? items : max_ctas - workers;
+    lora_hopper_kernel<T, TW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
+    return cudaGetLastError();
+}
+
+template <typename T, int TW> cudaError_t allow_smem()
+{
+    return cudaFuncSetAttribute(lora_hopper_kernel<T, TW>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+}
+
+} /* namespace */
+
+int lf_hopper_setup(void)
+{
+    int dev = 0, major = 0, minor = 0, code = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (e != cudaSuccess || major != 9 || minor != 0) { /* sm_90a code runs on 9.0 alone */
+        cudaGetLastError();
+        return 0;
+    }
+    e = cudaMemcpyFromSymbol(&code, sm90a_code, sizeof code);
+    if (e == cudaSuccess && code)
+        e = allow_smem<__nv_bfloat16, 16>();
+    if (e == cudaSuccess && code)
+        e = allow_smem<__nv_bfloat16, 64>();
+    if (e == cudaSuccess && code)
+        e = allow_smem<__half, 16>();
+    if (e == cudaSuccess && code)
+        e = allow_smem<__half, 64>();
+    if (e != cudaSuccess)
+        cudaGetLastError();
+    return e == cudaSuccess && code && encoder() != nullptr;
+}
+
+size_t lf_hopper_workspace_bytes(int64_t m, int64_t r)
+{
+    return ((size_t)m * 2 * t_width(r) * 2 + 255) / 256 * 256;
+}
+
+cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    if (p->m < 1 || p->m > LF_HOPPER_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX ||
+        p->rank < 1 || p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || max_ctas < 2)
+        return cudaErrorInvalidValue;
+    const bool wide = t_width(p->rank) == 64;
+    if (p->dtype == LF_F16)
+        return wide ? launch_tw<__half, 64>(p, ws, ctl, max_ctas, st) : launch_tw<__half, 16>(p, ws, ctl, max_ctas, st);
+    return wide ? launch_tw<__nv_bfloat16, 64>(p, ws, ctl, max_ctas, st)
+                : launch_tw<__nv_bfloat16, 16>(p, ws, ctl, max_ctas, st);
+}
