@@ -41,7 +41,7 @@ static const shape sweep_shapes[] = {
     {16, 64, 128, 16, 0, 0},   /* aligned and dense: the SIMD path's comfortable case */
     {65, 96, 33, 8, 1, 1},     /* strided and misaligned together */
     {5, 33, 19, 1024, 1, 0},   /* the largest rank */
-    {5, 72, 4360, 16, 0, 0},   /* few tokens on wide W: CUDA decode with two blocks per SM, K tail */
+    {5, 72, 4360, 16, 0, 0},   /* few tokens on wide W: CUDA decode, columns past M zero-filled, K tail */
 };
 #define N_SHAPES (sizeof sweep_shapes / sizeof sweep_shapes[0])
 

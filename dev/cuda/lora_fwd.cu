@@ -10,7 +10,6 @@
  *   decode        shrink + W-streaming mma.sync GEMV with the LoRA epilogue, PDL between them
  *   plan-nopdl    the plan's choice, launched without programmatic dependent launch
  *   decode-rtalt  the other tile height (16 rows of W per tile instead of 32, or the reverse)
- *   decode-ntalt  M ≤ 8: the other blocks-per-SM configuration (NT 1: one block per SM, NT 2: two)
  *   gemm          cuBLAS base GEMM (fp32 out) + the delta as epilogue
  *   gemm-c128     the same in row chunks of 128 (the plan chunks only past 256 MiB of fp32: this
  *                 keeps the chunk loop validated on small shapes)
@@ -55,12 +54,12 @@ static float frand(void) /* uniform in [-1, 1) */
 }
 
 enum {
-    V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_DECODE_NTALT,
-    V_GEMM, V_GEMM_C128, V_GEMM_WHOLE, V_COUNT
+    V_DEFAULT, V_DELTA_FUSED, V_DELTA_TWO, V_DELTA_TSPLIT, V_DECODE, V_NOPDL, V_DECODE_RTALT, V_GEMM,
+    V_GEMM_C128, V_GEMM_WHOLE, V_COUNT
 };
 static const char *vname[V_COUNT] = {"plan",       "delta-fused",  "delta-two",    "delta-tsplit",
-                                     "decode",     "plan-nopdl",   "decode-rtalt", "decode-ntalt",
-                                     "gemm",       "gemm-c128",    "gemm-whole"};
+                                     "decode",     "plan-nopdl",   "decode-rtalt", "gemm",
+                                     "gemm-c128", "gemm-whole"};
 
 /* A host matrix with its device copy: rows × cols with a row stride; `off` elements skipped at the
  * start (misaligns the pointer when odd). */
@@ -180,17 +179,10 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
         break;
     case V_DECODE:
     case V_DECODE_RTALT:
-    case V_DECODE_NTALT:
         if (plan->impl != LF_CUDA_DECODE)
             return 0;
         if (v == V_DECODE_RTALT)
             plan->param[0] = 3 - plan->param[0];
-        if (v == V_DECODE_NTALT) { /* M ≤ 8: one block per SM (NT 1) against two (NT 2), RT re-picked */
-            if (p->m > 8)
-                return 0;
-            plan->param[1] = 3 - plan->param[1];
-            plan->param[0] = lf_cuda_decode_rt((int)plan->param[1], p->n, sms);
-        }
         break;
     case V_GEMM:
     case V_GEMM_C128:
@@ -512,9 +504,9 @@ int main(int argc, char **argv)
         bench("prefill_m4096_mlp", LF_BF16, 4096, 4096, 14336, 16, 1, vg, 2, 2, copy);
         bench("prefill_m1024_mlp", LF_BF16, 1024, 4096, 14336, 16, 1, vg, 2, 2, copy);
     } else if (decode_only) {
-        const int vd[] = {V_DEFAULT, V_DECODE_RTALT, V_DECODE_NTALT};
-        bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 3, 1, copy);
-        bench("decode_m1_mlp", LF_BF16, 1, 4096, 14336, 16, 1, vd, 3, 1, copy);
+        const int vd[] = {V_DEFAULT, V_DECODE_RTALT};
+        bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 2, 1, copy);
+        bench("decode_m1_mlp", LF_BF16, 1, 4096, 14336, 16, 1, vd, 2, 1, copy);
         bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vd, 2, 1, copy);
         bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vd, 2, 1, copy);
         bench("decode_m16_r64", LF_BF16, 16, 4096, 4096, 64, 1, vd, 1, 0, copy);

@@ -144,21 +144,15 @@ static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t
 /* Decode: K-slices of T (lora_tpart_kernel): 512 elements, two 16-byte vectors per lane. */
 static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
 
-/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {1, 2, 4, 8}.
- * M ≤ 8 takes NT 2 (the unused columns are clamped copies of token 0) when W has more 32-row
- * tiles than there are SMs: NT 2 runs two blocks per SM, and with one, each SM streams several
- * tiles in turn, its epilogues in the gaps (bf16 M=1 4096 → 14336 r16: 63.2 µs against 50.3 at
- * M=16 with NT 2; bench --tp, 2026-11-25). */
-static inline int lf_cuda_decode_nt(int64_t m, int64_t n, int sm_count)
-{
-    if (m <= 8)
-        return (n + 31) / 32 > sm_count ? 2 : 1;
-    return m <= 16 ? 2 : m <= 32 ? 4 : 8;
-}
+/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {2, 4, 8}. M ≤ 8
+ * takes NT 2 as well (columns past M are zero-filled, never read): its two blocks per SM beat one
+ * block per SM with NT 1 (bf16 r16, same run: M=1 4096² 15.22 µs against 16.15, M=1 4096 → 14336
+ * 47.33 against 49.58; dev/cuda/NOTES.md, "decode: tokens past M"). */
+static inline int lf_cuda_decode_nt(int64_t m) { return m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 /* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT 2, whose blocks fit
  * twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs against
- * 20–25 with one); one otherwise (M=1 4096²: 18.9–19.1 with one, 19.9–20.2 with two). */
+ * 20–25 with one); one otherwise. */
 static inline int lf_cuda_decode_per_sm(int nt) { return nt == 2 ? 2 : 1; }
 
 /* Decode grid: persistent, at most `slots` blocks (per-SM blocks × SMs), each looping over its

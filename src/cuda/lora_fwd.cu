@@ -550,10 +550,12 @@ template <typename T> __device__ __forceinline__ uint4 load8_masked(const T *p, 
  * L2::128B prefetch-size hint makes a lane group's 64-byte request of a row fetch the row's whole
  * 128-byte line from DRAM, so the next step's request for the other half hits L2 (v11: decode
  * 19.0 → 16.7 µs at M=1, 56.4 → 50.1 on the 14336-row MLP; 256 bytes was slower). */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+/* src_bytes 0: the 16 bytes are zero-filled and nothing is read. */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_t src_bytes = 16)
 {
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
-                 "l"(gmem));
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 /* The memory clobber keeps the compiler from moving shared-memory reads of the ring above the wait. */
@@ -641,7 +643,7 @@ template <int NT, int RT> struct decode_shape {
  * (loaded into registers before its K loop) and T (summed from its slices once per block, after
  * the wait for lora_tpart_kernel; read from global memory per output it cost a dependent L2 round
  * trip per rank, per tile).
- * Rows past N and tokens past M are clamped to valid memory and never stored. */
+ * Rows past N are clamped to valid memory, tokens past M zero-filled; neither is stored. */
 template <typename T, int NT, int RT>
 __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM) lora_decode_kernel(lora_args p)
 {
@@ -666,10 +668,17 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
     const int my_tiles = (int)blockIdx.x < tiles ? (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     const int steps = p.k / 32, per = (steps + WARPS - 1) / WARPS;
     const int s0 = warp * per, n_my = max(0, min(s0 + per, steps) - s0);
-    const T *xsrc[NT]; /* token chunks of this lane at the warp's first step */
+    /* Token chunks of this lane at the warp's first step. Token columns past M are zero-filled, not
+     * read: every tile re-reads x from L2, and clamped copies of the last token put up to 16 times
+     * the requests on the same few lines (M=1 4096 → 14336 with 16 columns: 86.7 µs, zero-filled
+     * 47.3; dev/cuda/NOTES.md). */
+    const T *xsrc[NT];
+    uint32_t xbytes[NT];
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
+    for (int nt = 0; nt < NT; nt++) {
         xsrc[nt] = X + (int64_t)min(nt * 8 + g, p.m - 1) * p.ldx + q * 8 + s0 * 32;
+        xbytes[nt] = nt * 8 + g < p.m ? 16 : 0;
+    }
     uint4 *my = ring + (size_t)warp * S * C * 32 + lane;
 
     /* Fetch cursor over this warp's (tile, step) sequence; past its end a fetch commits an empty
@@ -688,7 +697,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
                                W + (int64_t)min(n0 + rt * 16 + h * 8 + g, p.n - 1) * p.ldw + q * 8 + (s0 + f_i) * 32);
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
-                cp_async16(d + (2 * RT + nt) * 32, xsrc[nt] + f_i * 32);
+                cp_async16(d + (2 * RT + nt) * 32, xsrc[nt] + f_i * 32, xbytes[nt]);
             fetched++;
             if (++f_i == n_my) {
                 f_i = 0;
@@ -879,9 +888,7 @@ template <typename T, int NT, int RT> cudaError_t setup_decode_nt()
 
 template <typename T, int RT> cudaError_t setup_decode_rt()
 {
-    cudaError_t e = setup_decode_nt<T, 1, RT>();
-    if (e == cudaSuccess)
-        e = setup_decode_nt<T, 2, RT>();
+    cudaError_t e = setup_decode_nt<T, 2, RT>();
     if (e == cudaSuccess)
         e = setup_decode_nt<T, 4, RT>();
     if (e == cudaSuccess)
@@ -892,9 +899,7 @@ template <typename T, int RT> cudaError_t setup_decode_rt()
 template <typename T, int RT>
 cudaError_t launch_decode_rt(const lora_args &p, int nt, int sm_count, bool pdl, cudaStream_t st)
 {
-    switch (nt) {
-    case 1:
-        return launch_decode_nt<T, 1, RT>(p, sm_count, pdl, st);
+    switch (nt) { /* lf_cuda_decode_nt: 2, 4 or 8 */
     case 2:
         return launch_decode_nt<T, 2, RT>(p, sm_count, pdl, st);
     case 4:
@@ -1118,7 +1123,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->impl = (int)plan->param[0];
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, r)) {
         plan->impl = LF_CUDA_DECODE;
-        plan->param[1] = lf_cuda_decode_nt(m, n, cs->sm_count);
+        plan->param[1] = lf_cuda_decode_nt(m);
         plan->param[0] = lf_cuda_decode_rt((int)plan->param[1], n, cs->sm_count);
         plan->param[2] = lf_cuda_decode_t_slices(k);
         plan->param[5] = cs->cc_major >= 9;
