@@ -89,6 +89,7 @@ typedef struct options {
     int64_t seed;
     int64_t suite, suite_all, multi_only, tp;
     const char *json_path;
+    const char *cases; /* --cases: suite cases to run (comma-separated names; "x*" is a prefix) */
     int threads_given;
     unsigned shape_given; /* which shape options were given: they conflict with --suite */
     uint64_t given;       /* bit i: opt_table[i] was given (--tp takes only a few) */
@@ -137,6 +138,8 @@ static const opt_spec opt_table[] = {
     {"json", OPT_PATH, OFF(json_path), 0, 0, CMD_BENCH, 0, "FILE", "write the results as JSON (atomically)"},
     {"multi-only", OPT_FLAG, OFF(multi_only), 0, 0, CMD_BENCH, 0, NULL,
      "with --suite: only the multi-adapter cases (multi_L*_m*)"},
+    {"cases", OPT_PATH, OFF(cases), 0, 0, CMD_BENCH, 0, "LIST",
+     "with --suite: only these cases (comma-separated names; a trailing * matches a prefix)"},
     {"tp", OPT_FLAG, OFF(tp), 0, 0, CMD_BENCH, 0, NULL,
      "tensor-parallel layers over every GPU (NCCL), fixed cases"},
 };
@@ -293,7 +296,7 @@ static int set_option(options *o, const opt_spec *s, const char *val)
         return 1;
     case OPT_PATH:
         if (!*val) {
-            lf_cli_error("--%s: empty file name", s->name);
+            lf_cli_error("--%s: empty %s", s->name, s->arg);
             return 0;
         }
         memcpy(base, &val, sizeof val);
@@ -382,6 +385,10 @@ static int parse_options(int argc, char **argv, int first, unsigned cmd, options
     }
     if (o->suite_all && !o->suite) {
         lf_cli_error("--suite-all goes with --suite");
+        return 0;
+    }
+    if (o->cases && !o->suite) {
+        lf_cli_error("--cases goes with --suite");
         return 0;
     }
     if (o->tp && !tp_options_ok(o))
@@ -1271,6 +1278,61 @@ static const suite_case suite_table[] = {
 /* Multi-adapter cases: multi_L{1,8,64}_m{1,16,64,256,2048}, bf16, 4096 → 4096, rank 16. */
 static const int multi_adapters[] = {1, 8, 64};
 static const int multi_tokens[] = {1, 16, 64, 256, 2048};
+#define MULTI_L_COUNT (sizeof multi_adapters / sizeof multi_adapters[0])
+#define MULTI_M_COUNT (sizeof multi_tokens / sizeof multi_tokens[0])
+
+static void multi_case_name(size_t li, size_t mi, char *name, size_t size)
+{
+    snprintf(name, size, "multi_L%d_m%d", multi_adapters[li], multi_tokens[mi]);
+}
+
+/* Whether `item` (len bytes of a --cases list) names `name`: exactly, or as a prefix with a
+ * trailing '*'. */
+static int case_item_matches(const char *item, size_t len, const char *name)
+{
+    if (len > 0 && item[len - 1] == '*')
+        return strncmp(item, name, len - 1) == 0;
+    return strlen(name) == len && strncmp(item, name, len) == 0;
+}
+
+/* Whether the suite runs case `name`: no --cases, or an item of it names the case. */
+static int case_selected(const options *o, const char *name)
+{
+    if (!o->cases)
+        return 1;
+    for (const char *item = o->cases; *item;) {
+        const size_t len = strcspn(item, ",");
+        if (case_item_matches(item, len, name))
+            return 1;
+        item += len + (item[len] == ',');
+    }
+    return 0;
+}
+
+/* Every item of --cases must name a case: a typo would otherwise run nothing and report success. */
+static int cases_option_ok(const options *o)
+{
+    for (const char *item = o->cases; item && *item;) {
+        const size_t len = strcspn(item, ",");
+        int found = 0;
+        for (size_t i = 0; i < SUITE_COUNT && !found; i++)
+            found = case_item_matches(item, len, suite_table[i].name);
+        for (size_t li = 0; li < MULTI_L_COUNT && !found; li++)
+            for (size_t mi = 0; mi < MULTI_M_COUNT && !found; mi++) {
+                char name[32];
+                multi_case_name(li, mi, name, sizeof name);
+                found = case_item_matches(item, len, name);
+            }
+        if (!found) {
+            lf_cli_error("--cases: no suite case is named '%.*s' (names: seed, decode_m1, mid_m1024, "
+                         "multi_L8_m16, ...; a trailing * matches a prefix)",
+                         (int)len, item);
+            return 0;
+        }
+        item += len + (item[len] == ',');
+    }
+    return 1;
+}
 /* The issue's reference for the delta (a widely used Triton implementation, Punica-derived shrink +
  * expand, measured on this H100), µs, [L index][M index] as multi_adapters × multi_tokens. */
 static const double multi_triton_us[3][5] = {
@@ -1427,10 +1489,22 @@ static lf_status multi_bench_create(lf_context *ctx, int L, int64_t m, uint64_t 
         if (st == LF_OK && j < mb->w_count)
             st = multi_alloc_upload(ctx, &mb->w[j], mb->hw, wb);
     }
-    if (st == LF_OK && ctx->ops->multi_unfused_workspace_bytes) {
+    /* One workspace for the two baselines that take one: the unfused loop and the base GEMM. */
+    size_t ws_bytes = 0;
+    if (ctx->ops->multi_unfused_workspace_bytes) {
         const lf_multi_problem q = {.dtype = mb->dt, .m = m, .k = mb->k, .n = mb->n, .set = mb->set[0]};
-        st = multi_alloc_upload(ctx, &mb->ws, NULL, ctx->ops->multi_unfused_workspace_bytes(&q));
+        ws_bytes = ctx->ops->multi_unfused_workspace_bytes(&q);
     }
+    if (ctx->ops->baseline_workspace_bytes) {
+        /* the problem multi_call_run's MULTI_BASE passes (the size depends on which operands exist) */
+        const lf_lora_problem p = {.layout = LF_LAYOUT_PEFT, .dtype = mb->dt, .m = m, .k = mb->k, .n = mb->n,
+                                   .rank = mb->r, .x = mb->x[0], .ldx = mb->k, .w = mb->w[0], .ldw = mb->k,
+                                   .y = mb->y[0], .ldy = mb->n};
+        const size_t base_bytes = ctx->ops->baseline_workspace_bytes(&p);
+        ws_bytes = base_bytes > ws_bytes ? base_bytes : ws_bytes;
+    }
+    if (st == LF_OK && ws_bytes > 0)
+        st = multi_alloc_upload(ctx, &mb->ws, NULL, ws_bytes);
     if (st == LF_OK)
         st = lf_synchronize(ctx);
     if (st != LF_OK) {
@@ -1530,10 +1604,14 @@ static double multi_measure(multi_bench *mb, multi_call_kind kind, int with_w, l
 static void run_multi_suite(lf_context *ctx, const options *o, double copy_gbps, results *res, case_outcome *all)
 {
     const int cuda = lf_context_backend(ctx) == LF_BACKEND_CUDA;
-    for (size_t li = 0; li < sizeof multi_adapters / sizeof multi_adapters[0]; li++)
-        for (size_t mi = 0; mi < sizeof multi_tokens / sizeof multi_tokens[0]; mi++) {
+    for (size_t li = 0; li < MULTI_L_COUNT; li++)
+        for (size_t mi = 0; mi < MULTI_M_COUNT; mi++) {
             const int L = multi_adapters[li];
             const int64_t m = multi_tokens[mi];
+            char name[32];
+            multi_case_name(li, mi, name, sizeof name);
+            if (!case_selected(o, name))
+                continue;
             printf("\n== multi_L%d_m%lld: bf16, %d -> %d, rank %d, %d adapters, random per-token mapping\n", L,
                    (long long)m, MULTI_DIM, MULTI_DIM, MULTI_RANK, L);
             if (!cuda && m * (int64_t)L > 256) {
@@ -1549,6 +1627,7 @@ static void run_multi_suite(lf_context *ctx, const options *o, double copy_gbps,
             printf("  adapters used %d; rotating over %d sets (delta), %d (layer, base GEMM)\n", mb.used, mb.count,
                    mb.w_count);
             const double base_us = multi_measure(&mb, MULTI_BASE, 1, LF_TIME_GRAPH, o);
+            all->runtime_error |= isnan(base_us);
             for (int with_w = 0; with_w <= 1; with_w++) {
                 double max_err;
                 const int64_t bad = multi_verify(&mb, with_w, &max_err);
@@ -1561,7 +1640,7 @@ static void run_multi_suite(lf_context *ctx, const options *o, double copy_gbps,
                 }
                 op_result r;
                 memset(&r, 0, sizeof r);
-                snprintf(r.name, sizeof r.name, "multi_L%d_m%lld", L, (long long)m);
+                snprintf(r.name, sizeof r.name, "%s", name);
                 r.op = with_w ? "multi_layer" : "multi_delta";
                 r.cfg = (problem_cfg){.m = m, .k = mb.k, .n = mb.n, .rank = mb.r, .dtype = mb.dt,
                                       .layout = LF_LAYOUT_PEFT, .scale = MULTI_SCALE, .seed = (uint64_t)o->seed};
@@ -1684,6 +1763,8 @@ static int run_suite(lf_context *ctx, const options *o, double copy_gbps, result
     const int cpu = lf_context_backend(ctx) == LF_BACKEND_CPU;
     for (size_t i = 0; i < SUITE_COUNT && !o->multi_only; i++) {
         const suite_case *s = &suite_table[i];
+        if (!case_selected(o, s->name))
+            continue;
         problem_cfg c = {.m = s->m, .k = s->k, .n = s->n, .rank = s->rank, .dtype = s->dtype,
                          .layout = o->layout, .scale = 2.0f, .beta = 0.0f, .bias = 0, .seed = (uint64_t)o->seed};
         const double base_flops = 2.0 * (double)s->m * (double)s->k * (double)s->n;
@@ -1725,6 +1806,8 @@ static int json_path_writable(const char *path)
 static int cmd_bench(const options *o)
 {
     if (o->json_path && !json_path_writable(o->json_path))
+        return EXIT_USAGE;
+    if (!cases_option_ok(o))
         return EXIT_USAGE;
     if (o->tp) {
         const lf_tp_bench_options tpo = {.iters = o->iters, .seed = (uint64_t)o->seed, .json_path = o->json_path};

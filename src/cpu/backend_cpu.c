@@ -177,8 +177,8 @@ static baseline_ws baseline_layout(const lf_lora_problem *p)
     if (p->dtype != LF_F32) {
         L.x = take(&L, mul(p->m, p->k));
         L.w = p->w ? take(&L, mul(p->n, p->k)) : 0;
-        L.a = take(&L, mul(p->rank, p->k));
-        L.b = take(&L, mul(p->n, p->rank));
+        L.a = p->a ? take(&L, mul(p->rank, p->k)) : 0; /* the base GEMM alone has no adapter */
+        L.b = p->b ? take(&L, mul(p->n, p->rank)) : 0;
         L.bias = p->bias ? take(&L, (size_t)p->n) : 0;
         L.y = take(&L, mul(p->m, p->n));
     }
@@ -237,12 +237,16 @@ static lf_lora_problem baseline_f32_view(lf_context *ctx, const lf_lora_problem 
         q.w = ws + L->w;
         q.ldw = peft ? p->k : p->n;
     }
-    convert_in(kern, p->a, p->dtype, p->lda, peft ? p->rank : p->k, peft ? p->k : p->rank, ws + L->a);
-    q.a = ws + L->a;
-    q.lda = peft ? p->k : p->rank;
-    convert_in(kern, p->b, p->dtype, p->ldb, peft ? p->n : p->rank, peft ? p->rank : p->n, ws + L->b);
-    q.b = ws + L->b;
-    q.ldb = peft ? p->rank : p->n;
+    if (p->a) {
+        convert_in(kern, p->a, p->dtype, p->lda, peft ? p->rank : p->k, peft ? p->k : p->rank, ws + L->a);
+        q.a = ws + L->a;
+        q.lda = peft ? p->k : p->rank;
+    }
+    if (p->b) {
+        convert_in(kern, p->b, p->dtype, p->ldb, peft ? p->n : p->rank, peft ? p->rank : p->n, ws + L->b);
+        q.b = ws + L->b;
+        q.ldb = peft ? p->rank : p->n;
+    }
     if (p->bias) {
         kern->to_f32(p->bias, p->dtype, p->n, ws + L->bias);
         q.bias = ws + L->bias;
