@@ -25,9 +25,10 @@
  * - Matrices are row-major views (lf_matrix): data, dtype, rows, cols and a row stride counted in
  *   elements (stride >= cols). Views never own memory.
  * - All operands of one call share one dtype (f32, f16 or bf16). Arithmetic accumulates in fp32 and
- *   the result is rounded to the dtype once. (One range limit: on Hopper GPUs the f16 layer from
- *   about 768 tokens holds scale·x·Aᵀ as two f16 parts, twice f16's precision but f16's range, so
- *   |scale·x·Aᵀ| beyond 65504 overflows there, as it does in PEFT, which holds x·Aᵀ in f16.)
+ *   the result is rounded to the dtype once. (One range limit: on Hopper GPUs the f16 layer that
+ *   runs as one tensor-core kernel — PEFT layout, rank ≤ 64, from 768 tokens at N = 4096 — holds
+ *   scale·x·Aᵀ as two f16 parts, twice f16's precision but f16's range: where |scale·x·Aᵀ| reaches
+ *   65520 the output is NaN. bf16 has fp32's range.)
  * - With a CPU context, data pointers are host pointers. With a CUDA context they are device
  *   pointers (lf_malloc), and work is queued on the context's stream.
  * - Every function returns an lf_status. On failure nothing is written to any output, and

@@ -396,6 +396,8 @@ cudaError_t launch_tw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     if (workers > max_ctas - 1)
         workers = max_ctas - 1;
     kp.tile_ctas = items < max_ctas - workers ? items : max_ctas - workers;
+    /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
+     * find an SM, which a previous kernel still running beside it (released early) could hold. */
     lora_hopper_kernel<T, TW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
     return cudaGetLastError();
 }
