@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     if (prev >= 0 && lane == 0)
                         release_stage<kCluster>(EMPTY(prev));
                     prev = -1;
-                    split_hi_lo<kInT / 4>(t_acc, p.scale, t_hi, t_lo);
+                    split_hi_lo<kInT / 4, bf16>(t_acc, p.scale, t_hi, t_lo);
                 }
                 /* K steps of 16 in this stage: 4, or what is left of the rank in a LoRA stage */
                 const int k16 = !lora ? K16 : min(K16, (p.r - (ks - p.k_tiles) * kBK + 15) / 16);
@@ -289,8 +289,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                         const uint32_t at = ring_t + stage * T_BYTES;
 #pragma unroll
                         for (int k = 0; k < K16; k++) {
-                            wgmma_m64n256k16(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
-                            wgmma_m64nXk16<kInT>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
+                            wgmma_m64n256k16<bf16>(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
+                            wgmma_m64nXk16<kInT, bf16>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
                         }
                     } else { /* d += (s·T)_hi·Bᵀ + (s·T)_lo·Bᵀ, A from registers; T is zero past r */
 #pragma unroll
@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                         }
                     }
                 } else
-                    wgmma_stage<kBK, K16>(d, a, b, k16);
+                    wgmma_stage<kBK, K16, bf16>(d, a, b, k16);
                 wgmma_commit();
                 const int done = kWaitOne ? prev : stage; /* the stage whose wgmmas have completed */
                 if (kWaitOne)

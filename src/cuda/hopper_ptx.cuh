@@ -124,7 +124,7 @@ template <> struct wgmma_type<__half> {
 };
 
 /* d[64×256] += A[64×16] · B[256×16]ᵀ, both K-major in shared memory, fp32 accumulate. */
-template <typename T = __nv_bfloat16>
+template <typename T>
 static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
 {
     if constexpr (wgmma_type<T>::f16)
@@ -139,7 +139,7 @@ static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, u
                      : "l"(da), "l"(db));
 }
 /* T's accumulators: d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64. */
-template <int kN, typename T = __nv_bfloat16>
+template <int kN, typename T>
 static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uint64_t db)
 {
     static_assert(kN == 16 || kN == 64, "T widths: 16, 64");
@@ -164,7 +164,7 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
 }
 
 /* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom). */
-template <int kBK, int steps, typename T = __nv_bfloat16>
+template <int kBK, int steps, typename T>
 static __device__ __forceinline__ void wgmma_k16_steps(float *d, uint32_t a, uint32_t b)
 {
 #pragma unroll
@@ -173,7 +173,7 @@ static __device__ __forceinline__ void wgmma_k16_steps(float *d, uint32_t a, uin
 }
 /* k16 (≤ kSteps) steps of one stage as straight-line runs: a branch between two wgmmas costs an
  * injected fence, so each count has its own run. */
-template <int kBK, int kSteps, typename T = __nv_bfloat16>
+template <int kBK, int kSteps, typename T>
 static __device__ __forceinline__ void wgmma_stage(float *d, uint32_t a, uint32_t b, int k16)
 {
     if (k16 >= kSteps)
@@ -186,7 +186,7 @@ static __device__ __forceinline__ void wgmma_stage(float *d, uint32_t a, uint32_
  * carries twice the mantissa of one 16-bit value, so the LoRA term is not rounded to 8 (bf16) or 11
  * (f16) bits before it meets the output's one rounding. Pair i of an m64nN accumulator is register i
  * of the m64k16 A fragments. */
-template <int kPairs, typename T = __nv_bfloat16>
+template <int kPairs, typename T>
 static __device__ __forceinline__ void split_hi_lo(const float *t, float s, uint32_t *hi, uint32_t *lo)
 {
 #pragma unroll
