@@ -150,8 +150,9 @@ typedef struct lf_context lf_context;
 /*! lf_context_create() :
  *  Creates a context on a backend. LF_BACKEND_AUTO takes CUDA when the library was built with it
  *  and a device is present, otherwise the CPU; lf_context_backend() says which was taken.
- *  A CUDA context uses device 0 (or the current device) and the legacy default stream until
- *  lf_context_set_stream() is called.
+ *  A CUDA context belongs to the device current when it is created (its cuBLAS handle, workspace
+ *  and streams live there); make that device current in every thread that uses the context. It
+ *  uses the legacy default stream until lf_context_set_stream() is called.
  *  @return LF_OK and *out set; LF_ERR_NULL_POINTER (out NULL); LF_ERR_INVALID_VALUE (unknown
  *  backend); LF_ERR_BACKEND_UNAVAILABLE (CUDA asked for explicitly but not built or no device);
  *  LF_ERR_OUT_OF_MEMORY. On failure *out is set to NULL (when out is not NULL). */

@@ -116,6 +116,8 @@ void lf_tp_comm_destroy(lf_tp_comm *comm)
 int lf_tp_comm_rank(const lf_tp_comm *comm) { return comm ? comm->rank : -1; }
 int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
 
+void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks) { comm->forced_chunks = chunks > 0 ? chunks : 0; }
+
 /* ---- the row-parallel driver ------------------------------------------------------------------ */
 
 /* Computes this rank's partial output for rows [r0, r0 + rows) into y_rows: beta and bias only on
@@ -222,14 +224,17 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         return st;
     if (m < 0 || y->rows != m)
         m = 0; /* the op reports the shapes */
-    const int chunks = chunkable ? lf_tp_row_chunks(m, y->cols, comm->size) : 1;
+    const int forced = comm->forced_chunks > 0;
+    int chunks = !chunkable ? 1 : forced ? comm->forced_chunks : lf_tp_row_chunks(m, y->cols, comm->size);
+    if (chunks > m)
+        chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
     for (int c = 0; c < chunks; c++) {
         int64_t r0 = 0, rows = m;
         if (chunks > 1)
             lf_tp_split(m, chunks, c, &r0, &rows);
         const lf_matrix y_rows = y->data ? sub_view(y, r0, rows, 0, y->cols) : *y;
         st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
-        if (st == LF_OK && rows > 0 && comm->size > 1) /* one rank: its partial output is the sum */
+        if (st == LF_OK && rows > 0 && (comm->size > 1 || forced)) /* one rank: its partial output is the sum */
             st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype, chunks > 1);
         if (st != LF_OK) {
             comm->ops->join(comm); /* order later work after what was already issued */

@@ -29,8 +29,15 @@ struct lf_tp_comm {
     const lf_tp_comm_ops *ops;
     lf_context *ctx;
     int rank, size;
-    void *impl; /* the implementation's state */
+    void *impl;        /* the implementation's state */
+    int forced_chunks; /* tests: lf_tp_comm_force_chunks; 0 otherwise */
 };
+
+/* Tests only: this communicator's row layers run in `chunks` row chunks (the per-segment form in
+ * one) and issue every all-reduce even with one rank, so that a single GPU runs the communicator's
+ * whole path — the fork onto its stream, the all-reduces, the join — which one rank otherwise skips
+ * (a sum over one rank is the identity). 0 restores the plan's choice. */
+void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks);
 
 /* The NCCL communicator (src/cuda/tp_nccl.cu, built with NCCL only); ctx is a CUDA context. */
 lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);

@@ -10,7 +10,9 @@
  * Every element of y is checked; the row-parallel tolerance adds one rounding of each rank's partial
  * output (u·Σ_p |partial_p|, from the reference of each rank's own problem), the rounding every TP
  * layer makes before its all-reduce. All ranks' y must be bitwise equal.
- * CUDA + NCCL: the same row-parallel layer through NCCL with world size 1 on device 0.
+ * CUDA + NCCL: the same row-parallel layer through NCCL with world size 1 on device 0, with 0, 1 and
+ * 3 forced row chunks (forced chunks issue their all-reduces even with one rank, so one GPU runs
+ * the communicator's stream, events and join).
  */
 #include "lf_test.h"
 
@@ -161,11 +163,14 @@ static lf_lora_problem adapter_problem(lf_context *ctx, const layer *l, int i, c
 /* The adapter of token t: -1 (none) for every fourth token, else 0..ADAPTERS-1 in runs of 3. */
 static int32_t adapter_of(int64_t t) { return t % 4 == 3 ? -1 : (int32_t)((t / 3) % ADAPTERS); }
 
-static void row_case(lf_context *ctx, const layer *l, int parts, row_form form)
+/* forced_chunks > 0: every rank's communicator is forced to that many row chunks and to issue its
+ * all-reduces with one rank too (lf_tp_comm_force_chunks). */
+static void row_case(lf_context *ctx, const layer *l, int parts, row_form form, int forced_chunks)
 {
-    lft_begin("test_tp row %s %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g", form_name[form], lf_dtype_name(l->dtype),
+    lft_begin("test_tp row %s %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g%s", form_name[form], lf_dtype_name(l->dtype),
               l->layout == LF_LAYOUT_PEFT ? "peft" : "kn", parts, (long long)l->m, (long long)l->k,
-              (long long)l->n, (long long)l->r, l->has_bias ? " bias" : "", (double)l->beta);
+              (long long)l->n, (long long)l->r, l->has_bias ? " bias" : "", (double)l->beta,
+              forced_chunks ? " forced chunks" : "");
     const size_t cells = (size_t)(l->m * l->n);
     double *exact = malloc(cells * sizeof(double)), *mag = malloc(cells * sizeof(double));
     double *part = malloc(cells * sizeof(double)), *sum_abs = calloc(cells, sizeof(double));
@@ -209,6 +214,8 @@ static void row_case(lf_context *ctx, const layer *l, int parts, row_form form)
         lf_matrix yp = lf_matrix_make(l->dtype, y[p], l->m, l->n);
         lf_tp_comm *comm = NULL;
         LFT_CHECK(lf_tp_local_comm(group, ctx, p, &comm) == LF_OK);
+        if (comm)
+            lf_tp_comm_force_chunks(comm, forced_chunks);
         /* this rank's exact partial output, for the rounding it takes before the sum */
         const float beta_p = p == 0 ? l->beta : 0.0f;
         const lf_matrix *bias_rank = p == 0 ? bias : NULL;
@@ -279,8 +286,21 @@ static void cpu_cases(lf_context *ctx)
         for (int parts = 1; parts <= MAX_P; parts++) {
             column_case(ctx, &l, parts);
             for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
-                row_case(ctx, &l, parts, (row_form)form);
+                row_case(ctx, &l, parts, (row_form)form, 0);
         }
+        layer_free(&l);
+    }
+    /* Forced chunks: ragged ones (13 rows in 4, 37 in 5), and every all-reduce issued at P = 1 too
+     * (the path a single GPU's NCCL test takes). */
+    for (int s = 0; s < 2; s++) {
+        layer l;
+        if (s == 0)
+            layer_init(&l, LF_BF16, LF_LAYOUT_KN, 13, 70, 45, 8, 0, 0.5f, lft_case_seed(40));
+        else
+            layer_init(&l, LF_F32, LF_LAYOUT_PEFT, 37, 131, 67, 7, 1, 0.0f, lft_case_seed(41));
+        for (int parts = 1; parts <= 2; parts++)
+            for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
+                row_case(ctx, &l, parts, (row_form)form, s == 0 ? 4 : 5);
         layer_free(&l);
     }
 
@@ -419,23 +439,26 @@ static void multi_chunk_cases(lf_context *ctx)
     lft_end();
 }
 
+/* One GPU: the row-parallel layer through NCCL with world size 1, against the reference, twice for
+ * determinism, for each forced chunk count: 0 (the plan: one chunk, and one rank issues no
+ * all-reduce), 1 (one all-reduce in the context's stream), 3 (three all-reduces on the
+ * communicator's stream, then the join) — the last two run tp_nccl.cu's whole path on one GPU. */
+static const int nccl_forced_chunks[] = {0, 1, 3};
+#define NCCL_WORLD1_CASES (int)(sizeof nccl_forced_chunks / sizeof nccl_forced_chunks[0])
+
 #ifdef LF_HAVE_NCCL
-/* One GPU: the row-parallel layer through NCCL with world size 1 (the full path: shard, chunks,
- * the all-reduce on the second stream, the join), against the reference, twice for determinism. */
-static void nccl_world1(void)
+static void nccl_world1_case(lf_context *ctx, int forced_chunks)
 {
-    lf_context *ctx = NULL;
-    if (!lf_backend_available(LF_BACKEND_CUDA) || lf_context_create(&ctx, LF_BACKEND_CUDA) != LF_OK) {
-        lft_skip("test_tp nccl world size 1", "cuda", "no CUDA device", 1);
-        return;
-    }
-    lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, twice");
+    lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, forced chunks %d, twice",
+              forced_chunks);
     ncclComm_t nc;
     int dev = 0;
     LFT_CHECKF(ncclCommInitAll(&nc, 1, &dev) == ncclSuccess, "ncclCommInitAll failed");
     lf_tp_comm *comm = NULL;
     LFT_CHECK_STATUS(ctx, lf_tp_comm_from_nccl(ctx, nc, &comm), LF_OK);
     LFT_CHECK(lf_tp_comm_rank(comm) == 0 && lf_tp_comm_size(comm) == 1);
+    if (comm)
+        lf_tp_comm_force_chunks(comm, forced_chunks);
     layer l;
     layer_init(&l, LF_BF16, LF_LAYOUT_PEFT, 300, 256, 192, 16, 1, 0.5f, 7);
     const size_t es = lf_dtype_size(l.dtype);
@@ -469,8 +492,19 @@ static void nccl_world1(void)
     lf_tp_comm_destroy(comm);
     ncclCommDestroy(nc);
     lf_context_destroy(cpu);
-    lf_context_destroy(ctx);
     lft_end();
+}
+
+static void nccl_world1(void)
+{
+    lf_context *ctx = NULL;
+    if (!lf_backend_available(LF_BACKEND_CUDA) || lf_context_create(&ctx, LF_BACKEND_CUDA) != LF_OK) {
+        lft_skip("test_tp nccl world size 1", "cuda", "no CUDA device", NCCL_WORLD1_CASES);
+        return;
+    }
+    for (int fc = 0; fc < NCCL_WORLD1_CASES; fc++)
+        nccl_world1_case(ctx, nccl_forced_chunks[fc]);
+    lf_context_destroy(ctx);
 }
 #endif
 
@@ -488,7 +522,7 @@ int main(void)
 #ifdef LF_HAVE_NCCL
     nccl_world1();
 #else
-    lft_skip("test_tp nccl world size 1", "cuda", "built without NCCL", 1);
+    lft_skip("test_tp nccl world size 1", "cuda", "built without NCCL", NCCL_WORLD1_CASES);
 #endif
     return lft_summary("test_tp");
 }

@@ -88,7 +88,7 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
     if (!s)
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
     s->nccl = static_cast<ncclComm_t>(nccl_comm);
-    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s};
+    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0};
     ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
     if (r == ncclSuccess)
         r = ncclCommCount(s->nccl, &s->comm.size);
