@@ -863,10 +863,12 @@ static int write_tp_json(const tp_bench *b, const char *path)
 
 int lf_cli_bench_tp(const lf_tp_bench_options *o)
 {
-    /* Never NVLink multicast (NCCL reads this at its first init): unless the user decided. */
+    /* Never NVLink multicast (NCCL reads this at its first init), whatever the environment says:
+     * lorafuse's TP layers do not use it, and the machines it is measured on must not create
+     * multicast objects. */
     const char *nvls = getenv("NCCL_NVLS_ENABLE");
-    if (!nvls)
-        setenv("NCCL_NVLS_ENABLE", "0", 1);
+    const int overridden = nvls && strcmp(nvls, "0") != 0;
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
     int parts = 0;
     if (!lf_backend_available(LF_BACKEND_CUDA) || cudaGetDeviceCount(&parts) != cudaSuccess || parts < 1) {
         lf_cli_error("bench --tp: no usable CUDA device");
@@ -874,9 +876,9 @@ int lf_cli_bench_tp(const lf_tp_bench_options *o)
     }
     int v = 0;
     ncclGetVersion(&v);
-    printf("lorafuse bench --tp %s: P = %d GPU%s (one thread each), NCCL %d.%d.%d, NCCL_NVLS_ENABLE=%s%s\n",
+    printf("lorafuse bench --tp %s: P = %d GPU%s (one thread each), NCCL %d.%d.%d, NCCL_NVLS_ENABLE=0%s\n",
            lf_version_string(), parts, parts == 1 ? "" : "s", v / 10000, v / 100 % 100, v % 100,
-           nvls ? nvls : "0", nvls ? " (from the environment)" : "");
+           overridden ? " (the environment's other value ignored)" : "");
     printf("times: per call, CUDA-graph replay per rank (lorafuse also in a host loop), median of %d replays, the "
            "slowest rank\n", TP_REPS);
     tp_bench b = {.parts = parts, .opts = o};
