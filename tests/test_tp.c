@@ -12,7 +12,9 @@
  * layer makes before its all-reduce. All ranks' y must be bitwise equal.
  * CUDA + NCCL: the same row-parallel layer through NCCL with world size 1 on device 0, with 0, 1 and
  * 3 forced row chunks (forced chunks issue their all-reduces even with one rank, so one GPU runs
- * the communicator's stream, events and join).
+ * the communicator's stream, events and join). With 2 or more GPUs: one thread per GPU, each rank
+ * its shard on its device, against the unsharded reference, ranks and runs bitwise equal, and a
+ * call every rank refuses (a status, no collective issued, no hang) before them.
  */
 #include "lf_test.h"
 
@@ -21,7 +23,9 @@
 #include "tp_internal.h"
 
 #ifdef LF_HAVE_NCCL
+#include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <pthread.h>
 #endif
 
 #include <math.h>
@@ -506,6 +510,178 @@ static void nccl_world1(void)
         nccl_world1_case(ctx, nccl_forced_chunks[fc]);
     lf_context_destroy(ctx);
 }
+
+/* ---- several GPUs: one thread per rank --------------------------------------------------------- */
+
+/* A host view's rows × cols elements, packed dense (rows of cols) into a new buffer. */
+static void *pack_dense(const lf_matrix *v)
+{
+    const size_t es = lf_dtype_size(v->dtype), row = (size_t)v->cols * es;
+    unsigned char *d = malloc((size_t)(v->rows > 0 ? v->rows : 1) * row);
+    for (int64_t i = 0; d && i < v->rows; i++)
+        memcpy(d + (size_t)i * row, (const char *)v->data + (size_t)(i * v->stride) * es, row);
+    return d;
+}
+
+typedef struct gpu_rank {
+    const layer *l;
+    ncclComm_t nccl;
+    int rank, parts, device;
+    int bad_call;          /* 1: call with y of the wrong width on every rank (a status, no hang) */
+    lf_status st[2];       /* the two row-layer calls */
+    lf_status setup, bad_st;
+    void *out[2];          /* y of each call, host */
+    char message[256];
+} gpu_rank;
+
+/* One rank: its context and communicator on its device, its shard uploaded, the row layer twice
+ * (y reset between), y copied back; optionally first a call every rank refuses. Checks happen in
+ * the main thread (the test harness is single-threaded). */
+static void *gpu_rank_main(void *arg)
+{
+    gpu_rank *g = arg;
+    const layer *l = g->l;
+    const size_t es = lf_dtype_size(l->dtype);
+    lf_context *ctx = NULL;
+    lf_tp_comm *comm = NULL;
+    void *d[6] = {0};
+    g->setup = cudaSetDevice(g->device) == cudaSuccess ? LF_OK : LF_ERR_DEVICE;
+    if (g->setup == LF_OK)
+        g->setup = lf_context_create(&ctx, LF_BACKEND_CUDA);
+    if (g->setup == LF_OK)
+        g->setup = lf_tp_comm_from_nccl(ctx, g->nccl, &comm);
+    lf_matrix w, bias, a, b;
+    int64_t k0 = 0, kc = 0;
+    if (g->setup == LF_OK)
+        g->setup = lf_tp_shard_lora(LF_TP_ROW, l->layout, g->parts, g->rank, &l->vw, &l->vbias, &l->va, &l->vb, &w,
+                                    &bias, &a, &b);
+    if (g->setup == LF_OK)
+        g->setup = lf_tp_split(l->k, g->parts, g->rank, &k0, &kc);
+    lf_matrix x = lf_matrix_make(l->dtype, (char *)l->x + (size_t)k0 * es, l->m, kc);
+    x.stride = l->k;
+    const lf_matrix *host[5] = {&x, &w, &bias, &a, &b};
+    lf_matrix dev[6];
+    for (int i = 0; i < 5 && g->setup == LF_OK; i++) {
+        void *packed = pack_dense(host[i]);
+        const size_t bytes = (size_t)(host[i]->rows * host[i]->cols) * es;
+        dev[i] = lf_matrix_make(l->dtype, NULL, host[i]->rows, host[i]->cols);
+        g->setup = packed ? lf_malloc(ctx, &d[i], bytes) : LF_ERR_OUT_OF_MEMORY;
+        if (g->setup == LF_OK)
+            g->setup = lf_memcpy(ctx, d[i], packed, bytes, LF_COPY_HOST_TO_DEVICE);
+        dev[i].data = d[i];
+        free(packed);
+    }
+    const size_t ybytes = (size_t)(l->m * l->n) * es;
+    if (g->setup == LF_OK)
+        g->setup = lf_malloc(ctx, &d[5], ybytes);
+    dev[5] = lf_matrix_make(l->dtype, d[5], l->m, l->n);
+    if (g->setup == LF_OK && g->bad_call) {
+        lf_matrix narrow = dev[5];
+        narrow.cols = l->n - 1, narrow.stride = l->n - 1;
+        g->bad_st = lf_tp_row_forward(ctx, comm, l->layout, &dev[0], &dev[1], &dev[2], &dev[3], &dev[4], l->scale,
+                                      l->beta, &narrow);
+    }
+    for (int run = 0; run < 2 && g->setup == LF_OK; run++) {
+        g->out[run] = malloc(ybytes);
+        g->st[run] = lf_memcpy(ctx, d[5], l->y0, ybytes, LF_COPY_HOST_TO_DEVICE);
+        if (g->st[run] == LF_OK)
+            g->st[run] = lf_tp_row_forward(ctx, comm, l->layout, &dev[0], &dev[1], &dev[2], &dev[3], &dev[4],
+                                           l->scale, l->beta, &dev[5]);
+        if (g->st[run] == LF_OK)
+            g->st[run] = lf_memcpy(ctx, g->out[run], d[5], ybytes, LF_COPY_DEVICE_TO_HOST);
+    }
+    if (ctx)
+        snprintf(g->message, sizeof g->message, "%s", lf_context_last_error(ctx));
+    for (int i = 0; i < 6; i++)
+        if (d[i])
+            lf_free(ctx, d[i]);
+    lf_tp_comm_destroy(comm);
+    lf_context_destroy(ctx);
+    return NULL;
+}
+
+/* Every visible GPU (2..MAX_P) as one rank each, through ncclCommInitAll: the row-parallel layer
+ * against the fp64 reference of the unsharded layer (plus each rank's rounding before the sum),
+ * all ranks bitwise equal, two runs bitwise equal; with a call every rank refuses first. M = 600
+ * runs in row chunks with the all-reduces beside the compute; K = 258 splits unevenly. */
+static void nccl_several(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+        cudaGetLastError();
+        lft_skip("test_tp nccl several GPUs", "cuda", "needs 2 or more GPUs", 2);
+        return;
+    }
+    const int parts = count < MAX_P ? count : MAX_P;
+    const struct {
+        int64_t m, k, n, r;
+    } shapes[2] = {{600, 512, 384, 16}, {37, 258, 200, 7}};
+    lf_context *cpu = NULL;
+    if (lf_context_create(&cpu, LF_BACKEND_CPU) != LF_OK)
+        return;
+    for (int s = 0; s < 2; s++) {
+        lft_begin("test_tp nccl %d GPUs: row-parallel bf16 %lldx%lldx%lld r%lld bias beta=0.5, a refused call, "
+                  "twice", parts, (long long)shapes[s].m, (long long)shapes[s].k, (long long)shapes[s].n,
+                  (long long)shapes[s].r);
+        layer l;
+        layer_init(&l, LF_BF16, LF_LAYOUT_PEFT, shapes[s].m, shapes[s].k, shapes[s].n, shapes[s].r, 1, 0.5f,
+                   lft_case_seed(60 + s));
+        const size_t cells = (size_t)(l.m * l.n), es = lf_dtype_size(l.dtype);
+        double *exact = malloc(cells * sizeof(double)), *mag = malloc(cells * sizeof(double));
+        double *part = malloc(cells * sizeof(double)), *sum_abs = calloc(cells, sizeof(double));
+        reference(cpu, &l, &l.vx, &l.vw, &l.vbias, &l.va, &l.vb, l.beta, exact, mag);
+        for (int p = 0; p < parts; p++) { /* each rank's exact partial output, for its rounding */
+            lf_matrix w, bias, a, b;
+            int64_t k0, kc;
+            LFT_CHECK(lf_tp_shard_lora(LF_TP_ROW, l.layout, parts, p, &l.vw, &l.vbias, &l.va, &l.vb, &w, &bias, &a,
+                                       &b) == LF_OK &&
+                      lf_tp_split(l.k, parts, p, &k0, &kc) == LF_OK);
+            lf_matrix x = lf_matrix_make(l.dtype, (char *)l.x + (size_t)k0 * es, l.m, kc);
+            x.stride = l.k;
+            reference(cpu, &l, &x, &w, p == 0 ? &bias : NULL, &a, &b, p == 0 ? l.beta : 0.0f, part, NULL);
+            for (size_t i = 0; i < cells; i++)
+                sum_abs[i] += fabs(part[i]);
+        }
+        ncclComm_t comms[MAX_P];
+        int devs[MAX_P];
+        for (int p = 0; p < parts; p++)
+            devs[p] = p;
+        gpu_rank g[MAX_P];
+        pthread_t th[MAX_P];
+        memset(g, 0, sizeof g);
+        if (LFT_CHECKF(ncclCommInitAll(comms, parts, devs) == ncclSuccess, "ncclCommInitAll failed")) {
+            for (int p = 0; p < parts; p++) {
+                g[p] = (gpu_rank){.l = &l, .nccl = comms[p], .rank = p, .parts = parts, .device = p, .bad_call = 1};
+                LFT_CHECK(pthread_create(&th[p], NULL, gpu_rank_main, &g[p]) == 0);
+            }
+            for (int p = 0; p < parts; p++)
+                pthread_join(th[p], NULL);
+            for (int p = 0; p < parts; p++)
+                ncclCommDestroy(comms[p]);
+        }
+        for (int p = 0; p < parts; p++) {
+            LFT_CHECKF(g[p].setup == LF_OK, "rank %d setup: %s (%s)", p, lf_status_name(g[p].setup), g[p].message);
+            LFT_CHECKF(g[p].bad_st == LF_ERR_SHAPE_MISMATCH, "rank %d: the narrow y gave %s, not a shape mismatch", p,
+                       lf_status_name(g[p].bad_st));
+            for (int run = 0; run < 2; run++)
+                LFT_CHECKF(g[p].st[run] == LF_OK, "rank %d run %d: %s (%s)", p, run, lf_status_name(g[p].st[run]),
+                           g[p].message);
+        }
+        if (!lft_case_failed()) {
+            check_y(&l, g[0].out[0], exact, mag, sum_abs);
+            for (int p = 0; p < parts; p++) {
+                LFT_CHECKF(memcmp(g[p].out[0], g[0].out[0], cells * es) == 0, "rank %d's y differs from rank 0's", p);
+                LFT_CHECKF(memcmp(g[p].out[1], g[p].out[0], cells * es) == 0, "rank %d: two runs differ", p);
+            }
+        }
+        for (int p = 0; p < parts; p++)
+            free(g[p].out[0]), free(g[p].out[1]);
+        free(exact), free(mag), free(part), free(sum_abs);
+        layer_free(&l);
+        lft_end();
+    }
+    lf_context_destroy(cpu);
+}
 #endif
 
 int main(void)
@@ -521,8 +697,10 @@ int main(void)
     lf_context_destroy(ctx);
 #ifdef LF_HAVE_NCCL
     nccl_world1();
+    nccl_several();
 #else
     lft_skip("test_tp nccl world size 1", "cuda", "built without NCCL", NCCL_WORLD1_CASES);
+    lft_skip("test_tp nccl several GPUs", "cuda", "built without NCCL", 2);
 #endif
     return lft_summary("test_tp");
 }
