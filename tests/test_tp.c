@@ -12,7 +12,8 @@
  * layer makes before its all-reduce. All ranks' y must be bitwise equal.
  * CUDA + NCCL: the same row-parallel layer through NCCL with world size 1 on device 0, with 0, 1 and
  * 3 forced row chunks (forced chunks issue their all-reduces even with one rank, so one GPU runs
- * the communicator's stream, events and join). With 2 or more GPUs: one thread per GPU, each rank
+ * the communicator's stream, events and join), eagerly and captured in a CUDA graph replayed twice
+ * (bitwise the eager result). With 2 or more GPUs: one thread per GPU, each rank
  * its shard on its device, against the unsharded reference, ranks and runs bitwise equal, and a
  * call every rank refuses (a status, no collective issued, no hang) before them.
  */
@@ -453,8 +454,8 @@ static const int nccl_forced_chunks[] = {0, 1, 3};
 #ifdef LF_HAVE_NCCL
 static void nccl_world1_case(lf_context *ctx, int forced_chunks)
 {
-    lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, forced chunks %d, twice",
-              forced_chunks);
+    lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, forced chunks %d, twice, "
+              "and a graph replayed twice", forced_chunks);
     ncclComm_t nc;
     int dev = 0;
     LFT_CHECKF(ncclCommInitAll(&nc, 1, &dev) == ncclSuccess, "ncclCommInitAll failed");
@@ -489,6 +490,35 @@ static void nccl_world1_case(lf_context *ctx, int forced_chunks)
         check_y(&l, out[0], exact, mag, NULL);
         LFT_CHECKF(memcmp(out[0], out[1], (size_t)count[5] * es) == 0, "two runs differ");
     }
+    /* The same call captured into a CUDA graph (the communicator's stream joins the capture through
+     * its events) and replayed twice: bitwise the eager result. */
+    cudaStream_t cs = NULL;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    if (!lft_case_failed() && LFT_CHECK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking) == cudaSuccess) &&
+        LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, cs), LF_OK) &&
+        LFT_CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) == cudaSuccess)) {
+        const lf_status st = lf_tp_row_forward(ctx, comm, l.layout, &x, &w, &bias, &a, &b, l.scale, l.beta, &y);
+        const int captured = cudaStreamEndCapture(cs, &graph) == cudaSuccess;
+        if (LFT_CHECK_STATUS(ctx, st, LF_OK) && LFT_CHECKF(captured, "capture failed") &&
+            LFT_CHECK(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess))
+            for (int replay = 0; replay < 2 && !lft_case_failed(); replay++) {
+                LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, y.data, l.y0, (size_t)count[5] * es, LF_COPY_HOST_TO_DEVICE),
+                                 LF_OK);
+                LFT_CHECK(cudaGraphLaunch(exec, cs) == cudaSuccess && cudaStreamSynchronize(cs) == cudaSuccess);
+                LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, out[1], y.data, (size_t)count[5] * es, LF_COPY_DEVICE_TO_HOST),
+                                 LF_OK);
+                LFT_CHECKF(memcmp(out[0], out[1], (size_t)count[5] * es) == 0, "graph replay %d differs from the "
+                           "eager call", replay);
+            }
+    }
+    if (exec)
+        cudaGraphExecDestroy(exec);
+    if (graph)
+        cudaGraphDestroy(graph);
+    lf_context_set_stream(ctx, NULL);
+    if (cs)
+        cudaStreamDestroy(cs);
     for (int i = 0; i < 6; i++)
         lf_free(ctx, dev_ptr[i]);
     free(out[0]), free(out[1]), free(exact), free(mag);
