@@ -5,9 +5,10 @@
  * chunk's compute on the context's stream, so the sum of chunk i overlaps the compute of chunk
  * i + 1; join makes the context's stream wait for the last sum. A layer of one chunk sums in the
  * context's stream: with a fork and join it had nothing to overlap, and the row layer cost 2–6 µs
- * more than the column layer of the same shape at P = 1 (bench --tp, H100, 2026-11-25). Events, not host synchronization: the pattern is legal inside CUDA
- * graph capture (the second stream joins the capture through the first event). NCCL's own
- * reduction order is fixed for a communicator, so results repeat bit for bit.
+ * more than the column layer of the same shape at P = 1 (bench --tp, H100, 2026-11-25). Events,
+ * not host synchronization: the pattern is legal inside CUDA graph capture (the second stream joins
+ * the capture through the first event). NCCL's own reduction order is fixed for a communicator, so
+ * results repeat bit for bit.
  */
 #include "common.cuh"
 #include "../tp_internal.h"
