@@ -383,8 +383,6 @@ static const lf_backend_ops cpu_ops = {
     .baseline_unfused = cpu_baseline_unfused,
     .measure_copy_bandwidth = cpu_measure_copy_bandwidth,
     .lora_merge = lf_cpu_lora_merge,
-    .adapter_set_init = lf_cpu_adapter_set_init,
-    .adapter_set_destroy = lf_cpu_adapter_set_destroy,
     .lora_multi = cpu_lora_multi,
 };
 

@@ -289,7 +289,7 @@ static lf_cpu_expand_args expand_args(const lf_lora_problem *p, const ws_layout 
 static pthread_mutex_t blas_mutex = PTHREAD_MUTEX_INITIALIZER;
 static int blas_users, blas_saved_threads;
 
-static void blas_single_begin(void)
+void lf_cpu_blas_single_begin(void)
 {
     if (openblas_get_parallel() != OPENBLAS_THREAD)
         return;
@@ -301,7 +301,7 @@ static void blas_single_begin(void)
     pthread_mutex_unlock(&blas_mutex);
 }
 
-static void blas_single_end(void)
+void lf_cpu_blas_single_end(void)
 {
     if (openblas_get_parallel() != OPENBLAS_THREAD)
         return;
@@ -525,14 +525,14 @@ lf_status lf_cpu_lora_forward(lf_context *ctx, const lf_cpu_kernels *kern, const
         helped = run_delta(kern, p, &L, ws, nt);
         break;
     case IMPL_LAYER_F32:
-        blas_single_begin();
+        lf_cpu_blas_single_begin();
         helped = run_layer_f32(kern, p, &L, ws, nt);
-        blas_single_end();
+        lf_cpu_blas_single_end();
         break;
     case IMPL_LAYER_CVT:
-        blas_single_begin();
+        lf_cpu_blas_single_begin();
         helped = run_layer_cvt(kern, p, &L, ws, nt);
-        blas_single_end();
+        lf_cpu_blas_single_end();
         break;
     default:
         return lf_fail(ctx, LF_ERR_INTERNAL, "lf_lora_forward: unknown CPU plan implementation %d", plan->impl);

@@ -79,6 +79,11 @@ const lf_cpu_kernels *lf_cpu_kernels_select(void);
 /* Number of worker threads a context uses (ctx->threads, 0 = OpenMP's default). */
 int lf_cpu_threads(const lf_context *ctx);
 
+/* Around OpenMP regions whose tasks each call a single-threaded sgemm: holds a pthreads OpenBLAS
+ * at one thread (process-wide, restored by the last caller out; a no-op for other builds). */
+void lf_cpu_blas_single_begin(void);
+void lf_cpu_blas_single_end(void);
+
 /* Plans p for the kernel set: implementation, blocking and workspace size. */
 lf_status lf_cpu_lora_plan(lf_context *ctx, const lf_cpu_kernels *kern, const lf_lora_problem *p,
                            lf_plan *plan);

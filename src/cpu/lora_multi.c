@@ -9,54 +9,36 @@
  *            rounded once). Tokens without an adapter are left alone when beta = 1 and there is no
  *            bias, else get y = beta·y + bias (an expand of rank 0). Tasks write disjoint rows of
  *            y, each row through the same operations whoever runs it: bitwise reproducible.
- *   layer    per group, the single-adapter layer (lf_lora_forward) on the group's rows gathered into
- *            panels: one rounding, as the contract wants. W is read once per adapter used (the
- *            tokens without one: a zero adapter with scale 0, the base layer alone); fine for
- *            prefill-sized groups, W-bound for decode batches that use many adapters.
+ *   layer    W is read once per panel of rows, whatever the adapters: per panel, the deltas (with
+ *            beta·y and bias, every token) go into an fp32 accumulator as above — y itself for
+ *            f32 — then column tasks add x·Wᵀ with one single-threaded sgemm each (16-bit: x and
+ *            the task's slice of W converted to fp32 first) and round once into y. (It used to
+ *            run the single-adapter layer once per adapter group: W read L + 1 times, 3.2× the
+ *            base GEMM at 8 adapters and 16 tokens.)
  *
- * Calls allocate their scratch (the grouping, per-thread fp32 panels, the layer's gathered rows)
- * with malloc, all of it before y is written: a call that fails leaves y untouched. Unlike the
- * single-adapter path, nothing here is planned per shape yet.
+ * Calls allocate their scratch (the grouping, per-thread fp32 panels, the layer's accumulator and
+ * W slices) with malloc, all of it before y is written: a call that fails leaves y untouched. The
+ * decomposition (panels, column blocks) depends on the problem only, not on the thread count, so
+ * results are bitwise the same with any number of threads. Unlike the single-adapter path,
+ * nothing here is planned per shape yet.
  */
 #include "lora_fwd.h"
 
+#include <cblas.h>
+#include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Rows projected and expanded at a time: bounds the per-task panels. */
 #define MULTI_PANEL_ROWS 64
+/* Layer: rows per panel (the fp32 accumulator, and x converted, hold a panel), and the most floats
+ * of W's fp32 slice one column task converts (16-bit). */
+#define LAYER_PANEL_ROWS 256
+#define LAYER_W_SLICE_FLOATS (1 << 21)
 
 static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-/* The CPU's part of a set: a zero adapter for the base-GEMM call of the layer. */
-typedef struct cpu_set_state {
-    void *zeros; /* max(K, N) zero elements of the set's dtype */
-} cpu_set_state;
-
-lf_status lf_cpu_adapter_set_init(lf_context *ctx, lf_adapter_set *set)
-{
-    cpu_set_state *s = calloc(1, sizeof *s);
-    const int64_t count = set->k > set->n ? set->k : set->n;
-    if (s)
-        s->zeros = calloc((size_t)count, lf_dtype_size(set->dtype));
-    if (!s || !s->zeros) {
-        free(s);
-        return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_adapter_set_create: out of host memory");
-    }
-    set->backend = s;
-    return LF_OK;
-}
-
-void lf_cpu_adapter_set_destroy(lf_context *ctx, lf_adapter_set *set)
-{
-    (void)ctx;
-    cpu_set_state *s = set->backend;
-    free(s->zeros);
-    free(s);
-    set->backend = NULL;
-}
 
 /* The slot token t uses, or -1: per-token ids or segments, and an empty slot counts as none. */
 static void slots_of_tokens(const lf_multi_problem *p, int32_t *slot)
@@ -88,11 +70,18 @@ static size_t group_floats(const lf_cpu_kernels *kern, const lf_multi_problem *p
     return (size_t)(rp * kp + rank * np + MULTI_PANEL_ROWS * (rp + kp));
 }
 
+/* Where run_group writes token t's row: base + (t - row0)·ld elements of dtype. */
+typedef struct group_out {
+    void *base;
+    lf_dtype dtype;
+    int64_t ld, row0;
+} group_out;
+
 /* Applies one group (adapter `slot`, or none when slot < 0) to its tokens tok[0..count), in
- * increasing order: runs of consecutive tokens are projected and expanded together. buf holds
- * group_floats(rank) floats. */
+ * increasing order: runs of consecutive tokens are projected and expanded together, reading
+ * beta·y from y and writing beta·y + bias + s·T·B to out. buf holds group_floats(rank) floats. */
 static void run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p, const float *bias_f, int32_t slot,
-                      const int32_t *tok, int64_t count, float *buf)
+                      const int32_t *tok, int64_t count, float *buf, const group_out *out)
 {
     const lf_adapter_set *set = p->set;
     const size_t es = lf_dtype_size(p->dtype);
@@ -122,7 +111,8 @@ static void run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p, con
         while (i + len < count && len < MULTI_PANEL_ROWS && tok[i + len] == tok[i] + len)
             len++;
         const int64_t t0 = tok[i];
-        char *yrow = (char *)p->y + (size_t)(t0 * p->ldy) * es;
+        const char *yrow = (const char *)p->y + (size_t)(t0 * p->ldy) * es;
+        char *orow = (char *)out->base + (size_t)((t0 - out->row0) * out->ld) * lf_dtype_size(out->dtype);
         if (rank > 0) {
             const float *x = (const float *)((const char *)p->x + (size_t)(t0 * p->ldx) * es);
             int64_t ldx = p->ldx;
@@ -138,53 +128,65 @@ static void run_group(const lf_cpu_kernels *kern, const lf_multi_problem *p, con
         }
         const lf_cpu_expand_args ea = {.t = tf, .ldt = rp, .rows = len, .cols = p->n, .rank = rank, .b = bf,
                                        .ldb = np, .bias = bias_f, .beta = p->beta, .yin = yrow,
-                                       .yin_dtype = p->dtype, .ldyin = p->ldy, .out = yrow,
-                                       .out_dtype = p->dtype, .ldout = p->ldy};
+                                       .yin_dtype = p->dtype, .ldyin = p->ldy, .out = orow,
+                                       .out_dtype = out->dtype, .ldout = out->ld};
         kern->expand(&ea);
         i += len;
     }
 }
 
-/* Applies the layer to one group through the single-adapter layer on gathered rows: the x (and,
- * for beta ≠ 0, y) rows of the group's tokens into xp and yp, lf_lora_forward into yp (the
- * adapter's A or B transposed to W's layout into tr; no adapter: a zero adapter with scale 0, which
- * adds exactly nothing). The caller scatters yp back once every group has succeeded. */
-static lf_status run_layer_group(lf_context *ctx, const lf_multi_problem *p, int32_t slot, const int32_t *tok,
-                                 int64_t count, unsigned char *xp, unsigned char *yp, unsigned char *tr)
+/* The layer, one panel of rows [i0, i0 + rows) after another (cursor[g]: group g's next token):
+ * the deltas into acc (fp32; y itself for f32), then column tasks of cb columns add x·Wᵀ and round
+ * into y. Scratch: per thread per_task floats (run_group) and cb·K floats (W's slice, 16-bit);
+ * acc and xf hold a panel (16-bit). */
+static void run_layer(const lf_cpu_kernels *kern, const lf_multi_problem *p, const float *bias_f,
+                      const int64_t *start, const int32_t *order, int64_t *cursor, int none_group, float *scratch,
+                      size_t per_task, float *acc, float *xf, float *wf, int64_t cb, int threads)
 {
-    const lf_adapter_set *set = p->set;
-    const cpu_set_state *s = set->backend;
     const size_t es = lf_dtype_size(p->dtype);
-    const int peft = p->layout == LF_LAYOUT_PEFT;
-    const int64_t rank = slot >= 0 ? set->slots[slot].rank : 1;
-    /* The operand the stacked storage does not hold in W's layout: B as [N, r] (PEFT) or A as [K, r]. */
-    const int64_t tr_rows = peft ? p->n : p->k;
-    for (int64_t i = 0; i < count; i++) {
-        memcpy(xp + (size_t)(i * p->k) * es, (const char *)p->x + (size_t)(tok[i] * p->ldx) * es, (size_t)p->k * es);
-        if (p->beta != 0.0f)
-            memcpy(yp + (size_t)(i * p->n) * es, (const char *)p->y + (size_t)(tok[i] * p->ldy) * es, (size_t)p->n * es);
+    const int f32 = p->dtype == LF_F32, peft = p->layout == LF_LAYOUT_PEFT;
+    const int skip_none = f32 && p->beta == 1.0f && !p->bias; /* y already holds their beta·y + bias */
+    const int64_t tasks = (p->n + cb - 1) / cb;
+    for (int64_t i0 = 0; i0 < p->m; i0 += LAYER_PANEL_ROWS) {
+        const int64_t rows = min64(LAYER_PANEL_ROWS, p->m - i0);
+        const group_out out = f32 ? (group_out){p->y, LF_F32, p->ldy, 0} : (group_out){acc, LF_F32, p->n, i0};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+        for (int g = 0; g <= none_group; g++) {
+            int64_t hi = cursor[g];
+            while (hi < start[g + 1] && order[hi] < i0 + rows)
+                hi++;
+            if (hi > cursor[g] && !(g == none_group && skip_none))
+                run_group(kern, p, bias_f, g == none_group ? -1 : g, order + cursor[g], hi - cursor[g],
+                          scratch + (size_t)omp_get_thread_num() * per_task, &out);
+            cursor[g] = hi;
+        }
+        if (!f32)
+            for (int64_t r = 0; r < rows; r++)
+                kern->to_f32((const char *)p->x + (size_t)((i0 + r) * p->ldx) * es, p->dtype, p->k, xf + r * p->k);
+        const float *x = f32 ? (const float *)p->x + i0 * p->ldx : xf;
+        const int64_t ldx = f32 ? p->ldx : p->k;
+        float *c = f32 ? (float *)p->y + i0 * p->ldy : acc;
+        const int64_t ldc = f32 ? p->ldy : p->n;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+        for (int64_t task = 0; task < tasks; task++) {
+            const int64_t j0 = task * cb, cols = min64(cb, p->n - j0);
+            const float *w = (const float *)p->w + (peft ? j0 * p->ldw : j0);
+            int64_t ldw = p->ldw;
+            if (!f32) { /* the task's columns of W in fp32: cols rows of K (PEFT) or K rows of cols (KN) */
+                float *slice = wf + (size_t)omp_get_thread_num() * (size_t)(cb * p->k);
+                for (int64_t e = 0; e < (peft ? cols : p->k); e++)
+                    kern->to_f32((const char *)p->w + (size_t)(peft ? (j0 + e) * p->ldw : e * p->ldw + j0) * es,
+                                 p->dtype, peft ? p->k : cols, slice + e * (peft ? p->k : cols));
+                w = slice, ldw = peft ? p->k : cols;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, peft ? CblasTrans : CblasNoTrans, (int)rows, (int)cols,
+                        (int)p->k, 1.0f, x, (int)ldx, w, (int)ldw, 1.0f, c + j0, (int)ldc);
+            if (!f32)
+                for (int64_t r = 0; r < rows; r++)
+                    kern->from_f32(acc + r * p->n + j0, cols, p->dtype,
+                                   (char *)p->y + (size_t)((i0 + r) * p->ldy + j0) * es);
+        }
     }
-    lf_matrix a, b;
-    float scale = 0.0f;
-    if (slot >= 0) {
-        const unsigned char *sa = (const unsigned char *)set->a + (size_t)slot * set->max_rank * set->lda * es;
-        const unsigned char *sb = (const unsigned char *)set->b + (size_t)slot * set->max_rank * set->ldb * es;
-        const unsigned char *src = peft ? sb : sa;
-        const int64_t ld = peft ? set->ldb : set->lda;
-        for (int64_t t = 0; t < rank; t++)
-            for (int64_t e = 0; e < tr_rows; e++)
-                memcpy(tr + (size_t)(e * rank + t) * es, src + (size_t)(t * ld + e) * es, es);
-        a = peft ? (lf_matrix){(void *)sa, p->dtype, rank, p->k, set->lda} : (lf_matrix){tr, p->dtype, p->k, rank, rank};
-        b = peft ? (lf_matrix){tr, p->dtype, p->n, rank, rank} : (lf_matrix){(void *)sb, p->dtype, rank, p->n, set->ldb};
-        scale = set->slots[slot].scale;
-    } else {
-        a = (lf_matrix){s->zeros, p->dtype, peft ? 1 : p->k, peft ? p->k : 1, peft ? p->k : 1};
-        b = (lf_matrix){s->zeros, p->dtype, peft ? p->n : 1, peft ? 1 : p->n, peft ? 1 : p->n};
-    }
-    const lf_matrix x = {xp, p->dtype, count, p->k, p->k}, y = {yp, p->dtype, count, p->n, p->n};
-    const lf_matrix w = {(void *)p->w, p->dtype, peft ? p->n : p->k, peft ? p->k : p->n, p->ldw};
-    const lf_matrix bias = {(void *)p->bias, p->dtype, 1, p->n, p->n};
-    return lf_lora_forward(ctx, p->layout, &x, &w, p->bias ? &bias : NULL, &a, &b, scale, p->beta, &y);
 }
 
 lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const lf_multi_problem *p)
@@ -196,9 +198,9 @@ lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const l
     int64_t *start = calloc((size_t)groups + 1, sizeof *start);
     int64_t *fill = malloc((size_t)groups * sizeof *fill);
     const int64_t np = round_up(p->n, kern->expand_cols);
-    float *bias_f = p->bias && !p->w ? calloc((size_t)np, sizeof *bias_f) : NULL;
+    float *bias_f = p->bias ? calloc((size_t)np, sizeof *bias_f) : NULL;
     lf_status st = LF_OK;
-    if (!slot || !order || !start || !fill || (p->bias && !p->w && !bias_f)) {
+    if (!slot || !order || !start || !fill || (p->bias && !bias_f)) {
         st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
         goto done;
     }
@@ -211,48 +213,60 @@ lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const l
     memcpy(fill, start, (size_t)groups * sizeof *fill);
     for (int64_t t = 0; t < p->m; t++)
         order[fill[slot[t] < 0 ? set->capacity : slot[t]]++] = (int32_t)t;
-    if (p->w) { /* one layer call per group (each threaded itself) into gathered rows, then y */
-        const size_t es = lf_dtype_size(p->dtype);
-        const int64_t tr_rows = p->layout == LF_LAYOUT_PEFT ? p->n : p->k;
-        unsigned char *xs = malloc((size_t)p->m * (size_t)(p->k + p->n) * es + (size_t)(tr_rows * set->max_rank) * es);
-        if (!xs) {
-            st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
-            goto done;
-        }
-        unsigned char *ys = xs + (size_t)(p->m * p->k) * es, *tr = ys + (size_t)(p->m * p->n) * es;
-        for (int g = 0; g < groups && st == LF_OK; g++)
-            if (start[g + 1] > start[g])
-                st = run_layer_group(ctx, p, g == set->capacity ? -1 : g, order + start[g], start[g + 1] - start[g],
-                                     xs + (size_t)(start[g] * p->k) * es, ys + (size_t)(start[g] * p->n) * es, tr);
-        for (int64_t i = 0; i < p->m && st == LF_OK; i++) /* every group done: only now is y written */
-            memcpy((char *)p->y + (size_t)(order[i] * p->ldy) * es, ys + (size_t)(i * p->n) * es, (size_t)p->n * es);
-        free(xs);
-        goto done;
-    }
-    /* Delta: one scratch per thread, sized for the largest rank in use, before y is written. */
+    /* Scratch, all of it before y is written: per thread, a group task's (sized for the largest
+     * rank in use) and, for the 16-bit layer, a slice of W in fp32; the layer's panel of x and
+     * its accumulator. */
     int64_t rank_max = 0;
     for (int g = 0; g < set->capacity; g++)
         if (start[g + 1] > start[g] && set->slots[g].rank > rank_max)
             rank_max = set->slots[g].rank;
     const int threads = lf_cpu_threads(ctx);
     const size_t per_task = group_floats(kern, p, rank_max);
+    const int cvt = p->w && p->dtype != LF_F32;
+    const int64_t panel = min64(p->m, LAYER_PANEL_ROWS);
+    /* column blocks: a multiple of the expand tile, W's slice within budget, at least two tasks */
+    const int64_t ec = kern->expand_cols;
+    int64_t cb = round_up((p->n + 1) / 2, ec);
+    if (cvt && cb * p->k > LAYER_W_SLICE_FLOATS)
+        cb = LAYER_W_SLICE_FLOATS / p->k / ec * ec > ec ? LAYER_W_SLICE_FLOATS / p->k / ec * ec : ec;
     float *scratch = malloc((size_t)threads * per_task * sizeof(float));
-    if (!scratch) {
+    float *wf = cvt ? malloc((size_t)threads * (size_t)(cb * p->k) * sizeof(float)) : NULL;
+    float *xf = cvt ? malloc((size_t)(panel * p->k) * sizeof(float)) : NULL;
+    float *acc = cvt ? malloc((size_t)(panel * p->n) * sizeof(float)) : NULL;
+    int64_t *cursor = malloc((size_t)groups * sizeof *cursor);
+    if (!scratch || !cursor || (cvt && (!wf || !xf || !acc))) {
         st = lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_lora_forward_multi: out of host memory");
-        goto done;
-    }
-    if (p->bias)
-        kern->to_f32(p->bias, p->dtype, p->n, bias_f);
-    const int skip_none = p->beta == 1.0f && !p->bias; /* y already holds their result */
+    } else if (p->w && (p->ldx > INT_MAX || p->ldw > INT_MAX || p->ldy > INT_MAX || p->k > INT_MAX ||
+                        p->n > INT_MAX || panel * p->k > INT_MAX)) {
+        st = lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward_multi: the CPU backend's GEMM takes sizes and "
+                     "row strides up to %d", INT_MAX);
+    } else {
+        if (p->bias)
+            kern->to_f32(p->bias, p->dtype, p->n, bias_f);
+        if (p->w) {
+            memcpy(cursor, start, (size_t)groups * sizeof *cursor);
+            lf_cpu_blas_single_begin(); /* one single-threaded sgemm per column task */
+            run_layer(kern, p, bias_f, start, order, cursor, set->capacity, scratch, per_task, acc, xf, wf, cb,
+                      threads);
+            lf_cpu_blas_single_end();
+        } else {
+            const int skip_none = p->beta == 1.0f && !p->bias; /* y already holds their result */
+            const group_out out = {p->y, p->dtype, p->ldy, 0};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int g = 0; g < groups; g++) {
-        const int64_t count = start[g + 1] - start[g];
-        if (count == 0 || (g == set->capacity && skip_none))
-            continue;
-        run_group(kern, p, bias_f, g == set->capacity ? -1 : g, order + start[g], count,
-                  scratch + (size_t)omp_get_thread_num() * per_task);
+            for (int g = 0; g < groups; g++) {
+                const int64_t count = start[g + 1] - start[g];
+                if (count == 0 || (g == set->capacity && skip_none))
+                    continue;
+                run_group(kern, p, bias_f, g == set->capacity ? -1 : g, order + start[g], count,
+                          scratch + (size_t)omp_get_thread_num() * per_task, &out);
+            }
+        }
     }
     free(scratch);
+    free(wf);
+    free(xf);
+    free(acc);
+    free(cursor);
 done:
     free(slot);
     free(order);

@@ -6,10 +6,6 @@
 
 #include "lora_fwd.h"
 
-/* The CPU's part of an adapter set (a zero adapter for the layer's base-GEMM call). */
-lf_status lf_cpu_adapter_set_init(lf_context *ctx, lf_adapter_set *set);
-void lf_cpu_adapter_set_destroy(lf_context *ctx, lf_adapter_set *set);
-
 /* Runs a validated multi-adapter call (either form) with the kernel set kern. */
 lf_status lf_cpu_lora_multi(lf_context *ctx, const lf_cpu_kernels *kern, const lf_multi_problem *p);
 
