@@ -8,8 +8,12 @@
  *    backend's alloc hook (wrapped here with a counter) is not called at all.
  * Results are checked against the reference throughout: a cached plan must still compute the right
  * thing.
+ * Then the CUDA backend's kernel-choice rules (src/cuda/heuristics.h, plain C), on any machine: the
+ * limits each kernel relies on (the decode kernel's token columns cover M, the Hopper kernel gets
+ * only what it can do) over every M, N and rank a rule can see.
  */
 #include "lf_test.h"
+#include "cuda/heuristics.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -250,9 +254,49 @@ static void plan_tests(lf_context *ctx, void *arg)
     ring(lf_context_backend(ctx));
 }
 
+/* The rules' guarantees, checked exhaustively where the inputs are small and at the edges elsewhere. */
+static void heuristics_tests(void)
+{
+    lft_begin("test_plan cuda heuristics: decode token columns cover M, tiles cover N");
+    for (int64_t m = 1; m <= 64; m++) {
+        const int nt = lf_cuda_decode_nt(m);
+        LFT_CHECKF(nt == 2 || nt == 4 || nt == 8, "M %lld: NT %d is not instantiated", (long long)m, nt);
+        LFT_CHECKF(8 * nt >= m, "M %lld: NT %d covers %d tokens", (long long)m, nt, 8 * nt);
+        for (int64_t n = 1; n <= 20000; n += n < 300 ? 1 : 997) {
+            const int rt = lf_cuda_decode_rt(nt, n, 132);
+            const int64_t grid = lf_cuda_decode_grid(n, rt, lf_cuda_decode_per_sm(nt) * 132);
+            LFT_CHECKF(rt == 1 || rt == 2, "M %lld N %lld: RT %d", (long long)m, (long long)n, rt);
+            LFT_CHECKF(grid >= 1 && grid <= lf_cuda_decode_per_sm(nt) * 132, "M %lld N %lld: grid %lld",
+                       (long long)m, (long long)n, (long long)grid);
+        }
+    }
+    lft_end();
+
+    lft_begin("test_plan cuda heuristics: the Hopper kernel only where it can run and was measured to win");
+    const uint32_t ok_flags = LF_PLAN_HAS_W | LF_PLAN_ALIGNED16;
+    for (int64_t m = 1; m <= 9000; m += m < 1100 ? 31 : 1013)
+        for (int64_t n = 8; n <= 20000; n += 248)
+            for (int64_t r = 1; r <= 80; r += 9) {
+                const int fits = lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, m, n, r, 132);
+                const int64_t tiles_n = (n + 255) / 256, tiles = (m + 127) / 128 * tiles_n;
+                const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > 3840 && tiles >= 96;
+                LFT_CHECKF(fits == expect, "M %lld N %lld r %lld: fits %d, expected %d", (long long)m, (long long)n,
+                           (long long)r, fits, expect);
+            }
+    /* never a layout, dtype or alignment the kernel does not handle, nor the delta op */
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_KN, ok_flags, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_F32, LF_LAYOUT_PEFT, ok_flags, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 4096, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, LF_CUDA_HOPPER_MAX_M + 1, 4096, 16, 132));
+    lft_end();
+}
+
 int main(void)
 {
     printf("test_plan: base seed LF_TEST_SEED=0x%016llx\n", (unsigned long long)lft_base_seed());
     lft_for_each_backend("test_plan", 7, plan_tests, NULL);
+    heuristics_tests();
     return lft_summary("test_plan");
 }
