@@ -228,6 +228,17 @@ static void pack_f32(const lf_cpu_kernels *kern, const void *src, lf_dtype dt, i
     }
 }
 
+void lf_cpu_w_cols_to_f32(const lf_cpu_kernels *kern, const void *w, lf_dtype dt, lf_layout layout, int64_t ldw,
+                          int64_t k, int64_t j0, int64_t cols, float *dst, int64_t ldd)
+{
+    if (layout == LF_LAYOUT_PEFT)
+        for (int64_t j = 0; j < cols; j++)
+            kern->to_f32(elem(w, dt, (j0 + j) * ldw), dt, k, dst + j * ldd);
+    else
+        for (int64_t kk = 0; kk < k; kk++)
+            kern->to_f32(elem(w, dt, kk * ldw + j0), dt, cols, dst + kk * ldd);
+}
+
 /* Packs A to [rp][kp], B to [rank][np] and the bias to [np], on the calling thread before the
  * region: rank rows of K and N are little work, and done there they need no barrier. */
 static void pack_operands(const lf_cpu_kernels *kern, const lf_lora_problem *p, const ws_layout *L, float *ws)
@@ -483,12 +494,7 @@ static int64_t run_layer_cvt(const lf_cpu_kernels *kern, const lf_lora_problem *
                 const int64_t j0 = task * L->cb, cols = min64(L->cb, p->n - j0);
                 const int64_t slot = omp_get_thread_num();
                 float *wf = ws + L->wf + slot * L->wf_slot, *cbuf = ws + L->cbuf + slot * L->c_slot;
-                if (peft)
-                    for (int64_t j = 0; j < cols; j++)
-                        kern->to_f32(elem(p->w, p->dtype, (j0 + j) * p->ldw), p->dtype, p->k, wf + j * ldwf);
-                else
-                    for (int64_t kk = 0; kk < p->k; kk++)
-                        kern->to_f32(elem(p->w, p->dtype, kk * p->ldw + j0), p->dtype, cols, wf + kk * ldwf);
+                lf_cpu_w_cols_to_f32(kern, p->w, p->dtype, p->layout, p->ldw, p->k, j0, cols, wf, ldwf);
                 void *y = (void *)elem(p->y, p->dtype, i0 * p->ldy + j0);
                 const lf_cpu_expand_args args = expand_args(p, L, ws, ws + L->t, rows, j0, cols, y, cbuf, LF_F32, L->cb);
                 kern->expand(&args);

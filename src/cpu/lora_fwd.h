@@ -79,6 +79,11 @@ const lf_cpu_kernels *lf_cpu_kernels_select(void);
 /* Number of worker threads a context uses (ctx->threads, 0 = OpenMP's default). */
 int lf_cpu_threads(const lf_context *ctx);
 
+/* Columns [j0, j0 + cols) of a layer's W (dtype dt, row stride ldw, K rows or columns) in fp32 at
+ * dst: cols rows of K (PEFT layout, W [N, K]) or K rows of cols (KN layout), rows ldd apart. */
+void lf_cpu_w_cols_to_f32(const lf_cpu_kernels *kern, const void *w, lf_dtype dt, lf_layout layout, int64_t ldw,
+                          int64_t k, int64_t j0, int64_t cols, float *dst, int64_t ldd);
+
 /* Around OpenMP regions whose tasks each call a single-threaded sgemm: holds a pthreads OpenBLAS
  * at one thread (process-wide, restored by the last caller out; a no-op for other builds). */
 void lf_cpu_blas_single_begin(void);

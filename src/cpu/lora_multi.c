@@ -172,12 +172,11 @@ static void run_layer(const lf_cpu_kernels *kern, const lf_multi_problem *p, con
             const int64_t j0 = task * cb, cols = min64(cb, p->n - j0);
             const float *w = (const float *)p->w + (peft ? j0 * p->ldw : j0);
             int64_t ldw = p->ldw;
-            if (!f32) { /* the task's columns of W in fp32: cols rows of K (PEFT) or K rows of cols (KN) */
+            if (!f32) { /* the task's columns of W in fp32 */
                 float *slice = wf + (size_t)omp_get_thread_num() * (size_t)(cb * p->k);
-                for (int64_t e = 0; e < (peft ? cols : p->k); e++)
-                    kern->to_f32((const char *)p->w + (size_t)(peft ? (j0 + e) * p->ldw : e * p->ldw + j0) * es,
-                                 p->dtype, peft ? p->k : cols, slice + e * (peft ? p->k : cols));
-                w = slice, ldw = peft ? p->k : cols;
+                ldw = peft ? p->k : cols;
+                lf_cpu_w_cols_to_f32(kern, p->w, p->dtype, p->layout, p->ldw, p->k, j0, cols, slice, ldw);
+                w = slice;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, peft ? CblasTrans : CblasNoTrans, (int)rows, (int)cols,
                         (int)p->k, 1.0f, x, (int)ldx, w, (int)ldw, 1.0f, c + j0, (int)ldc);
