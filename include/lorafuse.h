@@ -657,7 +657,8 @@ typedef struct lf_tp_comm lf_tp_comm;
  *  issue their all-reduces inside the call and order later work after them with events, so several
  *  ranks cannot share one thread's ncclGroupStart/ncclGroupEnd.
  *  @return LF_OK and *out; LF_ERR_NULL_POINTER; LF_ERR_UNSUPPORTED (lorafuse was built without
- *  NCCL, or ctx is not a CUDA context); LF_ERR_DEVICE (NCCL or CUDA reported an error). */
+ *  NCCL, or ctx is not a CUDA context); LF_ERR_INVALID_VALUE (the communicator's device, the
+ *  context's and the current one differ); LF_ERR_DEVICE (NCCL or CUDA reported an error). */
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
 
 /*! lf_tp_comm_destroy() : frees the handle (not the NCCL communicator). NULL is a no-op. */

@@ -55,6 +55,7 @@ static lf_status cuda_init_state(lf_context *ctx, lf_cuda_state *cs)
     const size_t len = strnlen(prop.name, sizeof ctx->device_name - 1);
     memcpy(ctx->device_name, prop.name, len);
     ctx->device_name[len] = '\0';
+    cs->device = dev;
     cs->sm_count = prop.multiProcessorCount;
     cs->cc_major = prop.major;
     LF_CUDA_CHECK(ctx, cudaStreamCreate(&cs->own_stream));

@@ -20,6 +20,7 @@ typedef struct lf_cuda_state {
     void *cublas_ws;            /* cuBLAS's workspace: ours, so that graph capture never allocates */
     size_t cublas_ws_bytes;
     cudaStream_t own_stream; /* used while ctx->stream is NULL: the legacy stream cannot be captured */
+    int device; /* current at creation: the handle, streams and workspace live there */
     int sm_count;
     int cc_major;  /* 9 and up: programmatic dependent launch */
     int decode_ok; /* the decode kernel's shared memory fits this device (not on sm_86/89) */

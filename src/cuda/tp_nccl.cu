@@ -90,13 +90,25 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
     s->nccl = static_cast<ncclComm_t>(nccl_comm);
     s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0};
+    int comm_device = -1, current = -1;
     ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
     if (r == ncclSuccess)
         r = ncclCommCount(s->nccl, &s->comm.size);
+    if (r == ncclSuccess)
+        r = ncclCommCuDevice(s->nccl, &comm_device);
     if (r != ncclSuccess) {
         free(s);
         return lf_fail(ctx, LF_ERR_DEVICE, "lf_tp_comm_from_nccl: not a usable NCCL communicator: %s",
                        ncclGetErrorString(r));
+    }
+    /* The all-reduces run on the context's buffers and streams: all three must be on one device,
+     * and the handle's own stream is created on the current one. */
+    const int ctx_device = lf_cuda_state_of(ctx)->device;
+    if (comm_device != ctx_device || cudaGetDevice(&current) != cudaSuccess || current != ctx_device) {
+        free(s);
+        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "lf_tp_comm_from_nccl: the communicator is on device %d, the "
+                       "context on device %d, and device %d is current: they must be one device",
+                       comm_device, ctx_device, current);
     }
     cudaError_t e = cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking);
     if (e == cudaSuccess)
