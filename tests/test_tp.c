@@ -712,6 +712,37 @@ static void nccl_several(void)
     }
     lf_context_destroy(cpu);
 }
+
+/* A communicator of GPU 1 handed to a context of GPU 0 is refused when wrapped, not left to fail
+ * (or hang) in the first all-reduce; GPU 0's own communicator is accepted. No collective runs. */
+static void nccl_wrong_device(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+        cudaGetLastError();
+        lft_skip("test_tp nccl communicator of another GPU", "cuda", "needs 2 or more GPUs", 1);
+        return;
+    }
+    lft_begin("test_tp nccl: a context on GPU 0 given GPU 1's communicator");
+    ncclComm_t comms[2];
+    int devs[2] = {0, 1};
+    lf_context *ctx = NULL;
+    if (LFT_CHECKF(ncclCommInitAll(comms, 2, devs) == ncclSuccess, "ncclCommInitAll failed")) {
+        if (LFT_CHECK(cudaSetDevice(0) == cudaSuccess && lf_context_create(&ctx, LF_BACKEND_CUDA) == LF_OK)) {
+            lf_tp_comm *comm = NULL;
+            LFT_CHECK_STATUS(ctx, lf_tp_comm_from_nccl(ctx, comms[1], &comm), LF_ERR_INVALID_VALUE);
+            LFT_CHECKF(comm == NULL, "the refused call wrote *out");
+            LFT_CHECKF(strstr(lf_context_last_error(ctx), "device 1") != NULL, "message: %s",
+                       lf_context_last_error(ctx));
+            LFT_CHECK_STATUS(ctx, lf_tp_comm_from_nccl(ctx, comms[0], &comm), LF_OK);
+            lf_tp_comm_destroy(comm);
+            lf_context_destroy(ctx);
+        }
+        ncclCommDestroy(comms[0]);
+        ncclCommDestroy(comms[1]);
+    }
+    lft_end();
+}
 #endif
 
 int main(void)
@@ -728,9 +759,11 @@ int main(void)
 #ifdef LF_HAVE_NCCL
     nccl_world1();
     nccl_several();
+    nccl_wrong_device();
 #else
     lft_skip("test_tp nccl world size 1", "cuda", "built without NCCL", NCCL_WORLD1_CASES);
     lft_skip("test_tp nccl several GPUs", "cuda", "built without NCCL", 2);
+    lft_skip("test_tp nccl communicator of another GPU", "cuda", "built without NCCL", 1);
 #endif
     return lft_summary("test_tp");
 }
