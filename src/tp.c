@@ -78,14 +78,18 @@ lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int ind
     return LF_OK;
 }
 
-/* Not yet measured (no machine with several GPUs has been lent): chunks of at least 128 rows from
- * M = 256, at most four; one rank has nothing to overlap. */
+/* Measured (bench --tp's forced-chunk sweep, 2 × H100 over NVLink, NCCL 2.28, 2026-11-25, µs per
+ * call, 1 / 2 / 4 / 8 chunks): o_proj M = 256 52.8 / 60.0 / 102.5 / 131.9, M = 4096 281.4 / 311.7 /
+ * 347.6 / 448.6; down_proj M = 256 78.6 / 100.4 / 219.6 / 320.5, M = 4096 508.5 / 536.7 / 554.7 /
+ * 732.6. One chunk wins everywhere: a chunk's compute is a shorter GEMM (the Hopper kernel's rounds
+ * of 128 tiles, or cuBLAS plus the epilogue launches) and the all-reduce beside it takes NCCL's 24
+ * channels' SMs from it, so nothing is gained back. The chunked path stays, reached by
+ * lf_tp_comm_force_chunks (the tests, the bench's sweep), until a compute kernel that leaves the
+ * communication its SMs makes overlap pay; P > 2 is not measured. */
 int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
 {
-    (void)n;
-    if (parts < 2 || m < 256)
-        return 1;
-    return m >= 512 ? 4 : 2;
+    (void)m, (void)n, (void)parts;
+    return 1;
 }
 
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)

@@ -378,7 +378,7 @@ static void cpu_cases(lf_context *ctx)
      * 150..299, then 150..299 with 300..449), but chunk 0 would write x rows chunk 1 reads. */
     lf_matrix x_long = lf_matrix_make(LF_F32, l.x, 300, 16), y_long = lf_matrix_make(LF_F32, (float *)l.x + 150 * 16,
                                                                                          300, 16);
-    LFT_CHECK(lf_tp_row_chunks(300, 16, 2) == 2);
+    lf_tp_comm_force_chunks(comm, 2);
     LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &x_long, &l.vw, NULL, &l.va, &l.vb, 1.0f, 0.0f,
                                             &y_long),
                      LF_ERR_ALIASING);
@@ -400,7 +400,6 @@ static void multi_chunk_cases(lf_context *ctx)
     enum { M = 300, K = 16, N = 8, R = 2 };
     layer l;
     layer_init(&l, LF_F32, LF_LAYOUT_PEFT, M, K, N, R, 0, 0.0f, 96);
-    LFT_CHECK(lf_tp_row_chunks(M, N, 2) == 2);
     lf_adapter_set *set = NULL;
     LFT_CHECK_STATUS(ctx, lf_adapter_set_create(ctx, LF_F32, K, N, 1, R, &set), LF_OK);
     LFT_CHECK_STATUS(ctx, lf_adapter_set_load(set, 0, l.layout, &l.va, &l.vb, l.scale, LF_COPY_HOST_TO_DEVICE), LF_OK);
@@ -411,6 +410,8 @@ static void multi_chunk_cases(lf_context *ctx)
     lf_tp_comm *c0 = NULL, *c1 = NULL;
     LFT_CHECK(lf_tp_local_group_create(2, &group) == LF_OK && lf_tp_local_comm(group, ctx, 0, &c0) == LF_OK &&
               lf_tp_local_comm(group, ctx, 1, &c1) == LF_OK);
+    lf_tp_comm_force_chunks(c0, 2);
+    lf_tp_comm_force_chunks(c1, 2);
     LFT_CHECK_STATUS(ctx, lf_tp_row_forward_multi(ctx, c0, set, l.layout, &l.vx, &l.vw, NULL, ids, 0.0f, &v0), LF_OK);
     LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, c1, l.layout, &l.vx, &l.vw, NULL, &l.va, &l.vb, l.scale, 0.0f, &v1),
                      LF_OK);
@@ -558,6 +559,7 @@ typedef struct gpu_rank {
     ncclComm_t nccl;
     int rank, parts, device;
     int bad_call;          /* 1: call with y of the wrong width on every rank (a status, no hang) */
+    int chunks;            /* forced row chunks (all-reduces beside the compute); 0: the plan's */
     lf_status st[2];       /* the two row-layer calls */
     lf_status setup, bad_st;
     void *out[2];          /* y of each call, host */
@@ -580,6 +582,8 @@ static void *gpu_rank_main(void *arg)
         g->setup = lf_context_create(&ctx, LF_BACKEND_CUDA);
     if (g->setup == LF_OK)
         g->setup = lf_tp_comm_from_nccl(ctx, g->nccl, &comm);
+    if (g->setup == LF_OK)
+        lf_tp_comm_force_chunks(comm, g->chunks);
     lf_matrix w, bias, a, b;
     int64_t k0 = 0, kc = 0;
     if (g->setup == LF_OK)
@@ -633,7 +637,8 @@ static void *gpu_rank_main(void *arg)
 /* Every visible GPU (2..MAX_P) as one rank each, through ncclCommInitAll: the row-parallel layer
  * against the fp64 reference of the unsharded layer (plus each rank's rounding before the sum),
  * all ranks bitwise equal, two runs bitwise equal; with a call every rank refuses first. M = 600
- * runs in row chunks with the all-reduces beside the compute; K = 258 splits unevenly. */
+ * runs in three forced row chunks with the all-reduces beside the compute (the plan's one chunk
+ * runs at M = 37); K = 258 splits unevenly. */
 static void nccl_several(void)
 {
     int count = 0;
@@ -681,7 +686,8 @@ static void nccl_several(void)
         memset(g, 0, sizeof g);
         if (LFT_CHECKF(ncclCommInitAll(comms, parts, devs) == ncclSuccess, "ncclCommInitAll failed")) {
             for (int p = 0; p < parts; p++) {
-                g[p] = (gpu_rank){.l = &l, .nccl = comms[p], .rank = p, .parts = parts, .device = p, .bad_call = 1};
+                g[p] = (gpu_rank){.l = &l, .nccl = comms[p], .rank = p, .parts = parts, .device = p, .bad_call = 1,
+                                 .chunks = s == 0 ? 3 : 0};
                 LFT_CHECK(pthread_create(&th[p], NULL, gpu_rank_main, &g[p]) == 0);
             }
             for (int p = 0; p < parts; p++)

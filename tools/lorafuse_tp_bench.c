@@ -97,6 +97,10 @@ static const tp_shape tp_shapes[] = {
 static const int64_t tp_tokens[] = {1, 16, 256, 4096};
 #define TP_SHAPES (sizeof tp_shapes / sizeof tp_shapes[0])
 #define TP_TOKENS (sizeof tp_tokens / sizeof tp_tokens[0])
+/* Row layers at M >= 256 on several GPUs are also timed at these chunk counts (forced), the
+ * measurements lf_tp_row_chunks's rule comes from. */
+static const int tp_sweep_chunks[] = {1, 2, 4, 8};
+#define TP_SWEEP (sizeof tp_sweep_chunks / sizeof tp_sweep_chunks[0])
 
 /* One measured case, as the JSON and the table give it. */
 typedef struct tp_result {
@@ -105,6 +109,7 @@ typedef struct tp_result {
     int64_t m, k, n;
     int chunks, sets;
     double fused_us, fused_host_us, base_us, unfused_us, slora_us; /* NAN: not measured */
+    double sweep_us[TP_SWEEP]; /* lorafuse in tp_sweep_chunks[i] row chunks; NAN: not measured */
 } tp_result;
 
 /* One copy of a rank's operands in its GPU's memory (see tp_shard for the shapes). */
@@ -696,6 +701,12 @@ static void print_case_times(const tp_result *r)
     printf("  lorafuse / base %.3fx   unfused / base %.3fx   S-LoRA / base %.3fx   lorafuse / best baseline %.3fx\n",
            r->fused_us / r->base_us, r->unfused_us / r->base_us, r->slora_us / r->base_us,
            r->fused_us / fmin(r->unfused_us, r->slora_us));
+    if (isnan(r->sweep_us[0]))
+        return;
+    printf("  lorafuse in forced row chunks:");
+    for (size_t i = 0; i < TP_SWEEP; i++)
+        printf("  %d: %.2f", tp_sweep_chunks[i], r->sweep_us[i]);
+    printf("   (the plan's: %d)\n", r->chunks);
 }
 
 /* One case, every rank in step. Returns 0 when it failed (a check, or a runtime error: *runtime). */
@@ -730,17 +741,18 @@ static int run_case(tp_rank *rk, int64_t m, int *runtime)
         *runtime = 1;
         goto done;
     }
+    /* lorafuse's layer last: its y stays in y_tp for check_replays */
     static const struct {
         const char *what;
         tp_call call;
-    } checks[] = {{"lorafuse", call_fused}, {"unfused", call_unfused}, {"S-LoRA", call_slora}};
+    } checks[] = {{"unfused", call_unfused}, {"S-LoRA", call_slora}, {"lorafuse", call_fused}};
     pass = 1;
     for (size_t i = 0; i < sizeof checks / sizeof checks[0] && pass; i++) {
         if (!agree(rk, run_to_host(rk, checks[i].call), 0, NULL)) {
             *runtime = 1, pass = 0;
             break;
         }
-        const int verdict = lead ? (i == 0 ? check_fused(b) : check_baseline(b, checks[i].what)) : 1;
+        const int verdict = lead ? (checks[i].call == call_fused ? check_fused(b) : check_baseline(b, checks[i].what)) : 1;
         pass = agree(rk, verdict, 0, NULL);
     }
     if (!pass)
@@ -754,6 +766,14 @@ static int run_case(tp_rank *rk, int64_t m, int *runtime)
     r.base_us = measure(rk, call_base, 1);
     r.unfused_us = measure(rk, call_unfused, 1);
     r.slora_us = measure(rk, call_slora, 1);
+    for (size_t i = 0; i < TP_SWEEP; i++) {
+        r.sweep_us[i] = NAN;
+        if (is_row(b) && b->parts > 1 && m >= 256) {
+            lf_tp_comm_force_chunks(rk->comm, tp_sweep_chunks[i]);
+            r.sweep_us[i] = measure(rk, call_fused, 1);
+            lf_tp_comm_force_chunks(rk->comm, 0);
+        }
+    }
     if (isnan(r.fused_us) || isnan(r.fused_host_us) || isnan(r.base_us) || isnan(r.unfused_us) || isnan(r.slora_us))
         *runtime = 1;
     if (lead) {
@@ -884,6 +904,15 @@ static int write_tp_json(const tp_bench *b, const char *path)
                              2 * m * k * n + 2 * m * k * rk + 2 * m * rk * n, r->sets);
         lf_cli_json_num(c, "slora_us", r->slora_us);
         json_object_set_new(c, "chunks", json_integer(r->chunks));
+        if (!isnan(r->sweep_us[0])) {
+            json_t *sweep = json_object();
+            for (size_t j = 0; j < TP_SWEEP; j++) {
+                char key[16];
+                snprintf(key, sizeof key, "%d", tp_sweep_chunks[j]);
+                lf_cli_json_num(sweep, key, r->sweep_us[j]);
+            }
+            json_object_set_new(c, "chunk_sweep_us", sweep);
+        }
         json_array_append_new(cases, c);
     }
     return lf_cli_write_bench_json(path, root, cases);
