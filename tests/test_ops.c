@@ -177,6 +177,7 @@ static const hopper_shape hopper_shapes[] = {
     {{1030, 136, 4616, 40, 0, 0}, 2, 1, 2},  /* bf16, r 40: T 64 wide, 3 of 4 k16 steps per LoRA stage */
     {{1100, 264, 4360, 64, 0, 0}, 1, 1, 0},  /* f16, r 64 */
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2},  /* bf16, whole tiles everywhere */
+    {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1},  /* bf16, r 16 on a narrow N: 8 column tiles, the last part-filled */
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 

@@ -279,7 +279,7 @@ static void heuristics_tests(void)
             for (int64_t r = 1; r <= 80; r += 9) {
                 const int fits = lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, m, n, r, 132);
                 const int64_t tiles_n = (n + 255) / 256, tiles = (m + 127) / 128 * tiles_n;
-                const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > 3840 && tiles >= 96;
+                const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > (r <= 16 ? 1792 : 3840) && tiles >= 96;
                 LFT_CHECKF(fits == expect, "M %lld N %lld r %lld: fits %d, expected %d", (long long)m, (long long)n,
                            (long long)r, fits, expect);
             }

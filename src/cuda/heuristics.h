@@ -219,18 +219,22 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
  * tiles) 24.1 → 50–60, M = 256 (32) 29.0 → 50, M = 512 (64) 38.8 → 50: lose; M = 768 (96) 56.3 →
  * 51.4, M = 1024 (128) 68.4 → 55.4: win. N = 14336, M = 256 (112 tiles): 75.7 → 61.4. Short K
  * wins too: M = 1024, K = 1024: 35.0 → 24.8; M = 2048, K = 512: 53.4 → 33.1.
- * And at least 16 column tiles per row block (N > 3840): the 4 workers compute T for every row
- * block, ~24 µs each at K = 4096 (NOTES.md v8), while a round of tiles takes ~50 µs, so they keep
- * up only while each row block carries enough tile work: measured at 16 and 56 tiles (N = 4096,
- * 14336). A k/v projection of N = 1024 at M = 3072 (96 tiles, 4 per row block) would wait ~144 µs
- * for T where the GEMM path takes ~60 (an estimate, not measured). */
+ * And enough column tiles per row block: the 4 workers compute T for every row block while a round
+ * of tiles takes ~50 µs, so they keep up only while each row block carries enough tile work. With
+ * their own 10-stage ring (r ≤ 16) a worker's row block got faster, and M = 4096, K = 4096 went
+ * (lab, H100, 2026-11-25, µs, before → after, cuBLAS base / unfused in the same run): N = 2048
+ * 165.4 → 122.9 (96.0 / 128.4; the GEMM path took 144.6 at base 94.9 in bench --tp), M = 2048
+ * N = 2048 83.6 → 64.4 (47.5 / 65.2), N = 3072 207.7 → 204.5 (157 / 196), N = 1024 155.6 → 115.6
+ * (46.9 / 73.0: lose). So r ≤ 16 needs 8 column tiles (N > 1792). With r > 16 (T 64 wide, 8
+ * stages) N = 2048 stays behind (147.3 against 121.2 unfused): 16 column tiles (N > 3840), where
+ * the wins were measured (N = 4096, 14336). */
 static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                       int64_t r, int sm_count)
 {
     const int64_t tiles_n = (n + 255) / 256, tiles = (m + 127) / 128 * tiles_n;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK && m <= LF_CUDA_HOPPER_MAX_M &&
-           4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= 16;
+           4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 8 : 16);
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

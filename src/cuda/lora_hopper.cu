@@ -9,7 +9,9 @@
  * full/empty mbarriers; two consumer warpgroups each accumulate 64×256 in fp32 registers with
  * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight. The first CTAs of the
  * grid (blockIdx 0..workers-1, dispatched first) are T workers instead: each streams x's row blocks
- * and A through its ring, computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
+ * and A through the same shared memory cut into stages of their own size (x's box and A's: 10
+ * stages at r ≤ 16, 8 at r ≤ 64, so that ~180 KB is in flight, not the tile ring's 72 KB of them),
+ * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
  * zero past r), then raises the row block's ready flag (release). A tile's producer waits for the
@@ -56,8 +58,12 @@ enum {
     THREADS = 128 * (1 + CONSUMERS),
     A_BYTES = BM * BK * 2,
     B_BYTES = BN * BK * 2,
+    RING_BYTES = STAGES * (A_BYTES + B_BYTES),
+    /* T workers cut the same ring into stages of x's box and A's (16 or 64 rows): 10 or 8 */
+    MAX_T_STAGES = RING_BYTES / (A_BYTES + 16 * BK * 2),
+    BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
     /* the ring, 1024 bytes to align it (the swizzle atom), the full and empty barriers */
-    SMEM_BYTES = STAGES * (A_BYTES + B_BYTES) + 1024 + 2 * 8 * STAGES,
+    SMEM_BYTES = RING_BYTES + 1024 + 2 * 8 * BARRIERS,
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
     GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
@@ -154,6 +160,7 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
 
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
  * in flight) and hand that stage back to the producer, then move on. */
+template <int NS>
 __device__ __forceinline__ void consumer_next(uint32_t empty0, int &prev, int &stage, uint32_t &phase, int lane)
 {
     wgmma_commit();
@@ -161,7 +168,7 @@ __device__ __forceinline__ void consumer_next(uint32_t empty0, int &prev, int &s
     if (prev >= 0 && lane == 0)
         mbar_arrive(empty0 + 8 * prev);
     prev = stage;
-    ring_next<STAGES>(stage, phase);
+    ring_next<NS>(stage, phase);
 }
 /* After a tile's (or a row block's) last stage: drain the wgmmas, hand the last stage back. */
 __device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int lane)
@@ -182,11 +189,14 @@ __global__ void __launch_bounds__(THREADS, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
     constexpr int LORA_STAGES = TW == 16 ? 1 : 2;
+    /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
+    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = RING_BYTES / T_STAGE_BYTES;
+    static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring_b + STAGES * B_BYTES;
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + RING_BYTES;
 #define FULL(s) (bars + 8 * (s))
-#define EMPTY(s) (bars + 8 * (STAGES + (s)))
+#define EMPTY(s) (bars + 8 * (BARRIERS + (s)))
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     const int workers = (int)gridDim.x - p.tile_ctas;
     const bool t_worker = (int)blockIdx.x < workers;
@@ -195,7 +205,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const unsigned ready = *(volatile const unsigned *)(p.ctl + CTL_GEN) + 1u;
     unsigned *const t_ready = p.ctl + CTL_FLAGS;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) {
+        for (int s = 0; s < (t_worker ? T_STAGES : STAGES); s++) {
             mbar_init(FULL(s), 1);              /* the producer's arrive.expect_tx */
             mbar_init(EMPTY(s), 4 * CONSUMERS); /* one arrival per consumer warp */
         }
@@ -213,11 +223,12 @@ __global__ void __launch_bounds__(THREADS, 1)
             uint32_t phase = 0;
             for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers)
                 for (int ks = 0; ks < p.k_tiles; ks++) {
+                    const uint32_t slot = ring + stage * T_STAGE_BYTES;
                     mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + A_TILE_BYTES);
-                    tma_load_2d(ring_a + stage * A_BYTES, &tm_x, FULL(stage), ks * BK, mb * BM);
-                    tma_load_2d(ring_b + stage * B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
-                    ring_next<STAGES>(stage, phase);
+                    mbar_arrive_expect_tx(FULL(stage), T_STAGE_BYTES);
+                    tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
+                    tma_load_2d(slot + A_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                    ring_next<T_STAGES>(stage, phase);
                 }
         } else if (tid == 0) {
             int stage = 0;
@@ -257,12 +268,12 @@ __global__ void __launch_bounds__(THREADS, 1)
                 int prev = -1;
                 for (int ks = 0; ks < p.k_tiles; ks++) {
                     mbar_wait(FULL(stage), phase);
-                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, at = ring_b + stage * B_BYTES;
+                    const uint32_t slot = ring + stage * T_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES, at = slot + A_BYTES;
                     wgmma_fence();
 #pragma unroll
                     for (int k = 0; k < K16; k++)
                         wgmma_m64nXk16<TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
-                    consumer_next(EMPTY(0), prev, stage, phase, lane);
+                    consumer_next<T_STAGES>(EMPTY(0), prev, stage, phase, lane);
                 }
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc<TW / 2>(t_acc);
@@ -304,7 +315,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                         wgmma_m64n256k16<T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
                     } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
                         wgmma_stage<BK, K16, T>(d, a, b, (p.r + 15) / 16);
-                    consumer_next(EMPTY(0), prev, stage, phase, lane);
+                    consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
                 }
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc(d);
