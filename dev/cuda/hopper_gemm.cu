@@ -1154,6 +1154,8 @@ int main(int argc, char **argv)
             {1024, 14336, 4096, 0, 2.0f, 0.0f, 0, 14336},
             {1024, 4096, 4096, 16, 2.0f, 0.0f, 0, 4096},
             {4096, 4096, 4096, 64, 2.0f, 0.0f, 0, 4096},
+            {256, 4096, 4096, 16, 2.0f, 0.0f, 1, 4096}, /* few tiles (32), bias */
+            {128, 4000, 4032, 64, 1.5f, 0.0f, 0, 4000}, /* one row block, N and K tails */
         };
         for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
             check_sampled(&big[i]);
@@ -1186,6 +1188,9 @@ int main(int argc, char **argv)
     bench("m4096mlp_r16", 4096, 14336, 4096, 16);
     /* narrow N: few column tiles per row block, so the T workers must keep up with fewer tiles
      * (q at TP 2, k/v projections) */
+    /* few tiles: o_proj and gate_proj per rank at TP 2 */
+    bench("m256_k2048_r16", 256, 4096, 2048, 16);
+    bench("m256_n7168_r16", 256, 7168, 4096, 16);
     bench("m4096_n3072_r16", 4096, 3072, 4096, 16);
     bench("m4096_n2048_r16", 4096, 2048, 4096, 16);
     bench("m2048_n2048_r16", 2048, 2048, 4096, 16);
