@@ -27,7 +27,10 @@
  * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
  * the launch before are g, so none is mistaken for this one's). Each CTA counts itself done with
  * one integer atomicAdd when it leaves; the last resets the count and stores g + 1, which the next
- * launch (stream-ordered after this one) reads. The control words are the context's own, not the
+ * launch (stream-ordered after this one) reads. After 2^32 − 1 launches (days of serving) g + 1
+ * would wrap to 0, the value every flag holds from its zeroing, and a row block that no launch
+ * flagged since would read as ready: the last CTA of the launch with flags 2^32 − 1 clears every
+ * flag and stores g = 0, so that the next launch flags with 1 again. The control words are the context's own, not the
  * workspace: other plans reuse the workspace between calls and would overwrite them.
  *
  * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
@@ -330,8 +333,11 @@ __global__ void __launch_bounds__(THREADS, 1)
         __threadfence();
         if (atomicAdd(p.ctl + CTL_DONE, 1u) == gridDim.x - 1) {
             *(volatile unsigned *)(p.ctl + CTL_DONE) = 0;
+            const bool wrap = ready == 0xffffffffu; /* every CTA is past its waits: clear (head comment) */
+            for (int i = 0; wrap && i < LF_HOPPER_MAX_M / 128; i++)
+                *(volatile unsigned *)(t_ready + i) = 0;
             __threadfence();
-            *(volatile unsigned *)(p.ctl + CTL_GEN) = ready;
+            *(volatile unsigned *)(p.ctl + CTL_GEN) = wrap ? 0u : ready;
         }
     }
 #endif
