@@ -161,6 +161,21 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
     }
 }
 
+/* The same for a tile inside M and N when y takes 4-byte pairs and there is no bias and beta is 0
+ * (the usual prefill call): no bounds checks, no loads, one packed store per pair. Both consumer
+ * warpgroups store at once and the tensor pipe idles meanwhile (NOTES.md, "ncu source-level"), so
+ * every instruction saved here is an MMA cycle sooner. */
+template <typename T>
+__device__ __forceinline__ void epilogue_plain(const kparams &p, const float *d, int row0, int col0, int lane)
+{
+    T *const out = (T *)p.y + (long long)row0 * p.ldy + col0 + 2 * (lane % 4);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *(typename io<T>::pair *)(out + 8 * h * p.ldy + 8 * j) = io<T>::round2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+}
+
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
  * in flight) and hand that stage back to the producer, then move on. */
 template <int NS>
@@ -299,6 +314,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     publish_flag(t_ready + mb, ready);
             }
         } else {
+            const bool plain = p.y_pairs && !p.bias && p.beta == 0.0f;
             float d[128];
             for (int t = first_item; t < items; t += p.tile_ctas) {
                 int mb, nb;
@@ -322,7 +338,11 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc(d);
-                epilogue<T>(p, d, mb * BM + c * 64 + warp * 16 + lane / 4, nb * BN, lane);
+                const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
+                if (plain && (mb + 1) * BM <= p.m && (nb + 1) * BN <= p.n)
+                    epilogue_plain<T>(p, d, row0, nb * BN, lane);
+                else
+                    epilogue<T>(p, d, row0, nb * BN, lane);
             }
         }
     }
