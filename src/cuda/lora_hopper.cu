@@ -30,8 +30,9 @@
  * launch (stream-ordered after this one) reads. After 2^32 − 1 launches (days of serving) g + 1
  * would wrap to 0, the value every flag holds from its zeroing, and a row block that no launch
  * flagged since would read as ready: the last CTA of the launch with flags 2^32 − 1 clears every
- * flag and stores g = 0, so that the next launch flags with 1 again. The control words are the context's own, not the
- * workspace: other plans reuse the workspace between calls and would overwrite them.
+ * flag and stores g = 0, so that the next launch flags with 1 again. The control words are the
+ * context's own, not the workspace: other plans reuse the workspace between calls and would
+ * overwrite them.
  *
  * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
  * block indices; the grid is at most one CTA per SM (the ring takes ~197 KB of shared memory), so
@@ -173,7 +174,8 @@ __device__ __forceinline__ void epilogue_plain(const kparams &p, const float *d,
     for (int j = 0; j < BN / 8; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            *(typename io<T>::pair *)(out + 8 * h * p.ldy + 8 * j) = io<T>::round2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+            *(typename io<T>::pair *)(out + 8 * h * p.ldy + 8 * j) =
+                io<T>::round2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
 }
 
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
