@@ -225,7 +225,10 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
  * (lab, H100, 2026-11-25, µs, before → after, cuBLAS base / unfused in the same run): N = 2048
  * 165.4 → 122.9 (96.0 / 128.4; the GEMM path took 144.6 at base 94.9 in bench --tp), M = 2048
  * N = 2048 83.6 → 64.4 (47.5 / 65.2), N = 3072 207.7 → 204.5 (157 / 196), N = 1024 155.6 → 115.6
- * (46.9 / 73.0: lose). So r ≤ 16 needs 8 column tiles (N > 1792). With r > 16 (T 64 wide, 8
+ * (46.9 / 73.0: lose). So r ≤ 16 needs 8 column tiles (N > 1792); N = 3072 and M = 2048 N = 2048
+ * only tie the unfused composition, but the GEMM path they would otherwise take ran 1.16× it at
+ * N = 2048 (144.6 against 124.5 in bench --tp), so they win against what the plan has instead
+ * (an estimate for those two: not timed against the GEMM path in one run). With r > 16 (T 64 wide, 8
  * stages) N = 2048 stays behind (147.3 against 121.2 unfused): 16 column tiles (N > 3840), where
  * the wins were measured (N = 4096, 14336). */
 static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,

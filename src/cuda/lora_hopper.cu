@@ -10,7 +10,7 @@
  * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight. The first CTAs of the
  * grid (blockIdx 0..workers-1, dispatched first) are T workers instead: each streams x's row blocks
  * and A through the same shared memory cut into stages of their own size (x's box and A's: 10
- * stages at r ≤ 16, 8 at r ≤ 64, so that ~180 KB is in flight, not the tile ring's 72 KB of them),
+ * stages at r ≤ 16, 8 at r ≤ 64, so that 180–192 KB is in flight, not the tile ring's 72 KB of them),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc(d);
                 const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
-                if (plain && (mb + 1) * BM <= p.m && (nb + 1) * BN <= p.n)
+                if (plain && p.m - mb * BM >= BM && p.n - nb * BN >= BN) /* no overflow near 2^31 */
                     epilogue_plain<T>(p, d, row0, nb * BN, lane);
                 else
                     epilogue<T>(p, d, row0, nb * BN, lane);
@@ -354,6 +354,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x == 0) { /* the generation (head comment): integer atomics only */
         __threadfence();
         if (atomicAdd(p.ctl + CTL_DONE, 1u) == gridDim.x - 1) {
+            __threadfence(); /* after every CTA's count: their flag stores come before the clearing */
             *(volatile unsigned *)(p.ctl + CTL_DONE) = 0;
             const bool wrap = ready == 0xffffffffu; /* every CTA is past its waits: clear (head comment) */
             for (int i = 0; wrap && i < LF_HOPPER_MAX_M / 128; i++)
