@@ -634,6 +634,19 @@ static void *gpu_rank_main(void *arg)
     return NULL;
 }
 
+/* The number of visible GPUs when there are 2 or more; otherwise `cases` skipped cases named `what`
+ * and 0. */
+static int gpus_or_skip(const char *what, int cases)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+        cudaGetLastError();
+        lft_skip(what, "cuda", "needs 2 or more GPUs", cases);
+        return 0;
+    }
+    return count;
+}
+
 /* Every visible GPU (2..MAX_P) as one rank each, through ncclCommInitAll: the row-parallel layer
  * against the fp64 reference of the unsharded layer (plus each rank's rounding before the sum),
  * all ranks bitwise equal, two runs bitwise equal; with a call every rank refuses first. M = 600
@@ -641,12 +654,9 @@ static void *gpu_rank_main(void *arg)
  * runs at M = 37); K = 258 splits unevenly. */
 static void nccl_several(void)
 {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
-        cudaGetLastError();
-        lft_skip("test_tp nccl several GPUs", "cuda", "needs 2 or more GPUs", 2);
+    const int count = gpus_or_skip("test_tp nccl several GPUs", 2);
+    if (!count)
         return;
-    }
     const int parts = count < MAX_P ? count : MAX_P;
     const struct {
         int64_t m, k, n, r;
@@ -723,12 +733,8 @@ static void nccl_several(void)
  * (or hang) in the first all-reduce; GPU 0's own communicator is accepted. No collective runs. */
 static void nccl_wrong_device(void)
 {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
-        cudaGetLastError();
-        lft_skip("test_tp nccl communicator of another GPU", "cuda", "needs 2 or more GPUs", 1);
+    if (!gpus_or_skip("test_tp nccl communicator of another GPU", 1))
         return;
-    }
     lft_begin("test_tp nccl: a context on GPU 0 given GPU 1's communicator");
     ncclComm_t comms[2];
     int devs[2] = {0, 1};
