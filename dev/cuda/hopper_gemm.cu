@@ -490,6 +490,10 @@ static int operands_make(const problem *pb, operands *o)
                 CK(cudaMalloc(&o->hopper_ws, lf_hopper_workspace_bytes(pb->m, pb->r)));
                 CK(cudaMalloc(&o->hopper_ctl, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
                 CK(cudaMemset(o->hopper_ctl, 0, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
+                /* the generation two launches short of 2^32: the first launch is the one that
+                 * clears the flags and restarts the count, the next flags with 1 (lora_hopper.cu) */
+                const unsigned near_wrap = 0xfffffffeu;
+                CK(cudaMemcpy(o->hopper_ctl, &near_wrap, sizeof near_wrap, cudaMemcpyHostToDevice));
             }
         } else { /* unused: no LoRA steps */
             o->map[i].t = o->map[i].x;

@@ -10,7 +10,7 @@
  * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight. The first CTAs of the
  * grid (blockIdx 0..workers-1, dispatched first) are T workers instead: each streams x's row blocks
  * and A through the same shared memory cut into stages of their own size (x's box and A's: 10
- * stages at r ≤ 16, 8 at r ≤ 64, so that ~180 KB is in flight, not the tile ring's 72 KB of them),
+ * stages at r ≤ 16, 8 at r ≤ 64, so that 180–192 KB is in flight, not the tile ring's 72 KB of them),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
@@ -27,8 +27,12 @@
  * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
  * the launch before are g, so none is mistaken for this one's). Each CTA counts itself done with
  * one integer atomicAdd when it leaves; the last resets the count and stores g + 1, which the next
- * launch (stream-ordered after this one) reads. The control words are the context's own, not the
- * workspace: other plans reuse the workspace between calls and would overwrite them.
+ * launch (stream-ordered after this one) reads. After 2^32 − 1 launches (days of serving) g + 1
+ * would wrap to 0, the value every flag holds from its zeroing, and a row block that no launch
+ * flagged since would read as ready: the last CTA of the launch with flags 2^32 − 1 clears every
+ * flag and stores g = 0, so that the next launch flags with 1 again. The control words are the
+ * context's own, not the workspace: other plans reuse the workspace between calls and would
+ * overwrite them.
  *
  * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
  * block indices; the grid is at most one CTA per SM (the ring takes ~197 KB of shared memory), so
@@ -156,6 +160,22 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
             }
         }
     }
+}
+
+/* The same for a tile inside M and N when y takes 4-byte pairs and there is no bias and beta is 0
+ * (the usual prefill call): no bounds checks, no loads, one packed store per pair. Both consumer
+ * warpgroups store at once and the tensor pipe idles meanwhile (NOTES.md, "ncu source-level"), so
+ * every instruction saved here is an MMA cycle sooner. */
+template <typename T>
+__device__ __forceinline__ void epilogue_plain(const kparams &p, const float *d, int row0, int col0, int lane)
+{
+    T *const out = (T *)p.y + (long long)row0 * p.ldy + col0 + 2 * (lane % 4);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *(typename io<T>::pair *)(out + 8 * h * p.ldy + 8 * j) =
+                io<T>::round2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
 }
 
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
@@ -296,6 +316,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     publish_flag(t_ready + mb, ready);
             }
         } else {
+            const bool plain = p.y_pairs && !p.bias && p.beta == 0.0f;
             float d[128];
             for (int t = first_item; t < items; t += p.tile_ctas) {
                 int mb, nb;
@@ -319,7 +340,11 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc(d);
-                epilogue<T>(p, d, mb * BM + c * 64 + warp * 16 + lane / 4, nb * BN, lane);
+                const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
+                if (plain && p.m - mb * BM >= BM && p.n - nb * BN >= BN) /* no overflow near 2^31 */
+                    epilogue_plain<T>(p, d, row0, nb * BN, lane);
+                else
+                    epilogue<T>(p, d, row0, nb * BN, lane);
             }
         }
     }
@@ -329,9 +354,13 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x == 0) { /* the generation (head comment): integer atomics only */
         __threadfence();
         if (atomicAdd(p.ctl + CTL_DONE, 1u) == gridDim.x - 1) {
+            __threadfence(); /* after every CTA's count: their flag stores come before the clearing */
             *(volatile unsigned *)(p.ctl + CTL_DONE) = 0;
+            const bool wrap = ready == 0xffffffffu; /* every CTA is past its waits: clear (head comment) */
+            for (int i = 0; wrap && i < LF_HOPPER_MAX_M / 128; i++)
+                *(volatile unsigned *)(t_ready + i) = 0;
             __threadfence();
-            *(volatile unsigned *)(p.ctl + CTL_GEN) = ready;
+            *(volatile unsigned *)(p.ctl + CTL_GEN) = wrap ? 0u : ready;
         }
     }
 #endif
