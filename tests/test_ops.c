@@ -43,6 +43,7 @@ static const shape sweep_shapes[] = {
     {65, 96, 33, 8, 1, 1},     /* strided and misaligned together */
     {5, 33, 19, 1024, 1, 0},   /* the largest rank */
     {5, 72, 4360, 16, 0, 0},   /* few tokens on wide W: CUDA decode, columns past M zero-filled, K tail */
+    {24, 200, 296, 32, 0, 0},  /* CUDA decode with 32 token columns (17-32 tokens), K tail, partial tile */
 };
 #define N_SHAPES (sizeof sweep_shapes / sizeof sweep_shapes[0])
 

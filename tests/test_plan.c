@@ -258,9 +258,9 @@ static void plan_tests(lf_context *ctx, void *arg)
 static void heuristics_tests(void)
 {
     lft_begin("test_plan cuda heuristics: decode token columns cover M, tiles cover N");
-    for (int64_t m = 1; m <= 64; m++) {
+    for (int64_t m = 1; m <= 32; m++) {
         const int nt = lf_cuda_decode_nt(m);
-        LFT_CHECKF(nt == 2 || nt == 4 || nt == 8, "M %lld: NT %d is not instantiated", (long long)m, nt);
+        LFT_CHECKF(nt == 2 || nt == 4, "M %lld: NT %d is not instantiated", (long long)m, nt);
         LFT_CHECKF(8 * nt >= m, "M %lld: NT %d covers %d tokens", (long long)m, nt, 8 * nt);
         for (int64_t n = 1; n <= 20000; n += n < 300 ? 1 : 997) {
             const int rt = lf_cuda_decode_rt(nt, n, 132);
@@ -270,6 +270,22 @@ static void heuristics_tests(void)
                        (long long)m, (long long)n, (long long)grid);
         }
     }
+    lft_end();
+
+    lft_begin("test_plan cuda heuristics: the decode kernel up to 16 tokens, to 32 while a block streams one tile");
+    for (int64_t m = 1; m <= 80; m++)
+        for (int64_t n = 8; n <= 20000; n += 248) {
+            const int fits = lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, m, n, 16, 132);
+            const int rt = m <= 32 ? lf_cuda_decode_rt(lf_cuda_decode_nt(m), n, 132) : 1;
+            const int expect = m <= 16 || (m <= 32 && (n + 16 * rt - 1) / (16 * rt) <= 132);
+            LFT_CHECKF(fits == expect, "M %lld N %lld: fits %d, expected %d", (long long)m, (long long)n, fits, expect);
+        }
+    LFT_CHECK(lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 32, 4096, 16, 132)); /* 128 tiles */
+    LFT_CHECK(!lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 32, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, 0, 1, 4096, 16, 132));            /* unaligned */
+    LFT_CHECK(!lf_cuda_decode_fits(LF_F32, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 1, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_KN, LF_PLAN_ALIGNED16, 1, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 1, 4096, 65, 132)); /* rank */
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel only where it can run and was measured to win");

@@ -480,7 +480,7 @@ int main(int argc, char **argv)
         {"decode-odd", LF_BF16, LF_LAYOUT_PEFT, 13, 1000, 333, 7, 1, 1, 1, 0.5f},
         {"decode-m1", LF_BF16, LF_LAYOUT_PEFT, 1, 4096, 4096, 16, 1, 0, 1, 0.0f},
         {"decode-m16", LF_BF16, LF_LAYOUT_PEFT, 16, 4096, 4096, 16, 1, 0, 1, 0.0f},
-        {"decode-m64", LF_F16, LF_LAYOUT_PEFT, 64, 520, 1000, 64, 1, 1, 1, 1.0f},
+        {"decode-m32", LF_F16, LF_LAYOUT_PEFT, 32, 520, 1000, 64, 1, 1, 1, 1.0f},
         {"decode-unal", LF_BF16, LF_LAYOUT_PEFT, 9, 300, 130, 16, 1, 0, 0, 0.0f},
         {"decode-tiles", LF_BF16, LF_LAYOUT_PEFT, 5, 256, 9000, 16, 1, 1, 1, 0.5f},
         {"gemm-kn", LF_BF16, LF_LAYOUT_KN, 200, 300, 500, 16, 1, 1, 1, 0.5f},
@@ -504,8 +504,13 @@ int main(int argc, char **argv)
         bench("prefill_m4096_mlp", LF_BF16, 4096, 4096, 14336, 16, 1, vg, 2, 2, copy);
         bench("prefill_m1024_mlp", LF_BF16, 1024, 4096, 14336, 16, 1, vg, 2, 2, copy);
     } else if (decode_only) {
-        const int vd[] = {V_DEFAULT, V_DECODE_RTALT};
+        const int vd[] = {V_DEFAULT, V_DECODE_RTALT, V_GEMM};
         bench("decode_m1", LF_BF16, 1, 4096, 4096, 16, 1, vd, 2, 1, copy);
+        /* where the decode kernel stops paying: 32 and 64 tokens re-read x from L2 per tile */
+        bench("decode_m32", LF_BF16, 32, 4096, 4096, 16, 1, vd, 3, 1, copy);
+        bench("decode_m64", LF_BF16, 64, 4096, 4096, 16, 1, vd, 3, 1, copy);
+        bench("decode_m32_mlp", LF_BF16, 32, 4096, 14336, 16, 1, vd, 3, 1, copy);
+        bench("decode_m64_mlp", LF_BF16, 64, 4096, 14336, 16, 1, vd, 3, 1, copy);
         bench("decode_m1_mlp", LF_BF16, 1, 4096, 14336, 16, 1, vd, 2, 1, copy);
         bench("decode_m16", LF_BF16, 16, 4096, 4096, 16, 1, vd, 2, 1, copy);
         bench("decode_m16_mlp", LF_BF16, 16, 4096, 14336, 16, 1, vd, 2, 1, copy);

@@ -105,6 +105,12 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
  * state->hopper_ok with the Hopper kernel's control words. */
 void lf_cuda_lora_fwd_setup(lf_cuda_state *state);
 
+/* lora_fwd.cu: the many-adapter layer at decode sizes through the decode kernels (lora_multi.cu
+ * takes it where it fits): T's partials go to t_ws, lf_cuda_decode_multi_workspace bytes. */
+bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q);
+size_t lf_cuda_decode_multi_workspace(const lf_multi_problem *q);
+lf_status lf_cuda_decode_multi(lf_context *ctx, const lf_multi_problem *q, float *t_ws);
+
 static inline cudaDataType_t lf_cuda_data_type(lf_dtype d)
 {
     return d == LF_F32 ? CUDA_R_32F : d == LF_F16 ? CUDA_R_16F : CUDA_R_16BF;

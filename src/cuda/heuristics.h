@@ -133,22 +133,14 @@ static inline lf_cuda_shrink_cfg lf_cuda_shrink_pick(int64_t m, int64_t k, int64
 /* Largest rank of the decode path: a tile's B rows (16·RT × r, fp32) sit in shared memory. */
 #define LF_CUDA_DECODE_MAX_RANK 64
 
-/* Decode path: PEFT layout (W rows contiguous along K, as the tensor-core fragments want them),
- * 16-bit dtype, 16-byte aligned operands, M ≤ 64 (eight 8-token MMA columns), r ≤ 64. */
-static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t r)
-{
-    return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT &&
-           (flags & LF_PLAN_ALIGNED16) && m <= 64 && r <= LF_CUDA_DECODE_MAX_RANK;
-}
-
 /* Decode: K-slices of T (lora_tpart_kernel): 512 elements, two 16-byte vectors per lane. */
 static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
 
-/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {2, 4, 8}. M ≤ 8
+/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {2, 4}. M ≤ 8
  * takes NT 2 as well (columns past M are zero-filled, never read): its two blocks per SM beat one
  * block per SM with NT 1 (bf16 r16, same run: M=1 4096² 15.22 µs against 16.15, M=1 4096 → 14336
  * 47.33 against 49.58; dev/cuda/NOTES.md, "decode: tokens past M"). */
-static inline int lf_cuda_decode_nt(int64_t m) { return m <= 16 ? 2 : m <= 32 ? 4 : 8; }
+static inline int lf_cuda_decode_nt(int64_t m) { return m <= 16 ? 2 : 4; }
 
 /* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT 2, whose blocks fit
  * twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs against
@@ -164,15 +156,35 @@ static inline int64_t lf_cuda_decode_grid(int64_t n, int rt, int slots)
 }
 
 /* Rows of W per decode tile, in 16-row MMA tiles: the busiest block streams ceil(tiles/slots)
- * tiles; take the RT that gives it the fewest rows. On a tie: with two blocks per SM, RT 1 (two
- * streams on every SM; M=16: 4096² 17.6 µs against 22.4, 14336 56.6 against 60.9), with one, RT 2
- * (x re-read from L2 once per tile, half as often; M=1 4096²: 18.9 against 21.5). */
+ * tiles; take the RT that gives it the fewest rows, and on a tie RT 2 (x re-read from L2 once per
+ * tile, half as often). H100, bf16 r16, lab, 2026-11-25 (fifth session): the tie at N = 14336 with
+ * two blocks per SM, RT 2 against RT 1: M=1 46.9 against 48.3 µs, M=16 48.7 against 50.4 (it
+ * was the other way round before the copy ring ran across tiles); M=1 4096², one block per SM:
+ * 18.9 against 21.5. Not a tie, RT 1 at 4096² with two blocks per SM: 15.5 against 17.7 (M=1). */
 static inline int lf_cuda_decode_rt(int nt, int64_t n, int sm_count)
 {
     const int per_sm = lf_cuda_decode_per_sm(nt), slots = per_sm * sm_count;
     int64_t t1 = (n + 15) / 16, t2 = (n + 31) / 32;
     int64_t busiest1 = (t1 + slots - 1) / slots * 16, busiest2 = (t2 + slots - 1) / slots * 32;
-    return busiest1 < busiest2 || (busiest1 == busiest2 && per_sm == 2) ? 1 : 2;
+    return busiest1 < busiest2 ? 1 : 2;
+}
+
+/* Decode path: PEFT layout (W rows contiguous along K, as the tensor-core fragments want them),
+ * 16-bit dtype, 16-byte aligned operands, r ≤ 64, and only where it beats the GEMM path. Every
+ * block re-reads x from L2 for each of its tiles, so past 16 tokens it wins only while each block
+ * streams one tile. H100, bf16 r16, lab, 2026-11-25 (fifth session), µs, decode / GEMM path /
+ * cuBLAS base alone: M=32 4096² (128 tiles) 19.5 / 22.9 / 14.5, M=32 4096 → 14336 (7 tiles a
+ * block) 62.1 / 53.1 / 43.7, M=64 4096² 25.8 / 23.2 / 14.8, M=64 → 14336 94.9 / 54.5 / 43.7. */
+static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
+                                      int64_t r, int sm_count)
+{
+    if (!((dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_ALIGNED16) &&
+          m <= 32 && r <= LF_CUDA_DECODE_MAX_RANK))
+        return 0;
+    if (m <= 16)
+        return 1;
+    const int nt = lf_cuda_decode_nt(m), rt = lf_cuda_decode_rt(nt, n, sm_count);
+    return (n + 16 * rt - 1) / (16 * rt) <= (int64_t)lf_cuda_decode_per_sm(nt) * sm_count;
 }
 
 /* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace, in chunks of rows of at

@@ -11,7 +11,7 @@
  *   lora_epilogue_kernel  adds s·T·Bᵀ (T from cuBLAS in K-slices), bias and beta·y to an fp32 base
  *                       (the GEMM path's x·Wᵀ; none for the delta) and rounds once.
  *   lora_tpart_kernel   decode's T = x·Aᵀ as K-slice partials, one memory round trip per block.
- *   lora_decode_kernel  the whole layer for M ≤ 64: a persistent grid streams W once through
+ *   lora_decode_kernel  the whole layer for M ≤ 32: a persistent grid streams W once through
  *                       per-lane cp.async rings into mma.sync (W rows on the 16-wide side, tokens on
  *                       the 8-wide side), reduces the K-split inside the block in a fixed order, and
  *                       adds bias, beta·y and the LoRA term (T from lora_tpart_kernel, waited for
@@ -31,6 +31,7 @@
 #include "heuristics.h"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
+#include "token_map.cuh"
 
 #include <limits.h>
 #include <type_traits>
@@ -58,6 +59,9 @@ struct lora_args {
     float scale, beta;
     void *y;
     int64_t ldy;
+    /* Many adapters (the decode kernels' MULTI form): a and b are the set's storage, [slot][rank]
+     * rows (b's rows run along N), r is its max rank, and map says which slot each token uses. */
+    lf_token_map map;
 };
 
 /* Shrink blocking, as the host computed it from heuristics.h. */
@@ -563,11 +567,13 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 
 /* Decode's T = x·Aᵀ as K-slice partials, part[z][i][t] = Σ over slice z of x[i][k]·A[t][k] (16-bit
  * dtypes, 16-byte aligned rows). Block (t, z): each lane holds TP_NJ 16-byte vectors of A row t's
- * slice; warp w takes tokens w, w + 8, ... (M ≤ 64); a lane issues all its loads before it uses
+ * slice; block z' of the token groups takes TP_TOKENS tokens, its warp w tokens w, w + 8 (two per
+ * warp keep the registers few enough for the decode kernel's blocks to share the SMs with these,
+ * which is where PDL puts both); a lane issues all its loads before it uses
  * any, and each dot product ends in a fixed xor tree. One memory round trip on r × K/512 blocks,
  * where the generic shrink kernel ran a serial, instruction-bound K loop on a few. The decode
  * kernel sums the slices in slice order. */
-constexpr int TP_NJ = 2, TP_SLICE = 32 * 8 * TP_NJ;
+constexpr int TP_NJ = 2, TP_SLICE = 32 * 8 * TP_NJ, TP_TOKENS = 16;
 static_assert(TP_SLICE == 512, "lf_cuda_decode_t_slices assumes 512-element slices");
 
 template <typename T> __device__ __forceinline__ uint4 load8_tail(const T *row, int kb, int k)
@@ -575,44 +581,73 @@ template <typename T> __device__ __forceinline__ uint4 load8_tail(const T *row, 
     return kb + 8 <= k ? *(const uint4 *)(row + kb) : load8_masked<T>(row + kb, kb, k);
 }
 
-template <typename T>
+template <typename T, bool MULTI>
 __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_tpart_kernel(lora_args p, float *part)
 {
-    constexpr int WARPS = LF_CUDA_THREADS / 32, TPW = 64 / WARPS;
+    constexpr int WARPS = LF_CUDA_THREADS / 32, TPW = TP_TOKENS / WARPS;
     const int t = blockIdx.x, z = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int i0 = blockIdx.z * TP_TOKENS;
     const int k0 = z * TP_SLICE;
     /* After the wait: the decode kernel, released here, streams x and W before it waits for T, so
      * whatever wrote them before this grid must be complete by then. */
     pdl_wait_and_release();
+    /* One adapter: A row t, loaded once. MULTI: row t of each token's slot, found from the id while
+     * x is in flight; the slot's rank is read beside that row (the set's storage holds max-rank rows
+     * per slot), and a token whose slot has no row t, or that has none, gets T = 0 by selection
+     * (the unused rows may hold anything). Everything here is warp-uniform per token. */
     const T *arow = (const T *)p.a + (int64_t)t * p.lda;
-    uint4 av[TP_NJ], xv[TPW][TP_NJ];
+    uint4 av[MULTI ? TPW : 1][TP_NJ], xv[TPW][TP_NJ];
+    bool live[TPW];
+    int rank[MULTI ? TPW : 1];
+    if (!MULTI)
 #pragma unroll
-    for (int v = 0; v < TP_NJ; v++)
-        av[v] = load8_tail<T>(arow, k0 + (lane + 32 * v) * 8, p.k);
+        for (int v = 0; v < TP_NJ; v++)
+            av[0][v] = load8_tail<T>(arow, k0 + (lane + 32 * v) * 8, p.k);
 #pragma unroll
     for (int u = 0; u < TPW; u++) {
-        const int i = warp + WARPS * u;
-        if (i < p.m)
+        const int i = i0 + warp + WARPS * u;
+        live[u] = i < p.m;
+        if (live[u])
 #pragma unroll
             for (int v = 0; v < TP_NJ; v++)
                 xv[u][v] = load8_tail<T>((const T *)p.x + (int64_t)i * p.ldx, k0 + (lane + 32 * v) * 8, p.k);
     }
+    if (MULTI)
+#pragma unroll
+        for (int u = 0; u < TPW; u++) {
+            const int i = i0 + warp + WARPS * u;
+            if (!live[u])
+                continue;
+            const int id = lf_token_id(p.map, p.map.seg_starts, p.map.seg_adapter, i);
+            live[u] = id >= 0 && id < p.map.capacity;
+            if (!live[u])
+                continue;
+            rank[MULTI ? u : 0] = p.map.slots[id].rank;
+            const T *ar = (const T *)p.a + ((int64_t)id * p.r + t) * p.lda;
+#pragma unroll
+            for (int v = 0; v < TP_NJ; v++)
+                av[MULTI ? u : 0][v] = load8_tail<T>(ar, k0 + (lane + 32 * v) * 8, p.k);
+        }
 #pragma unroll
     for (int u = 0; u < TPW; u++) {
-        const int i = warp + WARPS * u;
+        const int i = i0 + warp + WARPS * u;
         if (i >= p.m)
             break;
         float acc = 0.0f;
+        if (live[u]) {
 #pragma unroll
-        for (int v = 0; v < TP_NJ; v++) {
-            const T *xe = (const T *)&xv[u][v], *ae = (const T *)&av[v];
+            for (int v = 0; v < TP_NJ; v++) {
+                const T *xe = (const T *)&xv[u][v], *ae = (const T *)&av[MULTI ? u : 0][v];
 #pragma unroll
-            for (int c = 0; c < 8; c++)
-                acc = fmaf(lf_dt<T>::to_f32(xe[c]), lf_dt<T>::to_f32(ae[c]), acc);
+                for (int c = 0; c < 8; c++)
+                    acc = fmaf(lf_dt<T>::to_f32(xe[c]), lf_dt<T>::to_f32(ae[c]), acc);
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off /= 2)
+                acc += __shfl_xor_sync(0xffffffffu, acc, off);
+            if (MULTI && t >= rank[MULTI ? u : 0])
+                acc = 0.0f;
         }
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2)
-            acc += __shfl_xor_sync(0xffffffffu, acc, off);
         if (lane == 0)
             part[((int64_t)z * p.m + i) * p.r + t] = acc;
     }
@@ -643,13 +678,23 @@ template <int NT, int RT> struct decode_shape {
  * (loaded into registers before its K loop) and T (summed from its slices once per block, after
  * the wait for lora_tpart_kernel; read from global memory per output it cost a dependent L2 round
  * trip per rank, per tile).
- * Rows past N are clamped to valid memory, tokens past M zero-filled; neither is stored. */
-template <typename T, int NT, int RT>
+ * Rows past N are clamped to valid memory, tokens past M zero-filled; neither is stored.
+ * MULTI (many adapters, the per-token and segment forms): T comes per token from its own slot
+ * (lora_tpart_kernel<T, true>), and the epilogue reads each token's B columns from the set, 8
+ * features per 16-byte load: each thread prefetches its lines into L2 early in the tile's K loop
+ * and loads them right after it, before the reduction. A
+ * token's LoRA term is Σ over its slot's rank in rank order, as for one adapter, so the per-token
+ * and the segment form give the same bits. */
+template <typename T, int NT, int RT, bool MULTI>
 __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM) lora_decode_kernel(lora_args p)
 {
     using shape = decode_shape<NT, RT>;
     constexpr int ROWS = 16 * RT, WARPS = LF_CUDA_THREADS / 32, S = shape::STAGES, C = shape::CHUNKS;
     constexpr int BPT = ROWS * LF_CUDA_DECODE_MAX_RANK / LF_CUDA_THREADS; /* B values per thread */
+    /* MULTI's epilogue: 8 features per thread, the first E_RANKS ranks' loads issued at once; 8
+     * where two blocks of 32-row tiles share an SM's registers (16 spilled 96 bytes there) */
+    constexpr int E_GROUPS = ROWS / 8, E_RANKS = shape::PER_SM == 2 && RT == 2 ? 8 : 16;
+    static_assert(NT * 8 * E_GROUPS <= LF_CUDA_THREADS, "MULTI: one 8-feature group of one token per thread");
     __shared__ float red[WARPS / 2][RT][NT][4][32];        /* the fixed-order tree over warps */
     __shared__ float out_s[NT * 8][ROWS];                  /* x·Wᵀ of the tile, [token][feature] */
     extern __shared__ uint4 ring[]; /* [warp][stage][chunk][lane], then T and the B rows */
@@ -709,17 +754,33 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
 #pragma unroll
     for (int i = 0; i < S - 1; i++)
         fetch(i);
+    /* MULTI: each thread's share of every tile's epilogue is 8 features of one token, e_tok. Its
+     * slot is looked up now (the mapping is an input, final before lora_tpart_kernel released this
+     * grid) and not used before the K loop's third step, so the lookup's latency hides behind the
+     * stream and no thread waits for another's. */
+    const int e_tok = threadIdx.x / E_GROUPS, e_f = threadIdx.x % E_GROUPS * 8;
+    int e_slot = -1;
+    if (MULTI && e_tok < p.m)
+        e_slot = lf_token_slot(p.map, e_tok);
+    const int e_rank = e_slot >= 0 ? p.map.slots[e_slot].rank : 0;
+    const float e_scale = e_slot >= 0 ? p.map.slots[e_slot].scale : 0.0f;
+    /* its B columns: e_j < N ≤ the set's row stride, a multiple of 8, so 16 bytes lie inside a row */
+    const T *e_b = B + (int64_t)max(e_slot, 0) * p.r * p.ldb + e_f;
 
     int L = 0; /* steps consumed */
     for (int tl = 0; tl < my_tiles; tl++) {
         const int n0 = ((int)blockIdx.x + tl * (int)gridDim.x) * ROWS;
-        /* B rows of the tile, [feature][rank] flattened; in flight during the K loop */
-        float bpre[BPT];
+        const int e_j = n0 + e_f;
+        const bool e_live = MULTI && e_tok < p.m && e_j < p.n; /* rank 0: no adapter, y still written */
+        /* One adapter: B rows of the tile, [feature][rank] flattened, in flight during the K loop. */
+        float bpre[MULTI ? 1 : BPT];
+        if (!MULTI)
 #pragma unroll
-        for (int u = 0; u < BPT; u++) {
-            const int idx = threadIdx.x + u * LF_CUDA_THREADS, f = idx / p.r;
-            bpre[u] = idx < ROWS * p.r && n0 + f < p.n ? lf_dt<T>::load(B + (int64_t)(n0 + f) * p.ldb + idx % p.r) : 0.0f;
-        }
+            for (int u = 0; u < BPT; u++) {
+                const int idx = threadIdx.x + u * LF_CUDA_THREADS, f = idx / p.r;
+                bpre[u] = idx < ROWS * p.r && n0 + f < p.n ? lf_dt<T>::load(B + (int64_t)(n0 + f) * p.ldb + idx % p.r)
+                                                            : 0.0f;
+            }
         float acc[RT][NT][4];
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
@@ -731,6 +792,11 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
         for (int i = 0; i < n_my; i++, L++) {
             fetch((L + S - 1) % S); /* refills the slot this lane consumed in the previous step */
             cp_async_wait<S - 1>(); /* step L's group has landed (this lane's own copies) */
+            /* MULTI: this thread's B lines of the tile into L2 (16 bytes of a 32- or 64-byte run at a
+             * multiple of its size: one 128-byte line per rank), for the loads after the loop */
+            if (MULTI && i == min(2, n_my - 1) && e_live) /* none when the token has no adapter */
+                for (int t = 0; t < e_rank; t++)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(e_b + (int64_t)t * p.ldb + n0));
             const uint4 *st = my + (L % S) * C * 32;
             uint4 wv[RT][2], xv[NT];
 #pragma unroll
@@ -758,6 +824,14 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
                 xv[nt] = load8_masked<T>(X + (int64_t)min(nt * 8 + g, p.m - 1) * p.ldx + q * 8 + steps * 32, kb, p.k);
             decode_step<T, NT, RT>(acc, wv, xv);
         }
+        /* MULTI: the B columns of this thread's first E_RANKS ranks, all loaded at once, so that
+         * the reduction below covers their latency (L2 hits after the prefetch in the loop). */
+        uint4 bv[MULTI ? E_RANKS : 1];
+        if (MULTI && e_live)
+#pragma unroll
+            for (int t = 0; t < E_RANKS; t++)
+                if (t < e_rank)
+                    bv[t] = *(const uint4 *)(e_b + (int64_t)t * p.ldb + n0);
 
         /* Sum the 8 warps' partial products in a fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0. */
 #pragma unroll
@@ -789,12 +863,13 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
 #pragma unroll
                     for (int c = 0; c < 4; c++) /* accumulator c: feature g (+8 for c ≥ 2), token 2q + (c & 1) */
                         out_s[nt * 8 + 2 * q + (c & 1)][rt * 16 + g + (c >> 1) * 8] = acc[rt][nt][c];
+        if (!MULTI)
 #pragma unroll
-        for (int u = 0; u < BPT; u++) { /* rows padded by one: the epilogue's lanes read distinct banks */
-            const int idx = threadIdx.x + u * LF_CUDA_THREADS;
-            if (idx < ROWS * p.r)
-                b_s[idx + idx / p.r] = bpre[u];
-        }
+            for (int u = 0; u < BPT; u++) { /* rows padded by one: the epilogue's lanes read distinct banks */
+                const int idx = threadIdx.x + u * LF_CUDA_THREADS;
+                if (idx < ROWS * p.r)
+                    b_s[idx + idx / p.r] = bpre[u];
+            }
         if (tl == 0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
             lf_pdl_wait(); /* T is complete and visible from here on */
@@ -808,15 +883,39 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
         }
         __syncthreads();
 
-        for (int idx = threadIdx.x; idx < p.m * ROWS; idx += blockDim.x) {
-            const int tok = idx / ROWS, f = idx % ROWS, j = n0 + f;
-            if (j >= p.n)
-                continue;
-            const float *tr = t_sh + tok * p.r, *br = b_s + f * (p.r + 1);
-            float lora = 0.0f;
-            for (int t = 0; t < p.r; t++)
-                lora = fmaf(tr[t], br[t], lora);
-            store_out<T>(p, tok, j, fmaf(p.scale, lora, out_s[tok][f]));
+        if constexpr (MULTI) {
+            if (e_live) {
+                const float *tr = t_sh + e_tok * p.r;
+                float lora[8] = {};
+                auto add_rank = [&](int t, const uint4 &v) {
+                    const T *e = (const T *)&v;
+#pragma unroll
+                    for (int c = 0; c < 8; c++)
+                        lora[c] = fmaf(tr[t], lf_dt<T>::to_f32(e[c]), lora[c]);
+                };
+#pragma unroll
+                for (int t = 0; t < E_RANKS; t++)
+                    if (t < e_rank)
+                        add_rank(t, bv[t]);
+#pragma unroll 4
+                for (int t = E_RANKS; t < e_rank; t++)
+                    add_rank(t, *(const uint4 *)(e_b + (int64_t)t * p.ldb + n0));
+#pragma unroll
+                for (int c = 0; c < 8; c++)
+                    if (e_j + c < p.n)
+                        store_out<T>(p, e_tok, e_j + c, fmaf(e_scale, lora[c], out_s[e_tok][e_f + c]));
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < p.m * ROWS; idx += blockDim.x) {
+                const int tok = idx / ROWS, f = idx % ROWS, j = n0 + f;
+                if (j >= p.n)
+                    continue;
+                const float *tr = t_sh + tok * p.r, *br = b_s + f * (p.r + 1);
+                float lora = 0.0f;
+                for (int t = 0; t < p.r; t++)
+                    lora = fmaf(tr[t], br[t], lora);
+                store_out<T>(p, tok, j, fmaf(p.scale, lora, out_s[tok][f]));
+            }
         }
         __syncthreads(); /* out_s and b_s are rewritten by the next tile */
     }
@@ -872,41 +971,49 @@ void launch_delta_t(const lora_args &p, const stage_cfg &c, int bm, bool pdl, cu
     }
 }
 
-template <typename T, int NT, int RT>
-cudaError_t launch_decode_nt(const lora_args &p, int sm_count, bool pdl, cudaStream_t st)
+/* One instantiation of the decode kernel with its shape, for the launch and the setup alike. */
+struct decode_kernel_ref {
+    void (*fn)(lora_args);
+    int per_sm, smem;
+};
+template <typename T, int NT, int RT, bool MULTI> decode_kernel_ref decode_ref()
 {
-    return launch(lora_decode_kernel<T, NT, RT>,
-                  dim3((unsigned)lf_cuda_decode_grid(p.n, RT, decode_shape<NT, RT>::PER_SM * sm_count)),
-                  (size_t)decode_shape<NT, RT>::SMEM, pdl, st, p);
+    return {lora_decode_kernel<T, NT, RT, MULTI>, decode_shape<NT, RT>::PER_SM, decode_shape<NT, RT>::SMEM};
+}
+template <typename T, int RT, bool MULTI> decode_kernel_ref decode_ref_nt(int nt)
+{
+    return nt == 2 ? decode_ref<T, 2, RT, MULTI>() : decode_ref<T, 4, RT, MULTI>();
+}
+template <typename T, bool MULTI> decode_kernel_ref decode_ref_rt(int rt, int nt)
+{
+    return rt == 2 ? decode_ref_nt<T, 2, MULTI>(nt) : decode_ref_nt<T, 1, MULTI>(nt);
+}
+/* dtype: bf16 or f16; rt: lf_cuda_decode_rt (1 or 2); nt: lf_cuda_decode_nt (2 or 4). */
+decode_kernel_ref decode_ref(lf_dtype dtype, int rt, int nt, bool multi)
+{
+    if (dtype == LF_BF16)
+        return multi ? decode_ref_rt<__nv_bfloat16, true>(rt, nt) : decode_ref_rt<__nv_bfloat16, false>(rt, nt);
+    return multi ? decode_ref_rt<__half, true>(rt, nt) : decode_ref_rt<__half, false>(rt, nt);
 }
 
-template <typename T, int NT, int RT> cudaError_t setup_decode_nt()
+/* The decode layer: lora_tpart_kernel writes T's K-slice partials into t_ws, and the decode kernel,
+ * launched behind it with PDL, streams W meanwhile and waits for T before its first epilogue. */
+cudaError_t launch_decode_layer(lf_dtype dtype, lora_args a, int rt, int nt, int slices, bool multi, float *t_ws,
+                                int sm_count, bool pdl, cudaStream_t st)
 {
-    return cudaFuncSetAttribute(lora_decode_kernel<T, NT, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                decode_shape<NT, RT>::SMEM);
-}
-
-template <typename T, int RT> cudaError_t setup_decode_rt()
-{
-    cudaError_t e = setup_decode_nt<T, 2, RT>();
-    if (e == cudaSuccess)
-        e = setup_decode_nt<T, 4, RT>();
-    if (e == cudaSuccess)
-        e = setup_decode_nt<T, 8, RT>();
-    return e;
-}
-
-template <typename T, int RT>
-cudaError_t launch_decode_rt(const lora_args &p, int nt, int sm_count, bool pdl, cudaStream_t st)
-{
-    switch (nt) { /* lf_cuda_decode_nt: 2, 4 or 8 */
-    case 2:
-        return launch_decode_nt<T, 2, RT>(p, sm_count, pdl, st);
-    case 4:
-        return launch_decode_nt<T, 4, RT>(p, sm_count, pdl, st);
-    default:
-        return launch_decode_nt<T, 8, RT>(p, sm_count, pdl, st);
-    }
+    void (*tpart)(lora_args, float *) = dtype == LF_BF16 ? (multi ? lora_tpart_kernel<__nv_bfloat16, true>
+                                                                   : lora_tpart_kernel<__nv_bfloat16, false>)
+                                                         : (multi ? lora_tpart_kernel<__half, true>
+                                                                  : lora_tpart_kernel<__half, false>);
+    const cudaError_t e = launch(tpart, dim3((unsigned)a.r, (unsigned)slices, (unsigned)((a.m + TP_TOKENS - 1) / TP_TOKENS)),
+                                 0, pdl, st, a, t_ws);
+    if (e != cudaSuccess)
+        return e;
+    a.t = t_ws;
+    a.tsplit = slices;
+    a.tstride = (int64_t)a.m * a.r;
+    const decode_kernel_ref k = decode_ref(dtype, rt, nt, multi);
+    return launch(k.fn, dim3((unsigned)lf_cuda_decode_grid(a.n, rt, k.per_sm * sm_count)), (size_t)k.smem, pdl, st, a);
 }
 
 /* Dispatch over dtype, layout and vector loads for the delta and shrink launchers. */
@@ -1074,13 +1181,15 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
 {
     /* The rings take up to ~200 KB: Hopper and A100 have it, sm_86/89 (99 KB) do not, and there the
      * plan takes the GEMM path instead. */
-    cudaError_t e = setup_decode_rt<__nv_bfloat16, 1>();
-    if (e == cudaSuccess)
-        e = setup_decode_rt<__nv_bfloat16, 2>();
-    if (e == cudaSuccess)
-        e = setup_decode_rt<__half, 1>();
-    if (e == cudaSuccess)
-        e = setup_decode_rt<__half, 2>();
+    cudaError_t e = cudaSuccess;
+    for (lf_dtype dt : {LF_BF16, LF_F16})
+        for (int rt = 1; rt <= 2; rt++)
+            for (int nt = 2; nt <= 4; nt *= 2)
+                for (bool multi : {false, true}) {
+                    const decode_kernel_ref k = decode_ref(dt, rt, nt, multi);
+                    if (e == cudaSuccess)
+                        e = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem);
+                }
     if (e != cudaSuccess)
         cudaGetLastError();
     state->decode_ok = e == cudaSuccess;
@@ -1121,7 +1230,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     if (!(key->flags & LF_PLAN_HAS_W)) {
         ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
-    } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, r)) {
+    } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_DECODE;
         plan->param[1] = lf_cuda_decode_nt(m);
         plan->param[0] = lf_cuda_decode_rt((int)plan->param[1], n, cs->sm_count);
@@ -1160,28 +1269,11 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     case LF_CUDA_DELTA_TWO:
     case LF_CUDA_DELTA_TSPLIT:
         return run_delta(ctx, key, plan->param, a, ws, st);
-    case LF_CUDA_DECODE: {
-        const bool pdl = plan->param[5] != 0;
-        const dim3 tgrid((unsigned)p->rank, (unsigned)plan->param[2]);
-        if (key.dtype == LF_BF16)
-            launch(lora_tpart_kernel<__nv_bfloat16>, tgrid, 0, pdl, st, a, ws);
-        else
-            launch(lora_tpart_kernel<__half>, tgrid, 0, pdl, st, a, ws);
-        LF_CUDA_CHECK_LAUNCH(ctx);
-        a.t = ws;
-        a.tsplit = (int)plan->param[2];
-        a.tstride = p->m * p->rank;
-        const int nt = (int)plan->param[1], sms = lf_cuda_state_of(ctx)->sm_count;
-        cudaError_t e;
-        if (key.dtype == LF_BF16)
-            e = plan->param[0] == 2 ? launch_decode_rt<__nv_bfloat16, 2>(a, nt, sms, pdl, st)
-                                    : launch_decode_rt<__nv_bfloat16, 1>(a, nt, sms, pdl, st);
-        else
-            e = plan->param[0] == 2 ? launch_decode_rt<__half, 2>(a, nt, sms, pdl, st)
-                                    : launch_decode_rt<__half, 1>(a, nt, sms, pdl, st);
-        LF_CUDA_CHECK(ctx, e);
+    case LF_CUDA_DECODE:
+        LF_CUDA_CHECK(ctx, launch_decode_layer(key.dtype, a, (int)plan->param[0], (int)plan->param[1],
+                                               (int)plan->param[2], false, ws, lf_cuda_state_of(ctx)->sm_count,
+                                               plan->param[5] != 0, st));
         return LF_OK;
-    }
     case LF_CUDA_HOPPER: {
         const lf_cuda_state *cs = lf_cuda_state_of(ctx);
         LF_CUDA_CHECK(ctx, lf_hopper_launch(p, ctx->workspace, cs->hopper_ctl, cs->sm_count, st));
@@ -1248,4 +1340,41 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     }
     }
     return lf_fail(ctx, LF_ERR_INTERNAL, "lf_lora_forward (cuda): plan has unknown implementation %d", plan->impl);
+}
+
+/* The many-adapter layer at decode sizes (lora_multi.cu): the decode kernels' MULTI form. The set's
+ * storage is 16-byte aligned with 16-byte rows by construction; x and W must be too. */
+bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
+{
+    const size_t es = lf_dtype_size(q->dtype);
+    const lf_adapter_set *set = q->set;
+    const bool aligned = (uintptr_t)q->x % 16 == 0 && (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 &&
+                         (q->ldw * es) % 16 == 0 && (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 &&
+                         (set->lda * es) % 16 == 0 && (set->ldb * es) % 16 == 0;
+    return q->w && aligned && lf_cuda_state_of(ctx)->decode_ok &&
+           lf_cuda_decode_fits(q->dtype, q->layout, LF_PLAN_ALIGNED16, q->m, q->n, set->max_rank,
+                               lf_cuda_state_of(ctx)->sm_count);
+}
+
+size_t lf_cuda_decode_multi_workspace(const lf_multi_problem *q)
+{
+    return align256((size_t)lf_cuda_decode_t_slices(q->k) * q->m * q->set->max_rank * 4);
+}
+
+lf_status lf_cuda_decode_multi(lf_context *ctx, const lf_multi_problem *q, float *t_ws)
+{
+    const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+    const lf_adapter_set *set = q->set;
+    lora_args a = {};
+    a.m = (int)q->m, a.k = (int)q->k, a.n = (int)q->n, a.r = (int)set->max_rank;
+    a.x = q->x, a.ldx = q->ldx, a.w = q->w, a.ldw = q->ldw;
+    a.a = set->a, a.lda = set->lda, a.b = set->b, a.ldb = set->ldb;
+    a.bias = q->bias, a.beta = q->beta, a.y = q->y, a.ldy = q->ldy;
+    a.map.ids = q->token_adapter, a.map.seg_starts = q->seg_starts, a.map.seg_adapter = q->seg_adapter;
+    a.map.segments = (int)q->segments, a.map.slots = set->slots, a.map.capacity = set->capacity;
+    const int nt = lf_cuda_decode_nt(q->m);
+    LF_CUDA_CHECK(ctx, launch_decode_layer(q->dtype, a, lf_cuda_decode_rt(nt, q->n, cs->sm_count), nt,
+                                           (int)lf_cuda_decode_t_slices(q->k), true, t_ws, cs->sm_count,
+                                           cs->cc_major >= 9, lf_cuda_stream(ctx)));
+    return LF_OK;
 }

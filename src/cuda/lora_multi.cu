@@ -40,6 +40,7 @@
 #include "common.cuh"
 #include "launch.cuh"
 #include "lora_multi.cuh"
+#include "token_map.cuh"
 
 #include <algorithm>
 #include <limits.h>
@@ -54,7 +55,7 @@
 
 namespace {
 
-struct multi_args {
+struct multi_args : lf_token_map {
     int m, k, n;
     const void *x;
     int64_t ldx;
@@ -63,13 +64,9 @@ struct multi_args {
     const void *bias;
     const float *base; /* layer, small M: x·Wᵀ in fp32, [m][n] dense; NULL otherwise */
     float beta;
-    const int32_t *ids; /* per-token form, or NULL */
-    const int32_t *seg_starts, *seg_adapter;
-    int segments;
     const void *a, *b; /* the set's storage */
     int64_t lda, ldb;
-    int max_rank, capacity;
-    const lf_adapter_slot *slots;
+    int max_rank;
     int tb, ks, kslices, bn;
     int none_tiles;  /* the expand visits tokens without an adapter */
     float *tpart;    /* [kslices][m][max_rank] */
@@ -81,31 +78,6 @@ struct multi_args {
     bool vec_x, vec_a, vec_b; /* fused: 16-byte copies of x, A and B rows */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
 };
-
-/* The raw id of token t (per-token array, or the run holding t; starts / adapters may be staged). */
-__device__ int token_id(const multi_args &p, const int *starts, const int *adapters, int t)
-{
-    if (p.ids)
-        return p.ids[t];
-    int lo = -1, hi = p.segments - 1; /* the last run whose start is <= t */
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (starts[mid] <= t)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    return lo >= 0 && t < starts[lo + 1] ? adapters[lo] : -1;
-}
-
-/* The slot token t uses, or -1 (none). */
-__device__ int token_slot(const multi_args &p, int t)
-{
-    const int id = token_id(p, p.seg_starts, p.seg_adapter, t);
-    if (id < 0 || id >= p.capacity || p.slots[id].rank <= 0)
-        return -1;
-    return id;
-}
 
 /* ---- bucketing ------------------------------------------------------------------------------- */
 
@@ -123,7 +95,7 @@ __device__ int bucket_in_block(const multi_args &p, small_buckets &sb)
     const int t = threadIdx.x;
     int s = INT_MAX;
     if (t < p.m) {
-        const int slot = token_slot(p, t);
+        const int slot = lf_token_slot(p, t);
         s = slot < 0 ? p.capacity : slot;
     }
     sb.bin[t] = s;
@@ -195,7 +167,7 @@ __global__ void __launch_bounds__(LF_MULTI_BUCKET_THREADS) multi_bucket_kernel(m
         count[b] = 0;
     __syncthreads();
     for (int t = threadIdx.x; t < p.m; t += blockDim.x) {
-        const int slot = token_slot(p, t);
+        const int slot = lf_token_slot(p, t);
         const int b = slot < 0 ? p.capacity : slot;
         p.bins[t] = b;
         atomicAdd(&count[b], 1);
@@ -629,8 +601,8 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int
         id = p.ids[t];
     __syncthreads();
     if (!p.ids && t < p.m)
-        id = staged_segs ? token_id(p, sh.seg, sh.seg + p.segments + 1, t)
-                         : token_id(p, p.seg_starts, p.seg_adapter, t);
+        id = staged_segs ? lf_token_id(p, sh.seg, sh.seg + p.segments + 1, t)
+                         : lf_token_id(p, p.seg_starts, p.seg_adapter, t);
     const int bin = id < 0 || id >= p.capacity || sh.slots[id].rank <= 0 ? p.capacity : id;
     /* Counts only (the order comes from the ballot below); one atomic per bin and warp: a batch
      * of one adapter would otherwise serialize 32 lanes on one address. */
@@ -870,7 +842,7 @@ template <typename T, bool VECY> __global__ void __launch_bounds__(LF_MULTI_THRE
         return;
     const float *d = p.dout + (int64_t)token * p.n + col;
     float4 acc = VECY ? *(const float4 *)d : load4<float, false>(d, valid); /* read before the id is known */
-    if (token_slot(p, token) < 0)
+    if (lf_token_slot(p, token) < 0)
         acc = make_float4(0.f, 0.f, 0.f, 0.f);
     finish4<T, VECY>(acc, (const T *)p.bias, p.base + (int64_t)token * p.n + col, p.beta,
                      (T *)p.y + (int64_t)token * p.ldy + col, col, valid);
@@ -1191,6 +1163,11 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
         (q->w && (q->ldx > INT_MAX || q->ldy > INT_MAX || q->ldw > INT_MAX)))
         return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward_multi (cuda): sizes and strides beyond 2^30 are "
                        "not supported (M %lld, K %lld, N %lld)", (long long)q->m, (long long)q->k, (long long)q->n);
+    /* Layer at decode sizes: one stream of W with every token's LoRA term in its epilogue. */
+    if (lf_cuda_decode_multi_fits(ctx, q)) {
+        const lf_status s = lf_workspace_reserve(ctx, lf_cuda_decode_multi_workspace(q));
+        return s != LF_OK ? s : lf_cuda_decode_multi(ctx, q, (float *)ctx->workspace);
+    }
     lf_cuda_state *cs = lf_cuda_state_of(ctx);
     const cuda_set_state *ss = (const cuda_set_state *)set->backend;
     const cudaStream_t st = lf_cuda_stream(ctx);
