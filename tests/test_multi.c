@@ -319,9 +319,9 @@ typedef struct shape {
 static const shape shapes[] = {
     {1, 300, 200, 4, 16, 0, 0},   /* M = 1 */
     {16, 256, 256, 8, 16, 0, 0},  /* decode-like, aligned */
-    /* the decode kernels' many-adapter form on CUDA (16-bit, PEFT, aligned, M <= 64): */
-    {9, 1024, 4100, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
-    {28, 520, 200, 6, 64, 0, 0},  /* 17-32 tokens; K tail (520 % 32 = 8), a partial tile, rank 64 */
+    /* the decode kernels' many-adapter form on CUDA (16-bit, PEFT, aligned, M <= 4): */
+    {3, 1024, 4100, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
+    {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
     {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
     {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
     {150, 257, 130, 9, 24, 0, 0}, /* M > 64: the grouping kernel on CUDA; ranks past 16 */

@@ -187,6 +187,15 @@ static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t
     return (n + 16 * rt - 1) / (16 * rt) <= (int64_t)lf_cuda_decode_per_sm(nt) * sm_count;
 }
 
+/* Many adapters, the layer: the decode kernels' MULTI form (one stream of W, each token's LoRA term
+ * in the epilogue) against the cuBLAS GEMM beside the fused kernel on a side stream. H100, bf16
+ * 4096², r16, L 8, graph replay, both in one call, interleaved (2026-11-25, fifth session): M=1
+ * 18.4 against 19.0 µs, M=16 21.0 against 19.9. The MULTI form's cost grows with the tokens (each
+ * token's A rows in T, its B columns in the epilogue), the other's hardly: the lines cross near 5
+ * tokens (interpolated between the two, not measured). In a host loop the MULTI form won at both
+ * (18.2 against 27.6, 21.1 against 26.8: two launches instead of a fork, three launches, a join). */
+static inline int lf_cuda_multi_decode_wins(int64_t m) { return m <= 4; }
+
 /* GEMM path, 16-bit dtypes: the base GEMM writes fp32 into the workspace, in chunks of rows of at
  * most 256 MiB. Chunks small enough to stay in L2 (16 MiB) made one fast GEMM into several slower
  * ones: 4096 → 14336 at M = 4096 took 1193 µs in 256-row chunks and 915 µs whole (cuBLAS base 717),

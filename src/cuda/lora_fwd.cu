@@ -982,13 +982,15 @@ template <typename T, int NT, int RT, bool MULTI> decode_kernel_ref decode_ref()
 }
 template <typename T, int RT, bool MULTI> decode_kernel_ref decode_ref_nt(int nt)
 {
-    return nt == 2 ? decode_ref<T, 2, RT, MULTI>() : decode_ref<T, 4, RT, MULTI>();
+    if constexpr (MULTI) /* lf_cuda_multi_decode_wins: a few tokens, one 16-column group */
+        return decode_ref<T, 2, RT, true>();
+    return nt == 2 ? decode_ref<T, 2, RT, false>() : decode_ref<T, 4, RT, false>();
 }
 template <typename T, bool MULTI> decode_kernel_ref decode_ref_rt(int rt, int nt)
 {
     return rt == 2 ? decode_ref_nt<T, 2, MULTI>(nt) : decode_ref_nt<T, 1, MULTI>(nt);
 }
-/* dtype: bf16 or f16; rt: lf_cuda_decode_rt (1 or 2); nt: lf_cuda_decode_nt (2 or 4). */
+/* dtype: bf16 or f16; rt: lf_cuda_decode_rt (1 or 2); nt: lf_cuda_decode_nt (2 or 4; 2 when multi). */
 decode_kernel_ref decode_ref(lf_dtype dtype, int rt, int nt, bool multi)
 {
     if (dtype == LF_BF16)
@@ -1186,6 +1188,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
         for (int rt = 1; rt <= 2; rt++)
             for (int nt = 2; nt <= 4; nt *= 2)
                 for (bool multi : {false, true}) {
+                    if (multi && nt != 2)
+                        continue;
                     const decode_kernel_ref k = decode_ref(dt, rt, nt, multi);
                     if (e == cudaSuccess)
                         e = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem);
@@ -1351,7 +1355,7 @@ bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
     const bool aligned = (uintptr_t)q->x % 16 == 0 && (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 &&
                          (q->ldw * es) % 16 == 0 && (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 &&
                          (set->lda * es) % 16 == 0 && (set->ldb * es) % 16 == 0;
-    return q->w && aligned && lf_cuda_state_of(ctx)->decode_ok &&
+    return q->w && aligned && lf_cuda_state_of(ctx)->decode_ok && lf_cuda_multi_decode_wins(q->m) &&
            lf_cuda_decode_fits(q->dtype, q->layout, LF_PLAN_ALIGNED16, q->m, q->n, set->max_rank,
                                lf_cuda_state_of(ctx)->sm_count);
 }

@@ -3,7 +3,9 @@
  * loads from device memory, and the unfused per-adapter loop the bench compares with.
  *
  * No host work that needs device data (capture-safe, no synchronization, no allocation once the
- * workspace is sized). On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
+ * workspace is sized). A layer of a few tokens (heuristics.h: lf_cuda_multi_decode_wins; 16-bit,
+ * PEFT, aligned) is the decode kernels of lora_fwd.cu in their MULTI form: one stream of W, each
+ * token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
  * multi_fused_kernel (thread block clusters; see its comment), and a layer is the cuBLAS base GEMM
  * beside that kernel on a side stream (it writes the LoRA term in fp32) and multi_finish_kernel,
  * which adds both and rounds y once. Otherwise a call is two or three kernels, chained with
