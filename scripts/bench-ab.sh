@@ -1,0 +1,50 @@
+#!/bin/sh
+# A/B of whole-library changes with `lorafuse bench`: the working tree's CLI against one or more
+# git revisions', all timed in one device call, interleaved (a, b, new, a, b, new) so that clock
+# drift shows as spread, not as a difference. dev/cuda/hopper_ab.sh does the same for the Hopper
+# kernel's lab; this one times what a user calls (plans, launches, streams included).
+#
+# Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
+# On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
+# Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases),
+# MATCH (an extended regex over its table rows; default every row of a case), ROUNDS (default 2).
+set -u
+cd "$(dirname "$0")/.."
+pack=.device-bench-ab
+
+build_cli() { # source tree, build folder; the build's output only when it fails
+  { cmake -S "$1" -B "$2" && cmake --build "$2" -j "$(nproc)" --target lorafuse_cli; } >"$2.log" 2>&1 ||
+    { cat "$2.log"; return 1; }
+}
+
+if [ "${1:-}" = "--pack" ]; then
+  shift
+  [ $# -ge 1 ] || { echo "usage: bench-ab.sh --pack REV..." >&2; exit 2; }
+  rm -rf "$pack" && mkdir -p "$pack/bin"
+  work=$(mktemp -d)
+  build_cli . "$work/new" && cp "$work/new/lorafuse" "$pack/bin/new" || exit 1
+  for rev in "$@"; do
+    name=$(git rev-parse --short "$rev") || exit 1
+    git worktree add -f --detach "$work/src-$name" "$rev" >/dev/null || exit 1
+    build_cli "$work/src-$name" "$work/build-$name" && cp "$work/build-$name/lorafuse" "$pack/bin/$name"
+    rc=$?
+    git worktree remove --force "$work/src-$name"
+    [ $rc -eq 0 ] || exit $rc
+  done
+  tar cJf "$pack/bins.tar.xz" -C "$pack/bin" . && rm -rf "$pack/bin" "$work"
+  echo "packed: $(tar tJf "$pack/bins.tar.xz" | sed -n 's|^\./||p' | tr '\n' ' ')(new = the working tree)"
+  exit 0
+fi
+
+bench=${BENCH:---backend cuda --suite --cases multi_L8_m1,multi_L8_m16}
+match=${MATCH:-^[a-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
+mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
+i=0
+while [ $i -lt "${ROUNDS:-2}" ]; do
+  for bin in /tmp/bench-ab/*; do
+    echo "== $(basename "$bin")"
+    # shellcheck disable=SC2086 # BENCH is a list of arguments
+    timeout 300 "$bin" bench $bench 2>&1 | grep -E "$match"
+  done
+  i=$((i + 1))
+done
