@@ -320,6 +320,8 @@ static const shape shapes[] = {
     {1, 300, 200, 4, 16, 0, 0},   /* M = 1 */
     {16, 256, 256, 8, 16, 0, 0},  /* decode-like, aligned */
     /* the decode kernels' many-adapter form on CUDA (16-bit, PEFT, aligned, M <= 4): */
+    {1, 256, 136, 3, 16, 0, 0},   /* one token */
+    {2, 1024, 8200, 4, 16, 0, 0}, /* 32-row tiles (on 132 SMs), N % 16 = 8 */
     {3, 1024, 4100, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
     {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
     {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
@@ -340,8 +342,9 @@ static void sweep(lf_context *ctx, void *arg)
             for (int has_w = 0; has_w <= 1; has_w++)
                 for (int map = 0; map < 4; map++) {
                     const shape *sh = &shapes[s];
-                    /* layout, beta, bias and the load path rotate with the index */
-                    mcase c = {.dtype = dtypes[dt], .layout = index % 2 ? LF_LAYOUT_KN : LF_LAYOUT_PEFT,
+                    /* layout, beta, bias and the load path rotate with the index; the layout
+                     * also with the dtype, so that every mapping meets a 16-bit PEFT layer */
+                    mcase c = {.dtype = dtypes[dt], .layout = (index + dt) % 2 ? LF_LAYOUT_KN : LF_LAYOUT_PEFT,
                                .m = sh->m, .k = sh->k, .n = sh->n, .capacity = sh->capacity,
                                .max_rank = sh->max_rank, .has_w = has_w, .has_bias = (index / 3) % 2 == 0,
                                .beta = betas[(index / 2) % 3], .map = (enum mapping)map, .strided = sh->strided,
@@ -353,24 +356,30 @@ static void sweep(lf_context *ctx, void *arg)
 }
 #define SWEEP_CASES (N_SHAPES * 3 * 2 * 4)
 
-/* Hot swap: slot 1 replaced between calls (another rank, from host then from device), slot 0
- * unchanged; each call checked against the reference of the adapters it should see. */
+/* Hot swap: slot 1 replaced between calls (a smaller rank, so that its storage keeps rows of the
+ * old adapter past it; from host, then from device), slot 0 unchanged; each call checked against
+ * the reference of the adapters it should see. 4 tokens take the CUDA decode kernels' MULTI form,
+ * 24 the side stream. */
 static void hot_swap(lf_context *ctx, void *arg)
 {
     (void)arg;
-    for (int from_device = 0; from_device <= 1; from_device++) {
-        lft_begin("multi %s hot swap (%s)", lf_backend_name(lf_context_backend(ctx)), from_device ? "device" : "host");
-        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 24, .k = 192, .n = 160, .capacity = 3,
-                   .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + from_device)};
+    for (int form = 0; form < 4; form++) {
+        const int from_device = form % 2;
+        const int64_t m = form < 2 ? 24 : 4;
+        lft_begin("multi %s hot swap (%s, M=%lld)", lf_backend_name(lf_context_backend(ctx)),
+                  from_device ? "device" : "host", (long long)m);
+        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = m, .k = 192, .n = 160, .capacity = 3,
+                   .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + form)};
         mprob p;
         if (LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
             for (int64_t t = 0; t < c.m; t++) /* both slots used */
                 p.ids[t] = (int32_t)(t % 2);
             lf_memcpy(ctx, p.ids_dev, p.ids, (size_t)c.m * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE);
-            if (LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
-                check_y(&p, NULL);
             lft_rng rng;
             lft_rng_seed(&rng, c.seed ^ 0x5a5a);
+            if (LFT_CHECK_STATUS(ctx, load_adapter(&p, 1, c.max_rank, &rng), LF_OK) && /* full rank first */
+                LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
+                check_y(&p, NULL);
             p.c.load_from_device = from_device;
             if (LFT_CHECK_STATUS(ctx, load_adapter(&p, 1, 3, &rng), LF_OK) && LFT_CHECK(lf_adapter_set_rank(p.set, 1) == 3) &&
                 LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) && LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK))
@@ -386,7 +395,7 @@ static void hot_swap(lf_context *ctx, void *arg)
         lft_end();
     }
 }
-#define HOT_SWAP_CASES 2
+#define HOT_SWAP_CASES 4
 
 /* Bad input: a status, a message, and y untouched. */
 static void bad_input(lf_context *ctx, void *arg)
