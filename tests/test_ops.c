@@ -214,19 +214,23 @@ static int device_is_hopper(void)
 #endif
 }
 
-/* Whether the plan took the Hopper kernel for p; if not, a skip on other GPUs and a failure (with
- * what the plan chose) on compute capability 9.0. */
-static int hopper_taken(lft_problem *p, const char *what)
+#define DECODE_NOT_TAKEN "the plan did not choose the decode kernel (its shared memory does not fit this GPU)"
+
+/* Whether the plan took implementation `impl` (LF_CUDA_HOPPER or LF_CUDA_DECODE) for p; if not, a
+ * skip on other GPUs and a failure (with what the plan chose) on compute capability 9.0, where both
+ * run. */
+static int impl_taken(lft_problem *p, const char *what, int impl)
 {
-    const int impl = planned_impl(p);
-    if (impl == LF_CUDA_HOPPER)
+    const int got = planned_impl(p);
+    if (got == impl)
         return 1;
     if (device_is_hopper()) {
         lft_begin("%s", what);
-        LFT_CHECKF(0, "compute capability 9.0, but the plan chose implementation %d (-1: planning failed)", impl);
+        LFT_CHECKF(0, "compute capability 9.0, but the plan chose implementation %d, not %d (-1: planning failed)",
+                   got, impl);
         lft_end();
     } else {
-        lft_skip(what, "cuda", HOPPER_NOT_TAKEN, 1);
+        lft_skip(what, "cuda", impl == LF_CUDA_HOPPER ? HOPPER_NOT_TAKEN : DECODE_NOT_TAKEN, 1);
     }
     return 0;
 }
@@ -243,7 +247,7 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
         lft_end();
         return;
     }
-    if (!hopper_taken(&p, what)) {
+    if (!impl_taken(&p, what, LF_CUDA_HOPPER)) {
         lft_problem_free(&p);
         return;
     }
@@ -265,13 +269,14 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
 
 #ifdef LF_TEST_CUDA
 #define CUDA_OK(call) LFT_CHECKF((call) == cudaSuccess, "%s failed", #call)
-/* One call captured into a graph, replayed twice with new x in between: each replay must compute
- * with its own x (a kernel whose per-call state came from the host at capture would reuse the
- * first replay's T in the second). */
-static void hopper_graph(lf_context *ctx, const lft_case *c)
+/* One call of implementation `impl` captured into a graph and replayed: with new x in between, each
+ * replay must compute with its own x (a kernel whose per-call state came from the host at capture
+ * would reuse the first replay's T); then, for beta 0, three launches back to back before one check
+ * (a kernel that keeps state on the device between launches must leave it as it found it). */
+static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, int impl)
 {
     char name[256], what[320];
-    snprintf(what, sizeof what, "test_ops hopper graph replay %s", lft_case_name(c, name, sizeof name));
+    snprintf(what, sizeof what, "test_ops %s graph replay %s", kind, lft_case_name(c, name, sizeof name));
     cudaStream_t s = NULL;
     lft_problem p;
     if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess || lft_problem_init(&p, ctx, c) != LF_OK) {
@@ -282,7 +287,7 @@ static void hopper_graph(lf_context *ctx, const lft_case *c)
             cudaStreamDestroy(s);
         return;
     }
-    if (!hopper_taken(&p, what)) {
+    if (!impl_taken(&p, what, impl)) {
         lft_problem_free(&p);
         cudaStreamDestroy(s);
         return;
@@ -298,15 +303,20 @@ static void hopper_graph(lf_context *ctx, const lft_case *c)
         if (LFT_CHECK_STATUS(ctx, st, LF_OK) && captured && CUDA_OK(cudaGraphInstantiate(&exec, graph, 0))) {
             lft_rng rng;
             lft_rng_seed(&rng, c->seed ^ 0x5bd1e995u);
-            for (int replay = 0; replay < 2 && !lft_case_failed(); replay++) {
-                if (replay) { /* new x: same shape, other values */
+            for (int replay = 0; replay < 3 && !lft_case_failed(); replay++) {
+                if (replay == 1) { /* new x: same shape, other values */
                     lft_mat_fill_random(&p.x, &rng);
                     LFT_CHECK(lft_mat_upload(&p.x) == LF_OK);
                 }
+                const int launches = replay == 2 && c->beta == 0.0f ? 3 : 1;
+                int launched = 1;
                 lft_problem_reference(&p);
-                if (LFT_CHECK(lft_problem_reset_y(&p) == LF_OK) && CUDA_OK(cudaGraphLaunch(exec, s)) &&
-                    CUDA_OK(cudaStreamSynchronize(s)))
-                    lft_problem_check(&p, NULL, NULL);
+                if (LFT_CHECK(lft_problem_reset_y(&p) == LF_OK)) {
+                    for (int l = 0; l < launches; l++)
+                        launched = launched && CUDA_OK(cudaGraphLaunch(exec, s));
+                    if (launched && CUDA_OK(cudaStreamSynchronize(s)))
+                        lft_problem_check(&p, NULL, NULL);
+                }
             }
         }
     }
@@ -326,7 +336,7 @@ static void hopper(lf_context *ctx, void *arg)
     (void)arg;
     if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
         lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
-                 (int)N_HOPPER + 1);
+                 (int)N_HOPPER);
         return;
     }
     uint64_t index = 300000;
@@ -334,14 +344,32 @@ static void hopper(lf_context *ctx, void *arg)
         const lft_case c = hopper_case(&hopper_shapes[i], index++);
         hopper_case_run(ctx, &c);
     }
-    const lft_case g = hopper_case(&hopper_shapes[0], index++);
+}
+
+/* A decode-sized layer (bf16, PEFT, aligned, beta 0) for the graph test: the CUDA decode kernel. */
+static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
+
+static void graphs(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    const lft_case cases[2] = {hopper_case(&hopper_shapes[0], 310000), make_case(&decode_graph_shape, 2, 0, 1, 0, 0,
+                                                                                  310001)};
+    const char *kinds[2] = {"hopper", "decode"};
+    for (int i = 0; i < 2; i++) {
+        char name[256];
+        if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
+            lft_skip(lft_case_name(&cases[i], name, sizeof name), lf_backend_name(lf_context_backend(ctx)),
+                     "graph capture is CUDA's", 1);
+            continue;
+        }
 #ifdef LF_TEST_CUDA
-    hopper_graph(ctx, &g);
+        graph_replay(ctx, &cases[i], kinds[i], i == 0 ? LF_CUDA_HOPPER : LF_CUDA_DECODE);
 #else
-    char name[256];
-    lft_skip(lft_case_name(&g, name, sizeof name), "cuda", "test_ops was built without the CUDA runtime: no graph "
-             "capture", 1);
+        (void)kinds;
+        lft_skip(lft_case_name(&cases[i], name, sizeof name), "cuda",
+                 "test_ops was built without the CUDA runtime: no graph capture", 1);
 #endif
+    }
 }
 
 int main(void)
@@ -350,6 +378,7 @@ int main(void)
     lft_for_each_backend("test_ops sweep", (int)(N_SHAPES * CASES_PER_SHAPE), sweep, NULL);
     lft_for_each_backend("test_ops determinism", 3 * 3 * 3 * 2, determinism, NULL);
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
-    lft_for_each_backend("test_ops hopper", (int)N_HOPPER + 1, hopper, NULL);
+    lft_for_each_backend("test_ops hopper", (int)N_HOPPER, hopper, NULL);
+    lft_for_each_backend("test_ops graph replay", 2, graphs, NULL);
     return lft_summary("test_ops");
 }
