@@ -175,11 +175,11 @@ static inline int lf_cuda_decode_rt(int nt, int64_t n, int sm_count)
  * streams one tile. H100, bf16 r16, lab, 2026-11-25 (fifth session), µs, decode / GEMM path /
  * cuBLAS base alone: M=32 4096² (128 tiles) 19.5 / 22.9 / 14.5, M=32 4096 → 14336 (7 tiles a
  * block) 62.1 / 53.1 / 43.7, M=64 4096² 25.8 / 23.2 / 14.8, M=64 → 14336 94.9 / 54.5 / 43.7. */
-static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
-                                      int64_t n, int64_t r, int sm_count)
+static inline int lf_cuda_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
+                                      int64_t r, int sm_count)
 {
     if (!((dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_ALIGNED16) &&
-          m <= 32 && r <= LF_CUDA_DECODE_MAX_RANK && lf_cuda_decode_t_slices(k) <= 65535)) /* tpart's grid.y */
+          m <= 32 && r <= LF_CUDA_DECODE_MAX_RANK))
         return 0;
     if (m <= 16)
         return 1;

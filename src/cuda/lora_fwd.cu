@@ -692,8 +692,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
     constexpr int ROWS = 16 * RT, WARPS = LF_CUDA_THREADS / 32, S = shape::STAGES, C = shape::CHUNKS;
     constexpr int BPT = ROWS * LF_CUDA_DECODE_MAX_RANK / LF_CUDA_THREADS; /* B values per thread */
     /* MULTI's epilogue: 8 features per thread, the first E_RANKS ranks' loads issued at once; 8
-     * where two blocks of 32-row tiles share an SM's registers (16 spilled 96 bytes there; with 16-row
-     * tiles 16 spill 24 bytes, the per-thread lookup's values) */
+     * where two blocks of 32-row tiles share an SM's registers (16 spilled 96 bytes there) */
     constexpr int E_GROUPS = ROWS / 8, E_RANKS = shape::PER_SM == 2 && RT == 2 ? 8 : 16;
     static_assert(NT * 8 * E_GROUPS <= LF_CUDA_THREADS, "MULTI: one 8-feature group of one token per thread");
     __shared__ float red[WARPS / 2][RT][NT][4][32];        /* the fixed-order tree over warps */
@@ -1235,7 +1234,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     if (!(key->flags & LF_PLAN_HAS_W)) {
         ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
-    } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, k, n, r, cs->sm_count)) {
+    } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_DECODE;
         plan->param[1] = lf_cuda_decode_nt(m);
         plan->param[0] = lf_cuda_decode_rt((int)plan->param[1], n, cs->sm_count);
@@ -1356,11 +1355,8 @@ bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
     const bool aligned = (uintptr_t)q->x % 16 == 0 && (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 &&
                          (q->ldw * es) % 16 == 0 && (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 &&
                          (set->lda * es) % 16 == 0 && (set->ldb * es) % 16 == 0;
-    /* The MULTI form is instantiated for 16 token columns only (decode_ref_nt): whatever the rule
-     * says, more tokens must not reach it. */
     return q->w && aligned && lf_cuda_state_of(ctx)->decode_ok && lf_cuda_multi_decode_wins(q->m) &&
-           lf_cuda_decode_nt(q->m) == 2 &&
-           lf_cuda_decode_fits(q->dtype, q->layout, LF_PLAN_ALIGNED16, q->m, q->k, q->n, set->max_rank,
+           lf_cuda_decode_fits(q->dtype, q->layout, LF_PLAN_ALIGNED16, q->m, q->n, set->max_rank,
                                lf_cuda_state_of(ctx)->sm_count);
 }
 
