@@ -80,7 +80,8 @@ typedef enum lf_status {
     LF_ERR_INTERNAL = 12,           /* a bug in lorafuse: please report it */
     LF_ERR_IO = 13,                 /* a file could not be opened, read, mapped or written */
     LF_ERR_BAD_FORMAT = 14,         /* a file's contents break its format (safetensors, JSON, PEFT) */
-    LF_ERR_NOT_FOUND = 15           /* no tensor or module of that name */
+    LF_ERR_NOT_FOUND = 15,          /* no tensor or module of that name */
+    LF_ERR_RANK_REFUSED = 16        /* another rank of a tensor-parallel group refused the same call */
 } lf_status;
 
 /*! lf_status_string() :
@@ -668,6 +669,18 @@ void lf_tp_comm_destroy(lf_tp_comm *comm);
 int lf_tp_comm_rank(const lf_tp_comm *comm);
 int lf_tp_comm_size(const lf_tp_comm *comm);
 
+/*! lf_tp_comm_set_checked() :
+ *  Checked mode, off by default (0). On (1), every row-parallel call first compares across the
+ *  ranks what each one is about to sum (M, N, dtype, row chunks, op form) and whether its own
+ *  checks passed, through one small all-reduce that the host waits for; a call that any rank
+ *  refuses, or whose sizes differ between ranks, then returns a status on every rank and sums
+ *  nothing, where unchecked it could leave NCCL waiting forever. It costs that collective and a host
+ *  wait per call and cannot run inside CUDA graph capture (refused there): for bring-up and tests,
+ *  like PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL. Every rank must set the same mode. Unchecked calls
+ *  still refuse a communicator in an error state (ncclCommGetAsyncError) before any collective.
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (on not 0 or 1). */
+lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on);
+
 /*! lf_tp_row_forward() :
  *  Row-parallel layer, called by every rank with its shard: x_p [M, K_p], w_p (optional) and a_p
  *  split on K as lf_tp_shard_lora gives them, b and bias (optional) whole, y [M, N] dense (row
@@ -675,12 +688,14 @@ int lf_tp_comm_size(const lf_tp_comm *comm);
  *      beta·y + Σ_p (x_p·W_pᵀ + scale·(x_p·A_pᵀ)·Bᵀ) + bias
  *  Rank 0 alone adds beta·y and bias; every rank's partial output is rounded to the dtype and the
  *  all-reduce sums them (as the TP base layer does; one rank needs none). Large M is cut into row
- *  chunks, so that the all-reduce of one chunk runs while the next is computed. All ranks must pass the same M, N,
- *  dtype and beta: the ranks do not compare them (that would cost a collective), and NCCL may hang
- *  on a mismatch. Every rank checks beta and bias, so that a call rank 0 refuses is refused by all.
- *  Runs of the same inputs give bitwise the same y.
+ *  chunks, so that the all-reduce of one chunk runs while the next is computed. All ranks must pass
+ *  the same M, N, dtype and beta: unchecked (lf_tp_comm_set_checked), the ranks do not compare them
+ *  (that would cost a collective), and NCCL may hang on a mismatch. Every rank checks beta and bias,
+ *  so that a call rank 0 refuses is refused by all. Runs of the same inputs give bitwise the same y.
  *  @return as lf_lora_forward; LF_ERR_NULL_POINTER (comm); LF_ERR_INVALID_VALUE (comm of another
- *  context); LF_ERR_BAD_STRIDE (y not dense); LF_ERR_DEVICE (NCCL's error text in the message). */
+ *  context); LF_ERR_BAD_STRIDE (y not dense); LF_ERR_DEVICE (NCCL's error text in the message);
+ *  checked mode: LF_ERR_SHAPE_MISMATCH / LF_ERR_DTYPE_MISMATCH (the ranks' calls differ),
+ *  LF_ERR_RANK_REFUSED (another rank refused its call), LF_ERR_UNSUPPORTED (inside graph capture). */
 lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout, const lf_matrix *x_p,
                             const lf_matrix *w_p, const lf_matrix *bias, const lf_matrix *a_p, const lf_matrix *b,
                             float scale, float beta, const lf_matrix *y);

@@ -40,6 +40,7 @@ static const struct {
     [LF_ERR_IO] = {"LF_ERR_IO", "a file could not be read or written"},
     [LF_ERR_BAD_FORMAT] = {"LF_ERR_BAD_FORMAT", "a file is malformed"},
     [LF_ERR_NOT_FOUND] = {"LF_ERR_NOT_FOUND", "no tensor or module of that name"},
+    [LF_ERR_RANK_REFUSED] = {"LF_ERR_RANK_REFUSED", "another rank of the tensor-parallel group refused the call"},
 };
 
 static int status_known(lf_status s)

@@ -122,6 +122,16 @@ int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
 
 void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks) { comm->forced_chunks = chunks > 0 ? chunks : 0; }
 
+lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on)
+{
+    if (!comm)
+        return LF_ERR_NULL_POINTER;
+    if (on != 0 && on != 1)
+        return lf_fail(comm->ctx, LF_ERR_INVALID_VALUE, "lf_tp_comm_set_checked: on is %d, not 0 or 1", on);
+    comm->checked = on;
+    return LF_OK;
+}
+
 /* ---- the row-parallel driver ------------------------------------------------------------------ */
 
 /* Computes this rank's partial output for rows [r0, r0 + rows) into y_rows: beta and bias only on
@@ -193,6 +203,38 @@ static lf_status name_failure(lf_context *ctx, lf_status st, const char *fn)
     return st;
 }
 
+/* Checked mode: what each rank is about to do, compared across the ranks before anything is summed.
+ * A rank that refused its call still takes part (with its sizes zeroed), so that the others learn
+ * of it instead of waiting in an all-reduce it will never issue. */
+enum { AGREE_REFUSED, AGREE_DTYPE, AGREE_M, AGREE_N, AGREE_CHUNKS, AGREE_FORM, AGREE_COUNT };
+
+static lf_status agree_call(lf_context *ctx, lf_tp_comm *comm, lf_status local, const int64_t *call, const char *fn)
+{
+    int64_t mine[AGREE_COUNT] = {0}, max[AGREE_COUNT], min[AGREE_COUNT];
+    mine[AGREE_REFUSED] = local != LF_OK;
+    for (int i = AGREE_DTYPE; i < AGREE_COUNT && local == LF_OK; i++)
+        mine[i] = call[i];
+    lf_status st = comm->ops->agree(comm, mine, AGREE_COUNT, max, min);
+    if (st != LF_OK)
+        return local != LF_OK ? local : name_failure(ctx, st, fn);
+    if (local != LF_OK)
+        return local; /* the others now refuse as well; this rank's own message stands */
+    if (max[AGREE_REFUSED])
+        return lf_fail(ctx, LF_ERR_RANK_REFUSED, "%s: another rank refused this call (checked mode); nothing was "
+                       "summed", fn);
+    if (max[AGREE_DTYPE] != min[AGREE_DTYPE])
+        return lf_fail(ctx, LF_ERR_DTYPE_MISMATCH, "%s: the ranks pass y of different dtypes (checked mode); nothing "
+                       "was summed", fn);
+    for (int i = AGREE_M; i < AGREE_COUNT; i++)
+        if (max[i] != min[i])
+            return lf_fail(ctx, LF_ERR_SHAPE_MISMATCH, "%s: the ranks' calls differ (checked mode; nothing was "
+                           "summed): M %lld..%lld, N %lld..%lld, row chunks %lld..%lld, op form %lld..%lld", fn,
+                           (long long)min[AGREE_M], (long long)max[AGREE_M], (long long)min[AGREE_N],
+                           (long long)max[AGREE_N], (long long)min[AGREE_CHUNKS], (long long)max[AGREE_CHUNKS],
+                           (long long)min[AGREE_FORM], (long long)max[AGREE_FORM]);
+    return LF_OK;
+}
+
 static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, int chunkable,
                              partial_fn partial, const row_args *g, const char *fn)
 {
@@ -200,18 +242,18 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         return LF_ERR_NULL_POINTER;
     if (!comm)
         return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: comm is NULL", fn);
-    if (comm->ctx != ctx)
+    if (comm->ctx != ctx) /* nor can the other ranks be told: this comm's stream is not ctx's */
         return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: comm belongs to another context", fn);
-    if (!y || (y->rows > 0 && !y->data))
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL or has no data", fn);
-    if (y->rows > 1 && y->stride != y->cols)
-        return lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)",
-                       fn, (long long)y->stride, (long long)y->cols);
     /* The whole call first, on every rank with beta and bias (only rank 0 hands them to the op): a
      * call rank 0 refuses is refused by all, before any all-reduce, and y overlapping x's rows of
      * a later chunk is seen. */
-    lf_status st;
-    if (g->set) {
+    lf_status st = LF_OK;
+    if (!y || (y->rows > 0 && !y->data))
+        st = lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL or has no data", fn);
+    else if (y->rows > 1 && y->stride != y->cols)
+        st = lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)", fn,
+                     (long long)y->stride, (long long)y->cols);
+    else if (g->set) {
         lf_multi_problem whole;
         st = lf_multi_problem_from_views(ctx, fn, g->set, g->layout, g->x, g->w, g->bias, g->beta, y, &whole);
         /* Each chunk's op sees only its own ids: y's rows that one chunk writes must not hold ids
@@ -224,14 +266,20 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
                                                           g->beta, y, &whole),
                           fn);
     }
-    if (st != LF_OK)
-        return st;
-    if (m < 0 || y->rows != m)
+    if (st == LF_OK && (m < 0 || y->rows != m))
         m = 0; /* the op reports the shapes */
     const int forced = comm->forced_chunks > 0;
-    int chunks = !chunkable ? 1 : forced ? comm->forced_chunks : lf_tp_row_chunks(m, y->cols, comm->size);
+    int chunks = st != LF_OK || !chunkable ? 1 : forced ? comm->forced_chunks : lf_tp_row_chunks(m, y->cols, comm->size);
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
+    if (comm->checked) {
+        const int64_t call[AGREE_COUNT] = {[AGREE_DTYPE] = st == LF_OK ? y->dtype : 0, [AGREE_M] = m,
+                                           [AGREE_N] = st == LF_OK ? y->cols : 0, [AGREE_CHUNKS] = chunks,
+                                           [AGREE_FORM] = !!g->set + !chunkable}; /* single 0, per-token 1, segments 2 */
+        st = agree_call(ctx, comm, st, call, fn);
+    }
+    if (st != LF_OK)
+        return st;
     for (int c = 0; c < chunks; c++) {
         int64_t r0 = 0, rows = m;
         if (chunks > 1)

@@ -22,8 +22,13 @@ typedef struct lf_tp_comm_ops {
     lf_status (*allreduce)(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype, int overlap);
     /* After a layer's last allreduce: work queued on the context from now on sees every sum. */
     lf_status (*join)(lf_tp_comm *comm);
+    /* Checked mode: max[i] and min[i] of mine[i] over the ranks (count ≤ LF_TP_AGREE_MAX), after
+     * every rank has called it; blocks the host until then. */
+    lf_status (*agree)(lf_tp_comm *comm, const int64_t *mine, int count, int64_t *max, int64_t *min);
     void (*destroy)(lf_tp_comm *comm);
 } lf_tp_comm_ops;
+
+#define LF_TP_AGREE_MAX 8 /* values one agreement compares */
 
 struct lf_tp_comm {
     const lf_tp_comm_ops *ops;
@@ -31,6 +36,7 @@ struct lf_tp_comm {
     int rank, size;
     void *impl;        /* the implementation's state */
     int forced_chunks; /* tests: lf_tp_comm_force_chunks; 0 otherwise */
+    int checked;       /* lf_tp_comm_set_checked */
 };
 
 /* Tests only: this communicator's row layers run in `chunks` row chunks (the per-segment form in
@@ -53,7 +59,8 @@ typedef struct lf_tp_local_group lf_tp_local_group;
 /* A group of `parts` simulated ranks in this process. */
 lf_status lf_tp_local_group_create(int parts, lf_tp_local_group **out);
 void lf_tp_local_group_destroy(lf_tp_local_group *group);
-/* Rank `index`'s communicator in the group, for a CPU context. */
+/* Rank `index`'s communicator in the group, for a CPU context. Checked mode (agree) meets the
+ * other ranks at a barrier: each rank then calls from its own thread. */
 lf_status lf_tp_local_comm(lf_tp_local_group *group, lf_context *ctx, int index, lf_tp_comm **out);
 /* Completes the all-reduces every rank has issued since the last finish: the k-th allreduce of
  * every rank is summed in fp32 in rank order, rounded once and written to every rank's buffer.

@@ -6,6 +6,7 @@
 #include "tp_internal.h"
 #include "lf_dtype.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #define LOCAL_MAX_PENDING 64 /* all-reduces per rank between two finishes */
@@ -21,11 +22,21 @@ typedef struct local_rank {
     pending queue[LOCAL_MAX_PENDING];
     int queued;
     int overflow;
+    lf_tp_local_group *group;
 } local_rank;
 
 struct lf_tp_local_group {
     int parts;
     local_rank *ranks;
+    /* checked mode's barrier: ranks fold their values into acc_* as they arrive; the last one
+     * publishes them in res_* and opens the next round. A fast rank may arrive for round n + 1
+     * before a slow one has read round n's result, but round n + 1 cannot complete (and rewrite
+     * res_*) until the slow one arrives for it too, after reading. */
+    pthread_mutex_t lock;
+    pthread_cond_t opened;
+    int arrived;
+    unsigned round;
+    int64_t acc_max[LF_TP_AGREE_MAX], acc_min[LF_TP_AGREE_MAX], res_max[LF_TP_AGREE_MAX], res_min[LF_TP_AGREE_MAX];
 };
 
 static lf_status local_allreduce(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype, int overlap)
@@ -47,12 +58,39 @@ static lf_status local_join(lf_tp_comm *comm)
     return LF_OK;
 }
 
+static lf_status local_agree(lf_tp_comm *comm, const int64_t *mine, int count, int64_t *max, int64_t *min)
+{
+    local_rank *r = comm->impl;
+    lf_tp_local_group *g = r->group;
+    if (count < 1 || count > LF_TP_AGREE_MAX)
+        return lf_fail(comm->ctx, LF_ERR_INTERNAL, "local TP group: %d values to agree on", count);
+    pthread_mutex_lock(&g->lock);
+    const unsigned round = g->round;
+    for (int i = 0; i < count; i++) {
+        g->acc_max[i] = g->arrived == 0 || mine[i] > g->acc_max[i] ? mine[i] : g->acc_max[i];
+        g->acc_min[i] = g->arrived == 0 || mine[i] < g->acc_min[i] ? mine[i] : g->acc_min[i];
+    }
+    if (++g->arrived == g->parts) {
+        for (int i = 0; i < count; i++)
+            g->res_max[i] = g->acc_max[i], g->res_min[i] = g->acc_min[i];
+        g->arrived = 0;
+        g->round++;
+        pthread_cond_broadcast(&g->opened);
+    }
+    while (g->round == round)
+        pthread_cond_wait(&g->opened, &g->lock);
+    for (int i = 0; i < count; i++)
+        max[i] = g->res_max[i], min[i] = g->res_min[i];
+    pthread_mutex_unlock(&g->lock);
+    return LF_OK;
+}
+
 static void local_destroy(lf_tp_comm *comm)
 {
     (void)comm; /* owned by the group */
 }
 
-static const lf_tp_comm_ops local_ops = {local_allreduce, local_join, local_destroy};
+static const lf_tp_comm_ops local_ops = {local_allreduce, local_join, local_agree, local_destroy};
 
 lf_status lf_tp_local_group_create(int parts, lf_tp_local_group **out)
 {
@@ -67,14 +105,28 @@ lf_status lf_tp_local_group_create(int parts, lf_tp_local_group **out)
         return LF_ERR_OUT_OF_MEMORY;
     }
     g->parts = parts;
+    if (pthread_mutex_init(&g->lock, NULL) != 0) {
+        free(g->ranks);
+        free(g);
+        return LF_ERR_OUT_OF_MEMORY;
+    }
+    if (pthread_cond_init(&g->opened, NULL) != 0) {
+        pthread_mutex_destroy(&g->lock);
+        free(g->ranks);
+        free(g);
+        return LF_ERR_OUT_OF_MEMORY;
+    }
     *out = g;
     return LF_OK;
 }
 
 void lf_tp_local_group_destroy(lf_tp_local_group *group)
 {
-    if (group)
+    if (group) {
+        pthread_cond_destroy(&group->opened);
+        pthread_mutex_destroy(&group->lock);
         free(group->ranks);
+    }
     free(group);
 }
 
@@ -87,7 +139,8 @@ lf_status lf_tp_local_comm(lf_tp_local_group *group, lf_context *ctx, int index,
     if (ctx->ops->kind != LF_BACKEND_CPU)
         return lf_fail(ctx, LF_ERR_UNSUPPORTED, "local TP group: needs a CPU context (host memory)");
     local_rank *r = &group->ranks[index];
-    r->comm = (lf_tp_comm){&local_ops, ctx, index, group->parts, r, 0};
+    r->comm = (lf_tp_comm){&local_ops, ctx, index, group->parts, r, 0, 0};
+    r->group = group;
     *out = &r->comm;
     return LF_OK;
 }

@@ -584,11 +584,12 @@ static void static_cases(void)
                                         "LF_ERR_SHAPE_MISMATCH", "LF_ERR_BAD_STRIDE", "LF_ERR_OVERFLOW",
                                         "LF_ERR_DTYPE_MISMATCH", "LF_ERR_ALIASING", "LF_ERR_UNSUPPORTED",
                                         "LF_ERR_BACKEND_UNAVAILABLE", "LF_ERR_OUT_OF_MEMORY", "LF_ERR_DEVICE",
-                                        "LF_ERR_INTERNAL", "LF_ERR_IO", "LF_ERR_BAD_FORMAT", "LF_ERR_NOT_FOUND"};
+                                        "LF_ERR_INTERNAL", "LF_ERR_IO", "LF_ERR_BAD_FORMAT", "LF_ERR_NOT_FOUND",
+                                        "LF_ERR_RANK_REFUSED"};
     const int count = (int)(sizeof names / sizeof names[0]);
 
     lft_begin("test_bad_input lf_status_string / lf_status_name");
-    LFT_CHECK(count == LF_ERR_NOT_FOUND + 1);
+    LFT_CHECK(count == LF_ERR_RANK_REFUSED + 1);
     for (int s = 0; s < count; s++) {
         const char *name = lf_status_name((lf_status)s), *text = lf_status_string((lf_status)s);
         LFT_CHECKF(name && strcmp(name, names[s]) == 0, "lf_status_name(%d) = \"%s\", expected \"%s\"", s,
@@ -599,7 +600,7 @@ static void static_cases(void)
             LFT_CHECKF(strcmp(text, lf_status_string((lf_status)t)) != 0, "statuses %d and %d share a string", s,
                        t);
     }
-    static const int unknown[4] = {16, 17, -1, 1000000};
+    static const int unknown[4] = {LF_ERR_RANK_REFUSED + 1, LF_ERR_RANK_REFUSED + 2, -1, 1000000};
     for (int i = 0; i < 4; i++) {
         const char *name = lf_status_name((lf_status)unknown[i]), *text = lf_status_string((lf_status)unknown[i]);
         LFT_CHECKF(name && strcmp(name, "LF_UNKNOWN") == 0, "lf_status_name(%d) = \"%s\"", unknown[i],

@@ -26,8 +26,9 @@
 #ifdef LF_HAVE_NCCL
 #include <cuda_runtime_api.h>
 #include <nccl.h>
-#include <pthread.h>
 #endif
+
+#include <pthread.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -445,6 +446,147 @@ static void multi_chunk_cases(lf_context *ctx)
     lft_end();
 }
 
+/* ---- checked mode: the ranks compare each call before summing (one thread per rank) ------------ */
+
+/* What the last rank's call does differently from the others'. */
+typedef enum { ODD_NONE, ODD_SHORT_M, ODD_NO_A, ODD_F16, ODD_MORE_CHUNKS, ODD_COUNT } odd_call;
+static const char *odd_name[ODD_COUNT] = {"every rank alike", "the last rank one token short",
+                                          "the last rank without A", "the last rank in f16",
+                                          "the last rank in two row chunks"};
+
+typedef struct checked_rank {
+    const layer *l;
+    lf_tp_local_group *group;
+    int rank, parts, checked;
+    odd_call odd;
+    void *y; /* this rank's y, host, dense */
+    lf_status st;
+    char message[LF_ERROR_CAPACITY];
+} checked_rank;
+
+static void *checked_rank_main(void *arg)
+{
+    checked_rank *c = arg;
+    const layer *l = c->l;
+    const odd_call odd = c->rank == c->parts - 1 ? c->odd : ODD_NONE;
+    lf_context *ctx = NULL;
+    lf_tp_comm *comm = NULL;
+    lf_matrix w, bias, a, b;
+    int64_t k0 = 0, kc = 0;
+    c->st = lf_context_create(&ctx, LF_BACKEND_CPU);
+    if (c->st == LF_OK)
+        c->st = lf_tp_local_comm(c->group, ctx, c->rank, &comm);
+    if (c->st == LF_OK)
+        c->st = lf_tp_comm_set_checked(comm, c->checked);
+    if (c->st == LF_OK)
+        c->st = lf_tp_shard_lora(LF_TP_ROW, l->layout, c->parts, c->rank, &l->vw, &l->vbias, &l->va, &l->vb, &w,
+                                 &bias, &a, &b);
+    if (c->st == LF_OK)
+        c->st = lf_tp_split(l->k, c->parts, c->rank, &k0, &kc);
+    if (c->st == LF_OK) {
+        lf_matrix x = lf_matrix_make(l->dtype, (char *)l->x + (size_t)k0 * lf_dtype_size(l->dtype), l->m, kc);
+        lf_matrix y = lf_matrix_make(l->dtype, c->y, l->m, l->n);
+        x.stride = l->k;
+        if (odd == ODD_SHORT_M) /* consistent on its own: x and y one row shorter */
+            x.rows = y.rows = l->m - 1;
+        if (odd == ODD_F16) /* consistent on its own: the same bytes read as f16 (never computed) */
+            x.dtype = w.dtype = bias.dtype = a.dtype = b.dtype = y.dtype = LF_F16;
+        if (odd == ODD_MORE_CHUNKS)
+            lf_tp_comm_force_chunks(comm, 2);
+        c->st = lf_tp_row_forward(ctx, comm, l->layout, &x, &w, &bias, odd == ODD_NO_A ? NULL : &a, &b, l->scale,
+                                  l->beta, &y);
+    }
+    if (ctx)
+        snprintf(c->message, sizeof c->message, "%s", lf_context_last_error(ctx));
+    lf_context_destroy(ctx);
+    return NULL;
+}
+
+/* P ranks in threads, checked mode on: a call every rank makes alike runs and gives the bits of
+ * the unchecked call; a call that differs on one rank (sizes, dtype, chunks) or that one rank
+ * refuses returns a status on every rank — each rank's own refusal, LF_ERR_RANK_REFUSED on the
+ * others — with y untouched and no all-reduce issued. Unchecked, a short M on one rank is not
+ * seen by the others: their all-reduces then differ, which the local group reports. */
+static void checked_cases(void)
+{
+    enum { P = 3 };
+    layer l;
+    layer_init(&l, LF_BF16, LF_LAYOUT_PEFT, 13, 70, 45, 8, 1, 0.5f, lft_case_seed(70));
+    const size_t ybytes = (size_t)(l.m * l.n) * lf_dtype_size(l.dtype);
+    void *unchecked = NULL;
+    for (int checked = 0; checked <= 1; checked++)
+        for (int odd = ODD_NONE; odd < ODD_COUNT; odd++) {
+            if (!checked && odd != ODD_NONE && odd != ODD_SHORT_M)
+                continue;
+            lft_begin("test_tp row %s: P=%d bf16 13x70x45 r8, %s", checked ? "checked mode" : "unchecked", P,
+                      odd_name[odd]);
+            lf_tp_local_group *group = NULL;
+            LFT_CHECK(lf_tp_local_group_create(P, &group) == LF_OK);
+            checked_rank c[P];
+            pthread_t th[P];
+            int started[P] = {0};
+            for (int p = 0; p < P; p++) {
+                c[p] = (checked_rank){.l = &l, .group = group, .rank = p, .parts = P, .checked = checked,
+                                      .odd = (odd_call)odd, .y = malloc(ybytes)};
+                if (c[p].y)
+                    memcpy(c[p].y, l.y0, ybytes);
+            }
+            for (int p = 0; p < P && group; p++)
+                started[p] = LFT_CHECK(pthread_create(&th[p], NULL, checked_rank_main, &c[p]) == 0);
+            for (int p = 0; p < P; p++)
+                if (started[p])
+                    pthread_join(th[p], NULL);
+            const lf_status finished = group ? lf_tp_local_group_finish(group) : LF_ERR_NULL_POINTER;
+            for (int p = 0; p < P && group; p++) {
+                lf_status want = LF_OK;
+                if (checked && odd == ODD_NO_A)
+                    want = p == P - 1 ? LF_ERR_NULL_POINTER : LF_ERR_RANK_REFUSED;
+                else if (checked && odd == ODD_F16)
+                    want = LF_ERR_DTYPE_MISMATCH;
+                else if (checked && odd != ODD_NONE)
+                    want = LF_ERR_SHAPE_MISMATCH;
+                LFT_CHECKF(c[p].st == want, "rank %d: %s (%s), expected %s", p, lf_status_name(c[p].st),
+                           c[p].message, lf_status_name(want));
+                if (checked && odd != ODD_NONE)
+                    LFT_CHECKF(memcmp(c[p].y, l.y0, ybytes) == 0, "rank %d: a refused call changed y", p);
+            }
+            if (odd == ODD_NONE) {
+                LFT_CHECKF(finished == LF_OK, "finish: %s", lf_status_name(finished));
+                for (int p = 1; p < P; p++)
+                    LFT_CHECKF(memcmp(c[p].y, c[0].y, ybytes) == 0, "rank %d's y differs from rank 0's", p);
+                if (!checked)
+                    unchecked = c[0].y, c[0].y = NULL;
+                else if (unchecked)
+                    LFT_CHECKF(memcmp(c[0].y, unchecked, ybytes) == 0, "checked mode changed the result");
+            } else if (checked) {
+                LFT_CHECKF(finished == LF_OK, "finish: %s (an all-reduce was issued)", lf_status_name(finished));
+            } else { /* unchecked, the short M: the ranks' all-reduces differ */
+                LFT_CHECKF(finished == LF_ERR_INVALID_VALUE, "finish: %s, expected LF_ERR_INVALID_VALUE",
+                           lf_status_name(finished));
+            }
+            for (int p = 0; p < P; p++)
+                free(c[p].y);
+            lf_tp_local_group_destroy(group);
+            lft_end();
+        }
+    free(unchecked);
+    layer_free(&l);
+
+    lft_begin("test_tp lf_tp_comm_set_checked: bad input");
+    lf_context *ctx = NULL;
+    lf_tp_local_group *group = NULL;
+    lf_tp_comm *comm = NULL;
+    if (LFT_CHECK(lf_context_create(&ctx, LF_BACKEND_CPU) == LF_OK && lf_tp_local_group_create(1, &group) == LF_OK &&
+                  lf_tp_local_comm(group, ctx, 0, &comm) == LF_OK)) {
+        LFT_CHECK(lf_tp_comm_set_checked(NULL, 1) == LF_ERR_NULL_POINTER);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_checked(comm, 2), LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_checked(comm, 1), LF_OK);
+    }
+    lf_tp_local_group_destroy(group);
+    lf_context_destroy(ctx);
+    lft_end();
+}
+
 /* One GPU: the row-parallel layer through NCCL with world size 1, against the reference, twice for
  * determinism, for each forced chunk count: 0 (the plan: one chunk, and one rank issues no
  * all-reduce), 1 (one all-reduce in the context's stream), 3 (three all-reduces on the
@@ -456,7 +598,7 @@ static const int nccl_forced_chunks[] = {0, 1, 3};
 static void nccl_world1_case(lf_context *ctx, int forced_chunks)
 {
     lft_begin("test_tp nccl world size 1: row-parallel bf16 300x256x192 r16 bias beta=0.5, forced chunks %d, twice, "
-              "and a graph replayed twice", forced_chunks);
+              "a graph replayed twice, checked mode", forced_chunks);
     ncclComm_t nc;
     int dev = 0;
     LFT_CHECKF(ncclCommInitAll(&nc, 1, &dev) == ncclSuccess, "ncclCommInitAll failed");
@@ -513,6 +655,25 @@ static void nccl_world1_case(lf_context *ctx, int forced_chunks)
                            "eager call", replay);
             }
     }
+    /* Checked mode through NCCL: the eager call (one agreement all-reduce, a host wait) gives the
+     * same bits; inside capture it is refused before anything is queued (the wait cannot be
+     * captured), and the capture ends cleanly. */
+    if (!lft_case_failed() && cs && LFT_CHECK_STATUS(ctx, lf_tp_comm_set_checked(comm, 1), LF_OK)) {
+        LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, y.data, l.y0, (size_t)count[5] * es, LF_COPY_HOST_TO_DEVICE), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_tp_row_forward(ctx, comm, l.layout, &x, &w, &bias, &a, &b, l.scale, l.beta, &y), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, out[1], y.data, (size_t)count[5] * es, LF_COPY_DEVICE_TO_HOST), LF_OK);
+        LFT_CHECKF(memcmp(out[0], out[1], (size_t)count[5] * es) == 0, "checked mode changed the result");
+        cudaGraph_t refused = NULL;
+        if (LFT_CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) == cudaSuccess)) {
+            const lf_status st = lf_tp_row_forward(ctx, comm, l.layout, &x, &w, &bias, &a, &b, l.scale, l.beta, &y);
+            LFT_CHECKF(cudaStreamEndCapture(cs, &refused) == cudaSuccess, "the capture was invalidated");
+            LFT_CHECK_STATUS(ctx, st, LF_ERR_UNSUPPORTED);
+            LFT_CHECKF(strstr(lf_context_last_error(ctx), "capture") != NULL, "message: %s",
+                       lf_context_last_error(ctx));
+        }
+        if (refused)
+            cudaGraphDestroy(refused);
+    }
     if (exec)
         cudaGraphExecDestroy(exec);
     if (graph)
@@ -559,6 +720,10 @@ typedef struct gpu_rank {
     ncclComm_t nccl;
     int rank, parts, device;
     int bad_call;          /* 1: call with y of the wrong width on every rank (a status, no hang) */
+    int checked;           /* 1: then, checked mode: a call one token short on the last rank, one
+                              without A on the last rank (statuses, no hang), and the second run
+                              checked */
+    lf_status short_st, no_a_st;
     int chunks;            /* forced row chunks (all-reduces beside the compute); 0: the plan's */
     lf_status st[2];       /* the two row-layer calls */
     lf_status setup, bad_st;
@@ -615,7 +780,21 @@ static void *gpu_rank_main(void *arg)
         g->bad_st = lf_tp_row_forward(ctx, comm, l->layout, &dev[0], &dev[1], &dev[2], &dev[3], &dev[4], l->scale,
                                       l->beta, &narrow);
     }
+    const int last = g->rank == g->parts - 1;
+    if (g->setup == LF_OK && g->checked) {
+        g->setup = lf_tp_comm_set_checked(comm, 1);
+        lf_matrix x_short = dev[0], y_short = dev[5];
+        if (last)
+            x_short.rows = y_short.rows = l->m - 1;
+        g->short_st = lf_tp_row_forward(ctx, comm, l->layout, &x_short, &dev[1], &dev[2], &dev[3], &dev[4], l->scale,
+                                        l->beta, &y_short);
+        g->no_a_st = lf_tp_row_forward(ctx, comm, l->layout, &dev[0], &dev[1], &dev[2], last ? NULL : &dev[3],
+                                       &dev[4], l->scale, l->beta, &dev[5]);
+        lf_tp_comm_set_checked(comm, 0);
+    }
     for (int run = 0; run < 2 && g->setup == LF_OK; run++) {
+        if (g->checked)
+            lf_tp_comm_set_checked(comm, run); /* the second run checked: the same bits */
         g->out[run] = malloc(ybytes);
         g->st[run] = lf_memcpy(ctx, d[5], l->y0, ybytes, LF_COPY_HOST_TO_DEVICE);
         if (g->st[run] == LF_OK)
@@ -649,7 +828,9 @@ static int gpus_or_skip(const char *what, int cases)
 
 /* Every visible GPU (2..MAX_P) as one rank each, through ncclCommInitAll: the row-parallel layer
  * against the fp64 reference of the unsharded layer (plus each rank's rounding before the sum),
- * all ranks bitwise equal, two runs bitwise equal; with a call every rank refuses first. M = 600
+ * all ranks bitwise equal, two runs bitwise equal (the second in checked mode); first a call every
+ * rank refuses, then in checked mode a call one token short on the last rank and one without A on
+ * the last rank, which every rank must refuse with a status instead of hanging in NCCL. M = 600
  * runs in three forced row chunks with the all-reduces beside the compute (the plan's one chunk
  * runs at M = 37); K = 258 splits unevenly. */
 static void nccl_several(void)
@@ -666,7 +847,7 @@ static void nccl_several(void)
         return;
     for (int s = 0; s < 2; s++) {
         lft_begin("test_tp nccl %d GPUs: row-parallel bf16 %lldx%lldx%lld r%lld bias beta=0.5, a refused call, "
-                  "twice", parts, (long long)shapes[s].m, (long long)shapes[s].k, (long long)shapes[s].n,
+                  "checked mode's refusals, twice (the second checked)", parts, (long long)shapes[s].m, (long long)shapes[s].k, (long long)shapes[s].n,
                   (long long)shapes[s].r);
         layer l;
         layer_init(&l, LF_BF16, LF_LAYOUT_PEFT, shapes[s].m, shapes[s].k, shapes[s].n, shapes[s].r, 1, 0.5f,
@@ -697,7 +878,7 @@ static void nccl_several(void)
         if (LFT_CHECKF(ncclCommInitAll(comms, parts, devs) == ncclSuccess, "ncclCommInitAll failed")) {
             for (int p = 0; p < parts; p++) {
                 g[p] = (gpu_rank){.l = &l, .nccl = comms[p], .rank = p, .parts = parts, .device = p, .bad_call = 1,
-                                 .chunks = s == 0 ? 3 : 0};
+                                 .checked = 1, .chunks = s == 0 ? 3 : 0};
                 LFT_CHECK(pthread_create(&th[p], NULL, gpu_rank_main, &g[p]) == 0);
             }
             for (int p = 0; p < parts; p++)
@@ -709,6 +890,11 @@ static void nccl_several(void)
             LFT_CHECKF(g[p].setup == LF_OK, "rank %d setup: %s (%s)", p, lf_status_name(g[p].setup), g[p].message);
             LFT_CHECKF(g[p].bad_st == LF_ERR_SHAPE_MISMATCH, "rank %d: the narrow y gave %s, not a shape mismatch", p,
                        lf_status_name(g[p].bad_st));
+            LFT_CHECKF(g[p].short_st == LF_ERR_SHAPE_MISMATCH, "rank %d: checked, the last rank one token short "
+                       "gave %s, not a shape mismatch", p, lf_status_name(g[p].short_st));
+            const lf_status no_a = p == parts - 1 ? LF_ERR_NULL_POINTER : LF_ERR_RANK_REFUSED;
+            LFT_CHECKF(g[p].no_a_st == no_a, "rank %d: checked, the last rank without A gave %s, not %s", p,
+                       lf_status_name(g[p].no_a_st), lf_status_name(no_a));
             for (int run = 0; run < 2; run++)
                 LFT_CHECKF(g[p].st[run] == LF_OK, "rank %d run %d: %s (%s)", p, run, lf_status_name(g[p].st[run]),
                            g[p].message);
@@ -767,6 +953,7 @@ int main(void)
     }
     cpu_cases(ctx);
     multi_chunk_cases(ctx);
+    checked_cases();
     lf_context_destroy(ctx);
 #ifdef LF_HAVE_NCCL
     nccl_world1();

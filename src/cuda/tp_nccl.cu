@@ -8,7 +8,8 @@
  * more than the column layer of the same shape at P = 1 (bench --tp, H100, 2026-11-25). Events,
  * not host synchronization: the pattern is legal inside CUDA graph capture (the second stream joins
  * the capture through the first event). NCCL's own reduction order is fixed for a communicator, so
- * results repeat bit for bit.
+ * results repeat bit for bit. Checked mode's agreement (lf_tp_comm_set_checked) is one more small
+ * all-reduce on the context's stream, which the host waits for.
  */
 #include "common.cuh"
 #include "../tp_internal.h"
@@ -24,6 +25,8 @@ struct nccl_state {
     cudaStream_t side;
     cudaEvent_t ready, done; /* compute → side stream; side stream → context stream */
     bool pending;            /* an all-reduce was issued since the last join */
+    int64_t *agree_dev;      /* checked mode: [max | −min] of each value, summed by ncclMax */
+    int64_t *agree_host;     /* pinned: the values going in and coming out */
 };
 
 ncclDataType_t nccl_type(lf_dtype d)
@@ -39,10 +42,25 @@ ncclDataType_t nccl_type(lf_dtype d)
                            ncclGetLastError(NULL));                                                  \
     } while (0)
 
+/* A communicator with an error pending (a failed peer, ncclCommAbort) would take the collective and
+ * never finish it: refuse before issuing one. */
+lf_status check_healthy(nccl_state *s)
+{
+    ncclResult_t pending = ncclSuccess;
+    LF_NCCL_CHECK(s->comm.ctx, ncclCommGetAsyncError(s->nccl, &pending));
+    if (pending != ncclSuccess && pending != ncclInProgress)
+        return lf_fail(s->comm.ctx, LF_ERR_DEVICE, "the NCCL communicator is in an error state: %s (%s)",
+                       ncclGetErrorString(pending), ncclGetLastError(s->nccl));
+    return LF_OK;
+}
+
 lf_status nccl_allreduce(lf_tp_comm *comm, void *data, size_t count, lf_dtype dtype, int overlap)
 {
     nccl_state *s = static_cast<nccl_state *>(comm->impl);
     lf_context *ctx = comm->ctx;
+    const lf_status st = check_healthy(s);
+    if (st != LF_OK)
+        return st;
     if (!overlap) { /* nothing to overlap with: the context's stream, no fork and join */
         LF_NCCL_CHECK(ctx, ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, s->nccl, lf_cuda_stream(ctx)));
         return LF_OK;
@@ -65,6 +83,39 @@ lf_status nccl_join(lf_tp_comm *comm)
     return LF_OK;
 }
 
+/* One all-reduce (ncclMax) over each value and its negation gives max and −min at once; the host
+ * waits for it as NCCL advises for a blocking wait (poll the stream, watch the communicator's error)
+ * so that a peer's failure ends the wait with a status. */
+lf_status nccl_agree(lf_tp_comm *comm, const int64_t *mine, int count, int64_t *max, int64_t *min)
+{
+    nccl_state *s = static_cast<nccl_state *>(comm->impl);
+    lf_context *ctx = comm->ctx;
+    cudaStream_t st = lf_cuda_stream(ctx);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    LF_CUDA_CHECK(ctx, cudaStreamIsCapturing(st, &capture));
+    if (capture != cudaStreamCaptureStatusNone)
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED, "checked mode waits on the host for the ranks' answer, which graph "
+                       "capture forbids: turn it off (lf_tp_comm_set_checked) before capturing");
+    lf_status health = check_healthy(s);
+    if (health != LF_OK)
+        return health;
+    for (int i = 0; i < count; i++)
+        s->agree_host[i] = mine[i], s->agree_host[count + i] = -mine[i];
+    const size_t bytes = 2 * (size_t)count * sizeof(int64_t);
+    LF_CUDA_CHECK(ctx, cudaMemcpyAsync(s->agree_dev, s->agree_host, bytes, cudaMemcpyHostToDevice, st));
+    LF_NCCL_CHECK(ctx, ncclAllReduce(s->agree_dev, s->agree_dev, 2 * (size_t)count, ncclInt64, ncclMax, s->nccl, st));
+    LF_CUDA_CHECK(ctx, cudaMemcpyAsync(s->agree_host, s->agree_dev, bytes, cudaMemcpyDeviceToHost, st));
+    cudaError_t e;
+    while ((e = cudaStreamQuery(st)) == cudaErrorNotReady)
+        if ((health = check_healthy(s)) != LF_OK)
+            return health;
+    if (e != cudaSuccess)
+        return lf_fail(ctx, LF_ERR_DEVICE, "checked mode: %s", cudaGetErrorString(e));
+    for (int i = 0; i < count; i++)
+        max[i] = s->agree_host[i], min[i] = -s->agree_host[count + i];
+    return LF_OK;
+}
+
 void nccl_destroy(lf_tp_comm *comm)
 {
     nccl_state *s = static_cast<nccl_state *>(comm->impl);
@@ -76,10 +127,14 @@ void nccl_destroy(lf_tp_comm *comm)
         cudaEventDestroy(s->ready);
     if (s->done)
         cudaEventDestroy(s->done);
+    if (s->agree_dev)
+        cudaFree(s->agree_dev);
+    if (s->agree_host)
+        cudaFreeHost(s->agree_host);
     free(s);
 }
 
-const lf_tp_comm_ops nccl_ops = {nccl_allreduce, nccl_join, nccl_destroy};
+const lf_tp_comm_ops nccl_ops = {nccl_allreduce, nccl_join, nccl_agree, nccl_destroy};
 
 } /* namespace */
 
@@ -89,7 +144,7 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
     if (!s)
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
     s->nccl = static_cast<ncclComm_t>(nccl_comm);
-    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0};
+    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0, 0};
     int comm_device = -1, current = -1;
     ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
     if (r == ncclSuccess)
@@ -115,6 +170,11 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
         e = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming);
+    const size_t agree_bytes = 2 * LF_TP_AGREE_MAX * sizeof(int64_t);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&s->agree_dev, agree_bytes);
+    if (e == cudaSuccess)
+        e = cudaMallocHost(&s->agree_host, agree_bytes);
     if (e != cudaSuccess) {
         nccl_destroy(&s->comm);
         return lf_fail(ctx, LF_ERR_DEVICE, "lf_tp_comm_from_nccl: %s", cudaGetErrorString(e));
