@@ -216,7 +216,7 @@ static int device_is_hopper(void)
 
 #define DECODE_NOT_TAKEN "the plan did not choose the decode kernel (its shared memory does not fit this GPU)"
 
-/* Whether the plan took implementation `impl` (LF_CUDA_HOPPER or LF_CUDA_DECODE) for p; if not, a
+/* Whether the plan took implementation `impl` (LF_CUDA_HOPPER, _DECODE or _GEMM) for p; if not, a
  * skip on other GPUs and a failure (with what the plan chose) on compute capability 9.0, where both
  * run. */
 static int impl_taken(lft_problem *p, const char *what, int impl)
@@ -230,7 +230,11 @@ static int impl_taken(lft_problem *p, const char *what, int impl)
                    got, impl);
         lft_end();
     } else {
-        lft_skip(what, "cuda", impl == LF_CUDA_HOPPER ? HOPPER_NOT_TAKEN : DECODE_NOT_TAKEN, 1);
+        lft_skip(what, "cuda",
+                 impl == LF_CUDA_HOPPER   ? HOPPER_NOT_TAKEN
+                 : impl == LF_CUDA_DECODE ? DECODE_NOT_TAKEN
+                                          : "the plan chose another implementation on this GPU",
+                 1);
     }
     return 0;
 }
@@ -346,16 +350,21 @@ static void hopper(lf_context *ctx, void *arg)
     }
 }
 
-/* A decode-sized layer (bf16, PEFT, aligned, beta 0) for the graph test: the CUDA decode kernel. */
+/* A decode-sized layer (bf16, PEFT, aligned, beta 0) for the graph test: the CUDA decode kernel;
+ * and one for the GEMM path (too few tiles for the Hopper kernel: cuBLAS inside the capture, with
+ * its workspace bound to the capturing stream), with bias and beta 0.5. */
 static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
+static const shape gemm_graph_shape = {100, 520, 1000, 16, 0, 0};
 
 static void graphs(lf_context *ctx, void *arg)
 {
     (void)arg;
-    const lft_case cases[2] = {hopper_case(&hopper_shapes[0], 310000), make_case(&decode_graph_shape, 2, 0, 1, 0, 0,
-                                                                                  310001)};
-    const char *kinds[2] = {"hopper", "decode"};
-    for (int i = 0; i < 2; i++) {
+    const lft_case cases[3] = {hopper_case(&hopper_shapes[0], 310000),
+                               make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
+                               make_case(&gemm_graph_shape, 2, 0, 1, 1, 2, 310002)};
+    const char *kinds[3] = {"hopper", "decode", "GEMM path"};
+    const int impls[3] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM};
+    for (int i = 0; i < 3; i++) {
         char name[256];
         if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
             lft_skip(lft_case_name(&cases[i], name, sizeof name), lf_backend_name(lf_context_backend(ctx)),
@@ -363,9 +372,9 @@ static void graphs(lf_context *ctx, void *arg)
             continue;
         }
 #ifdef LF_TEST_CUDA
-        graph_replay(ctx, &cases[i], kinds[i], i == 0 ? LF_CUDA_HOPPER : LF_CUDA_DECODE);
+        graph_replay(ctx, &cases[i], kinds[i], impls[i]);
 #else
-        (void)kinds;
+        (void)kinds, (void)impls;
         lft_skip(lft_case_name(&cases[i], name, sizeof name), "cuda",
                  "test_ops was built without the CUDA runtime: no graph capture", 1);
 #endif
