@@ -662,7 +662,9 @@ typedef struct lf_tp_comm lf_tp_comm;
  *  context's and the current one differ); LF_ERR_DEVICE (NCCL or CUDA reported an error). */
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
 
-/*! lf_tp_comm_destroy() : frees the handle (not the NCCL communicator). NULL is a no-op. */
+/*! lf_tp_comm_destroy() : frees the handle (not the NCCL communicator). NULL is a no-op. After NCCL
+ *  reported an error (LF_ERR_DEVICE from a TP call), abort the communicator (ncclCommAbort) first:
+ *  a collective stuck on the context's stream would otherwise block the frees here. */
 void lf_tp_comm_destroy(lf_tp_comm *comm);
 
 /*! lf_tp_comm_rank() / lf_tp_comm_size() : this rank's index and the number of ranks (-1 for NULL). */
@@ -670,14 +672,18 @@ int lf_tp_comm_rank(const lf_tp_comm *comm);
 int lf_tp_comm_size(const lf_tp_comm *comm);
 
 /*! lf_tp_comm_set_checked() :
- *  Checked mode, off by default (0). On (1), every row-parallel call first compares across the
- *  ranks what each one is about to sum (M, N, dtype, row chunks, op form) and whether its own
- *  checks passed, through one small all-reduce that the host waits for; a call that any rank
- *  refuses, or whose sizes differ between ranks, then returns a status on every rank and sums
- *  nothing, where unchecked it could leave NCCL waiting forever. It costs that collective and a host
- *  wait per call and cannot run inside CUDA graph capture (refused there): for bring-up and tests,
- *  like PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL. Every rank must set the same mode. Unchecked calls
- *  still refuse a communicator in an error state (ncclCommGetAsyncError) before any collective.
+ *  Checked mode, off by default (0). On (1), every row-parallel call (all three forms) first
+ *  compares across the ranks what each one is about to sum (M, N, dtype, row chunks, op form) and
+ *  whether all of its own argument checks passed, and after each row chunk's compute whether
+ *  every rank computed it, each time through one small all-reduce that the host waits for. A call
+ *  that any rank refuses, whose sizes differ between ranks, or that fails on any rank inside the
+ *  computation, returns a status on every rank and sums nothing more (a refusal before the
+ *  compute leaves y untouched; a failure inside it may leave this rank's partial output in y),
+ *  where unchecked it could leave NCCL waiting forever. It costs those collectives and host waits
+ *  and cannot run inside CUDA graph capture (refused there): for bring-up and tests, like PyTorch's
+ *  TORCH_DISTRIBUTED_DEBUG=DETAIL. Every rank must set the same mode and call; a rank that never
+ *  calls still leaves the others waiting. Unchecked calls still refuse a communicator in an error
+ *  state (ncclCommGetAsyncError) before any collective.
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (on not 0 or 1). */
 lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on);
 
@@ -704,14 +710,14 @@ lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout,
  *  The per-token many-adapter form of lf_tp_row_forward: `set` holds each adapter's A shard (its
  *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. Cut into row chunks as
  *  lf_tp_row_forward; ids that one chunk's rows of y would overwrite before a later chunk reads
- *  them are refused (LF_ERR_ALIASING). */
+ *  them are refused (LF_ERR_ALIASING). Checked mode (lf_tp_comm_set_checked) as lf_tp_row_forward. */
 lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
                                   const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
                                   const int32_t *token_adapter, float beta, const lf_matrix *y);
 
 /*! lf_tp_row_forward_segments() :
  *  The per-segment form (lf_lora_forward_segments) of lf_tp_row_forward. Segments are not cut into
- *  row chunks: the all-reduce follows the whole partial output. */
+ *  row chunks: the all-reduce follows the whole partial output. Checked mode as lf_tp_row_forward. */
 lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,
                                      lf_layout layout, const lf_matrix *x_p, const lf_matrix *w_p,
                                      const lf_matrix *bias, const int32_t *seg_starts,

@@ -271,6 +271,36 @@ static lf_status run_multi(lf_context *ctx, const char *fn, const lf_multi_probl
     return ctx->ops->lora_multi(ctx, q);
 }
 
+/* lf_internal.h */
+lf_status lf_multi_check_ids(lf_context *ctx, const char *fn, const lf_multi_problem *q, const int32_t *token_adapter)
+{
+    if (!token_adapter)
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: token_adapter is NULL", fn);
+    if (overlaps_y(token_adapter, (size_t)q->m * sizeof(int32_t), q))
+        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps token_adapter", fn);
+    return LF_OK;
+}
+
+/* lf_internal.h */
+lf_status lf_multi_segments_in_range(lf_context *ctx, const char *fn, int64_t segments)
+{
+    if (segments < 0 || segments > ((int64_t)1 << 30))
+        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: segments = %lld is outside 0..2^30", fn, (long long)segments);
+    return LF_OK;
+}
+
+/* lf_internal.h */
+lf_status lf_multi_check_segments(lf_context *ctx, const char *fn, const lf_multi_problem *q, const int32_t *seg_starts,
+                                  const int32_t *seg_adapter, int64_t segments)
+{
+    if (!seg_starts || (segments > 0 && !seg_adapter))
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: %s is NULL", fn, !seg_starts ? "seg_starts" : "seg_adapter");
+    if (overlaps_y(seg_starts, (size_t)(segments + 1) * sizeof(int32_t), q) ||
+        (segments > 0 && overlaps_y(seg_adapter, (size_t)segments * sizeof(int32_t), q)))
+        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps seg_starts or seg_adapter", fn);
+    return LF_OK;
+}
+
 lf_status lf_lora_forward_multi(lf_context *ctx, const lf_adapter_set *set, lf_layout layout, const lf_matrix *x,
                                 const lf_matrix *w, const lf_matrix *bias, const int32_t *token_adapter,
                                 float beta, const lf_matrix *y)
@@ -282,10 +312,8 @@ lf_status lf_lora_forward_multi(lf_context *ctx, const lf_adapter_set *set, lf_l
     lf_status st = lf_multi_problem_from_views(ctx, fn, set, layout, x, w, bias, beta, y, &q);
     if (st != LF_OK || q.m == 0)
         return st;
-    if (!token_adapter)
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: token_adapter is NULL", fn);
-    if (overlaps_y(token_adapter, (size_t)q.m * sizeof(int32_t), &q))
-        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps token_adapter", fn);
+    if ((st = lf_multi_check_ids(ctx, fn, &q, token_adapter)) != LF_OK)
+        return st;
     q.token_adapter = token_adapter;
     return run_multi(ctx, fn, &q);
 }
@@ -298,17 +326,15 @@ lf_status lf_lora_forward_segments(lf_context *ctx, const lf_adapter_set *set, l
     if (!ctx)
         return LF_ERR_NULL_POINTER;
     static const char fn[] = "lf_lora_forward_segments";
-    if (segments < 0 || segments > ((int64_t)1 << 30))
-        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: segments = %lld is outside 0..2^30", fn, (long long)segments);
+    lf_status st = lf_multi_segments_in_range(ctx, fn, segments);
+    if (st != LF_OK)
+        return st;
     lf_multi_problem q;
-    lf_status st = lf_multi_problem_from_views(ctx, fn, set, layout, x, w, bias, beta, y, &q);
+    st = lf_multi_problem_from_views(ctx, fn, set, layout, x, w, bias, beta, y, &q);
     if (st != LF_OK || q.m == 0)
         return st;
-    if (!seg_starts || (segments > 0 && !seg_adapter))
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: %s is NULL", fn, !seg_starts ? "seg_starts" : "seg_adapter");
-    if (overlaps_y(seg_starts, (size_t)(segments + 1) * sizeof(int32_t), &q) ||
-        (segments > 0 && overlaps_y(seg_adapter, (size_t)segments * sizeof(int32_t), &q)))
-        return lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps seg_starts or seg_adapter", fn);
+    if ((st = lf_multi_check_segments(ctx, fn, &q, seg_starts, seg_adapter, segments)) != LF_OK)
+        return st;
     q.seg_starts = seg_starts;
     q.seg_adapter = seg_adapter;
     q.segments = segments;

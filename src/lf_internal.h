@@ -237,6 +237,13 @@ lf_status lf_lora_problem_from_views(lf_context *ctx, lf_layout layout, const lf
 lf_status lf_multi_problem_from_views(lf_context *ctx, const char *fn, const lf_adapter_set *set,
                                      lf_layout layout, const lf_matrix *x, const lf_matrix *w,
                                      const lf_matrix *bias, float beta, const lf_matrix *y, lf_multi_problem *q);
+/* The rest of their checks, on a problem lf_multi_problem_from_views filled (q->m > 0): the
+ * per-token ids, or the segment table (its count checked first by lf_multi_segments_in_range), and
+ * that y overlaps none of them. Nothing is stored in q. */
+lf_status lf_multi_check_ids(lf_context *ctx, const char *fn, const lf_multi_problem *q, const int32_t *token_adapter);
+lf_status lf_multi_segments_in_range(lf_context *ctx, const char *fn, int64_t segments);
+lf_status lf_multi_check_segments(lf_context *ctx, const char *fn, const lf_multi_problem *q, const int32_t *seg_starts,
+                                  const int32_t *seg_adapter, int64_t segments);
 
 /* Backends. lf_cuda_backend_ops() returns NULL when the library was built without CUDA. */
 const lf_backend_ops *lf_cpu_backend_ops(void);

@@ -139,7 +139,10 @@ lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on)
 typedef lf_status (*partial_fn)(lf_context *ctx, const void *arg, int64_t r0, int64_t rows, int first,
                                 const lf_matrix *y_rows);
 
+typedef enum { ROW_SINGLE, ROW_PER_TOKEN, ROW_SEGMENTS } row_form; /* segments are never chunked */
+
 typedef struct row_args {
+    row_form form;
     lf_layout layout;
     const lf_matrix *x, *w, *bias, *a, *b;
     float scale, beta;
@@ -182,14 +185,6 @@ static lf_status partial_segments(lf_context *ctx, const void *arg, int64_t r0, 
     (void)r0, (void)rows; /* never chunked: segments may cross chunk boundaries */
     return lf_lora_forward_segments(ctx, g->set, g->layout, g->x, g->w, first ? g->bias : NULL, g->seg_starts,
                                     g->seg_adapter, g->segments, first ? g->beta : 0.0f, y_rows);
-}
-
-/* 1 when the m ids at `ids` share a byte with y (dense: row_forward checks that first). */
-static int ids_overlap_y(const int32_t *ids, int64_t m, const lf_matrix *y)
-{
-    const uintptr_t i0 = (uintptr_t)ids, y0 = (uintptr_t)y->data;
-    const uintptr_t ib = (uintptr_t)m * sizeof *ids, yb = (uintptr_t)(y->rows * y->cols) * lf_dtype_size(y->dtype);
-    return ib && yb && i0 < y0 + yb && y0 < i0 + ib;
 }
 
 /* Prefixes the message of a failure inside the op with the TP function's name. */
@@ -235,47 +230,79 @@ static lf_status agree_call(lf_context *ctx, lf_tp_comm *comm, lf_status local, 
     return LF_OK;
 }
 
-static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, int chunkable,
-                             partial_fn partial, const row_args *g, const char *fn)
+/* Checked mode, after a chunk's compute and before its all-reduce: whether every rank computed it
+ * (a failure inside the op, on any rank, must not leave the others waiting in the sum). */
+static lf_status agree_computed(lf_context *ctx, lf_tp_comm *comm, lf_status local, int chunk, const char *fn)
 {
-    if (!ctx)
-        return LF_ERR_NULL_POINTER;
-    if (!comm)
-        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: comm is NULL", fn);
-    if (comm->ctx != ctx) /* nor can the other ranks be told: this comm's stream is not ctx's */
-        return lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: comm belongs to another context", fn);
-    /* The whole call first, on every rank with beta and bias (only rank 0 hands them to the op): a
-     * call rank 0 refuses is refused by all, before any all-reduce, and y overlapping x's rows of
-     * a later chunk is seen. */
-    lf_status st = LF_OK;
+    const int64_t mine[1] = {local != LF_OK};
+    int64_t max[1], min[1];
+    const lf_status st = comm->ops->agree(comm, mine, 1, max, min);
+    if (local != LF_OK)
+        return local;
+    if (st != LF_OK)
+        return st;
+    if (max[0])
+        return lf_fail(ctx, LF_ERR_RANK_REFUSED, "%s: another rank failed to compute row chunk %d (checked mode); "
+                       "it was not summed", fn, chunk);
+    return LF_OK;
+}
+
+/* Everything lf_lora_forward / _multi / _segments would check, on the whole call. */
+static lf_status check_whole_call(lf_context *ctx, const lf_matrix *y, const row_args *g, const char *fn)
+{
     if (!y || (y->rows > 0 && !y->data))
-        st = lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL or has no data", fn);
-    else if (y->rows > 1 && y->stride != y->cols)
-        st = lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)", fn,
-                     (long long)y->stride, (long long)y->cols);
-    else if (g->set) {
-        lf_multi_problem whole;
-        st = lf_multi_problem_from_views(ctx, fn, g->set, g->layout, g->x, g->w, g->bias, g->beta, y, &whole);
-        /* Each chunk's op sees only its own ids: y's rows that one chunk writes must not hold ids
-         * that a later chunk reads. */
-        if (st == LF_OK && g->token_adapter && ids_overlap_y(g->token_adapter, whole.m, y))
-            st = lf_fail(ctx, LF_ERR_ALIASING, "%s: y overlaps token_adapter", fn);
-    } else {
+        return lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: y is NULL or has no data", fn);
+    if (y->rows > 1 && y->stride != y->cols)
+        return lf_fail(ctx, LF_ERR_BAD_STRIDE, "%s: y must be dense for the all-reduce (stride %lld, %lld columns)",
+                       fn, (long long)y->stride, (long long)y->cols);
+    if (g->form == ROW_SINGLE) {
         lf_lora_problem whole;
-        st = name_failure(ctx, lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale,
-                                                          g->beta, y, &whole),
-                          fn);
+        return name_failure(ctx, lf_lora_problem_from_views(ctx, g->layout, g->x, g->w, g->bias, g->a, g->b, g->scale,
+                                                            g->beta, y, &whole),
+                            fn);
     }
+    lf_status st = g->form == ROW_SEGMENTS ? lf_multi_segments_in_range(ctx, fn, g->segments) : LF_OK;
+    lf_multi_problem whole;
+    if (st == LF_OK)
+        st = lf_multi_problem_from_views(ctx, fn, g->set, g->layout, g->x, g->w, g->bias, g->beta, y, &whole);
+    if (st != LF_OK || whole.m == 0)
+        return st;
+    /* The per-token form's chunks see only their own ids, so the ids must not lie in y's rows
+     * that an earlier chunk writes: the whole ids against the whole y. */
+    return g->form == ROW_PER_TOKEN ? lf_multi_check_ids(ctx, fn, &whole, g->token_adapter)
+                                    : lf_multi_check_segments(ctx, fn, &whole, g->seg_starts, g->seg_adapter,
+                                                              g->segments);
+}
+
+static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix *y, int64_t m, partial_fn partial,
+                             const row_args *g, const char *fn)
+{
+    if (!comm)
+        return ctx ? lf_fail(ctx, LF_ERR_NULL_POINTER, "%s: comm is NULL", fn) : LF_ERR_NULL_POINTER;
+    if (!ctx || comm->ctx != ctx) {
+        if (comm->checked) { /* tell the other ranks, through the comm's own context */
+            const int64_t call[AGREE_COUNT] = {0};
+            agree_call(comm->ctx, comm, LF_ERR_INVALID_VALUE, call, fn);
+        }
+        return ctx ? lf_fail(ctx, LF_ERR_INVALID_VALUE, "%s: comm belongs to another context", fn)
+                   : LF_ERR_NULL_POINTER;
+    }
+    /* The whole call first, on every rank with beta and bias (only rank 0 hands them to the op): a
+     * call rank 0 refuses is refused by all, before any all-reduce, and y overlapping x's rows or
+     * the ids of a later chunk is seen. */
+    lf_status st = check_whole_call(ctx, y, g, fn);
     if (st == LF_OK && (m < 0 || y->rows != m))
         m = 0; /* the op reports the shapes */
     const int forced = comm->forced_chunks > 0;
-    int chunks = st != LF_OK || !chunkable ? 1 : forced ? comm->forced_chunks : lf_tp_row_chunks(m, y->cols, comm->size);
+    int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
+                 : forced                                ? comm->forced_chunks
+                                                         : lf_tp_row_chunks(m, y->cols, comm->size);
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
     if (comm->checked) {
         const int64_t call[AGREE_COUNT] = {[AGREE_DTYPE] = st == LF_OK ? y->dtype : 0, [AGREE_M] = m,
                                            [AGREE_N] = st == LF_OK ? y->cols : 0, [AGREE_CHUNKS] = chunks,
-                                           [AGREE_FORM] = !!g->set + !chunkable}; /* single 0, per-token 1, segments 2 */
+                                           [AGREE_FORM] = g->form};
         st = agree_call(ctx, comm, st, call, fn);
     }
     if (st != LF_OK)
@@ -285,12 +312,16 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         if (chunks > 1)
             lf_tp_split(m, chunks, c, &r0, &rows);
         const lf_matrix y_rows = y->data ? sub_view(y, r0, rows, 0, y->cols) : *y;
-        st = partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y);
+        st = name_failure(ctx, partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y), fn);
+        if (comm->checked)
+            st = agree_computed(ctx, comm, st, c, fn);
         if (st == LF_OK && rows > 0 && (comm->size > 1 || forced)) /* one rank: its partial output is the sum */
-            st = comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype, chunks > 1);
+            st = name_failure(ctx, comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype,
+                                                        chunks > 1),
+                              fn);
         if (st != LF_OK) {
             comm->ops->join(comm); /* order later work after what was already issued */
-            return name_failure(ctx, st, fn);
+            return st;
         }
     }
     return comm->ops->join(comm);
@@ -300,19 +331,19 @@ lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout,
                             const lf_matrix *w_p, const lf_matrix *bias, const lf_matrix *a_p, const lf_matrix *b,
                             float scale, float beta, const lf_matrix *y)
 {
-    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .a = a_p, .b = b, .scale = scale,
-                        .beta = beta};
-    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_single, &g, "lf_tp_row_forward");
+    const row_args g = {.form = ROW_SINGLE, .layout = layout, .x = x_p, .w = w_p, .bias = bias, .a = a_p, .b = b,
+                        .scale = scale, .beta = beta};
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, partial_single, &g, "lf_tp_row_forward");
 }
 
 lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
                                   const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
                                   const int32_t *token_adapter, float beta, const lf_matrix *y)
 {
-    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
-                        .token_adapter = token_adapter};
+    const row_args g = {.form = ROW_PER_TOKEN, .layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta,
+                        .set = set, .token_adapter = token_adapter};
     /* chunked as the single-adapter form: each chunk's tokens carry their own ids */
-    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 1, partial_multi, &g, "lf_tp_row_forward_multi");
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, partial_multi, &g, "lf_tp_row_forward_multi");
 }
 
 lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set,
@@ -321,7 +352,7 @@ lf_status lf_tp_row_forward_segments(lf_context *ctx, lf_tp_comm *comm, const lf
                                      const int32_t *seg_adapter, int64_t segments, float beta,
                                      const lf_matrix *y)
 {
-    const row_args g = {.layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta, .set = set,
-                        .seg_starts = seg_starts, .seg_adapter = seg_adapter, .segments = segments};
-    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, 0, partial_segments, &g, "lf_tp_row_forward_segments");
+    const row_args g = {.form = ROW_SEGMENTS, .layout = layout, .x = x_p, .w = w_p, .bias = bias, .beta = beta,
+                        .set = set, .seg_starts = seg_starts, .seg_adapter = seg_adapter, .segments = segments};
+    return row_forward(ctx, comm, y, x_p ? x_p->rows : 0, partial_segments, &g, "lf_tp_row_forward_segments");
 }

@@ -449,10 +449,14 @@ static void multi_chunk_cases(lf_context *ctx)
 /* ---- checked mode: the ranks compare each call before summing (one thread per rank) ------------ */
 
 /* What the last rank's call does differently from the others'. */
-typedef enum { ODD_NONE, ODD_SHORT_M, ODD_NO_A, ODD_F16, ODD_MORE_CHUNKS, ODD_COUNT } odd_call;
-static const char *odd_name[ODD_COUNT] = {"every rank alike", "the last rank one token short",
-                                          "the last rank without A", "the last rank in f16",
-                                          "the last rank in two row chunks"};
+typedef enum { ODD_NONE, ODD_SHORT_M, ODD_NO_A, ODD_F16, ODD_MORE_CHUNKS, ODD_NO_IDS, ODD_NO_SEGMENTS, ODD_COUNT } odd_call;
+static const char *odd_name[ODD_COUNT] = {"every rank alike",
+                                          "the last rank one token short",
+                                          "the last rank without A",
+                                          "the last rank in f16",
+                                          "the last rank in two row chunks",
+                                          "per-token form, the last rank without ids",
+                                          "segment form, the last rank without segment starts"};
 
 typedef struct checked_rank {
     const layer *l;
@@ -493,8 +497,25 @@ static void *checked_rank_main(void *arg)
             x.dtype = w.dtype = bias.dtype = a.dtype = b.dtype = y.dtype = LF_F16;
         if (odd == ODD_MORE_CHUNKS)
             lf_tp_comm_force_chunks(comm, 2);
-        c->st = lf_tp_row_forward(ctx, comm, l->layout, &x, &w, &bias, odd == ODD_NO_A ? NULL : &a, &b, l->scale,
-                                  l->beta, &y);
+        if (c->odd == ODD_NO_IDS || c->odd == ODD_NO_SEGMENTS) { /* every rank: a one-adapter set */
+            lf_adapter_set *set = NULL;
+            int32_t *ids = calloc((size_t)l->m, sizeof *ids); /* every token: adapter 0 */
+            const int32_t starts[2] = {0, (int32_t)l->m}, seg_ids[1] = {0};
+            c->st = ids ? lf_adapter_set_create(ctx, l->dtype, kc, l->n, 1, l->r, &set) : LF_ERR_OUT_OF_MEMORY;
+            if (c->st == LF_OK)
+                c->st = lf_adapter_set_load(set, 0, l->layout, &a, &b, l->scale, LF_COPY_HOST_TO_DEVICE);
+            if (c->st == LF_OK && c->odd == ODD_NO_IDS)
+                c->st = lf_tp_row_forward_multi(ctx, comm, set, l->layout, &x, &w, &bias, odd ? NULL : ids, l->beta,
+                                                &y);
+            else if (c->st == LF_OK)
+                c->st = lf_tp_row_forward_segments(ctx, comm, set, l->layout, &x, &w, &bias, odd ? NULL : starts,
+                                                   seg_ids, 1, l->beta, &y);
+            lf_adapter_set_destroy(set);
+            free(ids);
+        } else {
+            c->st = lf_tp_row_forward(ctx, comm, l->layout, &x, &w, &bias, odd == ODD_NO_A ? NULL : &a, &b, l->scale,
+                                      l->beta, &y);
+        }
     }
     if (ctx)
         snprintf(c->message, sizeof c->message, "%s", lf_context_last_error(ctx));
@@ -504,8 +525,9 @@ static void *checked_rank_main(void *arg)
 
 /* P ranks in threads, checked mode on: a call every rank makes alike runs and gives the bits of
  * the unchecked call; a call that differs on one rank (sizes, dtype, chunks) or that one rank
- * refuses returns a status on every rank — each rank's own refusal, LF_ERR_RANK_REFUSED on the
- * others — with y untouched and no all-reduce issued. Unchecked, a short M on one rank is not
+ * refuses (A missing; the many-adapter forms' ids or segment starts missing, which only their own
+ * checks see) returns a status on every rank — each rank's own refusal, LF_ERR_RANK_REFUSED on
+ * the others — with y untouched and no all-reduce issued. Unchecked, a short M on one rank is not
  * seen by the others: their all-reduces then differ, which the local group reports. */
 static void checked_cases(void)
 {
@@ -532,14 +554,17 @@ static void checked_cases(void)
                     memcpy(c[p].y, l.y0, ybytes);
             }
             for (int p = 0; p < P && group; p++)
-                started[p] = LFT_CHECK(pthread_create(&th[p], NULL, checked_rank_main, &c[p]) == 0);
+                started[p] = pthread_create(&th[p], NULL, checked_rank_main, &c[p]) == 0;
+            for (int p = 0; p < P && group; p++)
+                if (!started[p]) /* the others wait for it at the barrier: run it here */
+                    checked_rank_main(&c[p]);
             for (int p = 0; p < P; p++)
                 if (started[p])
                     pthread_join(th[p], NULL);
             const lf_status finished = group ? lf_tp_local_group_finish(group) : LF_ERR_NULL_POINTER;
             for (int p = 0; p < P && group; p++) {
                 lf_status want = LF_OK;
-                if (checked && odd == ODD_NO_A)
+                if (checked && (odd == ODD_NO_A || odd == ODD_NO_IDS || odd == ODD_NO_SEGMENTS))
                     want = p == P - 1 ? LF_ERR_NULL_POINTER : LF_ERR_RANK_REFUSED;
                 else if (checked && odd == ODD_F16)
                     want = LF_ERR_DTYPE_MISMATCH;
@@ -556,7 +581,7 @@ static void checked_cases(void)
                     LFT_CHECKF(memcmp(c[p].y, c[0].y, ybytes) == 0, "rank %d's y differs from rank 0's", p);
                 if (!checked)
                     unchecked = c[0].y, c[0].y = NULL;
-                else if (unchecked)
+                else if (LFT_CHECKF(unchecked != NULL, "no unchecked result to compare with"))
                     LFT_CHECKF(memcmp(c[0].y, unchecked, ybytes) == 0, "checked mode changed the result");
             } else if (checked) {
                 LFT_CHECKF(finished == LF_OK, "finish: %s (an all-reduce was issued)", lf_status_name(finished));

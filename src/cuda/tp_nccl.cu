@@ -90,6 +90,8 @@ lf_status nccl_agree(lf_tp_comm *comm, const int64_t *mine, int count, int64_t *
 {
     nccl_state *s = static_cast<nccl_state *>(comm->impl);
     lf_context *ctx = comm->ctx;
+    if (count < 1 || count > LF_TP_AGREE_MAX)
+        return lf_fail(ctx, LF_ERR_INTERNAL, "checked mode: %d values to agree on", count);
     cudaStream_t st = lf_cuda_stream(ctx);
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     LF_CUDA_CHECK(ctx, cudaStreamIsCapturing(st, &capture));
