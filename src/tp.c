@@ -240,7 +240,7 @@ static lf_status agree_computed(lf_context *ctx, lf_tp_comm *comm, lf_status loc
     if (local != LF_OK)
         return local;
     if (st != LF_OK)
-        return st;
+        return name_failure(ctx, st, fn);
     if (max[0])
         return lf_fail(ctx, LF_ERR_RANK_REFUSED, "%s: another rank failed to compute row chunk %d (checked mode); "
                        "it was not summed", fn, chunk);
