@@ -40,8 +40,8 @@ for t in $tests; do
   summary+=("$(printf '%-16s rc=%d  %s' "$t" $? "$(tail -n 1 "$out/tests.log")")")
 done
 
-# Seconds a test may run under a sanitizer: racecheck on test_multi takes about 5 minutes, on
-# test_ops (with the Hopper kernel's cases) about 2 (126 s on an H100, 2026-11-25).
+# Seconds a test may run under a sanitizer: racecheck on test_multi takes about 3.5 minutes (213 s),
+# on test_ops (with the Hopper kernel's cases) about 2 (126 s), on an H100 (2026-11-25).
 sanitize_limit() {
   case "$1:$2" in
     racecheck:test_multi) echo 420 ;;
