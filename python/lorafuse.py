@@ -1,0 +1,135 @@
+"""lorafuse from Python through ctypes: the C library's own calls, no compiled extension.
+
+    import lorafuse
+    from array import array
+    x = array("f", ...)                      # [M, K] row-major, any writable buffer (array, numpy)
+    with lorafuse.Context() as ctx:          # the best backend present (CUDA, else CPU)
+        ctx.lora_forward(lorafuse.PEFT,
+                         lorafuse.Matrix(x, lorafuse.F32, M, K), w=..., bias=None,
+                         a=..., b=..., scale=2.0, beta=0.0, y=...)
+
+Host buffers serve a CPU context; a CUDA context takes device pointers
+(Matrix.from_pointer). Failures raise LoraFuseError with the library's status and message; the
+library writes nothing on failure. The library is found at $LORAFUSE_LIBRARY, else as
+liblorafuse.so on the loader's path.
+"""
+import ctypes
+import ctypes.util
+import os
+
+F32, F16, BF16 = 0, 1, 2
+PEFT, KN = 0, 1
+BACKEND_AUTO, BACKEND_CPU, BACKEND_CUDA = 0, 1, 2
+_ELEMENT_SIZE = {F32: 4, F16: 2, BF16: 2}
+
+
+class _MatrixStruct(ctypes.Structure):
+    # lf_matrix; src/abi_check.c fails the build if the C side changes
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("rows", ctypes.c_int64),
+                ("cols", ctypes.c_int64), ("stride", ctypes.c_int64)]
+
+
+def _load():
+    path = os.environ.get("LORAFUSE_LIBRARY") or ctypes.util.find_library("lorafuse") or "liblorafuse.so"
+    lib = ctypes.CDLL(path)
+    mat = ctypes.POINTER(_MatrixStruct)
+    lib.lf_version_string.restype = ctypes.c_char_p
+    lib.lf_status_name.restype = ctypes.c_char_p
+    lib.lf_status_name.argtypes = [ctypes.c_int]
+    lib.lf_context_create.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+    lib.lf_context_destroy.argtypes = [ctypes.c_void_p]
+    lib.lf_context_last_error.restype = ctypes.c_char_p
+    lib.lf_context_last_error.argtypes = [ctypes.c_void_p]
+    lib.lf_context_backend.argtypes = [ctypes.c_void_p]
+    lib.lf_backend_name.restype = ctypes.c_char_p
+    lib.lf_backend_name.argtypes = [ctypes.c_int]
+    lib.lf_context_device_name.restype = ctypes.c_char_p
+    lib.lf_context_device_name.argtypes = [ctypes.c_void_p]
+    lib.lf_lora_forward.argtypes = [ctypes.c_void_p, ctypes.c_int, mat, mat, mat, mat, mat, ctypes.c_float,
+                                    ctypes.c_float, mat]
+    return lib
+
+
+_lib = _load()
+
+
+def version():
+    """The linked library's version, "MAJOR.MINOR.PATCH"."""
+    return _lib.lf_version_string().decode()
+
+
+class LoraFuseError(Exception):
+    """A call the library refused or could not run: .status (the lf_status value), .name, message."""
+
+    def __init__(self, status, message):
+        self.status = status
+        self.name = _lib.lf_status_name(status).decode()
+        super().__init__(f"{self.name}: {message}")
+
+
+class Matrix:
+    """A row-major view: dtype, rows, cols and a row stride in elements (stride >= cols)."""
+
+    def __init__(self, buffer, dtype, rows, cols, stride=None):
+        """A view of a writable host buffer (array.array, bytearray, numpy array, ...), kept alive
+        by this object. The buffer must hold (rows - 1) * stride + cols elements."""
+        stride = cols if stride is None else stride
+        view = memoryview(buffer).cast("B")
+        need = ((rows - 1) * stride + cols) * _ELEMENT_SIZE[dtype] if rows > 0 else 0
+        if view.nbytes < need:
+            raise ValueError(f"the buffer has {view.nbytes} bytes, the view needs {need}")
+        self._keep = buffer
+        data = ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
+        self._struct = _MatrixStruct(data, dtype, rows, cols, stride)
+
+    @classmethod
+    def from_pointer(cls, pointer, dtype, rows, cols, stride=None):
+        """A view of memory the caller owns: a device pointer from a CUDA context's allocations."""
+        m = cls.__new__(cls)
+        m._keep = None
+        m._struct = _MatrixStruct(pointer, dtype, rows, cols, cols if stride is None else stride)
+        return m
+
+
+def _ref(m):
+    return ctypes.byref(m._struct) if m is not None else None
+
+
+class Context:
+    """A lorafuse context on one backend; not thread-safe (one per thread), closed by close() or
+    by leaving a with block."""
+
+    def __init__(self, backend=BACKEND_AUTO):
+        self._ctx = ctypes.c_void_p()
+        status = _lib.lf_context_create(ctypes.byref(self._ctx), backend)
+        if status != 0:
+            raise LoraFuseError(status, "lf_context_create failed")
+
+    def close(self):
+        if self._ctx:
+            _lib.lf_context_destroy(self._ctx)
+            self._ctx = ctypes.c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    @property
+    def backend(self):
+        return _lib.lf_backend_name(_lib.lf_context_backend(self._ctx)).decode()
+
+    @property
+    def device_name(self):
+        return _lib.lf_context_device_name(self._ctx).decode()
+
+    def lora_forward(self, layout, x, w, bias, a, b, scale, beta, y):
+        """y = beta*y + x*W^T + bias + scale*(x*A^T)*B^T (w and bias may be None: the delta)."""
+        status = _lib.lf_lora_forward(self._ctx, layout, _ref(x), _ref(w), _ref(bias), _ref(a), _ref(b), scale,
+                                      beta, _ref(y))
+        if status != 0:
+            raise LoraFuseError(status, _lib.lf_context_last_error(self._ctx).decode())

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""test_python — python/lorafuse.py against a double-precision reference written here, on the CPU
+backend: the layer and the delta (f32, awkward shapes, bias, beta, a strided x), a bad call
+(status, message, y untouched) and the version. Usage: test_python.py LIBRARY (liblorafuse.so)."""
+import math
+import os
+import random
+import sys
+from array import array
+
+os.environ["LORAFUSE_LIBRARY"] = sys.argv[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import lorafuse  # noqa: E402
+
+failed = passed = 0
+
+
+def check(ok, what):
+    global failed, passed
+    if ok:
+        passed += 1
+    else:
+        failed += 1
+        print(f"FAIL {what}")
+
+
+def rand(rng, n):
+    # never zero: a zero B (PEFT's initial value) would hide the LoRA term
+    return array("f", [rng.choice((-1, 1)) * rng.uniform(0.05, 1.0) for _ in range(n)])
+
+
+def layer_case(ctx, m, k, n, r, with_w, with_bias, beta, x_stride, seed):
+    rng = random.Random(seed)
+    x = rand(rng, (m - 1) * x_stride + k)
+    w, a, b, bias, y0 = rand(rng, n * k), rand(rng, r * k), rand(rng, n * r), rand(rng, n), rand(rng, m * n)
+    y = array("f", y0) if beta != 0.0 else array("f", [math.nan] * (m * n))
+    scale = 0.75
+    ctx.lora_forward(lorafuse.PEFT, lorafuse.Matrix(x, lorafuse.F32, m, k, x_stride),
+                     lorafuse.Matrix(w, lorafuse.F32, n, k) if with_w else None,
+                     lorafuse.Matrix(bias, lorafuse.F32, 1, n) if with_bias else None,
+                     lorafuse.Matrix(a, lorafuse.F32, r, k), lorafuse.Matrix(b, lorafuse.F32, n, r), scale, beta,
+                     lorafuse.Matrix(y, lorafuse.F32, m, n))
+    bad = 0
+    for i in range(m):
+        xi = x[i * x_stride:i * x_stride + k]
+        t = [sum(xi[c] * a[j * k + c] for c in range(k)) for j in range(r)]
+        for j in range(n):
+            terms = [scale * t[q] * b[j * r + q] for q in range(r)]
+            if with_w:
+                terms += [xi[c] * w[j * k + c] for c in range(k)]
+            if with_bias:
+                terms.append(bias[j])
+            if beta != 0.0:
+                terms.append(beta * y0[i * n + j])
+            exact = math.fsum(terms)
+            mag = sum(abs(v) for v in terms) + sum(abs(xi[c] * a[q * k + c]) for q in range(r) for c in range(k))
+            tol = 2.0 ** -24 * abs(exact) + 2 * (k + r + 4) * 2.0 ** -24 * mag + 1e-45
+            if not abs(y[i * n + j] - exact) <= tol:
+                bad += 1
+    check(bad == 0, f"layer {m}x{k}x{n} r{r} w={with_w} bias={with_bias} beta={beta}: {bad} elements off")
+
+
+with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
+    check(ctx.backend == "cpu", f"backend {ctx.backend}")
+    layer_case(ctx, 3, 7, 5, 2, True, True, 0.5, 9, 1)      # strided x, bias, beta
+    layer_case(ctx, 1, 33, 17, 4, True, False, 0.0, 33, 2)  # one token, y poisoned with NaN
+    layer_case(ctx, 6, 19, 11, 3, False, False, 1.0, 19, 3)  # the delta: y += s*(x*A^T)*B^T
+    # A bad call: B with the wrong rank. The library refuses with a status and a message, and
+    # leaves y as it was.
+    x, a, b, y = array("f", [1.0] * 12), array("f", [1.0] * 8), array("f", [1.0] * 6), array("f", [7.0] * 6)
+    try:
+        ctx.lora_forward(lorafuse.PEFT, lorafuse.Matrix(x, lorafuse.F32, 3, 4), None, None,
+                         lorafuse.Matrix(a, lorafuse.F32, 2, 4), lorafuse.Matrix(b, lorafuse.F32, 2, 3), 1.0, 1.0,
+                         lorafuse.Matrix(y, lorafuse.F32, 3, 2))
+        check(False, "a B of the wrong rank was accepted")
+    except lorafuse.LoraFuseError as e:
+        check(e.name == "LF_ERR_SHAPE_MISMATCH" and len(str(e)) > len(e.name) + 2, f"refusal: {e}")
+    check(list(y) == [7.0] * 6, "the refused call changed y")
+check(lorafuse.version().count(".") == 2, f"version {lorafuse.version()}")
+try:
+    lorafuse.Matrix(array("f", [0.0] * 3), lorafuse.F32, 2, 2)
+    check(False, "a buffer too small for its view was accepted")
+except ValueError:
+    check(True, "")
+
+print(f"test_python: {passed} passed, {failed} failed, 0 skipped")
+sys.exit(1 if failed else 0)
