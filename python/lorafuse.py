@@ -8,18 +8,22 @@
                          lorafuse.Matrix(x, lorafuse.F32, M, K), w=..., bias=None,
                          a=..., b=..., scale=2.0, beta=0.0, y=...)
 
-Host buffers serve a CPU context; a CUDA context takes device pointers
-(Matrix.from_pointer). Failures raise LoraFuseError with the library's status and message; the
+Host buffers serve a CPU context; a CUDA context takes device pointers: Context.malloc and
+Context.memcpy allocate and copy without CUDA (Matrix.from_pointer views them). Many adapters:
+AdapterSet, then Context.lora_forward_multi (an int32 adapter id per token) or
+lora_forward_segments. Failures raise LoraFuseError with the library's status and message; the
 library writes nothing on failure. The library is found at $LORAFUSE_LIBRARY, else as
 liblorafuse.so on the loader's path.
 """
 import ctypes
 import ctypes.util
 import os
+import weakref
 
 F32, F16, BF16 = 0, 1, 2
 PEFT, KN = 0, 1
 BACKEND_AUTO, BACKEND_CPU, BACKEND_CUDA = 0, 1, 2
+HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 0, 1, 2
 _ELEMENT_SIZE = {F32: 4, F16: 2, BF16: 2}
 
 
@@ -47,6 +51,22 @@ def _load():
     lib.lf_context_device_name.argtypes = [ctypes.c_void_p]
     lib.lf_lora_forward.argtypes = [ctypes.c_void_p, ctypes.c_int, mat, mat, mat, mat, mat, ctypes.c_float,
                                     ctypes.c_float, mat]
+    lib.lf_malloc.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
+    lib.lf_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.lf_memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.lf_synchronize.argtypes = [ctypes.c_void_p]
+    lib.lf_adapter_set_create.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                          ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p)]
+    lib.lf_adapter_set_destroy.argtypes = [ctypes.c_void_p]
+    lib.lf_adapter_set_load.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, mat, mat, ctypes.c_float,
+                                        ctypes.c_int]
+    lib.lf_adapter_set_clear.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.lf_adapter_set_rank.restype = ctypes.c_int64
+    lib.lf_adapter_set_rank.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.lf_lora_forward_multi.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, mat, mat, mat,
+                                          ctypes.c_void_p, ctypes.c_float, mat]
+    lib.lf_lora_forward_segments.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, mat, mat, mat,
+                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, mat]
     return lib
 
 
@@ -95,17 +115,28 @@ def _ref(m):
     return ctypes.byref(m._struct) if m is not None else None
 
 
+def _address(data):
+    """The address of a writable host buffer, an int pointer as it is, None as NULL."""
+    if data is None or isinstance(data, int):
+        return data
+    view = memoryview(data).cast("B")
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
+
+
 class Context:
     """A lorafuse context on one backend; not thread-safe (one per thread), closed by close() or
     by leaving a with block."""
 
     def __init__(self, backend=BACKEND_AUTO):
         self._ctx = ctypes.c_void_p()
+        self._sets = weakref.WeakSet()  # adapter sets in this context's memory, closed before it
         status = _lib.lf_context_create(ctypes.byref(self._ctx), backend)
         if status != 0:
             raise LoraFuseError(status, "lf_context_create failed")
 
     def close(self):
+        for adapters in list(self._sets):
+            adapters.close()
         if self._ctx:
             _lib.lf_context_destroy(self._ctx)
             self._ctx = ctypes.c_void_p()
@@ -127,9 +158,77 @@ class Context:
     def device_name(self):
         return _lib.lf_context_device_name(self._ctx).decode()
 
-    def lora_forward(self, layout, x, w, bias, a, b, scale, beta, y):
-        """y = beta*y + x*W^T + bias + scale*(x*A^T)*B^T (w and bias may be None: the delta)."""
-        status = _lib.lf_lora_forward(self._ctx, layout, _ref(x), _ref(w), _ref(bias), _ref(a), _ref(b), scale,
-                                      beta, _ref(y))
+    def _check(self, status):
         if status != 0:
             raise LoraFuseError(status, _lib.lf_context_last_error(self._ctx).decode())
+
+    def lora_forward(self, layout, x, w, bias, a, b, scale, beta, y):
+        """y = beta*y + x*W^T + bias + scale*(x*A^T)*B^T (w and bias may be None: the delta)."""
+        self._check(_lib.lf_lora_forward(self._ctx, layout, _ref(x), _ref(w), _ref(bias), _ref(a), _ref(b), scale,
+                                         beta, _ref(y)))
+
+    def lora_forward_multi(self, adapters, layout, x, w, bias, token_adapter, beta, y):
+        """The layer (or, w None, the delta) with token t's own adapter: token_adapter holds an int32
+        slot of `adapters` per token (-1: none), a host buffer (array("i")) or a device pointer."""
+        self._check(_lib.lf_lora_forward_multi(self._ctx, adapters._set, layout, _ref(x), _ref(w), _ref(bias),
+                                               _address(token_adapter), beta, _ref(y)))
+
+    def lora_forward_segments(self, adapters, layout, x, w, bias, seg_starts, seg_adapter, segments, beta, y):
+        """The same with runs of tokens: segment s covers tokens [seg_starts[s], seg_starts[s + 1]) and
+        uses slot seg_adapter[s] (int32 buffers of segments + 1 and segments entries)."""
+        self._check(_lib.lf_lora_forward_segments(self._ctx, adapters._set, layout, _ref(x), _ref(w), _ref(bias),
+                                                  _address(seg_starts), _address(seg_adapter), segments, beta,
+                                                  _ref(y)))
+
+    def malloc(self, nbytes):
+        """Memory of the context's kind (device memory for CUDA), as an int pointer; free() it."""
+        ptr = ctypes.c_void_p()
+        self._check(_lib.lf_malloc(self._ctx, ctypes.byref(ptr), nbytes))
+        return ptr.value
+
+    def free(self, pointer):
+        self._check(_lib.lf_free(self._ctx, pointer))
+
+    def memcpy(self, dst, src, nbytes, kind):
+        """Copies nbytes; dst and src are host buffers or int pointers as kind says."""
+        self._check(_lib.lf_memcpy(self._ctx, _address(dst), _address(src), nbytes, kind))
+
+    def synchronize(self):
+        self._check(_lib.lf_synchronize(self._ctx))
+
+
+class AdapterSet:
+    """capacity adapters of one layer (K inputs, N outputs), each of rank up to max_rank, resident
+    in the context's memory; a slot is replaced between calls without touching the others."""
+
+    def __init__(self, context, dtype, k, n, capacity, max_rank):
+        self._context = context  # the set lives in the context's memory: keep it open
+        self._set = ctypes.c_void_p()
+        context._check(_lib.lf_adapter_set_create(context._ctx, dtype, k, n, capacity, max_rank,
+                                                  ctypes.byref(self._set)))
+        context._sets.add(self)
+
+    def load(self, slot, layout, a, b, scale, source=HOST_TO_DEVICE):
+        """Copies adapter (a, b, scale) into slot: from host views (HOST_TO_DEVICE, also for a CPU
+        context) or from the context's memory (DEVICE_TO_DEVICE)."""
+        self._context._check(_lib.lf_adapter_set_load(self._set, slot, layout, _ref(a), _ref(b), scale, source))
+
+    def clear(self, slot):
+        self._context._check(_lib.lf_adapter_set_clear(self._set, slot))
+
+    def rank(self, slot):
+        return _lib.lf_adapter_set_rank(self._set, slot)
+
+    def close(self):
+        if self._set:
+            _lib.lf_adapter_set_destroy(self._set)
+            self._set = ctypes.c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()

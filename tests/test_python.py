@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """test_python — python/lorafuse.py against a double-precision reference written here, on the CPU
 backend: the layer and the delta (f32, awkward shapes, bias, beta, a strided x), a bad call
-(status, message, y untouched) and the version. Usage: test_python.py LIBRARY (liblorafuse.so)."""
+(status, message, y untouched), many adapters (per-token and segment forms, ranks per adapter,
+tokens without one, hot swap), memory helpers and the version.
+Usage: test_python.py LIBRARY (liblorafuse.so)."""
 import math
 import os
 import random
@@ -76,6 +78,74 @@ with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
     except lorafuse.LoraFuseError as e:
         check(e.name == "LF_ERR_SHAPE_MISMATCH" and len(str(e)) > len(e.name) + 2, f"refusal: {e}")
     check(list(y) == [7.0] * 6, "the refused call changed y")
+
+
+def multi_case(ctx, m, k, n, seed):
+    """Three adapters of ranks 2, 4, 1 in a set of max rank 4, tokens mapped to them or to none
+    (-1), the layer with bias and beta: per-token form against the reference, the segment form of
+    the same mapping bitwise equal to it, then slot 1 replaced (hot swap) and checked again."""
+    rng = random.Random(seed)
+    ranks, scales = [2, 4, 1], [0.5, -1.25, 2.0]
+    x, w, bias, y0 = rand(rng, m * k), rand(rng, n * k), rand(rng, n), rand(rng, m * n)
+    adapters = [(rand(rng, r * k), rand(rng, n * r)) for r in ranks]
+    ids = array("i", [-1, 0, 0, 1, 1, 1, 2, -1, 0][:m])
+    beta = 0.5
+
+    def expect(i, j, ads):
+        terms = [x[i * k + c] * w[j * k + c] for c in range(k)] + [bias[j], beta * y0[i * n + j]]
+        mag = 0.0
+        if ids[i] >= 0:
+            (a, b), r, s = ads[ids[i]], ranks[ids[i]], scales[ids[i]]
+            t = [sum(x[i * k + c] * a[q * k + c] for c in range(k)) for q in range(r)]
+            terms += [s * t[q] * b[j * r + q] for q in range(r)]
+            mag = sum(abs(x[i * k + c] * a[q * k + c]) for q in range(r) for c in range(k))
+        exact = math.fsum(terms)
+        return exact, 2.0 ** -24 * abs(exact) + 2 * (k + 4 + 4) * 2.0 ** -24 * (sum(map(abs, terms)) + mag) + 1e-45
+
+    def run(form, adapter_set):
+        y = array("f", y0)
+        args = (adapter_set, lorafuse.PEFT, lorafuse.Matrix(x, lorafuse.F32, m, k),
+                lorafuse.Matrix(w, lorafuse.F32, n, k), lorafuse.Matrix(bias, lorafuse.F32, 1, n))
+        if form == "tokens":
+            ctx.lora_forward_multi(*args, ids, beta, lorafuse.Matrix(y, lorafuse.F32, m, n))
+        else:  # runs of equal ids
+            starts, seg = array("i"), array("i")
+            for t in range(m):
+                if t == 0 or ids[t] != ids[t - 1]:
+                    starts.append(t)
+                    seg.append(ids[t])
+            starts.append(m)
+            ctx.lora_forward_segments(*args, starts, seg, len(seg), beta, lorafuse.Matrix(y, lorafuse.F32, m, n))
+        return y
+
+    def bad_elements(y, ads):
+        return sum(1 for i in range(m) for j in range(n)
+                   if not abs(y[i * n + j] - expect(i, j, ads)[0]) <= expect(i, j, ads)[1])
+
+    with lorafuse.AdapterSet(ctx, lorafuse.F32, k, n, 3, 4) as adapter_set:
+        for slot, ((a, b), r) in enumerate(zip(adapters, ranks)):
+            adapter_set.load(slot, lorafuse.PEFT, lorafuse.Matrix(a, lorafuse.F32, r, k),
+                             lorafuse.Matrix(b, lorafuse.F32, n, r), scales[slot])
+        check([adapter_set.rank(s) for s in range(3)] == ranks, "ranks of the loaded slots")
+        y_tokens = run("tokens", adapter_set)
+        check(bad_elements(y_tokens, adapters) == 0, f"multi {m}x{k}x{n}: per-token form")
+        check(run("segments", adapter_set).tobytes() == y_tokens.tobytes(), "segment form differs from per-token")
+        adapters[1] = (rand(rng, 4 * k), rand(rng, n * 4))  # hot swap of slot 1
+        adapter_set.load(1, lorafuse.PEFT, lorafuse.Matrix(adapters[1][0], lorafuse.F32, 4, k),
+                         lorafuse.Matrix(adapters[1][1], lorafuse.F32, n, 4), scales[1])
+        check(bad_elements(run("tokens", adapter_set), adapters) == 0, "multi: after replacing slot 1")
+
+
+with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
+    multi_case(ctx, 9, 13, 6, 4)
+    # memory of the context's kind (host memory on the CPU) round trip
+    src, back = array("f", [1.5, -2.0, 3.25, 0.125]), array("f", [0.0] * 4)
+    p = ctx.malloc(16)
+    ctx.memcpy(p, src, 16, lorafuse.HOST_TO_DEVICE)
+    ctx.memcpy(back, p, 16, lorafuse.DEVICE_TO_HOST)
+    ctx.synchronize()
+    ctx.free(p)
+    check(list(back) == list(src), "malloc / memcpy round trip")
 check(lorafuse.version().count(".") == 2, f"version {lorafuse.version()}")
 try:
     lorafuse.Matrix(array("f", [0.0] * 3), lorafuse.F32, 2, 2)
