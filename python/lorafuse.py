@@ -123,7 +123,20 @@ def _address(data):
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
 
 
-class Context:
+class _Closing:
+    """close() at the end of a with block and when collected."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Context(_Closing):
     """A lorafuse context on one backend; not thread-safe (one per thread), closed by close() or
     by leaving a with block."""
 
@@ -141,14 +154,6 @@ class Context:
             _lib.lf_context_destroy(self._ctx)
             self._ctx = ctypes.c_void_p()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
     @property
     def backend(self):
@@ -197,7 +202,7 @@ class Context:
         self._check(_lib.lf_synchronize(self._ctx))
 
 
-class AdapterSet:
+class AdapterSet(_Closing):
     """capacity adapters of one layer (K inputs, N outputs), each of rank up to max_rank, resident
     in the context's memory; a slot is replaced between calls without touching the others."""
 
@@ -224,11 +229,3 @@ class AdapterSet:
             _lib.lf_adapter_set_destroy(self._set)
             self._set = ctypes.c_void_p()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
