@@ -11,7 +11,8 @@
 Host buffers serve a CPU context; a CUDA context takes device pointers: Context.malloc and
 Context.memcpy allocate and copy without CUDA (Matrix.from_pointer views them). Many adapters:
 AdapterSet, then Context.lora_forward_multi (an int32 adapter id per token) or
-lora_forward_segments. Failures raise LoraFuseError with the library's status and message; the
+lora_forward_segments. PEFT adapters: PeftAdapter(ctx, directory) lists the modules with their
+ranks and scales and gives each module's A and B as views into the mapped file. Failures raise LoraFuseError with the library's status and message; the
 library writes nothing on failure. The library is found at $LORAFUSE_LIBRARY, else as
 liblorafuse.so on the loader's path.
 """
@@ -28,9 +29,21 @@ _ELEMENT_SIZE = {F32: 4, F16: 2, BF16: 2}
 
 
 class _MatrixStruct(ctypes.Structure):
-    # lf_matrix; src/abi_check.c fails the build if the C side changes
+    # lf_matrix; src/abi_check.c fails the build if the C side changes (likewise below)
     _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("rows", ctypes.c_int64),
                 ("cols", ctypes.c_int64), ("stride", ctypes.c_int64)]
+
+
+class _PeftAdapterInfo(ctypes.Structure):  # lf_peft_adapter_info
+    _fields_ = [("r", ctypes.c_int64), ("lora_alpha", ctypes.c_double), ("use_rslora", ctypes.c_int),
+                ("fan_in_fan_out", ctypes.c_int), ("bias", ctypes.c_char_p), ("base_model", ctypes.c_char_p),
+                ("module_count", ctypes.c_size_t), ("replacement_count", ctypes.c_size_t)]
+
+
+class _PeftModuleInfo(ctypes.Structure):  # lf_peft_module_info
+    _fields_ = [("name", ctypes.c_char_p), ("base_tensor", ctypes.c_char_p), ("in_features", ctypes.c_int64),
+                ("out_features", ctypes.c_int64), ("rank", ctypes.c_int64), ("alpha", ctypes.c_double),
+                ("scale", ctypes.c_float), ("dtype", ctypes.c_int)]
 
 
 def _load():
@@ -67,6 +80,12 @@ def _load():
                                           ctypes.c_void_p, ctypes.c_float, mat]
     lib.lf_lora_forward_segments.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, mat, mat, mat,
                                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, mat]
+    lib.lf_peft_adapter_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.lf_peft_adapter_close.argtypes = [ctypes.c_void_p]
+    lib.lf_peft_adapter_get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(_PeftAdapterInfo)]
+    lib.lf_peft_adapter_module.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(_PeftModuleInfo)]
+    lib.lf_peft_adapter_find_module.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
+    lib.lf_peft_adapter_host_weights.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, mat, mat]
     return lib
 
 
@@ -142,14 +161,14 @@ class Context(_Closing):
 
     def __init__(self, backend=BACKEND_AUTO):
         self._ctx = ctypes.c_void_p()
-        self._sets = weakref.WeakSet()  # adapter sets in this context's memory, closed before it
+        self._owned = weakref.WeakSet()  # adapter sets and PEFT adapters of this context, closed before it
         status = _lib.lf_context_create(ctypes.byref(self._ctx), backend)
         if status != 0:
             raise LoraFuseError(status, "lf_context_create failed")
 
     def close(self):
-        for adapters in list(self._sets):
-            adapters.close()
+        for owned in list(self._owned):
+            owned.close()
         if self._ctx:
             _lib.lf_context_destroy(self._ctx)
             self._ctx = ctypes.c_void_p()
@@ -211,7 +230,7 @@ class AdapterSet(_Closing):
         self._set = ctypes.c_void_p()
         context._check(_lib.lf_adapter_set_create(context._ctx, dtype, k, n, capacity, max_rank,
                                                   ctypes.byref(self._set)))
-        context._sets.add(self)
+        context._owned.add(self)
 
     def load(self, slot, layout, a, b, scale, source=HOST_TO_DEVICE):
         """Copies adapter (a, b, scale) into slot: from host views (HOST_TO_DEVICE, also for a CPU
@@ -229,3 +248,63 @@ class AdapterSet(_Closing):
             _lib.lf_adapter_set_destroy(self._set)
             self._set = ctypes.c_void_p()
 
+
+
+class PeftModule:
+    """One LoRA module of a PEFT adapter: name ("model.layers.0.self_attn.q_proj"), base_tensor,
+    in_features (K), out_features (N), rank, alpha and scale after rank_pattern / alpha_pattern
+    (and rsLoRA), dtype of its A and B, and its index in the adapter."""
+
+    def __init__(self, index, info):
+        self.index = index
+        self.name, self.base_tensor = info.name.decode(), info.base_tensor.decode()
+        self.in_features, self.out_features, self.rank = info.in_features, info.out_features, info.rank
+        self.alpha, self.scale, self.dtype = info.alpha, info.scale, info.dtype
+
+    def __repr__(self):
+        return f"PeftModule({self.name!r}, K={self.in_features}, N={self.out_features}, r={self.rank}, scale={self.scale})"
+
+
+class PeftAdapter(_Closing):
+    """A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), read as PEFT
+    means it. The file is mapped; module weights are views into it (host memory, read-only)."""
+
+    def __init__(self, context, directory):
+        self._context = context
+        self._ad = ctypes.c_void_p()
+        context._check(_lib.lf_peft_adapter_open(context._ctx, os.fsencode(directory), ctypes.byref(self._ad)))
+        context._owned.add(self)
+        info = _PeftAdapterInfo()
+        context._check(_lib.lf_peft_adapter_get_info(self._ad, ctypes.byref(info)))
+        self.r, self.lora_alpha, self.use_rslora = info.r, info.lora_alpha, bool(info.use_rslora)
+        self.fan_in_fan_out, self.bias = bool(info.fan_in_fan_out), info.bias.decode()
+        self.base_model = info.base_model.decode()
+        self.modules = []
+        for i in range(info.module_count):
+            m = _PeftModuleInfo()
+            context._check(_lib.lf_peft_adapter_module(self._ad, i, ctypes.byref(m)))
+            self.modules.append(PeftModule(i, m))
+
+    def find(self, name):
+        """The module called name; LoraFuseError (LF_ERR_NOT_FOUND) when there is none."""
+        index = ctypes.c_size_t()
+        self._context._check(_lib.lf_peft_adapter_find_module(self._ad, name.encode(), ctypes.byref(index)))
+        return self.modules[index.value]
+
+    def host_weights(self, module):
+        """(A, B) of a module as Matrix views in LF_LAYOUT_PEFT ([rank, K] and [N, rank]), for a CPU
+        context; they keep this adapter open while they live (until its context is closed)."""
+        a, b = _MatrixStruct(), _MatrixStruct()
+        self._context._check(_lib.lf_peft_adapter_host_weights(self._context._ctx, self._ad, module.index,
+                                                               ctypes.byref(a), ctypes.byref(b)))
+        views = []
+        for m in (a, b):
+            v = Matrix.from_pointer(m.data, m.dtype, m.rows, m.cols, m.stride)
+            v._keep = self
+            views.append(v)
+        return tuple(views)
+
+    def close(self):
+        if self._ad:
+            _lib.lf_peft_adapter_close(self._ad)
+            self._ad = ctypes.c_void_p()

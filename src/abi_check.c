@@ -14,3 +14,11 @@ _Static_assert(sizeof(lf_status) == 4 && sizeof(lf_dtype) == 4 && sizeof(lf_layo
 _Static_assert(offsetof(lf_matrix, data) == 0 && offsetof(lf_matrix, dtype) == 8 && offsetof(lf_matrix, rows) == 16 &&
                    offsetof(lf_matrix, cols) == 24 && offsetof(lf_matrix, stride) == 32 && sizeof(lf_matrix) == 40,
                "lf_matrix as python/lorafuse.py mirrors it (64-bit platforms)");
+_Static_assert(offsetof(lf_peft_adapter_info, lora_alpha) == 8 && offsetof(lf_peft_adapter_info, use_rslora) == 16 &&
+                   offsetof(lf_peft_adapter_info, bias) == 24 && offsetof(lf_peft_adapter_info, module_count) == 40 &&
+                   sizeof(lf_peft_adapter_info) == 56,
+               "lf_peft_adapter_info as python/lorafuse.py mirrors it");
+_Static_assert(offsetof(lf_peft_module_info, in_features) == 16 && offsetof(lf_peft_module_info, alpha) == 40 &&
+                   offsetof(lf_peft_module_info, scale) == 48 && offsetof(lf_peft_module_info, dtype) == 52 &&
+                   sizeof(lf_peft_module_info) == 56,
+               "lf_peft_module_info as python/lorafuse.py mirrors it");

@@ -2,11 +2,15 @@
 """test_python — python/lorafuse.py against a double-precision reference written here, on the CPU
 backend: the layer and the delta (f32, awkward shapes, bias, beta, a strided x), a bad call
 (status, message, y untouched), many adapters (per-token and segment forms, ranks per adapter,
-tokens without one, hot swap), memory helpers and the version.
+tokens without one, hot swap), memory helpers, a PEFT adapter against PEFT's own outputs
+(tests/fixtures) and the version.
 Usage: test_python.py LIBRARY (liblorafuse.so)."""
+import ctypes
+import json
 import math
 import os
 import random
+import struct
 import sys
 from array import array
 
@@ -146,6 +150,66 @@ with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
     ctx.synchronize()
     ctx.free(p)
     check(list(back) == list(src), "malloc / memcpy round trip")
+
+
+def safetensors(path):
+    """A safetensors file's F32 tensors, read here without the library: {name: (shape, array("f"))}."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + size])
+    out = {}
+    for name, t in header.items():
+        if name != "__metadata__" and t["dtype"] == "F32":
+            begin, end = t["data_offsets"]
+            out[name] = (t["shape"], array("f", blob[8 + size + begin:8 + size + end]))
+    return out
+
+
+def peft_case(ctx):
+    """PEFT's own fixture (tests/fixtures, f32): the adapter opened from Python, its modules'
+    ranks and scales as PEFT's config means them (rank_pattern, alpha_pattern), the weights as the
+    file holds them, and each module's layer y = x*W^T + scale*(x*A^T)*B^T against PEFT's output."""
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+    with open(os.path.join(fixtures, "adapter_f32", "adapter_config.json")) as f:
+        config = json.load(f)
+    tensors = safetensors(os.path.join(fixtures, "adapter_f32", "adapter_model.safetensors"))
+    base, io = safetensors(os.path.join(fixtures, "base_f32.safetensors")), safetensors(os.path.join(fixtures, "io_f32.safetensors"))
+    adapter = lorafuse.PeftAdapter(ctx, os.path.join(fixtures, "adapter_f32"))
+    check(adapter.r == config["r"] and adapter.lora_alpha == config["lora_alpha"] and len(adapter.modules) == 14,
+          f"adapter info: r {adapter.r}, alpha {adapter.lora_alpha}, {len(adapter.modules)} modules")
+    worst = 0.0
+    for module in adapter.modules:
+        rank = next((r for key, r in config["rank_pattern"].items() if module.name.endswith("." + key)), config["r"])
+        alpha = next((a for key, a in config["alpha_pattern"].items() if module.name.endswith("." + key)),
+                     config["lora_alpha"])
+        check(module.rank == rank and abs(module.scale - alpha / rank) < 1e-6, f"{module}: rank / scale")
+        a, b = adapter.host_weights(module)
+        key = "base_model.model." + module.name
+        for view, t in ((a, key + ".lora_A.weight"), (b, key + ".lora_B.weight")):
+            shape, values = tensors[t]
+            raw = ctypes.string_at(view._struct.data, len(values) * 4)
+            check([view._struct.rows, view._struct.cols] == shape and raw == values.tobytes(), f"{t}: the view")
+        (m, k), x = io[module.name + ".x"]
+        _, y_peft = io[module.name + ".y"]
+        _, w = base[module.base_tensor]
+        y = array("f", [math.nan] * (m * module.out_features))
+        ctx.lora_forward(lorafuse.PEFT, lorafuse.Matrix(x, lorafuse.F32, m, k),
+                         lorafuse.Matrix(w, lorafuse.F32, module.out_features, k), None, a, b, module.scale, 0.0,
+                         lorafuse.Matrix(y, lorafuse.F32, m, module.out_features))
+        scale_y = max(abs(v) for v in y_peft)
+        worst = max(worst, max(abs(p - q) for p, q in zip(y, y_peft)) / scale_y)
+    check(worst < 1e-5, f"layers against PEFT's outputs: worst error {worst:.2e} of max |y|")
+    try:
+        adapter.find("model.layers.9.self_attn.q_proj")
+        check(False, "a module that is not there was found")
+    except lorafuse.LoraFuseError as e:
+        check(e.name == "LF_ERR_NOT_FOUND", f"find: {e}")
+    adapter.close()
+
+
+with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
+    peft_case(ctx)
 check(lorafuse.version().count(".") == 2, f"version {lorafuse.version()}")
 try:
     lorafuse.Matrix(array("f", [0.0] * 3), lorafuse.F32, 2, 2)
