@@ -1,0 +1,287 @@
+//! Rust bindings to lorafuse, the C library of fused LoRA kernels (`include/lorafuse.h`), through
+//! its shared library `liblorafuse.so` (set `LORAFUSE_LIB_DIR` to the folder that holds it when
+//! building). The layer
+//!
+//! ```text
+//! y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ
+//! ```
+//!
+//! runs in one pass per backend. Views borrow the caller's slices: a CPU context reads and writes
+//! them directly. Every failure is an [`Error`] with the library's status and message, and the
+//! library writes nothing on failure.
+//!
+//! ```no_run
+//! use lorafuse::{Backend, Context, Layout, View, ViewMut};
+//! let (m, k, n, r) = (2, 4, 3, 2);
+//! let (x, w, a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k], vec![1.0f32; r * k], vec![0.125f32; n * r]);
+//! let mut y = vec![0.0f32; m * n];
+//! let mut ctx = Context::new(Backend::Cpu)?;
+//! ctx.lora_forward(Layout::Peft, &View::f32(&x, m, k), Some(&View::f32(&w, n, k)), None,
+//!                  &View::f32(&a, r, k), &View::f32(&b, n, r), 2.0, 0.0, &mut ViewMut::f32(&mut y, m, n))?;
+//! # Ok::<(), lorafuse::Error>(())
+//! ```
+use std::ffi::{c_char, c_void, CStr};
+use std::marker::PhantomData;
+
+/// Element types of a view (`lf_dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub enum DType {
+    F32 = 0,
+    F16 = 1,
+    Bf16 = 2,
+}
+
+/// Weight layouts (`lf_layout`): PyTorch/PEFT's W [N, K], A [r, K], B [N, r], or the transposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub enum Layout {
+    Peft = 0,
+    Kn = 1,
+}
+
+/// Backends (`lf_backend`): the best one present, the CPU, or CUDA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub enum Backend {
+    Auto = 0,
+    Cpu = 1,
+    Cuda = 2,
+}
+
+/// `lf_matrix`: src/abi_check.c pins its layout on the C side.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawMatrix {
+    data: *mut c_void,
+    dtype: DType,
+    rows: i64,
+    cols: i64,
+    stride: i64,
+}
+
+#[repr(C)]
+struct RawContext {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    fn lf_version_string() -> *const c_char;
+    fn lf_status_name(status: i32) -> *const c_char;
+    fn lf_context_create(out: *mut *mut RawContext, backend: Backend) -> i32;
+    fn lf_context_destroy(ctx: *mut RawContext);
+    fn lf_context_last_error(ctx: *const RawContext) -> *const c_char;
+    fn lf_context_backend(ctx: *const RawContext) -> i32;
+    fn lf_lora_forward(
+        ctx: *mut RawContext,
+        layout: Layout,
+        x: *const RawMatrix,
+        w: *const RawMatrix,
+        bias: *const RawMatrix,
+        a: *const RawMatrix,
+        b: *const RawMatrix,
+        scale: f32,
+        beta: f32,
+        y: *const RawMatrix,
+    ) -> i32;
+}
+
+fn text(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the library returns NUL-terminated strings that outlive this call
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The linked library's version, "MAJOR.MINOR.PATCH".
+pub fn version() -> String {
+    // SAFETY: static storage
+    text(unsafe { lf_version_string() })
+}
+
+/// A call the library refused or could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The `lf_status` value.
+    pub status: i32,
+    /// Its name, as "LF_ERR_SHAPE_MISMATCH".
+    pub name: String,
+    /// The library's sentence saying what was wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn element_size(dtype: DType) -> usize {
+    if dtype == DType::F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Elements a view of rows × cols with this row stride spans.
+fn span(rows: usize, cols: usize, stride: usize) -> usize {
+    if rows == 0 {
+        0
+    } else {
+        (rows - 1) * stride + cols
+    }
+}
+
+/// A read-only row-major view of a borrowed slice.
+pub struct View<'a> {
+    raw: RawMatrix,
+    _data: PhantomData<&'a [u8]>,
+}
+
+/// A writable row-major view of a borrowed slice (the output y).
+pub struct ViewMut<'a> {
+    raw: RawMatrix,
+    _data: PhantomData<&'a mut [u8]>,
+}
+
+fn raw_view(data: *const c_void, bytes: usize, dtype: DType, rows: usize, cols: usize, stride: usize) -> RawMatrix {
+    assert!(stride >= cols, "stride {stride} < cols {cols}");
+    let need = span(rows, cols, stride) * element_size(dtype);
+    assert!(bytes >= need, "the slice has {bytes} bytes, the view needs {need}");
+    RawMatrix {
+        data: data as *mut c_void,
+        dtype,
+        rows: rows as i64,
+        cols: cols as i64,
+        stride: stride as i64,
+    }
+}
+
+impl<'a> View<'a> {
+    /// f32 elements, dense rows (stride = cols).
+    pub fn f32(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::f32_strided(data, rows, cols, cols)
+    }
+    /// f32 elements, rows `stride` elements apart.
+    pub fn f32_strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        View {
+            raw: raw_view(data.as_ptr().cast(), data.len() * 4, DType::F32, rows, cols, stride),
+            _data: PhantomData,
+        }
+    }
+    /// 16-bit elements (`DType::F16` or `DType::Bf16`) as their bit patterns.
+    pub fn half(data: &'a [u16], dtype: DType, rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(dtype != DType::F32, "half views hold f16 or bf16");
+        View {
+            raw: raw_view(data.as_ptr().cast(), data.len() * 2, dtype, rows, cols, stride),
+            _data: PhantomData,
+        }
+    }
+}
+
+impl<'a> ViewMut<'a> {
+    /// f32 elements, dense rows.
+    pub fn f32(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        ViewMut {
+            raw: raw_view(data.as_mut_ptr().cast(), data.len() * 4, DType::F32, rows, cols, cols),
+            _data: PhantomData,
+        }
+    }
+    /// 16-bit elements as their bit patterns, dense rows.
+    pub fn half(data: &'a mut [u16], dtype: DType, rows: usize, cols: usize) -> Self {
+        assert!(dtype != DType::F32, "half views hold f16 or bf16");
+        ViewMut {
+            raw: raw_view(data.as_mut_ptr().cast(), data.len() * 2, dtype, rows, cols, cols),
+            _data: PhantomData,
+        }
+    }
+}
+
+/// A lorafuse context on one backend (plans, workspace, the last error). Not `Sync`: one per thread.
+pub struct Context {
+    raw: *mut RawContext,
+}
+
+impl Context {
+    /// A context on `backend` (`Backend::Auto`: CUDA when a device is there, else the CPU).
+    pub fn new(backend: Backend) -> Result<Self, Error> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local
+        let status = unsafe { lf_context_create(&mut raw, backend) };
+        if status != 0 {
+            // SAFETY: static storage
+            return Err(Error {
+                status,
+                name: text(unsafe { lf_status_name(status) }),
+                message: "lf_context_create failed".into(),
+            });
+        }
+        Ok(Context { raw })
+    }
+
+    /// The backend the context runs on.
+    pub fn backend(&self) -> Backend {
+        // SAFETY: a live context
+        match unsafe { lf_context_backend(self.raw) } {
+            2 => Backend::Cuda,
+            _ => Backend::Cpu, /* never Auto: a context runs on a backend it chose */
+        }
+    }
+
+    fn check(&self, status: i32) -> Result<(), Error> {
+        if status == 0 {
+            return Ok(());
+        }
+        // SAFETY: a live context; static storage for the name
+        Err(Error {
+            status,
+            name: text(unsafe { lf_status_name(status) }),
+            message: text(unsafe { lf_context_last_error(self.raw) }),
+        })
+    }
+
+    /// y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ; without `w` (and `bias`) the LoRA delta alone.
+    /// With a CPU context the views are host memory, as here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_forward(
+        &mut self,
+        layout: Layout,
+        x: &View,
+        w: Option<&View>,
+        bias: Option<&View>,
+        a: &View,
+        b: &View,
+        scale: f32,
+        beta: f32,
+        y: &mut ViewMut,
+    ) -> Result<(), Error> {
+        let opt = |v: Option<&View>| v.map_or(std::ptr::null(), |v| &v.raw as *const RawMatrix);
+        // SAFETY: the views borrow live slices of the sizes they claim (checked when made)
+        let status = unsafe {
+            lf_lora_forward(
+                self.raw,
+                layout,
+                &x.raw,
+                opt(w),
+                opt(bias),
+                &a.raw,
+                &b.raw,
+                scale,
+                beta,
+                &y.raw,
+            )
+        };
+        self.check(status)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: created by lf_context_create, destroyed once
+        unsafe { lf_context_destroy(self.raw) }
+    }
+}
