@@ -3,23 +3,24 @@
     import lorafuse
     from array import array
     x = array("f", ...)                      # [M, K] row-major, any writable buffer (array, numpy)
-    with lorafuse.Context() as ctx:          # the best backend present (CUDA, else CPU)
+    with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:   # host buffers: a CPU context
         ctx.lora_forward(lorafuse.PEFT,
                          lorafuse.Matrix(x, lorafuse.F32, M, K), w=..., bias=None,
                          a=..., b=..., scale=2.0, beta=0.0, y=...)
 
-Host buffers serve a CPU context; a CUDA context takes device pointers: Context.malloc and
-Context.memcpy allocate and copy without CUDA (Matrix.from_pointer views them). Many adapters:
-AdapterSet, then Context.lora_forward_multi (an int32 adapter id per token) or
-lora_forward_segments. PEFT adapters: PeftAdapter(ctx, directory) lists the modules with their
-ranks and scales and gives each module's A and B as views into the mapped file. Failures raise LoraFuseError with the library's status and message; the
-library writes nothing on failure. The library is found at $LORAFUSE_LIBRARY, else as
-liblorafuse.so on the loader's path.
+Host buffers serve a CPU context (a CUDA context refuses them); a CUDA context takes device
+pointers: Context.malloc and Context.memcpy allocate and copy without CUDA (Matrix.from_pointer
+views them). Many adapters: AdapterSet, then Context.lora_forward_multi (an int32 adapter id per
+token) or lora_forward_segments. PEFT adapters: PeftAdapter(ctx, directory) lists the modules
+with their ranks and scales and gives each module's A and B as views into the mapped file.
+Failures raise LoraFuseError with the library's status and message; the library writes nothing
+on failure. A context closes its adapter sets and PEFT adapters before itself; a view of a closed
+adapter is refused. The library is found at $LORAFUSE_LIBRARY, else as liblorafuse.so on the
+loader's path.
 """
 import ctypes
 import ctypes.util
 import os
-import weakref
 
 F32, F16, BF16 = 0, 1, 2
 PEFT, KN = 0, 1
@@ -106,40 +107,70 @@ class LoraFuseError(Exception):
         super().__init__(f"{self.name}: {message}")
 
 
+class _Handle:
+    """A library object's pointer and its destroy function, shared by the Python object that uses it
+    and the context that must outlive it: whichever closes first destroys it, the other finds None.
+    Strong references both ways, so that no garbage-collection order frees a child after its
+    context."""
+
+    def __init__(self, destroy):
+        self.ptr = ctypes.c_void_p()
+        self._destroy = destroy
+
+    def release(self):
+        if self.ptr:
+            self._destroy(self.ptr)
+            self.ptr = ctypes.c_void_p()
+
+
 class Matrix:
     """A row-major view: dtype, rows, cols and a row stride in elements (stride >= cols)."""
 
     def __init__(self, buffer, dtype, rows, cols, stride=None):
-        """A view of a writable host buffer (array.array, bytearray, numpy array, ...), kept alive
-        by this object. The buffer must hold (rows - 1) * stride + cols elements."""
+        """A view of a writable host buffer (array.array, bytearray, numpy array, ...), exported
+        for as long as this view lives (the buffer cannot be resized meanwhile). The buffer must
+        hold (rows - 1) * stride + cols elements."""
         stride = cols if stride is None else stride
         view = memoryview(buffer).cast("B")
         need = ((rows - 1) * stride + cols) * _ELEMENT_SIZE[dtype] if rows > 0 else 0
         if view.nbytes < need:
             raise ValueError(f"the buffer has {view.nbytes} bytes, the view needs {need}")
-        self._keep = buffer
-        data = ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
-        self._struct = _MatrixStruct(data, dtype, rows, cols, stride)
+        self._keep, self._owner, self.host = view, None, True
+        self._struct = _MatrixStruct(_view_address(view), dtype, rows, cols, stride)
 
     @classmethod
     def from_pointer(cls, pointer, dtype, rows, cols, stride=None):
         """A view of memory the caller owns: a device pointer from a CUDA context's allocations."""
         m = cls.__new__(cls)
-        m._keep = None
+        m._keep, m._owner, m.host = None, None, False
         m._struct = _MatrixStruct(pointer, dtype, rows, cols, cols if stride is None else stride)
         return m
 
 
+def _view_address(view):
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
+
+
 def _ref(m):
-    return ctypes.byref(m._struct) if m is not None else None
+    if m is None:
+        return None
+    if m._owner is not None and not m._owner.ptr:
+        raise ValueError("the adapter this view points into is closed")
+    return ctypes.byref(m._struct)
 
 
-def _address(data):
-    """The address of a writable host buffer, an int pointer as it is, None as NULL."""
+def _host_bytes(data, nbytes, what, itemsize=None):
+    """The address of host buffer `data` after checking that it holds nbytes (and, for int32
+    tables, 4-byte items); an int (a device pointer) or None passes as it is."""
     if data is None or isinstance(data, int):
         return data
-    view = memoryview(data).cast("B")
-    return ctypes.addressof(ctypes.c_char.from_buffer(view)) if view.nbytes else None
+    view = memoryview(data)
+    if itemsize is not None and view.itemsize != itemsize:
+        raise ValueError(f"{what}: items of {view.itemsize} bytes, expected {itemsize} (array('i'))")
+    view = view.cast("B")
+    if view.nbytes < nbytes:
+        raise ValueError(f"{what}: the buffer has {view.nbytes} bytes, {nbytes} are needed")
+    return _view_address(view)
 
 
 class _Closing:
@@ -157,22 +188,27 @@ class _Closing:
 
 class Context(_Closing):
     """A lorafuse context on one backend; not thread-safe (one per thread), closed by close() or
-    by leaving a with block."""
+    by leaving a with block, after the adapter sets and PEFT adapters made in it."""
 
     def __init__(self, backend=BACKEND_AUTO):
-        self._ctx = ctypes.c_void_p()
-        self._owned = weakref.WeakSet()  # adapter sets and PEFT adapters of this context, closed before it
-        status = _lib.lf_context_create(ctypes.byref(self._ctx), backend)
+        self._children = []  # _Handle of every adapter set and PEFT adapter made in this context
+        self._handle = _Handle(_lib.lf_context_destroy)
+        status = _lib.lf_context_create(ctypes.byref(self._handle.ptr), backend)
         if status != 0:
             raise LoraFuseError(status, "lf_context_create failed")
+        self._cuda = _lib.lf_context_backend(self._handle.ptr) == BACKEND_CUDA
+
+    @property
+    def _ctx(self):
+        if not self._handle.ptr:
+            raise ValueError("the context is closed")
+        return self._handle.ptr
 
     def close(self):
-        for owned in list(self._owned):
-            owned.close()
-        if self._ctx:
-            _lib.lf_context_destroy(self._ctx)
-            self._ctx = ctypes.c_void_p()
-
+        for child in getattr(self, "_children", []):
+            child.release()
+        if hasattr(self, "_handle"):
+            self._handle.release()
 
     @property
     def backend(self):
@@ -186,23 +222,38 @@ class Context(_Closing):
         if status != 0:
             raise LoraFuseError(status, _lib.lf_context_last_error(self._ctx).decode())
 
+    def _views(self, *views):
+        """The views' pointers, after refusing host buffers on a CUDA context (which would take them
+        for device memory)."""
+        if self._cuda and any(v is not None and v.host for v in views):
+            raise ValueError("a CUDA context takes device memory: Matrix.from_pointer (Context.malloc)")
+        return [_ref(v) for v in views]
+
     def lora_forward(self, layout, x, w, bias, a, b, scale, beta, y):
         """y = beta*y + x*W^T + bias + scale*(x*A^T)*B^T (w and bias may be None: the delta)."""
-        self._check(_lib.lf_lora_forward(self._ctx, layout, _ref(x), _ref(w), _ref(bias), _ref(a), _ref(b), scale,
-                                         beta, _ref(y)))
+        x_, w_, bias_, a_, b_, y_ = self._views(x, w, bias, a, b, y)
+        self._check(_lib.lf_lora_forward(self._ctx, layout, x_, w_, bias_, a_, b_, scale, beta, y_))
+
+    def _ids(self, data, count, what):
+        if self._cuda and data is not None and not isinstance(data, int):
+            raise ValueError(f"{what}: a CUDA context takes a device pointer")
+        return _host_bytes(data, 4 * count, what, itemsize=4)
 
     def lora_forward_multi(self, adapters, layout, x, w, bias, token_adapter, beta, y):
         """The layer (or, w None, the delta) with token t's own adapter: token_adapter holds an int32
         slot of `adapters` per token (-1: none), a host buffer (array("i")) or a device pointer."""
-        self._check(_lib.lf_lora_forward_multi(self._ctx, adapters._set, layout, _ref(x), _ref(w), _ref(bias),
-                                               _address(token_adapter), beta, _ref(y)))
+        x_, w_, bias_, y_ = self._views(x, w, bias, y)
+        ids = self._ids(token_adapter, x._struct.rows if x is not None else 0, "token_adapter")
+        self._check(_lib.lf_lora_forward_multi(self._ctx, adapters._ptr, layout, x_, w_, bias_, ids, beta, y_))
 
     def lora_forward_segments(self, adapters, layout, x, w, bias, seg_starts, seg_adapter, segments, beta, y):
         """The same with runs of tokens: segment s covers tokens [seg_starts[s], seg_starts[s + 1]) and
         uses slot seg_adapter[s] (int32 buffers of segments + 1 and segments entries)."""
-        self._check(_lib.lf_lora_forward_segments(self._ctx, adapters._set, layout, _ref(x), _ref(w), _ref(bias),
-                                                  _address(seg_starts), _address(seg_adapter), segments, beta,
-                                                  _ref(y)))
+        x_, w_, bias_, y_ = self._views(x, w, bias, y)
+        starts = self._ids(seg_starts, segments + 1, "seg_starts")
+        slots = self._ids(seg_adapter, segments, "seg_adapter")
+        self._check(_lib.lf_lora_forward_segments(self._ctx, adapters._ptr, layout, x_, w_, bias_, starts, slots,
+                                                  segments, beta, y_))
 
     def malloc(self, nbytes):
         """Memory of the context's kind (device memory for CUDA), as an int pointer; free() it."""
@@ -214,40 +265,53 @@ class Context(_Closing):
         self._check(_lib.lf_free(self._ctx, pointer))
 
     def memcpy(self, dst, src, nbytes, kind):
-        """Copies nbytes; dst and src are host buffers or int pointers as kind says."""
-        self._check(_lib.lf_memcpy(self._ctx, _address(dst), _address(src), nbytes, kind))
+        """Copies nbytes; dst and src are host buffers (checked to hold nbytes) or int pointers, as
+        kind says."""
+        self._check(_lib.lf_memcpy(self._ctx, _host_bytes(dst, nbytes, "dst"), _host_bytes(src, nbytes, "src"),
+                                   nbytes, kind))
 
     def synchronize(self):
         self._check(_lib.lf_synchronize(self._ctx))
 
 
-class AdapterSet(_Closing):
+class _Child(_Closing):
+    """An object made in a context (adapter set, PEFT adapter), destroyed before it."""
+
+    def _attach(self, context, destroy):
+        self._context = context
+        self._handle = _Handle(destroy)
+        context._children = [h for h in context._children if h.ptr] + [self._handle]
+
+    @property
+    def _ptr(self):
+        if not self._handle.ptr:
+            raise ValueError(f"the {type(self).__name__} is closed")
+        return self._handle.ptr
+
+    def close(self):
+        if hasattr(self, "_handle"):
+            self._handle.release()
+
+
+class AdapterSet(_Child):
     """capacity adapters of one layer (K inputs, N outputs), each of rank up to max_rank, resident
     in the context's memory; a slot is replaced between calls without touching the others."""
 
     def __init__(self, context, dtype, k, n, capacity, max_rank):
-        self._context = context  # the set lives in the context's memory: keep it open
-        self._set = ctypes.c_void_p()
+        self._attach(context, _lib.lf_adapter_set_destroy)
         context._check(_lib.lf_adapter_set_create(context._ctx, dtype, k, n, capacity, max_rank,
-                                                  ctypes.byref(self._set)))
-        context._owned.add(self)
+                                                  ctypes.byref(self._handle.ptr)))
 
     def load(self, slot, layout, a, b, scale, source=HOST_TO_DEVICE):
         """Copies adapter (a, b, scale) into slot: from host views (HOST_TO_DEVICE, also for a CPU
         context) or from the context's memory (DEVICE_TO_DEVICE)."""
-        self._context._check(_lib.lf_adapter_set_load(self._set, slot, layout, _ref(a), _ref(b), scale, source))
+        self._context._check(_lib.lf_adapter_set_load(self._ptr, slot, layout, _ref(a), _ref(b), scale, source))
 
     def clear(self, slot):
-        self._context._check(_lib.lf_adapter_set_clear(self._set, slot))
+        self._context._check(_lib.lf_adapter_set_clear(self._ptr, slot))
 
     def rank(self, slot):
-        return _lib.lf_adapter_set_rank(self._set, slot)
-
-    def close(self):
-        if self._set:
-            _lib.lf_adapter_set_destroy(self._set)
-            self._set = ctypes.c_void_p()
-
+        return _lib.lf_adapter_set_rank(self._ptr, slot)
 
 
 class PeftModule:
@@ -265,46 +329,40 @@ class PeftModule:
         return f"PeftModule({self.name!r}, K={self.in_features}, N={self.out_features}, r={self.rank}, scale={self.scale})"
 
 
-class PeftAdapter(_Closing):
+class PeftAdapter(_Child):
     """A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), read as PEFT
     means it. The file is mapped; module weights are views into it (host memory, read-only)."""
 
     def __init__(self, context, directory):
-        self._context = context
-        self._ad = ctypes.c_void_p()
-        context._check(_lib.lf_peft_adapter_open(context._ctx, os.fsencode(directory), ctypes.byref(self._ad)))
-        context._owned.add(self)
+        self._attach(context, _lib.lf_peft_adapter_close)
+        context._check(_lib.lf_peft_adapter_open(context._ctx, os.fsencode(directory), ctypes.byref(self._handle.ptr)))
         info = _PeftAdapterInfo()
-        context._check(_lib.lf_peft_adapter_get_info(self._ad, ctypes.byref(info)))
+        context._check(_lib.lf_peft_adapter_get_info(self._ptr, ctypes.byref(info)))
         self.r, self.lora_alpha, self.use_rslora = info.r, info.lora_alpha, bool(info.use_rslora)
         self.fan_in_fan_out, self.bias = bool(info.fan_in_fan_out), info.bias.decode()
         self.base_model = info.base_model.decode()
         self.modules = []
         for i in range(info.module_count):
             m = _PeftModuleInfo()
-            context._check(_lib.lf_peft_adapter_module(self._ad, i, ctypes.byref(m)))
+            context._check(_lib.lf_peft_adapter_module(self._ptr, i, ctypes.byref(m)))
             self.modules.append(PeftModule(i, m))
 
     def find(self, name):
         """The module called name; LoraFuseError (LF_ERR_NOT_FOUND) when there is none."""
         index = ctypes.c_size_t()
-        self._context._check(_lib.lf_peft_adapter_find_module(self._ad, name.encode(), ctypes.byref(index)))
+        self._context._check(_lib.lf_peft_adapter_find_module(self._ptr, name.encode(), ctypes.byref(index)))
         return self.modules[index.value]
 
     def host_weights(self, module):
-        """(A, B) of a module as Matrix views in LF_LAYOUT_PEFT ([rank, K] and [N, rank]), for a CPU
-        context; they keep this adapter open while they live (until its context is closed)."""
+        """(A, B) of a module as Matrix views in LF_LAYOUT_PEFT ([rank, K] and [N, rank]) into the
+        mapped file, for a CPU context; once the adapter (or its context) is closed they are
+        refused."""
         a, b = _MatrixStruct(), _MatrixStruct()
-        self._context._check(_lib.lf_peft_adapter_host_weights(self._context._ctx, self._ad, module.index,
+        self._context._check(_lib.lf_peft_adapter_host_weights(self._context._ctx, self._ptr, module.index,
                                                                ctypes.byref(a), ctypes.byref(b)))
         views = []
         for m in (a, b):
             v = Matrix.from_pointer(m.data, m.dtype, m.rows, m.cols, m.stride)
-            v._keep = self
+            v._owner, v.host = self._handle, True
             views.append(v)
         return tuple(views)
-
-    def close(self):
-        if self._ad:
-            _lib.lf_peft_adapter_close(self._ad)
-            self._ad = ctypes.c_void_p()

@@ -3,9 +3,11 @@
 backend: the layer and the delta (f32, awkward shapes, bias, beta, a strided x), a bad call
 (status, message, y untouched), many adapters (per-token and segment forms, ranks per adapter,
 tokens without one, hot swap), memory helpers, a PEFT adapter against PEFT's own outputs
-(tests/fixtures) and the version.
+(tests/fixtures), what the binding refuses (resized buffers, views of closed adapters, short id
+tables, host copies past a buffer, closed contexts; reference cycles) and the version.
 Usage: test_python.py LIBRARY (liblorafuse.so)."""
 import ctypes
+import gc
 import json
 import math
 import os
@@ -210,6 +212,59 @@ def peft_case(ctx):
 
 with lorafuse.Context(lorafuse.BACKEND_CPU) as ctx:
     peft_case(ctx)
+
+
+def expect_error(kind, what, call):
+    try:
+        call()
+        check(False, f"{what}: accepted")
+    except kind:
+        check(True, what)
+
+
+def lifetime_cases():
+    """What the binding must refuse rather than let the library touch freed or foreign memory."""
+    # A buffer a view points into cannot be resized while the view lives.
+    y = array("f", [0.0] * 4)
+    view = lorafuse.Matrix(y, lorafuse.F32, 2, 2)
+    expect_error(BufferError, "resizing a viewed buffer", lambda: y.extend([1.0]))
+    del view
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "adapter_f32")
+    ctx = lorafuse.Context(lorafuse.BACKEND_CPU)
+    adapter = lorafuse.PeftAdapter(ctx, fixtures)
+    a, b = adapter.host_weights(adapter.modules[0])
+    adapter.close()  # unmaps the file: the views must be refused, not read
+    m0 = adapter.modules[0]
+    x, out = array("f", [1.0] * m0.in_features), array("f", [0.0] * m0.out_features)
+    expect_error(ValueError, "a view of a closed adapter", lambda: ctx.lora_forward(
+        lorafuse.PEFT, lorafuse.Matrix(x, lorafuse.F32, 1, m0.in_features), None, None, a, b, 1.0, 1.0,
+        lorafuse.Matrix(out, lorafuse.F32, 1, m0.out_features)))
+    # Per-token ids: one per token, 4-byte items.
+    with lorafuse.AdapterSet(ctx, lorafuse.F32, 4, 2, 1, 1) as adapter_set:
+        x4, y2 = array("f", [1.0] * 12), array("f", [0.0] * 6)
+        call = lambda ids: ctx.lora_forward_multi(adapter_set, lorafuse.PEFT, lorafuse.Matrix(x4, lorafuse.F32, 3, 4),
+                                                  None, None, ids, 1.0, lorafuse.Matrix(y2, lorafuse.F32, 3, 2))
+        expect_error(ValueError, "fewer ids than tokens", lambda: call(array("i", [0, 0])))
+        expect_error(ValueError, "ids of 8 bytes", lambda: call(array("q", [0, 0, 0])))
+        p = ctx.malloc(64)
+        expect_error(ValueError, "memcpy past a host buffer", lambda: ctx.memcpy(p, x4, 64, lorafuse.HOST_TO_DEVICE))
+        ctx.free(p)
+    # A context closed under its children closes them first; they refuse use afterwards.
+    kept = lorafuse.AdapterSet(ctx, lorafuse.F32, 4, 2, 1, 1)
+    ctx.close()
+    expect_error(ValueError, "an adapter set of a closed context", lambda: kept.rank(0))
+    expect_error(ValueError, "a closed context", lambda: ctx.backend)
+    # Reference cycles: whatever order the collector frees them in, the context goes last.
+    for _ in range(3):
+        c = lorafuse.Context(lorafuse.BACKEND_CPU)
+        s = lorafuse.AdapterSet(c, lorafuse.F32, 4, 2, 1, 1)
+        s.me, c.me = s, c
+        del s, c
+        gc.collect()
+    check(True, "cycles collected without a crash")
+
+
+lifetime_cases()
 check(lorafuse.version().count(".") == 2, f"version {lorafuse.version()}")
 try:
     lorafuse.Matrix(array("f", [0.0] * 3), lorafuse.F32, 2, 2)

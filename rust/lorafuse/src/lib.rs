@@ -127,13 +127,16 @@ fn element_size(dtype: DType) -> usize {
     }
 }
 
-/// Elements a view of rows × cols with this row stride spans.
-fn span(rows: usize, cols: usize, stride: usize) -> usize {
+/// Bytes a view of rows × cols with this row stride spans (panics where that overflows usize).
+fn span_bytes(rows: usize, cols: usize, stride: usize, dtype: DType) -> usize {
     if rows == 0 {
-        0
-    } else {
-        (rows - 1) * stride + cols
+        return 0;
     }
+    (rows - 1)
+        .checked_mul(stride)
+        .and_then(|e| e.checked_add(cols))
+        .and_then(|e| e.checked_mul(element_size(dtype)))
+        .expect("the view's size overflows usize")
 }
 
 /// A read-only row-major view of a borrowed slice.
@@ -150,7 +153,7 @@ pub struct ViewMut<'a> {
 
 fn raw_view(data: *const c_void, bytes: usize, dtype: DType, rows: usize, cols: usize, stride: usize) -> RawMatrix {
     assert!(stride >= cols, "stride {stride} < cols {cols}");
-    let need = span(rows, cols, stride) * element_size(dtype);
+    let need = span_bytes(rows, cols, stride, dtype);
     assert!(bytes >= need, "the slice has {bytes} bytes, the view needs {need}");
     RawMatrix {
         data: data as *mut c_void,
@@ -228,7 +231,7 @@ impl Context {
         // SAFETY: a live context
         match unsafe { lf_context_backend(self.raw) } {
             2 => Backend::Cuda,
-            _ => Backend::Cpu, /* never Auto: a context runs on a backend it chose */
+            _ => Backend::Cpu, // never Auto: a context runs on a backend it chose
         }
     }
 
@@ -245,7 +248,7 @@ impl Context {
     }
 
     /// y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ; without `w` (and `bias`) the LoRA delta alone.
-    /// With a CPU context the views are host memory, as here.
+    /// The views are host slices: a context on another backend than the CPU returns an error.
     #[allow(clippy::too_many_arguments)]
     pub fn lora_forward(
         &mut self,
@@ -259,6 +262,15 @@ impl Context {
         beta: f32,
         y: &mut ViewMut,
     ) -> Result<(), Error> {
+        if self.backend() != Backend::Cpu {
+            // the views are host slices; a CUDA context would take them for device memory and
+            // write y after this call returns
+            return Err(Error {
+                status: 8,
+                name: "LF_ERR_UNSUPPORTED".into(),
+                message: "lora_forward: the views are host memory, which only a CPU context reads".into(),
+            });
+        }
         let opt = |v: Option<&View>| v.map_or(std::ptr::null(), |v| &v.raw as *const RawMatrix);
         // SAFETY: the views borrow live slices of the sizes they claim (checked when made)
         let status = unsafe {

@@ -71,7 +71,7 @@ fn layer_case(m: usize, k: usize, n: usize, r: usize, with_w: bool, beta: f32, x
                     .sum::<f64>();
             let u = 2f64.powi(-24);
             let tol = u * exact.abs() + 2.0 * (k + r + 4) as f64 * u * mag + 1e-45;
-            let within = (y[i * n + j] as f64 - exact).abs() <= tol; /* false for NaN */
+            let within = (y[i * n + j] as f64 - exact).abs() <= tol; // false for NaN
             if !within {
                 bad += 1;
             }
