@@ -15,7 +15,7 @@
 //! let (m, k, n, r) = (2, 4, 3, 2);
 //! let (x, w, a, b) = (vec![0.5f32; m * k], vec![0.25f32; n * k], vec![1.0f32; r * k], vec![0.125f32; n * r]);
 //! let mut y = vec![0.0f32; m * n];
-//! let mut ctx = Context::new(Backend::Cpu)?;
+//! let ctx = Context::new(Backend::Cpu)?;
 //! ctx.lora_forward(Layout::Peft, &View::f32(&x, m, k), Some(&View::f32(&w, n, k)), None,
 //!                  &View::f32(&a, r, k), &View::f32(&b, n, r), 2.0, 0.0, &mut ViewMut::f32(&mut y, m, n))?;
 //! # Ok::<(), lorafuse::Error>(())
@@ -65,6 +65,11 @@ struct RawContext {
     _private: [u8; 0],
 }
 
+#[repr(C)]
+struct RawAdapterSet {
+    _private: [u8; 0],
+}
+
 extern "C" {
     fn lf_version_string() -> *const c_char;
     fn lf_status_name(status: i32) -> *const c_char;
@@ -81,6 +86,38 @@ extern "C" {
         a: *const RawMatrix,
         b: *const RawMatrix,
         scale: f32,
+        beta: f32,
+        y: *const RawMatrix,
+    ) -> i32;
+    fn lf_adapter_set_create(
+        ctx: *mut RawContext,
+        dtype: DType,
+        k: i64,
+        n: i64,
+        capacity: i32,
+        max_rank: i64,
+        out: *mut *mut RawAdapterSet,
+    ) -> i32;
+    fn lf_adapter_set_destroy(set: *mut RawAdapterSet);
+    fn lf_adapter_set_load(
+        set: *mut RawAdapterSet,
+        slot: i32,
+        layout: Layout,
+        a: *const RawMatrix,
+        b: *const RawMatrix,
+        scale: f32,
+        from: i32,
+    ) -> i32;
+    fn lf_adapter_set_clear(set: *mut RawAdapterSet, slot: i32) -> i32;
+    fn lf_adapter_set_rank(set: *const RawAdapterSet, slot: i32) -> i64;
+    fn lf_lora_forward_multi(
+        ctx: *mut RawContext,
+        set: *const RawAdapterSet,
+        layout: Layout,
+        x: *const RawMatrix,
+        w: *const RawMatrix,
+        bias: *const RawMatrix,
+        token_adapter: *const i32,
         beta: f32,
         y: *const RawMatrix,
     ) -> i32;
@@ -137,6 +174,11 @@ fn span_bytes(rows: usize, cols: usize, stride: usize, dtype: DType) -> usize {
         .and_then(|e| e.checked_add(cols))
         .and_then(|e| e.checked_mul(element_size(dtype)))
         .expect("the view's size overflows usize")
+}
+
+/// An optional view as the C API takes it (NULL for none).
+fn opt(v: Option<&View>) -> *const RawMatrix {
+    v.map_or(std::ptr::null(), |v| &v.raw as *const RawMatrix)
 }
 
 /// A read-only row-major view of a borrowed slice.
@@ -204,7 +246,8 @@ impl<'a> ViewMut<'a> {
     }
 }
 
-/// A lorafuse context on one backend (plans, workspace, the last error). Not `Sync`: one per thread.
+/// A lorafuse context on one backend (plans, workspace, the last error). Neither `Send` nor `Sync`:
+/// it stays on the thread that made it, so calls through `&self` never overlap.
 pub struct Context {
     raw: *mut RawContext,
 }
@@ -247,11 +290,24 @@ impl Context {
         })
     }
 
+    /// The views are host slices: only a CPU context may read them (a CUDA context would take
+    /// them for device memory and write y after the call returned).
+    fn host_views(&self, call: &str) -> Result<(), Error> {
+        if self.backend() == Backend::Cpu {
+            return Ok(());
+        }
+        Err(Error {
+            status: 8,
+            name: "LF_ERR_UNSUPPORTED".into(),
+            message: format!("{call}: the views are host memory, which only a CPU context reads"),
+        })
+    }
+
     /// y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ; without `w` (and `bias`) the LoRA delta alone.
     /// The views are host slices: a context on another backend than the CPU returns an error.
     #[allow(clippy::too_many_arguments)]
     pub fn lora_forward(
-        &mut self,
+        &self,
         layout: Layout,
         x: &View,
         w: Option<&View>,
@@ -262,16 +318,7 @@ impl Context {
         beta: f32,
         y: &mut ViewMut,
     ) -> Result<(), Error> {
-        if self.backend() != Backend::Cpu {
-            // the views are host slices; a CUDA context would take them for device memory and
-            // write y after this call returns
-            return Err(Error {
-                status: 8,
-                name: "LF_ERR_UNSUPPORTED".into(),
-                message: "lora_forward: the views are host memory, which only a CPU context reads".into(),
-            });
-        }
-        let opt = |v: Option<&View>| v.map_or(std::ptr::null(), |v| &v.raw as *const RawMatrix);
+        self.host_views("lora_forward")?;
         // SAFETY: the views borrow live slices of the sizes they claim (checked when made)
         let status = unsafe {
             lf_lora_forward(
@@ -295,5 +342,93 @@ impl Drop for Context {
     fn drop(&mut self) {
         // SAFETY: created by lf_context_create, destroyed once
         unsafe { lf_context_destroy(self.raw) }
+    }
+}
+
+impl Context {
+    /// The layer (or, without `w`, the delta) with token t's own adapter: `token_adapter[t]` is a
+    /// slot of `adapters` (-1: none), one per row of x. Host slices: a CPU context only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_forward_multi(
+        &self,
+        adapters: &AdapterSet,
+        layout: Layout,
+        x: &View,
+        w: Option<&View>,
+        bias: Option<&View>,
+        token_adapter: &[i32],
+        beta: f32,
+        y: &mut ViewMut,
+    ) -> Result<(), Error> {
+        self.host_views("lora_forward_multi")?;
+        assert!(
+            token_adapter.len() as i64 >= x.raw.rows,
+            "{} adapter ids for {} tokens",
+            token_adapter.len(),
+            x.raw.rows
+        );
+        assert!(
+            std::ptr::eq(adapters.ctx, self),
+            "the adapter set belongs to another context"
+        );
+        // SAFETY: live views and ids of the sizes checked; the set lives in this context
+        let status = unsafe {
+            lf_lora_forward_multi(
+                self.raw,
+                adapters.raw,
+                layout,
+                &x.raw,
+                opt(w),
+                opt(bias),
+                token_adapter.as_ptr(),
+                beta,
+                &y.raw,
+            )
+        };
+        self.check(status)
+    }
+}
+
+/// `capacity` adapters of one layer (K inputs, N outputs), each of rank up to `max_rank`, in the
+/// context's memory; a slot is replaced between calls without touching the others. It borrows its
+/// context, which therefore outlives it.
+pub struct AdapterSet<'c> {
+    raw: *mut RawAdapterSet,
+    ctx: &'c Context,
+}
+
+impl<'c> AdapterSet<'c> {
+    pub fn new(ctx: &'c Context, dtype: DType, k: i64, n: i64, capacity: i32, max_rank: i64) -> Result<Self, Error> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: a live context, an out-pointer to a local
+        ctx.check(unsafe { lf_adapter_set_create(ctx.raw, dtype, k, n, capacity, max_rank, &mut raw) })?;
+        Ok(AdapterSet { raw, ctx })
+    }
+
+    /// Copies adapter (a [rank, K], b [N, rank] in `layout`, scale) from host slices into `slot`.
+    pub fn load(&mut self, slot: i32, layout: Layout, a: &View, b: &View, scale: f32) -> Result<(), Error> {
+        const HOST_TO_DEVICE: i32 = 0; // lf_copy_kind: from host memory, also for a CPU context
+                                       // SAFETY: live views; the copy completes before the call returns
+        self.ctx
+            .check(unsafe { lf_adapter_set_load(self.raw, slot, layout, &a.raw, &b.raw, scale, HOST_TO_DEVICE) })
+    }
+
+    /// Empties `slot`: its tokens get no LoRA term.
+    pub fn clear(&mut self, slot: i32) -> Result<(), Error> {
+        // SAFETY: a live set
+        self.ctx.check(unsafe { lf_adapter_set_clear(self.raw, slot) })
+    }
+
+    /// The rank loaded in `slot`, 0 when it is empty or out of range.
+    pub fn rank(&self, slot: i32) -> i64 {
+        // SAFETY: a live set
+        unsafe { lf_adapter_set_rank(self.raw, slot) }
+    }
+}
+
+impl Drop for AdapterSet<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by lf_adapter_set_create, destroyed once, before its context
+        unsafe { lf_adapter_set_destroy(self.raw) }
     }
 }
