@@ -550,16 +550,32 @@ template <typename T> __device__ __forceinline__ uint4 load8_masked(const T *p, 
     return u.v;
 }
 
-/* 16-byte asynchronous copy global → shared, cached in L2 only: W is read once per call. The
+/* 16-byte asynchronous copy global → shared, cached in L2 only (the decode kernel's stream). The
  * L2::128B prefetch-size hint makes a lane group's 64-byte request of a row fetch the row's whole
  * 128-byte line from DRAM, so the next step's request for the other half hits L2 (v11: decode
- * 19.0 → 16.7 µs at M=1, 56.4 → 50.1 on the 14336-row MLP; 256 bytes was slower). */
-/* src_bytes 0: the 16 bytes are zero-filled and nothing is read. */
+ * 19.0 → 16.7 µs at M=1, 56.4 → 50.1 on the 14336-row MLP; 256 bytes was slower).
+ * src_bytes 0: the 16 bytes are zero-filled and nothing is read. */
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_t src_bytes = 16)
 {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(
                      (uint32_t)__cvta_generic_to_shared(smem)),
                  "l"(gmem), "r"(src_bytes));
+}
+/* The same for data read once (the decode kernel's W): L2 may evict its lines first, so that x,
+ * B and T, which every block re-reads, stay resident (2–4% on every decode case, H100: M=1 4096²
+ * 15.4 → 15.0 µs, M=16 4096 → 14336 48.8 → 47.3; dev/cuda/NOTES.md). policy: from
+ * l2_evict_first_policy(). */
+__device__ __forceinline__ void cp_async16_once(void *smem, const void *gmem, uint64_t policy)
+{
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2;" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(gmem), "l"(policy));
+}
+__device__ __forceinline__ uint64_t l2_evict_first_policy()
+{
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 /* The memory clobber keeps the compiler from moving shared-memory reads of the ring above the wait. */
@@ -725,6 +741,7 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
         xbytes[nt] = nt * 8 + g < p.m ? 16 : 0;
     }
     uint4 *my = ring + (size_t)warp * S * C * 32 + lane;
+    const uint64_t w_policy = l2_evict_first_policy(); /* W is read once */
 
     /* Fetch cursor over this warp's (tile, step) sequence; past its end a fetch commits an empty
      * group, which keeps the group count uniform. */
@@ -738,8 +755,9 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS, decode_shape<NT, RT>::PER_SM)
             for (int rt = 0; rt < RT; rt++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    cp_async16(d + (rt * 2 + h) * 32,
-                               W + (int64_t)min(n0 + rt * 16 + h * 8 + g, p.n - 1) * p.ldw + q * 8 + (s0 + f_i) * 32);
+                    cp_async16_once(d + (rt * 2 + h) * 32,
+                                    W + (int64_t)min(n0 + rt * 16 + h * 8 + g, p.n - 1) * p.ldw + q * 8 + (s0 + f_i) * 32,
+                                    w_policy);
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
                 cp_async16(d + (2 * RT + nt) * 32, xsrc[nt] + f_i * 32, xbytes[nt]);
