@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
-tests=${TESTS:-$all_tests}
+tests=${TESTS-$all_tests}
 sanitize=${SANITIZE-test_seed test_ops}
 bench_args=${BENCH---suite}
 pack=${PACK:-.device}
