@@ -136,16 +136,15 @@ static inline lf_cuda_shrink_cfg lf_cuda_shrink_pick(int64_t m, int64_t k, int64
 /* Decode: K-slices of T (lora_tpart_kernel): 512 elements, two 16-byte vectors per lane. */
 static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
 
-/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {2, 4}. M ≤ 8
- * takes NT 2 as well (columns past M are zero-filled, never read): its two blocks per SM beat one
- * block per SM with NT 1 (bf16 r16, same run: M=1 4096² 15.22 µs against 16.15, M=1 4096 → 14336
- * 47.33 against 49.58; dev/cuda/NOTES.md, "decode: tokens past M"). */
-static inline int lf_cuda_decode_nt(int64_t m) { return m <= 16 ? 2 : 4; }
+/* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {1, 2, 4}. NT 1
+ * runs two blocks per SM as NT 2 does, with a third less of each ring step spent on x's chunks,
+ * so the same shared memory holds more steps of W. */
+static inline int lf_cuda_decode_nt(int64_t m) { return m <= 8 ? 1 : m <= 16 ? 2 : 4; }
 
-/* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT 2, whose blocks fit
+/* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT ≤ 2, whose blocks fit
  * twice, so that one block's epilogue overlaps the other's stream (M=16 4096²: 17.6 µs against
  * 20–25 with one); one otherwise. */
-static inline int lf_cuda_decode_per_sm(int nt) { return nt == 2 ? 2 : 1; }
+static inline int lf_cuda_decode_per_sm(int nt) { return nt <= 2 ? 2 : 1; }
 
 /* Decode grid: persistent, at most `slots` blocks (per-SM blocks × SMs), each looping over its
  * 16·RT-row tiles. */

@@ -669,13 +669,13 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_tpart_kernel(lora_args p
     }
 }
 
-/* Blocks per SM (lf_cuda_decode_per_sm): two for NT 2 (≤ 128 registers and ≤ ~95 KB of shared
+/* Blocks per SM (lf_cuda_decode_per_sm): two for NT ≤ 2 (≤ 128 registers and ≤ ~95 KB of shared
  * memory each), so that one block's reduction and epilogue, during which it requests no W, overlap
  * the other's stream; one otherwise. Depth of each warp's copy ring: as many 32-wide K steps (at
  * most 8) as 144 KB (one block per SM) or 80 KB (two) of shared memory hold. Each step is 2·RT chunks of W
  * and NT chunks of x per lane (16 bytes each). */
 template <int NT, int RT> struct decode_shape {
-    static constexpr int PER_SM = NT == 2 ? 2 : 1;
+    static constexpr int PER_SM = NT <= 2 ? 2 : 1;
     static constexpr int RING_BUDGET = PER_SM == 2 ? 80 * 1024 : 144 * 1024;
     static constexpr int CHUNKS = 2 * RT + NT;
     static constexpr int STAGE_BYTES = CHUNKS * 16 * LF_CUDA_THREADS;
@@ -1000,15 +1000,15 @@ template <typename T, int NT, int RT, bool MULTI> decode_kernel_ref decode_ref()
 }
 template <typename T, int RT, bool MULTI> decode_kernel_ref decode_ref_nt(int nt)
 {
-    if constexpr (MULTI) /* lf_cuda_multi_decode_wins: a few tokens, one 16-column group */
-        return decode_ref<T, 2, RT, true>();
-    return nt == 2 ? decode_ref<T, 2, RT, false>() : decode_ref<T, 4, RT, false>();
+    if constexpr (MULTI) /* lf_cuda_multi_decode_wins: a few tokens, at most 16 columns */
+        return nt == 1 ? decode_ref<T, 1, RT, true>() : decode_ref<T, 2, RT, true>();
+    return nt == 1 ? decode_ref<T, 1, RT, false>() : nt == 2 ? decode_ref<T, 2, RT, false>() : decode_ref<T, 4, RT, false>();
 }
 template <typename T, bool MULTI> decode_kernel_ref decode_ref_rt(int rt, int nt)
 {
     return rt == 2 ? decode_ref_nt<T, 2, MULTI>(nt) : decode_ref_nt<T, 1, MULTI>(nt);
 }
-/* dtype: bf16 or f16; rt: lf_cuda_decode_rt (1 or 2); nt: lf_cuda_decode_nt (2 or 4; 2 when multi). */
+/* dtype: bf16 or f16; rt: lf_cuda_decode_rt (1 or 2); nt: lf_cuda_decode_nt (1, 2 or 4; ≤ 2 when multi). */
 decode_kernel_ref decode_ref(lf_dtype dtype, int rt, int nt, bool multi)
 {
     if (dtype == LF_BF16)
@@ -1204,9 +1204,9 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
     cudaError_t e = cudaSuccess;
     for (lf_dtype dt : {LF_BF16, LF_F16})
         for (int rt = 1; rt <= 2; rt++)
-            for (int nt = 2; nt <= 4; nt *= 2)
+            for (int nt = 1; nt <= 4; nt *= 2)
                 for (bool multi : {false, true}) {
-                    if (multi && nt != 2)
+                    if (multi && nt > 2)
                         continue;
                     const decode_kernel_ref k = decode_ref(dt, rt, nt, multi);
                     if (e == cudaSuccess)
