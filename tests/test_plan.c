@@ -260,7 +260,7 @@ static void heuristics_tests(void)
     lft_begin("test_plan cuda heuristics: decode token columns cover M, tiles cover N");
     for (int64_t m = 1; m <= 32; m++) {
         const int nt = lf_cuda_decode_nt(m);
-        LFT_CHECKF(nt == 2 || nt == 4, "M %lld: NT %d is not instantiated", (long long)m, nt);
+        LFT_CHECKF(nt == 1 || nt == 2 || nt == 4, "M %lld: NT %d is not instantiated", (long long)m, nt);
         LFT_CHECKF(8 * nt >= m, "M %lld: NT %d covers %d tokens", (long long)m, nt, 8 * nt);
         for (int64_t n = 1; n <= 20000; n += n < 300 ? 1 : 997) {
             const int rt = lf_cuda_decode_rt(nt, n, 132);
@@ -289,9 +289,11 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_decode_rt(2, 4096, 132) == 1);  /* 256 tiles of 16 on 264 blocks, against 128 of 32 */
     LFT_CHECK(lf_cuda_decode_rt(2, 14336, 132) == 2); /* 4 × 16 rows or 2 × 32 rows: the tie */
     LFT_CHECK(lf_cuda_decode_rt(4, 4096, 132) == 2);  /* one block per SM: 2 × 16 rows or 1 × 32 */
-    /* Many adapters: the decode kernels' MULTI form up to 4 tokens (it has 16 token columns). */
+    /* Many adapters: the decode kernels' MULTI form up to 4 tokens, instantiated for NT ≤ 2. */
     LFT_CHECK(lf_cuda_multi_decode_wins(1) && lf_cuda_multi_decode_wins(4) && !lf_cuda_multi_decode_wins(5));
-    LFT_CHECK(lf_cuda_decode_nt(4) == 2);
+    LFT_CHECK(lf_cuda_decode_nt(4) == 1);
+    /* Up to 8 tokens one 8-column group (two blocks per SM, as with 16 columns). */
+    LFT_CHECK(lf_cuda_decode_nt(8) == 1 && lf_cuda_decode_nt(9) == 2 && lf_cuda_decode_per_sm(1) == 2);
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel only where it can run and was measured to win");
