@@ -534,26 +534,31 @@ __device__ __forceinline__ void cp_async_wait_all()
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
 }
 
-/* dst[r·ld + c] = row r of src (row rowidx[r], or r) from element 0 on, for r < rows, c < ld (a
- * multiple of 8); rows ≥ rows_valid and columns ≥ cols_valid read as 0. vec: 16-byte cp.async for
+/* dst[r·ld + c] = row r of src (row rowidx[r], or r) from element 0 on, for r < rows and c < width
+ * (a multiple of 8); columns ≥ cols_valid read as 0, so that a K tail adds nothing. Rows ≥ rows
+ * (tokens past the tile's count, ranks past the adapter's) and columns ≥ width are not written:
+ * an MMA row or column of them only feeds outputs that are never read. vec: 16-byte cp.async for
  * whole chunks (src, its stride and its column offset 16-byte aligned), scalars for the rest. */
 template <typename T>
-__device__ void stage_rows(T *dst, int ld, const T *src, int64_t ld_src, const int *rowidx, int rows, int rows_valid,
+__device__ void stage_rows(T *dst, int ld, int width, const T *src, int64_t ld_src, const int *rowidx, int rows,
                            int cols_valid, bool vec)
 {
     constexpr int VE = 16 / sizeof(T);
-    const int chunks = ld / VE;
+    const int chunks = width / VE;
     for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
         const int r = i / chunks, c = (i - r * chunks) * VE;
         T *d = dst + r * ld + c;
-        const bool row_ok = r < rows_valid && c < cols_valid;
-        const T *s = row_ok ? src + (int64_t)(rowidx ? rowidx[r] : r) * ld_src + c : NULL;
-        if (row_ok && vec && c + VE <= cols_valid) {
+        if (c >= cols_valid) {
+            *(uint4 *)d = make_uint4(0u, 0u, 0u, 0u); /* ld, width and c are multiples of 16 bytes */
+            continue;
+        }
+        const T *s = src + (int64_t)(rowidx ? rowidx[r] : r) * ld_src + c;
+        if (vec && c + VE <= cols_valid) {
             cp_async16(d, s);
         } else {
 #pragma unroll
             for (int e = 0; e < VE; e++)
-                d[e] = row_ok && c + e < cols_valid ? s[e] : lf_dt<T>::from_f32(0.0f);
+                d[e] = c + e < cols_valid ? s[e] : lf_dt<T>::from_f32(0.0f);
         }
     }
 }
@@ -586,13 +591,13 @@ __device__ __forceinline__ float cluster_load(const float *local, int rank)
     return v;
 }
 
-/* In-block bucketing for the cluster's tile index ti: fills sh.tile and sh.tok. */
-__device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int ti)
+/* The bucketing's first step, for every block thread: the set's slots (a token's bin needs its
+ * rank) and the segment form's runs into shared memory, and each thread's token's bin (its slot,
+ * p.capacity for none; t < p.m). The per-token ids load beside the staging, before the barrier. */
+__device__ int fused_stage_bins(const multi_args &p, fused_shared &sh)
 {
-    const int t = threadIdx.x, bins = p.capacity + 1;
+    const int t = threadIdx.x;
     const bool staged_segs = !p.ids && p.segments <= LF_FUSED_SMALL_M;
-    for (int b = t; b < bins; b += blockDim.x)
-        sh.count[b] = 0;
     for (int b = t; b < p.capacity; b += blockDim.x)
         sh.slots[b] = p.slots[b];
     if (staged_segs)
@@ -605,7 +610,53 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int
     if (!p.ids && t < p.m)
         id = staged_segs ? lf_token_id(p, sh.seg, sh.seg + p.segments + 1, t)
                          : lf_token_id(p, p.seg_starts, p.seg_adapter, t);
-    const int bin = id < 0 || id >= p.capacity || sh.slots[id].rank <= 0 ? p.capacity : id;
+    return id < 0 || id >= p.capacity || sh.slots[id].rank <= 0 ? p.capacity : id;
+}
+
+/* M ≤ 32: the tiles of fused_bucket_in_block, numbered alike (by bin, then chunk of LF_FUSED_TB
+ * tokens in token order), found by warp 0 alone, one token per lane, with warp votes: two block
+ * barriers where the general form needs seven, each a wait on the slowest warp in a kernel whose
+ * time is its chain of latencies (ncu at M = 1: barrier stalls ~15% of its samples). */
+__device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, int ti)
+{
+    const int t = threadIdx.x;
+    const int bin = fused_stage_bins(p, sh);
+    if (t < 32) {
+        const int key = t < p.m ? bin : INT_MAX; /* lanes past M: a group of their own, no tiles */
+        const unsigned peers = __match_any_sync(0xffffffffu, key), below = (1u << t) - 1u;
+        const int tiles = t < p.m && (peers & below) == 0 ? (__popc(peers) + LF_FUSED_TB - 1) / LF_FUSED_TB : 0;
+        int before = 0; /* the tiles of smaller bins, which come first */
+        for (int u = 0; u < 32; u++) {
+            const int ku = __shfl_sync(0xffffffffu, key, u), nu = __shfl_sync(0xffffffffu, tiles, u);
+            before += ku < key ? nu : 0;
+        }
+        const unsigned owner = __ballot_sync(0xffffffffu, ti >= before && ti < before + tiles);
+        if (t == 0)
+            sh.tile[2] = 0; /* past the last tile */
+        if (owner) {
+            const int src = __ffs(owner) - 1, mine = __shfl_sync(0xffffffffu, key, src);
+            const int first = (ti - __shfl_sync(0xffffffffu, before, src)) * LF_FUSED_TB;
+            const unsigned members = __ballot_sync(0xffffffffu, key == mine);
+            const int pos = __popc(members & below);
+            if (key == mine && pos >= first && pos < first + LF_FUSED_TB)
+                sh.tok[pos - first] = t;
+            if (t == 0) {
+                sh.tile[0] = mine == p.capacity ? -1 : mine;
+                sh.tile[1] = min(LF_FUSED_TB, __popc(members) - first);
+                sh.tile[2] = 1;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+/* In-block bucketing for the cluster's tile index ti: fills sh.tile and sh.tok. */
+__device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int ti)
+{
+    const int t = threadIdx.x, bins = p.capacity + 1;
+    for (int b = t; b < bins; b += blockDim.x)
+        sh.count[b] = 0;
+    const int bin = fused_stage_bins(p, sh);
     /* Counts only (the order comes from the ballot below); one atomic per bin and warp: a batch
      * of one adapter would otherwise serialize 32 lanes on one address. */
     const unsigned valid = __ballot_sync(0xffffffffu, t < p.m);
@@ -751,7 +802,10 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     lf_pdl_release();
     const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
     const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
-    fused_bucket_in_block(p, sh, ti);
+    if (p.m <= 32)
+        fused_bucket_in_warp(p, sh, ti);
+    else
+        fused_bucket_in_block(p, sh, ti);
     const int slot = sh.tile[0], count = sh.tile[1];
     if (!sh.tile[2] || (slot < 0 && !p.none_tiles))
         return; /* the same for every block of the cluster: none reaches a cluster barrier */
@@ -768,11 +822,11 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
 
     /* x, the first A chunk and B in flight together. */
     if (rank > 0) {
-        stage_rows<T>(xs, lds, (const T *)p.x + k0, p.ldx, sh.tok, LF_FUSED_TB, count, kspan, p.vec_x);
-        stage_rows<T>(bs, p.bn, b, p.ldb, NULL, rank, rank, ncols, p.vec_b);
+        stage_rows<T>(xs, lds, p.ks, (const T *)p.x + k0, p.ldx, sh.tok, count, kspan, p.vec_x);
+        stage_rows<T>(bs, p.bn, p.bn, b, p.ldb, NULL, rank, ncols, p.vec_b);
     }
     for (int j0 = 0; j0 < rank; j0 += LF_MULTI_RC) {
-        stage_rows<T>(as, lds, a + (int64_t)j0 * p.lda, p.lda, NULL, LF_MULTI_RC, rank - j0, kspan, p.vec_a);
+        stage_rows<T>(as, lds, p.ks, a + (int64_t)j0 * p.lda, p.lda, NULL, min(LF_MULTI_RC, rank - j0), kspan, p.vec_a);
         cp_async_wait_all();
         __syncthreads();
         /* red[w][u][j]: warp w's share of the slice for token u, rank j0 + j */
