@@ -325,6 +325,9 @@ static const shape shapes[] = {
     {3, 1024, 4100, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
     {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
     {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
+    /* the fused kernel's bucketing by warp votes (CUDA, M <= 32): */
+    {32, 200, 72, 1, 16, 0, 0},   /* one slot: two tiles of one adapter */
+    {29, 72, 41, 2, 7, 1, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
     {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
     {150, 257, 130, 9, 24, 0, 0}, /* M > 64: the grouping kernel on CUDA; ranks past 16 */
     {300, 64, 64, 3, 5, 1, 1},    /* long groups (more than one tile per adapter) */
