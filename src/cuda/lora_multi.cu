@@ -521,6 +521,7 @@ struct fused_shared {
     int warp_sums[32];
     int tok[LF_FUSED_TB];  /* the tile's tokens */
     int tile[3];           /* slot (-1: none), tokens, and whether the cluster has work (1) */
+    unsigned long long recv_bar; /* the cluster's partial T landed (push_to) */
 };
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
@@ -563,16 +564,13 @@ __device__ void stage_rows(T *dst, int ld, int width, const T *src, int64_t ld_s
     }
 }
 
-__device__ __forceinline__ void cluster_arrive()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
-}
-
-/* An arrival that orders no memory access: for "done reading the others' part", whose loads have
- * returned (their values were added and stored) before it. The release form waits for a memory
- * barrier (ncu: a third of the fused kernel's cluster-barrier stalls). */
+/* The fused kernel's exchange of partial T between the blocks of a cluster: each block pushes its
+ * values into every block's receive area with st.async, which counts the bytes on the receiver's
+ * mbarrier; a block waits on its own mbarrier, locally, for all of them. No cluster barrier sits
+ * between the shrink and the expand (a release barrier, then remote loads, then a second barrier
+ * before any block may leave, cost the kernel ~15% of its time at one token, ncu). The barrier that
+ * makes every block's mbarrier initialized before the first push is arrived at when the kernel
+ * starts and waited for after the shrink, off the critical path. */
 __device__ __forceinline__ void cluster_arrive_relaxed()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -587,18 +585,62 @@ __device__ __forceinline__ void cluster_wait()
 #endif
 }
 
-/* The float at the same shared-memory address in block `rank` of the cluster. */
-__device__ __forceinline__ float cluster_load(const float *local, int rank)
+/* Thread 0: the receive mbarrier (one local arrival, plus the bytes announced by recv_expect). */
+__device__ __forceinline__ void recv_init(unsigned long long *bar)
 {
-    float v = 0.0f;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned s = (unsigned)__cvta_generic_to_shared(local), r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(s), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n\tfence.mbarrier_init.release.cluster;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar))
+                 : "memory");
 #else
-    (void)local, (void)rank;
+    (void)bar;
 #endif
-    return v;
+}
+
+/* Thread 0: the local arrival, announcing the bytes the cluster will push. */
+__device__ __forceinline__ void recv_expect(unsigned long long *bar, unsigned bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar)),
+                 "r"(bytes)
+                 : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
+
+/* Every thread: until all pushed bytes have landed (the barrier's first phase), then they are visible. */
+__device__ __forceinline__ void recv_wait(unsigned long long *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned b = (unsigned)__cvta_generic_to_shared(bar);
+    unsigned done;
+    do {
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n\t"
+                     "selp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done)
+                     : "r"(b)
+                     : "memory");
+    } while (!done);
+#else
+    (void)bar;
+#endif
+}
+
+/* v into block `rank`'s copy of *dst (the same shared-memory address there), counted on its bar. */
+__device__ __forceinline__ void push_to(float *dst, unsigned long long *bar, int rank, float v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned d, b;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"((unsigned)__cvta_generic_to_shared(dst)), "r"(rank));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"((unsigned)__cvta_generic_to_shared(bar)), "r"(rank));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(d),
+                 "r"(__float_as_uint(v)), "r"(b)
+                 : "memory");
+#else
+    (void)dst, (void)bar, (void)rank, (void)v;
+#endif
 }
 
 /* The bucketing's first step, for every block thread: the set's slots (a token's bin needs its
@@ -810,6 +852,9 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     extern __shared__ float4 fused_smem4[];
     lf_pdl_wait();
     lf_pdl_release();
+    if (threadIdx.x == 0)
+        recv_init(&sh.recv_bar);
+    cluster_arrive_relaxed(); /* waited for before the first push (or before leaving) */
     const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
     const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
     if (p.m <= 32)
@@ -817,14 +862,19 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     else
         fused_bucket_in_block(p, sh, ti);
     const int slot = sh.tile[0], count = sh.tile[1];
-    if (!sh.tile[2] || (slot < 0 && !p.none_tiles))
-        return; /* the same for every block of the cluster: none reaches a cluster barrier */
+    if (!sh.tile[2] || (slot < 0 && !p.none_tiles)) {
+        cluster_wait(); /* the same for every block of the cluster: all leave here */
+        return;
+    }
     const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : sh.slots[slot];
     const int rank = entry.rank, rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
     const int lds = p.ks + LF_FUSED_PAD;
     T *xs = (T *)fused_smem4, *as = xs + LF_FUSED_TB * lds, *bs = as + LF_MULTI_RC * lds;
     float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
-    float *part = red + LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC, *tfull = part + LF_FUSED_TB * rp;
+    /* recv[c][u][j]: block c's partial T for token u, rank j; then the full T */
+    float *recv = red + LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_FUSED_TB * rp;
+    if (threadIdx.x == 0)
+        recv_expect(&sh.recv_bar, (unsigned)(LF_FUSED_CLUSTER * count * rank * sizeof(float)));
     const int k0 = crank * p.ks, kspan = max(0, min(p.ks, p.k - k0));
     const int col0 = (chunk * LF_FUSED_CLUSTER + crank) * p.bn, ncols = max(0, min(p.bn, p.n - col0));
     const T *a = slot < 0 ? NULL : (const T *)p.a + ((int64_t)slot * p.max_rank) * p.lda + k0;
@@ -842,29 +892,27 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
         /* red[w][u][j]: warp w's share of the slice for token u, rank j0 + j */
         const int nparts = shrink_slice<T>(xs, as, lds, p.ks, red);
         __syncthreads(); /* red complete; as free */
-        {
-            const int u = threadIdx.x / LF_MULTI_RC, j = threadIdx.x % LF_MULTI_RC; /* 256 = TB × RC */
-            float s = 0.0f;
-            for (int w = 0; w < nparts; w++)
-                s += red[(w * LF_FUSED_TB + u) * LF_MULTI_RC + j];
-            part[u * rp + j0 + j] = s;
-        }
+        const int u = threadIdx.x / LF_MULTI_RC, j = threadIdx.x % LF_MULTI_RC; /* 256 = TB × RC */
+        float s = 0.0f;
+        for (int w = 0; w < nparts; w++)
+            s += red[(w * LF_FUSED_TB + u) * LF_MULTI_RC + j];
+        if (j0 == 0)
+            cluster_wait(); /* every block's recv_bar is initialized */
+        if (u < count && j0 + j < rank) /* this block's share of T, into slot crank of every block */
+            for (int c = 0; c < LF_FUSED_CLUSTER; c++)
+                push_to(recv + (crank * LF_FUSED_TB + u) * rp + j0 + j, &sh.recv_bar, c, s);
     }
-    /* The cluster's partials: T = scale · Σ_c part_c, c in order. */
-    cluster_arrive();
-    cluster_wait();
+    if (rank == 0)
+        cluster_wait(); /* not waited for in the loop */
+    /* T = scale · Σ_c part_c, c in order */
+    recv_wait(&sh.recv_bar);
     for (int idx = threadIdx.x; idx < count * rank; idx += blockDim.x) {
         const int u = idx / rank, j = idx - u * rank;
-        float v[LF_FUSED_CLUSTER], s = 0.0f;
-#pragma unroll
-        for (int c = 0; c < LF_FUSED_CLUSTER; c++) /* all loads in flight, then added in order */
-            v[c] = cluster_load(part + u * rp + j, c);
-#pragma unroll
+        float s = 0.0f;
         for (int c = 0; c < LF_FUSED_CLUSTER; c++)
-            s += v[c];
+            s += recv[(c * LF_FUSED_TB + u) * rp + j];
         tfull[u * rp + j] = entry.scale * s;
     }
-    cluster_arrive_relaxed(); /* done reading the others' part; the wait is at the end */
     __syncthreads();
 
     /* Expand: 4 columns per thread, tpr threads per token. */
@@ -893,7 +941,6 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
             finish4<T, VECY>(acc, bias, NULL, p.beta, y + (int64_t)token * p.ldy + col, col, valid);
         }
     }
-    cluster_wait(); /* no block leaves while another may still read its part */
 }
 
 /* Layer at small M: y = round(lora + bias + base + beta·y), lora = dout's row for tokens with an
@@ -1017,7 +1064,7 @@ size_t fused_smem_bytes(const multi_args &a, size_t es)
     const size_t rp = round_up((size_t)a.max_rank, LF_MULTI_RC);
     const size_t lds = (size_t)a.ks + LF_FUSED_PAD;
     return ((size_t)LF_FUSED_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
-           (LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC + 2 * LF_FUSED_TB * rp) * sizeof(float);
+           (LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC + (LF_FUSED_CLUSTER + 1) * LF_FUSED_TB * rp) * sizeof(float);
 }
 
 /* Sets a's blocking for the fused kernel (K slice per cluster block, N chunks and columns per
