@@ -514,9 +514,20 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
 #define LF_FUSED_PAD 8          /* elements after each staged row of x and A */
 static_assert(LF_MULTI_THREADS == LF_FUSED_TB * LF_MULTI_RC, "the fused kernel adds its K halves one (token, rank) per thread");
 
+/* The set's slots and the tokens per bin, sized by the set's capacity (up to LF_MAX_ADAPTERS: at
+ * their largest in static shared memory they cost a block per SM at 64 adapters), at the start of
+ * the dynamic shared memory. */
+struct fused_tables {
+    lf_adapter_slot *slots; /* [capacity] */
+    int *count;             /* [capacity + 1], the last bin: tokens without an adapter */
+};
+
+__host__ __device__ size_t fused_tables_bytes(int capacity)
+{
+    return ((size_t)capacity * sizeof(lf_adapter_slot) + (size_t)(capacity + 1) * sizeof(int) + 15) / 16 * 16;
+}
+
 struct fused_shared {
-    int count[LF_MAX_ADAPTERS + 1]; /* tokens per bin (capacity: none) */
-    lf_adapter_slot slots[LF_MAX_ADAPTERS];
     int seg[2 * LF_FUSED_SMALL_M + 1]; /* segment form, segments ≤ LF_FUSED_SMALL_M: starts, adapters */
     int warp_sums[32];
     int tok[LF_FUSED_TB];  /* the tile's tokens */
@@ -646,12 +657,12 @@ __device__ __forceinline__ void push_to(float *dst, unsigned long long *bar, int
 /* The bucketing's first step, for every block thread: the set's slots (a token's bin needs its
  * rank) and the segment form's runs into shared memory, and each thread's token's bin (its slot,
  * p.capacity for none; t < p.m). The per-token ids load beside the staging, before the barrier. */
-__device__ int fused_stage_bins(const multi_args &p, fused_shared &sh)
+__device__ int fused_stage_bins(const multi_args &p, fused_shared &sh, const fused_tables &tb)
 {
     const int t = threadIdx.x;
     const bool staged_segs = !p.ids && p.segments <= LF_FUSED_SMALL_M;
     for (int b = t; b < p.capacity; b += blockDim.x)
-        sh.slots[b] = p.slots[b];
+        tb.slots[b] = p.slots[b];
     if (staged_segs)
         for (int i = t; i < 2 * p.segments + 1; i += blockDim.x)
             sh.seg[i] = i <= p.segments ? p.seg_starts[i] : p.seg_adapter[i - p.segments - 1];
@@ -662,17 +673,17 @@ __device__ int fused_stage_bins(const multi_args &p, fused_shared &sh)
     if (!p.ids && t < p.m)
         id = staged_segs ? lf_token_id(p, sh.seg, sh.seg + p.segments + 1, t)
                          : lf_token_id(p, p.seg_starts, p.seg_adapter, t);
-    return id < 0 || id >= p.capacity || sh.slots[id].rank <= 0 ? p.capacity : id;
+    return id < 0 || id >= p.capacity || tb.slots[id].rank <= 0 ? p.capacity : id;
 }
 
 /* M ≤ 32: the tiles of fused_bucket_in_block, numbered alike (by bin, then chunk of LF_FUSED_TB
  * tokens in token order), found by warp 0 alone, one token per lane, with warp votes: two block
  * barriers where the general form needs seven, each a wait on the slowest warp in a kernel whose
  * time is its chain of latencies (ncu at M = 1: barrier stalls ~15% of its samples). */
-__device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, int ti)
+__device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, const fused_tables &tb, int ti)
 {
     const int t = threadIdx.x;
-    const int bin = fused_stage_bins(p, sh);
+    const int bin = fused_stage_bins(p, sh, tb);
     if (t < 32) {
         const int key = t < p.m ? bin : INT_MAX; /* lanes past M: a group of their own, no tiles */
         const unsigned peers = __match_any_sync(0xffffffffu, key), below = (1u << t) - 1u;
@@ -703,36 +714,36 @@ __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, int 
 }
 
 /* In-block bucketing for the cluster's tile index ti: fills sh.tile and sh.tok. */
-__device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, int ti)
+__device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, const fused_tables &tb, int ti)
 {
     const int t = threadIdx.x, bins = p.capacity + 1;
     for (int b = t; b < bins; b += blockDim.x)
-        sh.count[b] = 0;
-    const int bin = fused_stage_bins(p, sh);
+        tb.count[b] = 0;
+    const int bin = fused_stage_bins(p, sh, tb);
     /* Counts only (the order comes from the ballot below); one atomic per bin and warp: a batch
      * of one adapter would otherwise serialize 32 lanes on one address. */
     const unsigned valid = __ballot_sync(0xffffffffu, t < p.m);
     if (t < p.m) {
         const unsigned peers = __match_any_sync(valid, bin);
         if ((peers & ((1u << (t & 31)) - 1u)) == 0)
-            atomicAdd(&sh.count[bin], __popc(peers));
+            atomicAdd(&tb.count[bin], __popc(peers));
     }
     __syncthreads();
     /* Tiles are numbered by bin, then chunk of LF_FUSED_TB tokens: each thread scans a run of bins. */
     const int per = (bins + blockDim.x - 1) / blockDim.x, b0 = t * per, b1 = min(bins, b0 + per);
     int tiles = 0;
     for (int b = b0; b < b1; b++)
-        tiles += (sh.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+        tiles += (tb.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
     int total, before = block_exclusive_scan(tiles, sh.warp_sums, &total);
     if (t == 0)
         sh.tile[2] = 0;
     __syncthreads();
     for (int b = b0; b < b1; b++) {
-        const int nt = (sh.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+        const int nt = (tb.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
         if (ti >= before && ti < before + nt) {
             const int chunk = ti - before;
             sh.tile[0] = b == p.capacity ? -1 : b;
-            sh.tile[1] = min(LF_FUSED_TB, sh.count[b] - chunk * LF_FUSED_TB);
+            sh.tile[1] = min(LF_FUSED_TB, tb.count[b] - chunk * LF_FUSED_TB);
             sh.tile[2] = 1 + chunk; /* chunk + 1 until the ballot below */
         }
         before += nt;
@@ -852,24 +863,27 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     extern __shared__ float4 fused_smem4[];
     lf_pdl_wait();
     lf_pdl_release();
+    const fused_tables tb = {(lf_adapter_slot *)fused_smem4,
+                             (int *)((lf_adapter_slot *)fused_smem4 + p.capacity)};
     if (threadIdx.x == 0)
         recv_init(&sh.recv_bar);
     cluster_arrive_relaxed(); /* waited for before the first push (or before leaving) */
     const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
     const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
     if (p.m <= 32)
-        fused_bucket_in_warp(p, sh, ti);
+        fused_bucket_in_warp(p, sh, tb, ti);
     else
-        fused_bucket_in_block(p, sh, ti);
+        fused_bucket_in_block(p, sh, tb, ti);
     const int slot = sh.tile[0], count = sh.tile[1];
     if (!sh.tile[2] || (slot < 0 && !p.none_tiles)) {
         cluster_wait(); /* the same for every block of the cluster: all leave here */
         return;
     }
-    const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : sh.slots[slot];
+    const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : tb.slots[slot];
     const int rank = entry.rank, rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
     const int lds = p.ks + LF_FUSED_PAD;
-    T *xs = (T *)fused_smem4, *as = xs + LF_FUSED_TB * lds, *bs = as + LF_MULTI_RC * lds;
+    T *xs = (T *)((char *)fused_smem4 + fused_tables_bytes(p.capacity)), *as = xs + LF_FUSED_TB * lds;
+    T *bs = as + LF_MULTI_RC * lds;
     float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
     /* recv[c][u][j]: block c's partial T for token u, rank j; then the full T */
     float *recv = red + LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_FUSED_TB * rp;
@@ -1063,7 +1077,8 @@ size_t fused_smem_bytes(const multi_args &a, size_t es)
 {
     const size_t rp = round_up((size_t)a.max_rank, LF_MULTI_RC);
     const size_t lds = (size_t)a.ks + LF_FUSED_PAD;
-    return ((size_t)LF_FUSED_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
+    return fused_tables_bytes(a.capacity) +
+           ((size_t)LF_FUSED_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
            (LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC + (LF_FUSED_CLUSTER + 1) * LF_FUSED_TB * rp) * sizeof(float);
 }
 
