@@ -499,17 +499,23 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
  * cluster of LF_FUSED_CLUSTER blocks each. Block c of a cluster stages its K slice c of x (the
  * tile's tokens) and of A_slot in shared memory (cp.async: one memory latency for x, A and the
  * block's columns of B together), computes the partial T over that slice (tensor cores for 16-bit
- * types), and the cluster adds the partials through distributed shared memory in the fixed order
- * c = 0, 1, ...; then every block expands its own N columns with the full T. A is read once per
- * tile and N chunk (the chunks exist only where tiles are few), B once per tile. Bucketing in every
- * block: counting by bin, a scan over the bins to find the cluster's tile, a ballot for the stable
- * order of its tokens (O(1) per token). A token's sums never depend on its tile-mates: the K
+ * types), and pushes it into every block of the cluster (st.async on the receiver's mbarrier),
+ * which adds the partials in the fixed order c = 0, 1, ...; then every block expands its own N
+ * columns with the full T. A is read once per tile and N chunk (the chunks exist only where tiles
+ * are few), B once per tile. Bucketing in every block: up to 32 tokens by warp votes; beyond,
+ * counting by bin, a scan over the bins to find the cluster's tile, a ballot for the stable order
+ * of its tokens (O(1) per token). A token's sums never depend on its tile-mates: the K
  * steps, warps and cluster order are the same for every token. Larger M (measured slower fused
  * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
 #define LF_FUSED_TB 16          /* tokens per tile: the mma's 16 rows */
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
+/* At least this much dynamic shared memory per block: at most three blocks per SM. A fourth (the
+ * kernel needs ~55 KB at 4096², r 16) spread the clusters over fewer SMs and was slower where the
+ * grid is 200–400 blocks (H100, host loop, µs: 8 adapters × 16 tokens 8.08 against 7.51, 1 × 64
+ * 11.8 against 10.4), faster only at 1 × 16 (6.03 against 6.9); dev/cuda/NOTES.md. */
+#define LF_FUSED_SMEM_MIN (72 * 1024)
 #define LF_FUSED_WARPS (LF_MULTI_THREADS / 32)
 #define LF_FUSED_PAD 8          /* elements after each staged row of x and A */
 static_assert(LF_MULTI_THREADS == LF_FUSED_TB * LF_MULTI_RC, "the fused kernel adds its K halves one (token, rank) per thread");
@@ -852,10 +858,11 @@ __device__ __forceinline__ int shrink_slice(const T *xs, const T *as, int lds, i
 }
 
 /* Delta (dout NULL: y, with bias, base and beta; else dout[token][col] = the LoRA term in fp32)
- * for work item blockIdx.x / LF_FUSED_CLUSTER. Dynamic shared memory: x slice [TB][ks + 8], A
- * slice [RC][ks + 8] (8 elements of padding: the mma fragments' rows fall in different banks), B
- * columns [max_rank][bn] in T; per-warp partial T [8][TB][RC], the block's T [TB][rp] and the full
- * T [TB][rp] in fp32 (rp = max_rank rounded up to RC). */
+ * for work item blockIdx.x / LF_FUSED_CLUSTER. Dynamic shared memory: the slot table and bin
+ * counts (fused_tables), x slice [TB][ks + 8], A slice [RC][ks + 8] (8 elements of padding: the
+ * mma fragments' rows fall in different banks), B columns [max_rank][bn] in T; per-warp partial T
+ * [8][TB][RC], the cluster's partials as pushed [CLUSTER][TB][rp] and the full T [TB][rp] in fp32
+ * (rp = max_rank rounded up to RC). */
 template <typename T, bool VECY>
 __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_args p)
 {
@@ -1118,7 +1125,7 @@ multi_plan plan_of(multi_args &a, int sms, bool fused_ok, bool with_base, size_t
     const bool with_dout = pl.fused && with_base; /* the layer's LoRA term beside its GEMM */
     if (pl.fused) {
         pl.fused_grid = dim3((unsigned)(pl.max_tiles * a.nchunks * LF_FUSED_CLUSTER));
-        pl.fused_smem = fused_smem_bytes(a, es);
+        pl.fused_smem = std::max(fused_smem_bytes(a, es), (size_t)LF_FUSED_SMEM_MIN);
     } else {
         const int nslices = (a.n + a.bn - 1) / a.bn;
         /* Up to 8 blocks per SM: a block's tiles run one after another, each a chain of memory
