@@ -925,7 +925,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     }
     if (rank == 0)
         cluster_wait(); /* not waited for in the loop */
-    /* T = scale · Σ_c recv[c], c in order: the sums of the pull form, bit for bit */
+    /* T = scale · Σ_c recv[c], c in order: every block of the cluster gets the same bits */
     recv_wait(&sh.recv_bar);
     for (int idx = threadIdx.x; idx < count * rank; idx += blockDim.x) {
         const int u = idx / rank, j = idx - u * rank;
