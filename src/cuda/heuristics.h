@@ -137,8 +137,10 @@ static inline lf_cuda_shrink_cfg lf_cuda_shrink_pick(int64_t m, int64_t k, int64
 static inline int64_t lf_cuda_decode_t_slices(int64_t k) { return (k + 511) / 512; }
 
 /* Decode: token columns of 8 (the MMA's N) the kernel is instantiated for, NT ∈ {1, 2, 4}. NT 1
- * runs two blocks per SM as NT 2 does, with a third less of each ring step spent on x's chunks,
- * so the same shared memory holds more steps of W. */
+ * runs two blocks per SM as NT 2 does, with one chunk of x per ring step instead of two (RT 1: 3
+ * chunks, not 4; RT 2: 5, not 6), so the same shared memory holds more steps of W: H100, bf16 r16,
+ * against NT 2, same run: M=1 4096² 14.62 µs against 14.96, M=1 4096 → 14336 44.8 against 45.9
+ * (dev/cuda/NOTES.md, seventh session). */
 static inline int lf_cuda_decode_nt(int64_t m) { return m <= 8 ? 1 : m <= 16 ? 2 : 4; }
 
 /* Decode blocks per SM (lora_fwd.cu's decode_shape must agree): two for NT ≤ 2, whose blocks fit

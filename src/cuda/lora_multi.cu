@@ -512,9 +512,10 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
 /* At least this much dynamic shared memory per block: at most three blocks per SM. A fourth (the
- * kernel needs ~55 KB at 4096², r 16) spread the clusters over fewer SMs and was slower where the
- * grid is 200–400 blocks (H100, host loop, µs: 8 adapters × 16 tokens 8.08 against 7.51, 1 × 64
- * 11.8 against 10.4), faster only at 1 × 16 (6.03 against 6.9); dev/cuda/NOTES.md. */
+ * 16-bit kernels need ~55 KB at 4096², r 16, and 56 registers; fp32's registers allow two) spread
+ * the clusters over fewer SMs and was slower where the grid is 200–400 blocks (H100, host loop,
+ * µs: 8 adapters × 16 tokens 8.08 against 7.51, 1 × 64 11.8 against 10.4), faster only at 1 × 16
+ * (6.03 against 6.9); dev/cuda/NOTES.md. */
 #define LF_FUSED_SMEM_MIN (72 * 1024)
 #define LF_FUSED_WARPS (LF_MULTI_THREADS / 32)
 #define LF_FUSED_PAD 8          /* elements after each staged row of x and A */
@@ -587,7 +588,11 @@ __device__ void stage_rows(T *dst, int ld, int width, const T *src, int64_t ld_s
  * between the shrink and the expand (a release barrier, then remote loads, then a second barrier
  * before any block may leave, cost the kernel ~15% of its time at one token, ncu). The barrier that
  * makes every block's mbarrier initialized before the first push is arrived at when the kernel
- * starts and waited for after the shrink, off the critical path. */
+ * starts and waited for after the shrink, off the critical path. Every block of a cluster must
+ * see the same tile (the mapping and the set do not change during a call): a block expecting more
+ * bytes than the others push would wait forever. The receive area holds 8 partials per (token,
+ * rank): past rank ~160 (16-bit, K = 4096) it outgrows LF_FUSED_SMEM_MAX and the call takes the
+ * shrink and the expand instead. */
 __device__ __forceinline__ void cluster_arrive_relaxed()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
