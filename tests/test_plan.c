@@ -289,7 +289,7 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_decode_rt(2, 4096, 132) == 1);  /* 256 tiles of 16 on 264 blocks, against 128 of 32 */
     LFT_CHECK(lf_cuda_decode_rt(2, 14336, 132) == 2); /* 4 × 16 rows or 2 × 32 rows: the tie */
     LFT_CHECK(lf_cuda_decode_rt(4, 4096, 132) == 2);  /* one block per SM: 2 × 16 rows or 1 × 32 */
-    /* Many adapters: the decode kernels' MULTI form up to 4 tokens, instantiated for NT 1 only. */
+    /* Many adapters: the decode kernels' MULTI form up to 4 tokens, which always run NT 1. */
     LFT_CHECK(lf_cuda_multi_decode_wins(1) && lf_cuda_multi_decode_wins(4) && !lf_cuda_multi_decode_wins(5));
     for (int64_t m = 1; m <= 64; m++)
         LFT_CHECKF(!lf_cuda_multi_decode_wins(m) || lf_cuda_decode_nt(m) == 1, "M %lld: MULTI with NT %d",
