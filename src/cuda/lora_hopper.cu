@@ -63,11 +63,15 @@ enum {
     A_BYTES = BM * BK * 2,
     B_BYTES = BN * BK * 2,
     RING_BYTES = STAGES * (A_BYTES + B_BYTES),
+    /* the store warps' staging: half a tile (128 rows × 128 columns, 16-bit), see store_staged */
+    OUT_BYTES = BM * (BN / 2) * 2,
+    STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
     /* T workers cut the same ring into stages of x's box and A's (16 or 64 rows): 10 or 8 */
     MAX_T_STAGES = RING_BYTES / (A_BYTES + 16 * BK * 2),
     BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
-    /* the ring, 1024 bytes to align it (the swizzle atom), the full and empty barriers */
-    SMEM_BYTES = RING_BYTES + 1024 + 2 * 8 * BARRIERS,
+    /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full and
+     * empty barriers and the staging's two: 230 576 of the 232 448 bytes a block may have */
+    SMEM_BYTES = RING_BYTES + OUT_BYTES + 1024 + 8 * (2 * BARRIERS + 2),
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
     GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
@@ -84,6 +88,7 @@ struct kparams {
     int tiles_m, tiles_n, k_tiles;
     int tile_ctas; /* CTAs [workers, gridDim.x) compute tiles */
     int y_pairs;   /* y and ldy allow 4-byte two-element stores */
+    int staged;    /* beta = 0 and y, ldy allow 16-byte stores: the epilogue goes through the store warps */
     const void *bias;
     void *y;
     long long ldy;
@@ -162,20 +167,71 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
     }
 }
 
-/* The same for a tile inside M and N when y takes 4-byte pairs and there is no bias and beta is 0
- * (the usual prefill call): no bounds checks, no loads, one packed store per pair. Both consumer
- * warpgroups store at once and the tensor pipe idles meanwhile (NOTES.md, "ncu source-level"), so
- * every instruction saved here is an MMA cycle sooner. */
+/* The staged epilogue. Both consumer warpgroups finish a tile at the same moment, and storing
+ * their fragments straight to y (epilogue above) kept the tensor pipe idle for ~20% of their time
+ * (NOTES.md, "ncu source-level"). Instead each consumer rounds half its fragment (128 columns) into
+ * shared memory, the staging, and goes on; the producer warpgroup's three idle warps (the store
+ * warps) copy the staging to y in coalesced 16-byte pieces while the next tile's MMAs run. The
+ * staging holds half a tile because the ring keeps its 4 stages (3 starve the MMAs): a consumer
+ * waits once per tile, for the store warps to have read the first half.
+ * Layout: tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the half) at chunk
+ * c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read (2 rows × 16
+ * chunks) both touch every bank once per 128 bytes. */
+__device__ __forceinline__ uint32_t staged_chunk(int row, int chunk) { return 256 * row + 16 * (chunk ^ (row % 8)); }
+
+/* Consumer side: half `half` (compile-time after unrolling) of the fragment, bias added, rounded
+ * once, into the staging. trow: the tile row of d's first row (64c + 16·warp + lane/4). */
 template <typename T>
-__device__ __forceinline__ void epilogue_plain(const kparams &p, const float *d, int row0, int col0, int lane)
+__device__ __forceinline__ void stage_half(const kparams &p, const float *d, unsigned char *out, int half, int trow,
+                                           int col0, int lane)
 {
-    T *const out = (T *)p.y + (long long)row0 * p.ldy + col0 + 2 * (lane % 4);
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++)
+    for (int jj = 0; jj < BN / 16; jj++) {
+        const int j = BN / 16 * half + jj, col = col0 + 8 * j + 2 * (lane % 4);
+        float b0 = 0.0f, b1 = 0.0f;
+        if (p.bias) { /* columns past N are never stored, but must not be read */
+            if (col < p.n)
+                b0 = lf_dt<T>::to_f32(((const T *)p.bias)[col]);
+            if (col + 1 < p.n)
+                b1 = lf_dt<T>::to_f32(((const T *)p.bias)[col + 1]);
+        }
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            *(typename io<T>::pair *)(out + 8 * h * p.ldy + 8 * j) =
-                io<T>::round2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+            *(typename io<T>::pair *)(out + staged_chunk(trow + 8 * h, jj) + 4 * (lane % 4)) =
+                io<T>::round2(d[4 * j + 2 * h] + b0, d[4 * j + 2 * h + 1] + b1);
+    }
+}
+
+/* Store-warp side: every half tile of this CTA's tiles, in the consumers' order, from the staging
+ * to y; rows past M and columns past N are not stored. i: this thread's index among the store
+ * threads. */
+template <typename T>
+__device__ __forceinline__ void store_staged(const kparams &p, const unsigned char *out, uint32_t full, uint32_t empty,
+                                             int first_item, int items, int i)
+{
+    uint32_t phase = 0;
+    for (int t = first_item; t < items; t += p.tile_ctas) {
+        int mb, nb;
+        tile_coords(p, t, &mb, &nb);
+        for (int half = 0; half < 2; half++) {
+            mbar_wait(full, phase);
+            for (int q = i; q < BM * BN / 16; q += STORE_THREADS) { /* 16 chunks a row: a warp, two rows */
+                const int row = q / 16, chunk = q % 16, grow = mb * BM + row;
+                const int gcol = nb * BN + BN / 2 * half + 8 * chunk;
+                const unsigned char *src = out + staged_chunk(row, chunk);
+                if (grow >= p.m || gcol >= p.n)
+                    continue;
+                T *dst = (T *)p.y + (long long)grow * p.ldy + gcol;
+                if (gcol + 8 <= p.n)
+                    *(uint4 *)dst = *(const uint4 *)src;
+                else /* N's tail: element by element */
+                    for (int e = 0; e < p.n - gcol; e++)
+                        dst[e] = ((const T *)src)[e];
+            }
+            mbar_arrive(empty); /* this thread has read the half: the consumers may overwrite it */
+            phase ^= 1;
+        }
+    }
 }
 
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
@@ -214,9 +270,11 @@ __global__ void __launch_bounds__(THREADS, 1)
     static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + RING_BYTES;
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + RING_BYTES + OUT_BYTES;
+    unsigned char *const out = smem_raw + (ring + RING_BYTES - smem_addr(smem_raw)); /* the staging */
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (BARRIERS + (s)))
+    const uint32_t out_full = bars + 8 * 2 * BARRIERS, out_empty = out_full + 8;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     const int workers = (int)gridDim.x - p.tile_ctas;
     const bool t_worker = (int)blockIdx.x < workers;
@@ -229,6 +287,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             mbar_init(FULL(s), 1);              /* the producer's arrive.expect_tx */
             mbar_init(EMPTY(s), 4 * CONSUMERS); /* one arrival per consumer warp */
         }
+        mbar_init(out_full, 128 * CONSUMERS); /* every consumer thread has staged its part */
+        mbar_init(out_empty, STORE_THREADS);  /* every store thread has read its part */
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
@@ -271,6 +331,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                     ring_next<STAGES>(stage, phase);
                 }
             }
+        } else if (tid >= 32 && !t_worker && p.staged) {
+            store_staged<T>(p, out, out_full, out_empty, first_item, items, tid - 32);
         }
         __syncwarp();
     } else { /* consumer warpgroup c owns rows 64c..64c+63 of the tile */
@@ -316,7 +378,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     publish_flag(t_ready + mb, ready);
             }
         } else {
-            const bool plain = p.y_pairs && !p.bias && p.beta == 0.0f;
+            uint32_t out_phase = 0;
             float d[128];
             for (int t = first_item; t < items; t += p.tile_ctas) {
                 int mb, nb;
@@ -340,11 +402,18 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
                 consumer_drain(EMPTY(0), prev, lane);
                 fence_acc(d);
-                const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
-                if (plain && p.m - mb * BM >= BM && p.n - nb * BN >= BN) /* no overflow near 2^31 */
-                    epilogue_plain<T>(p, d, row0, nb * BN, lane);
-                else
-                    epilogue<T>(p, d, row0, nb * BN, lane);
+                const int trow = c * 64 + warp * 16 + lane / 4;
+                if (p.staged) {
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
+                        stage_half<T>(p, d, out, half, trow, nb * BN, lane);
+                        mbar_arrive(out_full);
+                        out_phase ^= 1;
+                    }
+                } else {
+                    epilogue<T>(p, d, mb * BM + trow, nb * BN, lane);
+                }
             }
         }
     }
@@ -424,6 +493,7 @@ cudaError_t launch_tw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     kp.tiles_n = (int)((p->n + BN - 1) / BN);
     kp.k_tiles = (int)((p->k + BK - 1) / BK);
     kp.y_pairs = p->ldy % 2 == 0 && (uintptr_t)p->y % 4 == 0;
+    kp.staged = p->beta == 0.0f && p->ldy % 8 == 0 && (uintptr_t)p->y % 16 == 0;
     kp.bias = p->bias;
     kp.y = p->y;
     kp.ldy = p->ldy;
