@@ -51,23 +51,32 @@
 
 using namespace lf_hopper;
 
+#ifndef LF_HOPPER_OUT_PARTS
+#define LF_HOPPER_OUT_PARTS 2
+#define LF_HOPPER_STAGES 4
+#endif
+
 namespace {
 
 enum {
     BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
     BN = 256, /* rows of W per tile: one m64n256k16 per consumer and k16 step */
     BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
-    STAGES = 4,
+    STAGES = LF_HOPPER_STAGES,
     CONSUMERS = 2,
     THREADS = 128 * (1 + CONSUMERS),
     A_BYTES = BM * BK * 2,
     B_BYTES = BN * BK * 2,
     RING_BYTES = STAGES * (A_BYTES + B_BYTES),
-    /* the store warps' staging: half a tile (128 rows × 128 columns, 16-bit), see store_staged */
-    OUT_BYTES = BM * (BN / 2) * 2,
+    /* the store warps' staging: 1/OUT_PARTS of a tile (128 rows × OUT_COLS, 16-bit), see store_staged */
+    OUT_PARTS = LF_HOPPER_OUT_PARTS,
+    OUT_COLS = BN / OUT_PARTS,
+    OUT_BYTES = BM * OUT_COLS * 2,
     STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
-    /* T workers cut the same ring into stages of x's box and A's (16 or 64 rows): 10 or 8 */
-    MAX_T_STAGES = RING_BYTES / (A_BYTES + 16 * BK * 2),
+    /* T workers store nothing through the staging: they cut the ring and the staging together into
+     * stages of x's box and A's (16 or 64 rows) */
+    T_RING_BYTES = RING_BYTES + OUT_BYTES,
+    MAX_T_STAGES = T_RING_BYTES / (A_BYTES + 16 * BK * 2),
     BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
     /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full and
      * empty barriers and the staging's two: 230 576 of the 232 448 bytes a block may have */
@@ -177,7 +186,7 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
  * Layout: tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the half) at chunk
  * c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read (2 rows × 16
  * chunks) both touch every bank once per 128 bytes. */
-__device__ __forceinline__ uint32_t staged_chunk(int row, int chunk) { return 256 * row + 16 * (chunk ^ (row % 8)); }
+__device__ __forceinline__ uint32_t staged_chunk(int row, int chunk) { return 2 * OUT_COLS * row + 16 * (chunk ^ (row % 8)); }
 
 /* Consumer side: half `half` (compile-time after unrolling) of the fragment, bias added, rounded
  * once, into the staging. trow: the tile row of d's first row (64c + 16·warp + lane/4). */
@@ -186,8 +195,8 @@ __device__ __forceinline__ void stage_half(const kparams &p, const float *d, uns
                                            int col0, int lane)
 {
 #pragma unroll
-    for (int jj = 0; jj < BN / 16; jj++) {
-        const int j = BN / 16 * half + jj, col = col0 + 8 * j + 2 * (lane % 4);
+    for (int jj = 0; jj < OUT_COLS / 8; jj++) {
+        const int j = OUT_COLS / 8 * half + jj, col = col0 + 8 * j + 2 * (lane % 4);
         float b0 = 0.0f, b1 = 0.0f;
         if (p.bias) { /* columns past N are never stored, but must not be read */
             if (col < p.n)
@@ -213,11 +222,11 @@ __device__ __forceinline__ void store_staged(const kparams &p, const unsigned ch
     for (int t = first_item; t < items; t += p.tile_ctas) {
         int mb, nb;
         tile_coords(p, t, &mb, &nb);
-        for (int half = 0; half < 2; half++) {
+        for (int half = 0; half < OUT_PARTS; half++) {
             mbar_wait(full, phase);
-            for (int q = i; q < BM * BN / 16; q += STORE_THREADS) { /* 16 chunks a row: a warp, two rows */
-                const int row = q / 16, chunk = q % 16, grow = mb * BM + row;
-                const int gcol = nb * BN + BN / 2 * half + 8 * chunk;
+            for (int q = i; q < BM * OUT_COLS / 8; q += STORE_THREADS) {
+                const int row = q / (OUT_COLS / 8), chunk = q % (OUT_COLS / 8), grow = mb * BM + row;
+                const int gcol = nb * BN + OUT_COLS * half + 8 * chunk;
                 const unsigned char *src = out + staged_chunk(row, chunk);
                 if (grow >= p.m || gcol >= p.n)
                     continue;
@@ -266,7 +275,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
     constexpr int LORA_STAGES = TW == 16 ? 1 : 2;
     /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
-    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = RING_BYTES / T_STAGE_BYTES;
+    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = T_RING_BYTES / T_STAGE_BYTES;
     static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
@@ -405,7 +414,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const int trow = c * 64 + warp * 16 + lane / 4;
                 if (p.staged) {
 #pragma unroll
-                    for (int half = 0; half < 2; half++) {
+                    for (int half = 0; half < OUT_PARTS; half++) {
                         mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
                         stage_half<T>(p, d, out, half, trow, nb * BN, lane);
                         mbar_arrive(out_full);
