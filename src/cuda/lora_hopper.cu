@@ -7,10 +7,12 @@
  * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128×256 tiles of y: one producer warpgroup
  * (one thread) streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of
  * full/empty mbarriers; two consumer warpgroups each accumulate 64×256 in fp32 registers with
- * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight. The first CTAs of the
- * grid (blockIdx 0..workers-1, dispatched first) are T workers instead: each streams x's row blocks
- * and A through the same shared memory cut into stages of their own size (x's box and A's: 10
- * stages at r ≤ 16, 8 at r ≤ 64, so that 180–192 KB is in flight, not the tile ring's 72 KB of them),
+ * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight; the producer
+ * warpgroup's other three warps store finished tiles to y from a shared-memory staging while the
+ * consumers go on (store_staged). The first CTAs of the grid (blockIdx 0..workers-1, dispatched
+ * first) are T workers instead: each streams x's row blocks and A through the same shared memory
+ * (ring and staging) cut into stages of their own size (x's box and A's: 12 stages at r ≤ 16, 9
+ * at r ≤ 64, so that 216 KB is in flight, not the tile ring's 72 KB of them),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
@@ -18,8 +20,8 @@
  * flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box against B's
  * first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded for each),
  * landing in the same accumulators; the epilogue adds bias and beta·y and rounds once. Edges: TMA
- * zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past r); the
- * epilogue masks its stores; beta = 0 never reads y. Every sum has a fixed order: no float atomics,
+ * zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past r); both
+ * epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order: no float atomics,
  * results are bitwise identical run to run. One limit the GEMM path does not have: in f16, T's parts
  * are f16 too (wgmma takes one operand type), so |s·T| past 65504 overflows; bf16 has fp32's range.
  *
@@ -51,25 +53,22 @@
 
 using namespace lf_hopper;
 
-#ifndef LF_HOPPER_OUT_PARTS
-#define LF_HOPPER_OUT_PARTS 2
-#define LF_HOPPER_STAGES 4
-#endif
-
 namespace {
 
 enum {
     BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
     BN = 256, /* rows of W per tile: one m64n256k16 per consumer and k16 step */
     BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
-    STAGES = LF_HOPPER_STAGES,
+    /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
+     * with half a tile (NOTES.md, "store warps") */
+    STAGES = 4,
     CONSUMERS = 2,
     THREADS = 128 * (1 + CONSUMERS),
     A_BYTES = BM * BK * 2,
     B_BYTES = BN * BK * 2,
     RING_BYTES = STAGES * (A_BYTES + B_BYTES),
     /* the store warps' staging: 1/OUT_PARTS of a tile (128 rows × OUT_COLS, 16-bit), see store_staged */
-    OUT_PARTS = LF_HOPPER_OUT_PARTS,
+    OUT_PARTS = 2,
     OUT_COLS = BN / OUT_PARTS,
     OUT_BYTES = BM * OUT_COLS * 2,
     STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
@@ -131,8 +130,9 @@ __device__ __forceinline__ void tile_coords(const kparams &p, int t, int *mb, in
     *nb = in / rows;
 }
 
-/* Adds bias and beta·y to a consumer's 64×256 accumulator fragment and rounds once into y: warp w
- * holds rows 16w + lane/4 (+8), and per 8-column chunk j the columns 8j + 2·(lane%4) (+1). */
+/* The register epilogue, for beta ≠ 0 (y read before the one rounding) or a y that takes no 16-byte
+ * stores: adds bias and beta·y to a consumer's 64×256 accumulator fragment and rounds once into y:
+ * warp w holds rows 16w + lane/4 (+8), and per 8-column chunk j the columns 8j + 2·(lane%4) (+1). */
 template <typename T>
 __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int row0, int col0, int lane)
 {
