@@ -166,8 +166,8 @@ static void threads(lf_context *ctx, void *arg)
 
 /* Shapes with tiles enough to take the Hopper path on an H100 (heuristics.h: lf_cuda_hopper_fits):
  * M, N and K past whole tiles (128, 256, 64) where noted, both T widths (16: r ≤ 16; 64: r ≤ 64),
- * bf16 and f16, bias on and off, beta 0, 1 and 0.5. Dense operands: K, N and r are multiples of 8
- * (16-byte rows, the copy engine's rule). */
+ * bf16 and f16, bias on and off, beta 0 (the store warps' epilogue), 1 and 0.5 (the register one).
+ * Dense operands: K, N and r are multiples of 8 (16-byte rows, the copy engine's rule). */
 typedef struct hopper_shape {
     shape s;
     int dt, has_bias, be; /* indices into dtypes, betas */
@@ -179,6 +179,7 @@ static const hopper_shape hopper_shapes[] = {
     {{1100, 264, 4360, 64, 0, 0}, 1, 1, 0},  /* f16, r 64 */
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2},  /* bf16, whole tiles everywhere */
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1},  /* bf16, r 16 on a narrow N: 8 column tiles, the last part-filled */
+    {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 
