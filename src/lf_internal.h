@@ -168,6 +168,10 @@ typedef struct lf_backend_ops {
     size_t (*baseline_workspace_bytes)(const lf_lora_problem *p);
     lf_status (*baseline_base_gemm)(lf_context *ctx, const lf_lora_problem *p, void *ws);
     lf_status (*baseline_unfused)(lf_context *ctx, const lf_lora_problem *p, void *ws);
+    /* lorafuse's own kernel for the base GEMM alone, y = beta·y + x·Wᵀ + bias (the bench's own_base_us,
+     * beside the BLAS's): CUDA's Hopper kernel without its LoRA term, where the plan takes that
+     * kernel for p; LF_ERR_UNSUPPORTED elsewhere. NULL: the backend has none. */
+    lf_status (*own_base_gemm)(lf_context *ctx, const lf_lora_problem *p);
     /* Copy bandwidth of the backend's memory in GB/s (bytes read + bytes written, per second), from
      * a large buffer-to-buffer copy; the ceiling memory-bound results are reported against. */
     lf_status (*measure_copy_bandwidth)(lf_context *ctx, double *gbps);

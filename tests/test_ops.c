@@ -9,8 +9,9 @@
  *
  * Then the shapes the CUDA plan sends to the Hopper kernel (lora_hopper.cu): each case asks the plan
  * which implementation it chose; on a compute capability 9.0 device any other choice fails, on
- * other GPUs the case is reported as skipped with the reason. One of them also runs as a captured
- * CUDA graph replayed with new inputs.
+ * other GPUs the case is reported as skipped with the reason. Each also runs the kernel without its
+ * LoRA term (the bench's own base GEMM), and one of them as a captured CUDA graph replayed with new
+ * inputs.
  */
 #include "lf_test.h"
 #include "cuda/heuristics.h" /* LF_CUDA_HOPPER: the plan's implementation ids */
@@ -218,9 +219,9 @@ static int device_is_hopper(void)
 #define DECODE_NOT_TAKEN "the plan did not choose the decode kernel (its shared memory does not fit this GPU)"
 
 /* Whether the plan took implementation `impl` (LF_CUDA_HOPPER, _DECODE or _GEMM) for p; if not, a
- * skip on other GPUs and a failure (with what the plan chose) on compute capability 9.0, where both
- * run. */
-static int impl_taken(lft_problem *p, const char *what, int impl)
+ * skip of the caller's `cases` on other GPUs and a failure (with what the plan chose) on compute
+ * capability 9.0, where both run. */
+static int impl_taken(lft_problem *p, const char *what, int impl, int cases)
 {
     const int got = planned_impl(p);
     if (got == impl)
@@ -235,7 +236,7 @@ static int impl_taken(lft_problem *p, const char *what, int impl)
                  impl == LF_CUDA_HOPPER   ? HOPPER_NOT_TAKEN
                  : impl == LF_CUDA_DECODE ? DECODE_NOT_TAKEN
                                           : "the plan chose another implementation on this GPU",
-                 1);
+                 cases);
     }
     return 0;
 }
@@ -252,7 +253,7 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
         lft_end();
         return;
     }
-    if (!impl_taken(&p, what, LF_CUDA_HOPPER)) {
+    if (!impl_taken(&p, what, LF_CUDA_HOPPER, 2)) { /* the layer and the own base GEMM */
         lft_problem_free(&p);
         return;
     }
@@ -268,6 +269,18 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
         LFT_CHECKF(memcmp(first, second, p.y.total) == 0, "two runs on the same inputs gave different bits");
     free(first);
     free(second);
+    lft_end();
+
+    /* The same kernel without its LoRA term (the bench's own base GEMM, y = beta·y + x·Wᵀ + bias):
+     * every element against the reference with scale 0. */
+    lft_begin("%s own base GEMM", what);
+    p.c.scale = 0.0f;
+    lft_problem_reference(&p);
+    lf_lora_problem q;
+    lft_problem_lora(&p, 1, &q);
+    if (LFT_CHECK(lft_problem_reset_y(&p) == LF_OK) && LFT_CHECK_STATUS(ctx, ctx->ops->own_base_gemm(ctx, &q), LF_OK) &&
+        LFT_CHECK_STATUS(ctx, lf_synchronize(ctx), LF_OK))
+        lft_problem_check(&p, NULL, NULL);
     lft_problem_free(&p);
     lft_end();
 }
@@ -292,7 +305,7 @@ static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, i
             cudaStreamDestroy(s);
         return;
     }
-    if (!impl_taken(&p, what, impl)) {
+    if (!impl_taken(&p, what, impl, 1)) {
         lft_problem_free(&p);
         cudaStreamDestroy(s);
         return;
@@ -341,7 +354,7 @@ static void hopper(lf_context *ctx, void *arg)
     (void)arg;
     if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
         lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
-                 (int)N_HOPPER);
+                 2 * (int)N_HOPPER); /* the layer and the own base GEMM of each shape */
         return;
     }
     uint64_t index = 300000;
@@ -388,7 +401,7 @@ int main(void)
     lft_for_each_backend("test_ops sweep", (int)(N_SHAPES * CASES_PER_SHAPE), sweep, NULL);
     lft_for_each_backend("test_ops determinism", 3 * 3 * 3 * 2, determinism, NULL);
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
-    lft_for_each_backend("test_ops hopper", (int)N_HOPPER, hopper, NULL);
+    lft_for_each_backend("test_ops hopper", 2 * (int)N_HOPPER, hopper, NULL);
     lft_for_each_backend("test_ops graph replay", 2, graphs, NULL);
     return lft_summary("test_ops");
 }

@@ -909,7 +909,7 @@ static int cmd_check(const options *o)
 /* Timing                                                                                         */
 /* ============================================================================================== */
 
-typedef enum call_kind { CALL_FUSED, CALL_BASE, CALL_UNFUSED } call_kind;
+typedef enum call_kind { CALL_FUSED, CALL_BASE, CALL_OWN_BASE, CALL_UNFUSED } call_kind;
 
 /* What time_calls runs: one closure per measured sequence. Each call takes the next of the first
  * `sets` buffer sets, so a run of calls never finds its operands in the cache from the call before.
@@ -934,6 +934,8 @@ static lf_status timed_call_run(void *arg)
         return run_fused(wl, &wl->sets.view[(size_t)k * OPD_COUNT], tc->with_w);
     case CALL_BASE:
         return ctx->ops->baseline_base_gemm(ctx, &wl->sets.prob[2 * k + 1], wl->ws);
+    case CALL_OWN_BASE:
+        return ctx->ops->own_base_gemm(ctx, &wl->sets.prob[2 * k + 1]);
     case CALL_UNFUSED:
         return ctx->ops->baseline_unfused(ctx, &wl->sets.prob[2 * k + tc->with_w], wl->ws);
     }
@@ -991,6 +993,7 @@ typedef struct op_result {
     const char *op; /* "delta" | "layer" | "multi_delta" | "multi_layer" */
     problem_cfg cfg;
     double fused_us, fused_host_us, base_us, unfused_us; /* NAN: not measured */
+    double own_base_us; /* layer: lorafuse's own kernel for the base GEMM alone; NAN: none */
     double bytes, flops;
     int buffer_sets; /* the fused op and its unfused sequence rotated over this many */
     int adapters;       /* multi cases: L; 0 means 1 (single-adapter cases) */
@@ -1147,6 +1150,7 @@ static void print_ratios(const op_result *r)
         print_ratio("fused layer / base GEMM", r->fused_us, r->base_us);
         print_ratio("unfused layer / base GEMM", r->unfused_us, r->base_us);
         print_ratio("fused layer / unfused layer", r->fused_us, r->unfused_us);
+        print_ratio("own base GEMM / base GEMM", r->own_base_us, r->base_us);
     } else {
         print_ratio("fused delta / unfused delta", r->fused_us, r->unfused_us);
         print_ratio("fused delta / base GEMM", r->fused_us, r->base_us);
@@ -1210,6 +1214,18 @@ static case_outcome bench_case(lf_context *ctx, const char *name, const problem_
     timed_call base = {&wl, CALL_BASE, 1, sets[1], 0};
     const double base_us =
         ctx->ops->baseline_base_gemm ? measure(&base, LF_TIME_GRAPH, o->iters, "timing the base GEMM") : NAN;
+    /* lorafuse's own kernel for the base GEMM, where the backend runs this layer with one (CUDA:
+     * the Hopper kernel, whose base should match cuBLAS's); LF_ERR_UNSUPPORTED elsewhere */
+    double own_base_us = NAN;
+    if (ok[1] && ctx->ops->own_base_gemm) {
+        const lf_status st = ctx->ops->own_base_gemm(ctx, &prob[1]);
+        timed_call own = {&wl, CALL_OWN_BASE, 1, sets[1], 0};
+        if (st == LF_OK)
+            own_base_us = measure(&own, LF_TIME_GRAPH, o->iters, "timing the own base GEMM");
+        else if (st != LF_ERR_UNSUPPORTED)
+            report_lf_error(ctx, "the own base GEMM", st);
+        oc.runtime_error |= st != LF_OK && st != LF_ERR_UNSUPPORTED;
+    }
     op_result r[2];
     printf("  %-16s %12s %12s %10s %8s %10s\n", "per call", "us", "host-loop us", "GB/s", "% copy", "GFLOP/s");
     for (int with_w = 0; with_w <= 1; with_w++) {
@@ -1219,10 +1235,14 @@ static case_outcome bench_case(lf_context *ctx, const char *name, const problem_
         r[with_w].reference_us = NAN;
         snprintf(r[with_w].name, sizeof r[with_w].name, "%s", name);
         r[with_w].base_us = base_us;
+        r[with_w].own_base_us = with_w ? own_base_us : NAN;
         bench_time_op(&wl, with_w, sets[with_w], o, copy_gbps, &r[with_w]);
     }
     print_timing_row("base GEMM", base_us, NAN, base_bytes(c), 2.0 * (double)c->m * (double)c->k * (double)c->n,
                      copy_gbps);
+    if (!isnan(own_base_us))
+        print_timing_row("own base GEMM", own_base_us, NAN, base_bytes(c),
+                         2.0 * (double)c->m * (double)c->k * (double)c->n, copy_gbps);
     for (int with_w = 0; with_w <= 1; with_w++) {
         if (!ok[with_w])
             continue;
@@ -1646,6 +1666,7 @@ static void run_multi_suite(lf_context *ctx, const options *o, double copy_gbps,
                                       .layout = LF_LAYOUT_PEFT, .scale = MULTI_SCALE, .seed = (uint64_t)o->seed};
                 r.adapters = L;
                 r.reference_us = with_w ? NAN : multi_triton_us[li][mi];
+                r.own_base_us = NAN;
                 r.bytes = multi_floor_bytes(&mb, with_w);
                 r.flops = 2.0 * (double)m * (double)mb.r * (double)(mb.k + mb.n) +
                           (with_w ? 2.0 * (double)m * (double)mb.k * (double)mb.n : 0.0);
@@ -1709,6 +1730,7 @@ static json_t *case_json(const op_result *r)
     if (r->adapters > 0)
         json_object_set_new(c, "L", json_integer(r->adapters));
     lf_cli_json_num(c, "triton_reference_us", r->reference_us);
+    lf_cli_json_num(c, "own_base_us", r->own_base_us);
     lf_cli_json_measured(c, r->fused_us, r->fused_host_us, r->base_us, r->unfused_us, r->bytes, r->flops,
                          r->buffer_sets);
     return c;

@@ -522,10 +522,11 @@ static const char *vname[V_COUNT] = {"v1-tile",     "v2-persist",  "v3-persist-w
                                      "v5-bk32-8st", "v6-cl2-bk32", "v7-inT",        "v8-lib"};
 /* Versions this run validates and times: HOPPER_VERSIONS="2,3,7" (numbers as in vname), or all. */
 static int version_on[V_COUNT];
-/* v7 and v8 compute T in the kernel: they exist for 0 < r ≤ 64 only. */
+/* v7 and v8 compute T in the kernel: they exist for 0 < r ≤ 64 only, and v8 (the library's kernel)
+ * for r = 0 too: its own base GEMM. */
 static int version_takes(int v, const problem *pb)
 {
-    return version_on[v] && (v < V_IN_T || int_width(pb->r));
+    return version_on[v] && (v < V_IN_T || int_width(pb->r) || (v == V_T_WORKERS && pb->r == 0));
 }
 
 /* The LoRA pre-pass: T[M,r] = s·x·Aᵀ in bf16 (column-major view: Tᵀ[r,M] = s·A·xᵀ). */
@@ -582,7 +583,7 @@ static cudaLaunchConfig_t cluster2_config(int grid, cudaLaunchAttribute *attr)
  * persistent grid (validation: several tiles per CTA, the ring's phases carried across tiles). */
 static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
 {
-    if (v == V_T_WORKERS && int_width(pb->r)) { /* the library's kernel, on its own grid (max_ctas caps it) */
+    if (v == V_T_WORKERS && (pb->r == 0 || int_width(pb->r))) { /* the library's kernel, on its own grid */
         lf_lora_problem h;
         memset(&h, 0, sizeof h);
         h.layout = LF_LAYOUT_PEFT;

@@ -393,6 +393,7 @@ static const lf_backend_ops cuda_ops = {
     cuda_baseline_workspace_bytes,
     cuda_baseline_base_gemm,
     cuda_baseline_unfused,
+    lf_cuda_own_base_gemm,
     cuda_measure_copy_bandwidth,
     lf_cuda_lora_merge,
     lf_cuda_adapter_set_init,

@@ -100,6 +100,7 @@ lf_status lf_cuda_gemm_xwt_ksplit(lf_context *ctx, cudaDataType_t in_type, int w
 /* lora_fwd.cu: the plan and forward entries of the backend vtable. */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan);
 lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lora_problem *p);
+lf_status lf_cuda_own_base_gemm(lf_context *ctx, const lf_lora_problem *p);
 /* Raises the shared-memory limits of the kernels that need more than 48 KB; once per context, at
  * init, so that no call (possibly under graph capture) has to. Sets state->decode_ok, and
  * state->hopper_ok with the Hopper kernel's control words. */

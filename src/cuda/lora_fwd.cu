@@ -1364,6 +1364,26 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     return lf_fail(ctx, LF_ERR_INTERNAL, "lf_lora_forward (cuda): plan has unknown implementation %d", plan->impl);
 }
 
+/* The bench's own base GEMM (lf_backend_ops.own_base_gemm): the Hopper kernel without its LoRA term,
+ * y = beta·y + x·Wᵀ + bias, for a problem whose layer the plan sends to that kernel. */
+lf_status lf_cuda_own_base_gemm(lf_context *ctx, const lf_lora_problem *p)
+{
+    const lf_plan *plan;
+    const lf_status s = lf_plan_get(ctx, p, &plan);
+    if (s != LF_OK)
+        return s;
+    if (plan->impl != LF_CUDA_HOPPER)
+        return lf_fail(ctx, LF_ERR_UNSUPPORTED,
+                       "own base GEMM: the plan runs this layer without the Hopper kernel (it needs compute "
+                       "capability 9.0, a 16-bit PEFT layer, rank ≤ 64 and tiles for the SMs)");
+    lf_lora_problem q = *p;
+    q.rank = 0;
+    q.a = q.b = NULL;
+    const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+    LF_CUDA_CHECK(ctx, lf_hopper_launch(&q, NULL, cs->hopper_ctl, cs->sm_count, lf_cuda_stream(ctx)));
+    return LF_OK;
+}
+
 /* The many-adapter layer at decode sizes (lora_multi.cu): the decode kernels' MULTI form. The set's
  * storage is 16-byte aligned with 16-byte rows by construction; x and W must be too. */
 bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)

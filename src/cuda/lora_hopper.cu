@@ -264,16 +264,18 @@ __device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int la
 }
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
-/* TW: T's width, 16 (r ≤ 16) or 64 (r ≤ 64). */
-template <typename T, int TW>
+/* LW: the LoRA term's width, 16 (r ≤ 16) or 64 (r ≤ 64); 0: no LoRA term, the base GEMM alone
+ * (lorafuse's own base, which the bench times beside cuBLAS's: no T workers, no LoRA stage). */
+template <typename T, int LW>
 __global__ void __launch_bounds__(THREADS, 1)
     lora_hopper_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                        const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
                        const __grid_constant__ CUtensorMap tm_t2, const kparams p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int TW = LW > 0 ? LW : 16; /* T's width in the workers (LW = 0 has none) */
     constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
-    constexpr int LORA_STAGES = TW == 16 ? 1 : 2;
+    constexpr int LORA_STAGES = LW == 0 ? 0 : LW == 16 ? 1 : 2;
     /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
     constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = T_RING_BYTES / T_STAGE_BYTES;
     static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const uint32_t out_full = bars + 8 * 2 * BARRIERS, out_empty = out_full + 8;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     const int workers = (int)gridDim.x - p.tile_ctas;
-    const bool t_worker = (int)blockIdx.x < workers;
+    const bool t_worker = LW > 0 && (int)blockIdx.x < workers;
     /* this launch's flag value (see the head comment); the count of finished CTAs includes this
      * one only after every thread has read it */
     const unsigned ready = *(volatile const unsigned *)(p.ctl + CTL_GEN) + 1u;
@@ -483,17 +485,21 @@ bool make_map(CUtensorMap *m, bool f16, const void *ptr, int64_t rows, int64_t c
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-int t_width(int64_t r) { return r <= 16 ? 16 : 64; }
+/* The kernel's LW for rank r (0: the base GEMM alone). */
+int lora_width(int64_t r) { return r == 0 ? 0 : r <= 16 ? 16 : 64; }
 
-template <typename T, int TW>
-cudaError_t launch_tw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+template <typename T, int LW>
+cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma, mb, mt;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
-        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, TW) || !make_map(&mb, f16, p->b, p->n, p->rank, p->ldb, BN) ||
-        !make_map(&mt, f16, ws, p->m, 2 * TW, 2 * TW, BM))
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    if (LW == 0) /* never read: no worker, no LoRA stage */
+        ma = mb = mt = mx;
+    else if (!make_map(&ma, f16, p->a, p->rank, p->k, p->lda, LW) ||
+             !make_map(&mb, f16, p->b, p->n, p->rank, p->ldb, BN) || !make_map(&mt, f16, ws, p->m, 2 * LW, 2 * LW, BM))
+        return cudaErrorInvalidValue;
     kparams kp = {};
     kp.m = (int)p->m;
     kp.n = (int)p->n;
@@ -511,19 +517,36 @@ cudaError_t launch_tw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     kp.t2 = ws;
     kp.ctl = ctl;
     const int items = kp.tiles_m * kp.tiles_n;
-    int workers = T_WORKERS < kp.tiles_m ? T_WORKERS : kp.tiles_m;
+    int workers = LW == 0 ? 0 : T_WORKERS < kp.tiles_m ? T_WORKERS : kp.tiles_m;
     if (workers > max_ctas - 1)
         workers = max_ctas - 1;
     kp.tile_ctas = items < max_ctas - workers ? items : max_ctas - workers;
     /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
      * find an SM, which a previous kernel still running beside it (released early) could hold. */
-    lora_hopper_kernel<T, TW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
+    lora_hopper_kernel<T, LW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
     return cudaGetLastError();
 }
 
-template <typename T, int TW> cudaError_t allow_smem()
+template <typename T> cudaError_t allow_smem()
 {
-    return cudaFuncSetAttribute(lora_hopper_kernel<T, TW>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    cudaError_t e = cudaFuncSetAttribute(lora_hopper_kernel<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    return e;
+}
+
+template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    switch (lora_width(p->rank)) {
+    case 0:
+        return launch_lw<T, 0>(p, ws, ctl, max_ctas, st);
+    case 16:
+        return launch_lw<T, 16>(p, ws, ctl, max_ctas, st);
+    default:
+        return launch_lw<T, 64>(p, ws, ctl, max_ctas, st);
+    }
 }
 
 } /* namespace */
@@ -542,13 +565,9 @@ int lf_hopper_setup(void)
     }
     e = cudaMemcpyFromSymbol(&code, sm90a_code, sizeof code);
     if (e == cudaSuccess && code)
-        e = allow_smem<__nv_bfloat16, 16>();
+        e = allow_smem<__nv_bfloat16>();
     if (e == cudaSuccess && code)
-        e = allow_smem<__nv_bfloat16, 64>();
-    if (e == cudaSuccess && code)
-        e = allow_smem<__half, 16>();
-    if (e == cudaSuccess && code)
-        e = allow_smem<__half, 64>();
+        e = allow_smem<__half>();
     if (e != cudaSuccess)
         cudaGetLastError();
     return e == cudaSuccess && code && encoder() != nullptr;
@@ -556,17 +575,15 @@ int lf_hopper_setup(void)
 
 size_t lf_hopper_workspace_bytes(int64_t m, int64_t r)
 {
-    return ((size_t)m * 2 * t_width(r) * 2 + 255) / 256 * 256;
+    return ((size_t)m * 2 * lora_width(r) * 2 + 255) / 256 * 256;
 }
 
 cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
 {
     if (p->m < 1 || p->m > LF_HOPPER_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX ||
-        p->rank < 1 || p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || max_ctas < 2)
+        p->rank < 0 || p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w ||
+        max_ctas < (p->rank ? 2 : 1)) /* a T worker and a tile CTA */
         return cudaErrorInvalidValue;
-    const bool wide = t_width(p->rank) == 64;
-    if (p->dtype == LF_F16)
-        return wide ? launch_tw<__half, 64>(p, ws, ctl, max_ctas, st) : launch_tw<__half, 16>(p, ws, ctl, max_ctas, st);
-    return wide ? launch_tw<__nv_bfloat16, 64>(p, ws, ctl, max_ctas, st)
-                : launch_tw<__nv_bfloat16, 16>(p, ws, ctl, max_ctas, st);
+    return p->dtype == LF_F16 ? launch_typed<__half>(p, ws, ctl, max_ctas, st)
+                              : launch_typed<__nv_bfloat16>(p, ws, ctl, max_ctas, st);
 }

@@ -27,7 +27,8 @@ size_t lf_hopper_workspace_bytes(int64_t m, int64_t r);
 
 /* y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ for p in the PEFT layout, bf16 or f16 (p->layout is not
  * read: the caller checked it). x, W, A, B: 16-byte aligned with strides of whole 16 bytes (the copy
- * engine's rule); bias and y: any alignment. 1 ≤ rank ≤ 64, m ≤ LF_HOPPER_MAX_M, sizes below 2^31.
+ * engine's rule); bias and y: any alignment. 0 ≤ rank ≤ 64 (0: y = beta·y + x·Wᵀ + bias alone, A, B
+ * and ws unused: the kernel's own base GEMM), m ≤ LF_HOPPER_MAX_M, sizes below 2^31.
  * One launch on st: no allocation, no host synchronization (capture-safe). ws: at least
  * lf_hopper_workspace_bytes(m, r) bytes, 256-byte aligned; ctl: this context's control words (no
  * two launches that share them may run at the same time). max_ctas caps the persistent grid (the
