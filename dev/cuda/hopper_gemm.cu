@@ -485,21 +485,23 @@ static int operands_make(const problem *pb, operands *o)
             o->map[i].t = tensor_map(o->t, m, r, r, BM, bk);
             o->map[i].b = tensor_map(o->b, n, r, r, BN, bk);
             o->map[i].b_half = tensor_map(o->b, n, r, r, BN / 2, bk);
-            if (i == 0 && int_width(pb->r)) {
+            if (i == 0 && int_width(pb->r))
                 o->a_tile = tensor_map(o->a, r, k, k, int_width(pb->r), bk);
-                CK(cudaMalloc(&o->hopper_ws, lf_hopper_workspace_bytes(pb->m, pb->r)));
-                CK(cudaMalloc(&o->hopper_ctl, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
-                CK(cudaMemset(o->hopper_ctl, 0, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
-                /* the generation two launches short of 2^32: the first launch is the one that
-                 * clears the flags and restarts the count, the next flags with 1 (lora_hopper.cu) */
-                const unsigned near_wrap = 0xfffffffeu;
-                CK(cudaMemcpy(o->hopper_ctl, &near_wrap, sizeof near_wrap, cudaMemcpyHostToDevice));
-            }
         } else { /* unused: no LoRA steps */
             o->map[i].t = o->map[i].x;
             o->map[i].b = o->map[i].w;
             o->map[i].b_half = o->map[i].w_half;
         }
+    }
+    if (pb->r <= 64) { /* v8, the library's kernel: its workspace (none at r = 0) and control words */
+        if (pb->r)
+            CK(cudaMalloc(&o->hopper_ws, lf_hopper_workspace_bytes(pb->m, pb->r)));
+        CK(cudaMalloc(&o->hopper_ctl, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
+        CK(cudaMemset(o->hopper_ctl, 0, LF_HOPPER_CTL_WORDS * sizeof(unsigned)));
+        /* the generation two launches short of 2^32: the first launch is the one that clears the
+         * flags and restarts the count, the next flags with 1 (lora_hopper.cu) */
+        const unsigned near_wrap = 0xfffffffeu;
+        CK(cudaMemcpy(o->hopper_ctl, &near_wrap, sizeof near_wrap, cudaMemcpyHostToDevice));
     }
     return encode_errors == errors_before;
 }
