@@ -1224,7 +1224,8 @@ static case_outcome bench_case(lf_context *ctx, const char *name, const problem_
             own_base_us = measure(&own, LF_TIME_GRAPH, o->iters, "timing the own base GEMM");
         else if (st != LF_ERR_UNSUPPORTED)
             report_lf_error(ctx, "the own base GEMM", st);
-        oc.runtime_error |= st != LF_OK && st != LF_ERR_UNSUPPORTED;
+        /* a kernel that ran once but could not be timed (measure said why) is an error too */
+        oc.runtime_error |= st == LF_OK ? isnan(own_base_us) : st != LF_ERR_UNSUPPORTED;
     }
     op_result r[2];
     printf("  %-16s %12s %12s %10s %8s %10s\n", "per call", "us", "host-loop us", "GB/s", "% copy", "GFLOP/s");

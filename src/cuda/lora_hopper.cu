@@ -78,7 +78,7 @@ enum {
     MAX_T_STAGES = T_RING_BYTES / (A_BYTES + 16 * BK * 2),
     BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
     /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full and
-     * empty barriers and the staging's two: 230 576 of the 232 448 bytes a block may have */
+     * empty barriers and the staging's two: 230 608 of the 232 448 bytes a block may have */
     SMEM_BYTES = RING_BYTES + OUT_BYTES + 1024 + 8 * (2 * BARRIERS + 2),
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
