@@ -172,17 +172,34 @@ static void threads(lf_context *ctx, void *arg)
 typedef struct hopper_shape {
     shape s;
     int dt, has_bias, be; /* indices into dtypes, betas */
+    int impl;             /* LF_CUDA_HOPPER, or LF_CUDA_HOPPER_MID: the split-K form for few tiles */
 } hopper_shape;
 static const hopper_shape hopper_shapes[] = {
-    {{1100, 1032, 4360, 16, 0, 0}, 2, 1, 0}, /* bf16, every tail: M 76, K 8, N 8 past whole tiles */
-    {{1100, 72, 4104, 8, 0, 0}, 1, 0, 1},    /* f16, short K (one whole stage and a tail), r 8 */
-    {{1030, 136, 4616, 40, 0, 0}, 2, 1, 2},  /* bf16, r 40: T 64 wide, 3 of 4 k16 steps per LoRA stage */
-    {{1100, 264, 4360, 64, 0, 0}, 1, 1, 0},  /* f16, r 64 */
-    {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2},  /* bf16, whole tiles everywhere */
-    {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1},  /* bf16, r 16 on a narrow N: 8 column tiles, the last part-filled */
-    {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
+    {{1100, 1032, 4360, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER}, /* bf16, every tail: M 76, K 8, N 8 past whole tiles */
+    {{1100, 72, 4104, 8, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},    /* f16, short K (one whole stage and a tail), r 8 */
+    {{1030, 136, 4616, 40, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER},  /* bf16, r 40: T 64 wide, 3 of 4 k16 steps per LoRA stage */
+    {{1100, 264, 4360, 64, 0, 0}, 1, 1, 0, LF_CUDA_HOPPER},  /* f16, r 64 */
+    {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
+    {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
+    {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
+    /* the split-K form: clusters of 8 (16 tiles; 4 tiles with K and N tails), 4 (27 tiles, r 40),
+     * 2 (64 tiles, M tail; 56 tiles of 40 tokens on a wide N) */
+    {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
+    {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
+    {{300, 520, 2056, 40, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
+    {{400, 264, 4096, 64, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
+    {{40, 4096, 14336, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
+/* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
+static int hopper_cases(const hopper_shape *h) { return h->impl == LF_CUDA_HOPPER ? 2 : 1; }
+static int hopper_cases_all(void)
+{
+    int n = 0;
+    for (size_t i = 0; i < N_HOPPER; i++)
+        n += hopper_cases(&hopper_shapes[i]);
+    return n;
+}
 
 static lft_case hopper_case(const hopper_shape *h, uint64_t index)
 {
@@ -242,7 +259,7 @@ static int impl_taken(lft_problem *p, const char *what, int impl, int cases)
 }
 
 /* Every element against the reference, and a second run bitwise equal to the first. */
-static void hopper_case_run(lf_context *ctx, const lft_case *c)
+static void hopper_case_run(lf_context *ctx, const lft_case *c, const hopper_shape *h)
 {
     char name[256], what[320];
     snprintf(what, sizeof what, "test_ops hopper %s", lft_case_name(c, name, sizeof name));
@@ -253,7 +270,7 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
         lft_end();
         return;
     }
-    if (!impl_taken(&p, what, LF_CUDA_HOPPER, 2)) { /* the layer and the own base GEMM */
+    if (!impl_taken(&p, what, h->impl, hopper_cases(h))) {
         lft_problem_free(&p);
         return;
     }
@@ -270,6 +287,10 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c)
     free(first);
     free(second);
     lft_end();
+    if (h->impl != LF_CUDA_HOPPER) {
+        lft_problem_free(&p);
+        return;
+    }
 
     /* The same kernel without its LoRA term (the bench's own base GEMM, y = beta·y + x·Wᵀ + bias):
      * every element against the reference with scale 0. */
@@ -354,31 +375,32 @@ static void hopper(lf_context *ctx, void *arg)
     (void)arg;
     if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
         lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
-                 2 * (int)N_HOPPER); /* the layer and the own base GEMM of each shape */
+                 hopper_cases_all());
         return;
     }
     uint64_t index = 300000;
     for (size_t i = 0; i < N_HOPPER; i++) {
         const lft_case c = hopper_case(&hopper_shapes[i], index++);
-        hopper_case_run(ctx, &c);
+        hopper_case_run(ctx, &c, &hopper_shapes[i]);
     }
 }
 
 /* A decode-sized layer (bf16, PEFT, aligned, beta 0) for the graph test: the CUDA decode kernel;
- * and one for the GEMM path (too few tiles for the Hopper kernel: cuBLAS inside the capture, with
- * its workspace bound to the capturing stream), with bias and beta 0.5. */
+ * and one for the GEMM path (the KN layout, which the Hopper kernels do not take: cuBLAS inside the
+ * capture, with its workspace bound to the capturing stream), with bias and beta 0.5. */
 static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
 static const shape gemm_graph_shape = {100, 520, 1000, 16, 0, 0};
 
 static void graphs(lf_context *ctx, void *arg)
 {
     (void)arg;
-    const lft_case cases[3] = {hopper_case(&hopper_shapes[0], 310000),
+    const lft_case cases[4] = {hopper_case(&hopper_shapes[0], 310000),
                                make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
-                               make_case(&gemm_graph_shape, 2, 0, 1, 1, 2, 310002)};
-    const char *kinds[3] = {"hopper", "decode", "GEMM path"};
-    const int impls[3] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM};
-    for (int i = 0; i < 3; i++) {
+                               make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
+                               hopper_case(&hopper_shapes[7], 310003)};
+    const char *kinds[4] = {"hopper", "decode", "GEMM path", "hopper split-K"};
+    const int impls[4] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM, LF_CUDA_HOPPER_MID};
+    for (int i = 0; i < 4; i++) {
         char name[256];
         if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
             lft_skip(lft_case_name(&cases[i], name, sizeof name), lf_backend_name(lf_context_backend(ctx)),
@@ -401,7 +423,7 @@ int main(void)
     lft_for_each_backend("test_ops sweep", (int)(N_SHAPES * CASES_PER_SHAPE), sweep, NULL);
     lft_for_each_backend("test_ops determinism", 3 * 3 * 3 * 2, determinism, NULL);
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
-    lft_for_each_backend("test_ops hopper", 2 * (int)N_HOPPER, hopper, NULL);
-    lft_for_each_backend("test_ops graph replay", 2, graphs, NULL);
+    lft_for_each_backend("test_ops hopper", hopper_cases_all(), hopper, NULL);
+    lft_for_each_backend("test_ops graph replay", 4, graphs, NULL);
     return lft_summary("test_ops");
 }

@@ -317,12 +317,28 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 4096, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, LF_CUDA_HOPPER_MAX_M + 1, 4096, 16, 132));
     lft_end();
+
+    lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");
+    const int h100[4] = {132, 132, 132, 128}, no8[4] = {132, 132, 132, 0};
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h100) == 8);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, no8) == 4);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 300, 520, 2056, 40, h100) == 4);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 64, h100) == 2);
+    /* no split that fits one wave (the GEMM path), too short a K for a stage per CTA, past r 64 */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 640, 4096, 4096, 16, h100) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h100) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 65, h100) == 0);
+    /* the kernel's operand limits */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_KN, ok_flags, 128, 4096, 4096, 16, h100) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F32, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h100) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 128, 4096, 4096, 16, h100) == 0);
+    lft_end();
 }
 
 int main(void)
 {
     printf("test_plan: base seed LF_TEST_SEED=0x%016llx\n", (unsigned long long)lft_base_seed());
-    lft_for_each_backend("test_plan", 7, plan_tests, NULL);
+    lft_for_each_backend("test_plan", 8, plan_tests, NULL);
     heuristics_tests();
     return lft_summary("test_plan");
 }

@@ -19,7 +19,8 @@ enum {
     LF_CUDA_GEMM = 4,        /* layer: cuBLAS T and base GEMM (fp32), then one epilogue kernel */
     LF_CUDA_DELTA_SMALL = 5, /* delta, short K and small rank: one launch, one memory round trip */
     LF_CUDA_DELTA_TSPLIT = 6, /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
-    LF_CUDA_HOPPER = 7        /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
+    LF_CUDA_HOPPER = 7,       /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
+    LF_CUDA_HOPPER_MID = 8    /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -260,6 +261,25 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK && m <= LF_CUDA_HOPPER_MAX_M &&
            4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 8 : 16);
+}
+
+/* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few
+ * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): each tile's K range split
+ * over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The same operand limits
+ * as the kernel. Returns the split, the largest of 8, 4, 2 whose CTAs all run at once (slots[i]: CTAs
+ * that do in clusters of 2^i) and that leaves every CTA a K stage of 64; 0 where none does (with
+ * no split, 128 × 256 tiles on fewer than half the SMs lose to the GEMM path's cuBLAS). */
+static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
+                                           int64_t n, int64_t r, const int slots[4])
+{
+    if (!((dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
+          (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK))
+        return 0;
+    const int64_t tiles = (m + 127) / 128 * ((n + 255) / 256), k_tiles = (k + 63) / 64;
+    for (int i = 3; i >= 1; i--)
+        if (slots[i] > 0 && tiles * (1 << i) <= slots[i] && (1 << i) <= k_tiles)
+            return 1 << i;
+    return 0;
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

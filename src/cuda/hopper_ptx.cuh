@@ -225,6 +225,32 @@ static __device__ __forceinline__ void wait_flag(const unsigned *flag, unsigned 
     asm volatile("fence.proxy.async.global;" ::: "memory");
 }
 
+/* Thread block clusters: every thread of every CTA of the cluster arrives, and waits until all
+ * have (release/acquire: shared-memory writes before it are seen by every CTA's reads after it). */
+static __device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+static __device__ __forceinline__ unsigned cluster_rank()
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+/* The address `saddr` of this CTA's shared memory in CTA `rank` of the cluster, for ld_cluster_f32. */
+static __device__ __forceinline__ uint32_t cluster_map(uint32_t saddr, unsigned rank)
+{
+    uint32_t d;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(saddr), "r"(rank));
+    return d;
+}
+static __device__ __forceinline__ float ld_cluster_f32(uint32_t caddr)
+{
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(caddr) : "memory");
+    return v;
+}
+
 /* Register reallocation between the warpgroups of a CTA (the kernel needs a register cap at entry:
  * __launch_bounds__(threads, 1)). */
 template <int R> static __device__ __forceinline__ void regs_dealloc()

@@ -1229,6 +1229,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
             state->cublas_ws_bytes -= ctl_bytes;
             state->hopper_ctl = ctl;
             state->hopper_ok = 1;
+            for (int i = 0; i < 4; i++)
+                state->hopper_mid_slots[i] = lf_hopper_mid_slots(1 << i);
         } else {
             cudaGetLastError();
         }
@@ -1239,6 +1241,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   DELTA_*: see plan_delta
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
+ *   HOPPER_MID: {split}
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1262,6 +1265,9 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     } else if (cs->hopper_ok && lf_cuda_hopper_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_HOPPER;
         ws = lf_hopper_workspace_bytes(m, r);
+    } else if (cs->hopper_ok && (plan->param[0] = lf_cuda_hopper_mid_split(key->dtype, key->layout, key->flags, m, k,
+                                                                            n, r, cs->hopper_mid_slots)) > 0) {
+        plan->impl = LF_CUDA_HOPPER_MID;
     } else {
         if (!(key->flags & LF_PLAN_STRIDES_INT)) /* in the key: a cached plan never skips this */
             return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
@@ -1301,6 +1307,9 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         LF_CUDA_CHECK(ctx, lf_hopper_launch(p, ctx->workspace, cs->hopper_ctl, cs->sm_count, st));
         return LF_OK;
     }
+    case LF_CUDA_HOPPER_MID:
+        LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], st));
+        return LF_OK;
     case LF_CUDA_GEMM: {
         /* T = x·Aᵀ and x·Wᵀ through cuBLAS (fp32 out), then one bandwidth-bound epilogue adds
          * s·T·Bᵀ, bias and beta·y and rounds once. */

@@ -46,6 +46,7 @@
  */
 #include "common.cuh"
 #include "hopper_ptx.cuh"
+#include "launch.cuh"
 #include "lora_hopper.cuh"
 
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled: the encoder comes through the runtime */
@@ -446,7 +447,181 @@ __global__ void __launch_bounds__(THREADS, 1)
 #endif
 }
 
-/* 1 in the code that holds the kernel above (sm_90a), 0 in every other target's. */
+/* ---- few tiles: the K loop split over a thread block cluster ---------------------------------
+ *
+ * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
+ * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here each
+ * tile's K range is split over the `split` CTAs of a cluster (2, 4 or 8; 1: none), so that
+ * tiles × split CTAs cover the GPU in one wave. Each CTA streams its K slice of x, W and A through
+ * the same 4-stage TMA ring as above, accumulating its part of x·Wᵀ (m64n256k16) and of T = x·Aᵀ
+ * (m64n16k16 or m64n64k16 on the same x slab) in registers; then every CTA writes both parts to its
+ * shared memory (the ring is free by then), the cluster synchronizes, and CTA j of the cluster
+ * finishes rows [j·128/split, (j+1)·128/split) of the tile: it sums the split parts of T and of the
+ * base read from every CTA's shared memory (distributed shared memory, in cluster order), adds
+ * s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y. One launch, no
+ * workspace, no flags; every sum in a fixed order: bitwise reproducible. */
+enum {
+    MID_PLD = BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
+    MID_MAX_SPLIT = 8,
+};
+
+struct mid_params {
+    int m, n, r, k_tiles, tiles_m, split;
+    const void *bias, *b;
+    long long ldb;
+    void *y;
+    long long ldy;
+    float beta, scale;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Rows [row0, row0 + rows) of tile column block nb, finished by this CTA (the consumers' 256
+ * threads: thread c owns column c of the tile). base and tp: this CTA's shared addresses of the
+ * parts (every CTA uses the same layout), tl: shared memory for the finished T rows. */
+template <typename T, int LW>
+__device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
+                                           int row0, int rows, int c)
+{
+    /* T = scale · Σ_s T_s of the rows, s in cluster order */
+    for (int i = c; i < rows * LW; i += 256) {
+        const uint32_t at = tp + 4 * ((row0 + i / LW) * LW + i % LW);
+        float v = 0.0f;
+        for (int s = 0; s < p.split; s++)
+            v += ld_cluster_f32(cluster_map(at, s));
+        tl[i] = p.scale * v;
+    }
+    asm volatile("bar.sync 1, 256;" ::: "memory");
+    const int col = nb * BN + c;
+    if (col >= p.n)
+        return;
+    float bv[LW]; /* B's row for this column, zero past r */
+#pragma unroll
+    for (int t = 0; t < LW; t++)
+        bv[t] = t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)col * p.ldb + t]) : 0.0f;
+    const float bias = p.bias ? lf_dt<T>::to_f32(((const T *)p.bias)[col]) : 0.0f;
+    for (int i = 0; i < rows; i++) {
+        const int row = mb * BM + row0 + i;
+        if (row >= p.m)
+            break;
+        const uint32_t at = base + 4 * ((row0 + i) * MID_PLD + c);
+        float v = 0.0f;
+        for (int s = 0; s < p.split; s++)
+            v += ld_cluster_f32(cluster_map(at, s));
+        float lora = 0.0f;
+#pragma unroll
+        for (int t = 0; t < LW; t++)
+            lora = fmaf(tl[i * LW + t], bv[t], lora);
+        v += lora + bias;
+        T *out = (T *)p.y + (long long)row * p.ldy + col;
+        if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+            v = fmaf(p.beta, lf_dt<T>::to_f32(*out), v);
+        *out = lf_dt<T>::from_f32(v);
+    }
+}
+#endif
+
+/* LW: T's width, 16 (r ≤ 16) or 64 (r ≤ 64). Grid: split CTAs per tile, in clusters of split. */
+template <typename T, int LW>
+__global__ void __launch_bounds__(THREADS, 1)
+    lora_hopper_mid_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                           const __grid_constant__ CUtensorMap tm_a, const mid_params p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, AT_BYTES = LW * BK * 2;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES + AT_BYTES;
+    static_assert(STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
+    static_assert(BM * MID_PLD * 4 + BM * LW * 4 + BM * LW * 4 <= STAGES * STAGE_BYTES, "parts fit the ring");
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * STAGE_BYTES;
+#define FULL(s) (bars + 8 * (s))
+#define EMPTY(s) (bars + 8 * (STAGES + (s)))
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int j = p.split > 1 ? (int)cluster_rank() : 0, tile = (int)blockIdx.x / p.split;
+    const int mb = tile % p.tiles_m, nb = tile / p.tiles_m;
+    const int ks0 = j * p.k_tiles / p.split, ks1 = (j + 1) * p.k_tiles / p.split;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(FULL(s), 1);
+            mbar_init(EMPTY(s), 4 * CONSUMERS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][LW], then the finished T rows */
+    const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
+    float *const tl = (float *)(smem_raw + (tp + BM * LW * 4 - smem_addr(smem_raw)));
+    if (wg == 0) {
+        regs_dealloc<PRODUCER_REGS>();
+        if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int ks = ks0; ks < ks1; ks++) {
+                const uint32_t slot = ring + stage * STAGE_BYTES;
+                mbar_wait(EMPTY(stage), phase ^ 1);
+                mbar_arrive_expect_tx(FULL(stage), STAGE_BYTES);
+                tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
+                tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * BN);
+                tma_load_2d(slot + A_BYTES + B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                ring_next<STAGES>(stage, phase);
+            }
+        }
+        __syncwarp();
+        cluster_sync(); /* the parts are written */
+        cluster_sync(); /* every CTA has read them */
+    } else {
+        regs_alloc<CONSUMER_REGS>();
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+        float d[128], t_acc[LW / 2];
+#pragma unroll
+        for (int i = 0; i < 128; i++)
+            d[i] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < LW / 2; i++)
+            t_acc[i] = 0.0f;
+        int stage = 0, prev = -1;
+        uint32_t phase = 0;
+        for (int ks = ks0; ks < ks1; ks++) {
+            mbar_wait(FULL(stage), phase);
+            const uint32_t slot = ring + stage * STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
+            const uint32_t b = slot + A_BYTES, at = slot + A_BYTES + B_BYTES;
+            wgmma_fence();
+            wgmma_k16_steps<BK, K16, T>(d, a, b);
+#pragma unroll
+            for (int k = 0; k < K16; k++)
+                wgmma_m64nXk16<LW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+            consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+        }
+        consumer_drain(EMPTY(0), prev, lane);
+        fence_acc(d);
+        fence_acc<LW / 2>(t_acc);
+        /* both consumers' MMAs have read the ring before either overwrites it with its parts */
+        asm volatile("bar.sync 1, 256;" ::: "memory");
+        const int row = c * 64 + warp * 16 + lane / 4; /* the fragments' layout: see epilogue above */
+        float *const bp = (float *)(smem_raw + (base - smem_addr(smem_raw)));
+        float *const tpp = (float *)(smem_raw + (tp - smem_addr(smem_raw)));
+#pragma unroll
+        for (int jj = 0; jj < BN / 8; jj++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                *(float2 *)&bp[(row + 8 * h) * MID_PLD + 8 * jj + 2 * (lane % 4)] =
+                    make_float2(d[4 * jj + 2 * h], d[4 * jj + 2 * h + 1]);
+#pragma unroll
+        for (int i = 0; i < LW / 4; i++)
+            *(float2 *)&tpp[(row + 8 * (i % 2)) * LW + 8 * (i / 2) + 2 * (lane % 4)] =
+                make_float2(t_acc[2 * i], t_acc[2 * i + 1]);
+        cluster_sync(); /* the parts are written */
+        const int rows = BM / p.split;
+        mid_finish<T, LW>(p, base, tp, tl, mb, nb, j * rows, rows, tid + 128 * c);
+        __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
+        cluster_sync(); /* every CTA has read them */
+    }
+#undef FULL
+#undef EMPTY
+#endif
+}
+
+/* 1 in the code that holds the kernels above (sm_90a), 0 in every other target's. */
 __device__ int sm90a_code =
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     1;
@@ -549,6 +724,47 @@ template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *w
     }
 }
 
+/* The split-K form: shared memory of its 4-stage ring (x, W and A's LW rows per stage). */
+constexpr size_t mid_smem(int lw) { return (size_t)STAGES * (A_BYTES + B_BYTES + lw * BK * 2) + 1024 + 8 * 2 * STAGES; }
+
+template <typename T, int LW> cudaError_t mid_allow_smem()
+{
+    return cudaFuncSetAttribute(lora_hopper_mid_kernel<T, LW>, cudaFuncAttributeMaxDynamicSharedMemorySize, mid_smem(LW));
+}
+
+template <typename T, int LW> cudaError_t mid_launch_lw(const lf_lora_problem *p, int split, cudaStream_t st)
+{
+    const bool f16 = p->dtype == LF_F16;
+    CUtensorMap mx, mw, ma;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
+        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, LW))
+        return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    mid_params mp = {};
+    mp.m = (int)p->m;
+    mp.n = (int)p->n;
+    mp.r = (int)p->rank;
+    mp.k_tiles = (int)((p->k + BK - 1) / BK);
+    mp.tiles_m = (int)((p->m + BM - 1) / BM);
+    mp.split = split;
+    mp.bias = p->bias;
+    mp.b = p->b;
+    mp.ldb = p->ldb;
+    mp.y = p->y;
+    mp.ldy = p->ldy;
+    mp.beta = p->beta;
+    mp.scale = p->scale;
+    const long long ctas = (long long)mp.tiles_m * ((p->n + BN - 1) / BN) * split;
+    if (ctas > INT_MAX)
+        return cudaErrorInvalidValue;
+    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T, LW>, dim3((unsigned)ctas), THREADS, mid_smem(LW), false,
+                                    (unsigned)split, st, mx, mw, ma, mp);
+}
+
+template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, cudaStream_t st)
+{
+    return lora_width(p->rank) == 16 ? mid_launch_lw<T, 16>(p, split, st) : mid_launch_lw<T, 64>(p, split, st);
+}
+
 } /* namespace */
 
 int lf_hopper_setup(void)
@@ -568,6 +784,14 @@ int lf_hopper_setup(void)
         e = allow_smem<__nv_bfloat16>();
     if (e == cudaSuccess && code)
         e = allow_smem<__half>();
+    if (e == cudaSuccess && code)
+        e = mid_allow_smem<__nv_bfloat16, 16>();
+    if (e == cudaSuccess && code)
+        e = mid_allow_smem<__nv_bfloat16, 64>();
+    if (e == cudaSuccess && code)
+        e = mid_allow_smem<__half, 16>();
+    if (e == cudaSuccess && code)
+        e = mid_allow_smem<__half, 64>();
     if (e != cudaSuccess)
         cudaGetLastError();
     return e == cudaSuccess && code && encoder() != nullptr;
@@ -586,4 +810,35 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
         return cudaErrorInvalidValue;
     return p->dtype == LF_F16 ? launch_typed<__half>(p, ws, ctl, max_ctas, st)
                               : launch_typed<__nv_bfloat16>(p, ws, ctl, max_ctas, st);
+}
+
+int lf_hopper_mid_slots(int split)
+{
+    /* the larger ring (LW 64) bounds how many CTAs fit: both widths' clusters are counted by it */
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)split);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = mid_smem(64);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)split;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16, 64>, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return clusters * split;
+}
+
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st)
+{
+    if (p->m < 1 || p->m >= INT_MAX || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
+        p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w ||
+        (split != 1 && split != 2 && split != 4 && split != 8))
+        return cudaErrorInvalidValue;
+    return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
 }
