@@ -478,17 +478,43 @@ struct mid_params {
 /* Rows [row0, row0 + rows) of tile column block nb, finished by this CTA (the consumers' 256
  * threads: thread c owns column c of the tile). base and tp: this CTA's shared addresses of the
  * parts (every CTA uses the same layout), tl: shared memory for the finished T rows. */
+/* The split parts of one value, summed in cluster order. The loads of distributed shared memory
+ * take hundreds of cycles: each caller issues a batch of them before the first sum needs one. */
+__device__ __forceinline__ float sum_parts(const float (&part)[MID_MAX_SPLIT], int split)
+{
+    float v = part[0];
+#pragma unroll
+    for (int s = 1; s < MID_MAX_SPLIT; s++)
+        if (s < split)
+            v += part[s];
+    return v;
+}
+__device__ __forceinline__ void load_parts(float (&part)[MID_MAX_SPLIT], uint32_t at, int split)
+{
+#pragma unroll
+    for (int s = 0; s < MID_MAX_SPLIT; s++)
+        if (s < split)
+            part[s] = ld_cluster_f32(cluster_map(at, s));
+}
+
 template <typename T, int LW>
 __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
                                            int row0, int rows, int c)
 {
+    constexpr int G = 8; /* rows whose parts are in flight at once */
     /* T = scale · Σ_s T_s of the rows, s in cluster order */
-    for (int i = c; i < rows * LW; i += 256) {
-        const uint32_t at = tp + 4 * ((row0 + i / LW) * LW + i % LW);
-        float v = 0.0f;
-        for (int s = 0; s < p.split; s++)
-            v += ld_cluster_f32(cluster_map(at, s));
-        tl[i] = p.scale * v;
+    for (int i0 = c; i0 < rows * LW; i0 += 256 * G) {
+        float part[G][MID_MAX_SPLIT];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (i0 + 256 * g < rows * LW) {
+                const int i = i0 + 256 * g;
+                load_parts(part[g], tp + 4 * ((row0 + i / LW) * LW + i % LW), p.split);
+            }
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (i0 + 256 * g < rows * LW)
+                tl[i0 + 256 * g] = p.scale * sum_parts(part[g], p.split);
     }
     asm volatile("bar.sync 1, 256;" ::: "memory");
     const int col = nb * BN + c;
@@ -499,23 +525,28 @@ __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, u
     for (int t = 0; t < LW; t++)
         bv[t] = t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)col * p.ldb + t]) : 0.0f;
     const float bias = p.bias ? lf_dt<T>::to_f32(((const T *)p.bias)[col]) : 0.0f;
-    for (int i = 0; i < rows; i++) {
-        const int row = mb * BM + row0 + i;
-        if (row >= p.m)
-            break;
-        const uint32_t at = base + 4 * ((row0 + i) * MID_PLD + c);
-        float v = 0.0f;
-        for (int s = 0; s < p.split; s++)
-            v += ld_cluster_f32(cluster_map(at, s));
-        float lora = 0.0f;
+    const int live = min(rows, p.m - (mb * BM + row0)); /* rows of this slice inside M */
+    for (int i0 = 0; i0 < live; i0 += G) {
+        float part[G][MID_MAX_SPLIT];
 #pragma unroll
-        for (int t = 0; t < LW; t++)
-            lora = fmaf(tl[i * LW + t], bv[t], lora);
-        v += lora + bias;
-        T *out = (T *)p.y + (long long)row * p.ldy + col;
-        if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
-            v = fmaf(p.beta, lf_dt<T>::to_f32(*out), v);
-        *out = lf_dt<T>::from_f32(v);
+        for (int g = 0; g < G; g++)
+            if (i0 + g < live)
+                load_parts(part[g], base + 4 * ((row0 + i0 + g) * MID_PLD + c), p.split);
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const int i = i0 + g;
+            if (i >= live)
+                break;
+            float lora = 0.0f;
+#pragma unroll
+            for (int t = 0; t < LW; t++)
+                lora = fmaf(tl[i * LW + t], bv[t], lora);
+            float v = sum_parts(part[g], p.split) + lora + bias;
+            T *out = (T *)p.y + (long long)(mb * BM + row0 + i) * p.ldy + col;
+            if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+                v = fmaf(p.beta, lf_dt<T>::to_f32(*out), v);
+            *out = lf_dt<T>::from_f32(v);
+        }
     }
 }
 #endif
