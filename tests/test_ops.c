@@ -182,12 +182,12 @@ static const hopper_shape hopper_shapes[] = {
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
-    /* the split-K form: clusters of 8 (16 tiles; 4 tiles with K and N tails), 4 (27 tiles, r 40),
-     * 2 (64 tiles, M tail; 56 tiles of 40 tokens on a wide N) */
+    /* the split-K form (r ≤ 16): 16 tiles (clusters of 7 or 8), 4 tiles with K and N tails, 27
+     * tiles (of 4), 64 tiles with an M tail (pairs), 56 tiles of 40 tokens on a wide N */
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
-    {{300, 520, 2056, 40, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
-    {{400, 264, 4096, 64, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
+    {{300, 520, 2056, 12, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
+    {{400, 264, 4096, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
     {{40, 4096, 14336, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])

@@ -319,19 +319,21 @@ static void heuristics_tests(void)
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");
-    const int h100[4] = {132, 132, 132, 128}, no8[4] = {132, 132, 132, 0};
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h100) == 8);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, no8) == 4);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 300, 520, 2056, 40, h100) == 4);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 64, h100) == 2);
-    /* no split that fits one wave (the GEMM path), too short a K for a stage per CTA, past r 64 */
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 640, 4096, 4096, 16, h100) == 0);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h100) == 0);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 65, h100) == 0);
+    /* slots like an H200's (dev/cuda/cluster_slots.cu measured 132 CTAs in clusters of 1 and 2, 120 in
+     * clusters of 4 and 8; the other sizes here are made up) */
+    const int h200[9] = {0, 132, 132, 129, 120, 130, 126, 126, 120}, pairs[9] = {0, 132, 132, 0, 0, 0, 0, 0, 0};
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h200) == 7);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, pairs) == 2);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 256, 2048, 4096, 8, h200) == 3);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 16, h200) == 2);
+    /* no split that fits one wave (the GEMM path), too short a K for a stage per CTA, past r 16 */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 640, 4096, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 17, h200) == 0);
     /* the kernel's operand limits */
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_KN, ok_flags, 128, 4096, 4096, 16, h100) == 0);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F32, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h100) == 0);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 128, 4096, 4096, 16, h100) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_KN, ok_flags, 128, 4096, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F32, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 128, 4096, 4096, 16, h200) == 0);
     lft_end();
 }
 

@@ -26,7 +26,7 @@ typedef struct lf_cuda_state {
     int decode_ok; /* the decode kernel's shared memory fits this device (not on sm_86/89) */
     int hopper_ok; /* lora_hopper.cu's kernel runs on this device and hopper_ctl is ready */
     unsigned *hopper_ctl; /* its control words: the tail of cublas_ws, which cuBLAS is not given */
-    int hopper_mid_slots[4]; /* its split-K form: CTAs that run at once in clusters of 1, 2, 4, 8 */
+    int hopper_mid_slots[9]; /* its split-K form: [s] CTAs that run at once in clusters of s (1..8) */
 } lf_cuda_state;
 
 static inline lf_cuda_state *lf_cuda_state_of(lf_context *ctx) { return (lf_cuda_state *)ctx->backend_state; }

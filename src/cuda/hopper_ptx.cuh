@@ -250,6 +250,15 @@ static __device__ __forceinline__ float ld_cluster_f32(uint32_t caddr)
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(caddr) : "memory");
     return v;
 }
+static __device__ __forceinline__ float4 ld_cluster_f32x4(uint32_t caddr)
+{
+    float4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(caddr)
+                 : "memory");
+    return v;
+}
 
 /* Register reallocation between the warpgroups of a CTA (the kernel needs a register cap at entry:
  * __launch_bounds__(threads, 1)). */

@@ -1229,8 +1229,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
             state->cublas_ws_bytes -= ctl_bytes;
             state->hopper_ctl = ctl;
             state->hopper_ok = 1;
-            for (int i = 0; i < 4; i++)
-                state->hopper_mid_slots[i] = lf_hopper_mid_slots(1 << i);
+            for (int split = 1; split <= 8; split++)
+                state->hopper_mid_slots[split] = lf_hopper_mid_slots(split);
         } else {
             cudaGetLastError();
         }

@@ -451,22 +451,25 @@ __global__ void __launch_bounds__(THREADS, 1)
  *
  * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
  * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here each
- * tile's K range is split over the `split` CTAs of a cluster (2, 4 or 8; 1: none), so that
- * tiles × split CTAs cover the GPU in one wave. Each CTA streams its K slice of x, W and A through
- * the same 4-stage TMA ring as above, accumulating its part of x·Wᵀ (m64n256k16) and of T = x·Aᵀ
- * (m64n16k16 or m64n64k16 on the same x slab) in registers; then every CTA writes both parts to its
- * shared memory (the ring is free by then), the cluster synchronizes, and CTA j of the cluster
- * finishes rows [j·128/split, (j+1)·128/split) of the tile: it sums the split parts of T and of the
- * base read from every CTA's shared memory (distributed shared memory, in cluster order), adds
- * s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y. One launch, no
- * workspace, no flags; every sum in a fixed order: bitwise reproducible. */
+ * tile's K range is split over the `split` CTAs of a cluster (2..8), so that tiles × split CTAs run
+ * in one wave. Each CTA streams its K slice of x, W and A through the same 4-stage TMA ring as
+ * above, accumulating its part of x·Wᵀ (m64n256k16) and of T = x·Aᵀ (m64n16k16 on the same x slab)
+ * in registers. Then every CTA writes both parts into its shared memory (the ring is free by then),
+ * the cluster synchronizes, and CTA j finishes rows [j·128/split, (j+1)·128/split) of the tile: it
+ * sums the parts of T and of the base from every CTA's shared memory (distributed shared memory, in
+ * cluster order), adds s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y.
+ * One launch, no workspace, no flags; every sum in a fixed order: bitwise reproducible. r ≤ 16. */
 enum {
     MID_PLD = BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
     MID_MAX_SPLIT = 8,
+    MID_TW = 16, /* T's width: r ≤ 16 */
+    MID_STAGE_BYTES = A_BYTES + B_BYTES + MID_TW * BK * 2,
+    MID_SMEM = STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * STAGES,
 };
 
 struct mid_params {
     int m, n, r, k_tiles, tiles_m, split;
+    int y_vec; /* y and ldy allow 8-byte stores of 4 outputs */
     const void *bias, *b;
     long long ldb;
     void *y;
@@ -475,99 +478,135 @@ struct mid_params {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* Rows [row0, row0 + rows) of tile column block nb, finished by this CTA (the consumers' 256
- * threads: thread c owns column c of the tile). base and tp: this CTA's shared addresses of the
- * parts (every CTA uses the same layout), tl: shared memory for the finished T rows. */
-/* The split parts of one value, summed in cluster order. The loads of distributed shared memory
- * take hundreds of cycles: each caller issues a batch of them before the first sum needs one. */
-__device__ __forceinline__ float sum_parts(const float (&part)[MID_MAX_SPLIT], int split)
-{
-    float v = part[0];
+/* Four consecutive outputs: bias (or zero) in, rounded once out. */
+template <typename T> struct quad {
+    static __device__ __forceinline__ void load(const T *src, int valid, float (&v)[4])
+    {
 #pragma unroll
-    for (int s = 1; s < MID_MAX_SPLIT; s++)
-        if (s < split)
-            v += part[s];
-    return v;
-}
-__device__ __forceinline__ void load_parts(float (&part)[MID_MAX_SPLIT], uint32_t at, int split)
+        for (int e = 0; e < 4; e++)
+            v[e] = e < valid ? lf_dt<T>::to_f32(src[e]) : 0.0f;
+    }
+    static __device__ __forceinline__ void store(T *dst, int valid, bool vec, const float (&v)[4])
+    {
+        if (vec && valid == 4) {
+            const typename io<T>::pair lo = io<T>::round2(v[0], v[1]), hi = io<T>::round2(v[2], v[3]);
+            uint2 w;
+            w.x = *(const uint32_t *)&lo;
+            w.y = *(const uint32_t *)&hi;
+            *(uint2 *)dst = w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (e < valid)
+                    dst[e] = lf_dt<T>::from_f32(v[e]);
+        }
+    }
+};
+
+/* The split parts of a row's 4 columns (16 bytes from each CTA of the cluster). */
+__device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint32_t at, int split)
 {
 #pragma unroll
     for (int s = 0; s < MID_MAX_SPLIT; s++)
         if (s < split)
-            part[s] = ld_cluster_f32(cluster_map(at, s));
+            part[s] = ld_cluster_f32x4(cluster_map(at, s));
 }
 
-template <typename T, int LW>
+/* Rows [row0, row0 + rows) of the tile at (mb, nb), finished by this CTA's 256 consumer threads:
+ * thread c owns columns 4·(c % 64) .. +3 of the tile and rows c / 64 + 4i. bv, bias: its columns'
+ * rows of B and bias (loaded before the cluster barrier). base, tp: the parts' shared addresses
+ * (the same in every CTA), tl: this CTA's shared memory for the finished T rows. */
+template <typename T>
 __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
-                                           int row0, int rows, int c)
+                                           int row0, int rows, int c, const float (&bv)[4][MID_TW],
+                                           const float (&bias)[4])
 {
-    constexpr int G = 8; /* rows whose parts are in flight at once */
-    /* T = scale · Σ_s T_s of the rows, s in cluster order */
-    for (int i0 = c; i0 < rows * LW; i0 += 256 * G) {
-        float part[G][MID_MAX_SPLIT];
+    /* T = scale · Σ_s T_s of the rows, s in cluster order: rows·16 values, ≤ 8 a thread */
+    {
+        float part[8][MID_MAX_SPLIT];
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (i0 + 256 * g < rows * LW) {
-                const int i = i0 + 256 * g;
-                load_parts(part[g], tp + 4 * ((row0 + i / LW) * LW + i % LW), p.split);
+        for (int g = 0; g < 8; g++)
+            if (c + 256 * g < rows * MID_TW) {
+                const int i = c + 256 * g;
+#pragma unroll
+                for (int s = 0; s < MID_MAX_SPLIT; s++)
+                    if (s < p.split)
+                        part[g][s] = ld_cluster_f32(cluster_map(tp + 4 * ((row0 + i / MID_TW) * MID_TW + i % MID_TW), s));
             }
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (i0 + 256 * g < rows * LW)
-                tl[i0 + 256 * g] = p.scale * sum_parts(part[g], p.split);
+        for (int g = 0; g < 8; g++)
+            if (c + 256 * g < rows * MID_TW) {
+                float v = part[g][0];
+#pragma unroll
+                for (int s = 1; s < MID_MAX_SPLIT; s++)
+                    if (s < p.split)
+                        v += part[g][s];
+                tl[c + 256 * g] = p.scale * v;
+            }
     }
     asm volatile("bar.sync 1, 256;" ::: "memory");
-    const int col = nb * BN + c;
-    if (col >= p.n)
-        return;
-    float bv[LW]; /* B's row for this column, zero past r */
-#pragma unroll
-    for (int t = 0; t < LW; t++)
-        bv[t] = t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)col * p.ldb + t]) : 0.0f;
-    const float bias = p.bias ? lf_dt<T>::to_f32(((const T *)p.bias)[col]) : 0.0f;
+    const int cq = 4 * (c % 64), col = nb * BN + cq, valid = min(4, p.n - col);
     const int live = min(rows, p.m - (mb * BM + row0)); /* rows of this slice inside M */
-    for (int i0 = 0; i0 < live; i0 += G) {
-        float part[G][MID_MAX_SPLIT];
+    if (valid <= 0)
+        return;
+    /* two rows at a time: the second row's loads are in flight while the first is summed */
+    for (int i = c / 64; i < live; i += 8) {
+        float4 part[2][MID_MAX_SPLIT];
+        load_parts4(part[0], base + 4 * ((row0 + i) * MID_PLD + cq), p.split);
+        if (i + 4 < live)
+            load_parts4(part[1], base + 4 * ((row0 + i + 4) * MID_PLD + cq), p.split);
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (i0 + g < live)
-                load_parts(part[g], base + 4 * ((row0 + i0 + g) * MID_PLD + c), p.split);
-#pragma unroll
-        for (int g = 0; g < G; g++) {
-            const int i = i0 + g;
-            if (i >= live)
+        for (int h = 0; h < 2; h++) {
+            const int ii = i + 4 * h;
+            if (ii >= live)
                 break;
-            float lora = 0.0f;
+            float4 b4 = part[h][0];
 #pragma unroll
-            for (int t = 0; t < LW; t++)
-                lora = fmaf(tl[i * LW + t], bv[t], lora);
-            float v = sum_parts(part[g], p.split) + lora + bias;
-            T *out = (T *)p.y + (long long)(mb * BM + row0 + i) * p.ldy + col;
+            for (int s = 1; s < MID_MAX_SPLIT; s++)
+                if (s < p.split) {
+                    b4.x += part[h][s].x;
+                    b4.y += part[h][s].y;
+                    b4.z += part[h][s].z;
+                    b4.w += part[h][s].w;
+                }
+            float v[4] = {b4.x, b4.y, b4.z, b4.w}, lora[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int t4 = 0; t4 < MID_TW; t4 += 4) {
+                const float4 t = *(const float4 *)&tl[ii * MID_TW + t4];
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    lora[e] = fmaf(t.w, bv[e][t4 + 3],
+                                   fmaf(t.z, bv[e][t4 + 2], fmaf(t.y, bv[e][t4 + 1], fmaf(t.x, bv[e][t4], lora[e]))));
+            }
+            T *out = (T *)p.y + (long long)(mb * BM + row0 + ii) * p.ldy + col;
+            float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
-                v = fmaf(p.beta, lf_dt<T>::to_f32(*out), v);
-            *out = lf_dt<T>::from_f32(v);
+                quad<T>::load(out, valid, old);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                v[e] = fmaf(p.beta, old[e], v[e] + lora[e] + bias[e]);
+            quad<T>::store(out, valid, p.y_vec, v);
         }
     }
 }
 #endif
 
-/* LW: T's width, 16 (r ≤ 16) or 64 (r ≤ 64). Grid: split CTAs per tile, in clusters of split. */
-template <typename T, int LW>
+/* Grid: split CTAs per tile, in clusters of split. */
+template <typename T>
 __global__ void __launch_bounds__(THREADS, 1)
     lora_hopper_mid_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                            const __grid_constant__ CUtensorMap tm_a, const mid_params p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, AT_BYTES = LW * BK * 2;
-    constexpr int STAGE_BYTES = A_BYTES + B_BYTES + AT_BYTES;
-    static_assert(STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
-    static_assert(BM * MID_PLD * 4 + BM * LW * 4 + BM * LW * 4 <= STAGES * STAGE_BYTES, "parts fit the ring");
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK;
+    static_assert(MID_STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
+    static_assert(BM * MID_PLD * 4 + 2 * BM * MID_TW * 4 <= STAGES * MID_STAGE_BYTES, "parts fit the ring");
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * STAGE_BYTES;
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * MID_STAGE_BYTES;
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (STAGES + (s)))
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    const int j = p.split > 1 ? (int)cluster_rank() : 0, tile = (int)blockIdx.x / p.split;
+    const int j = (int)cluster_rank(), tile = (int)blockIdx.x / p.split;
     const int mb = tile % p.tiles_m, nb = tile / p.tiles_m;
     const int ks0 = j * p.k_tiles / p.split, ks1 = (j + 1) * p.k_tiles / p.split;
     if (threadIdx.x == 0) {
@@ -579,18 +618,18 @@ __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
-    /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][LW], then the finished T rows */
+    /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
     const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
-    float *const tl = (float *)(smem_raw + (tp + BM * LW * 4 - smem_addr(smem_raw)));
+    float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
     if (wg == 0) {
         regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
             for (int ks = ks0; ks < ks1; ks++) {
-                const uint32_t slot = ring + stage * STAGE_BYTES;
+                const uint32_t slot = ring + stage * MID_STAGE_BYTES;
                 mbar_wait(EMPTY(stage), phase ^ 1);
-                mbar_arrive_expect_tx(FULL(stage), STAGE_BYTES);
+                mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
                 tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
                 tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * BN);
                 tma_load_2d(slot + A_BYTES + B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
@@ -602,30 +641,41 @@ __global__ void __launch_bounds__(THREADS, 1)
         cluster_sync(); /* every CTA has read them */
     } else {
         regs_alloc<CONSUMER_REGS>();
-        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
-        float d[128], t_acc[LW / 2];
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
+        float d[128], t_acc[MID_TW / 2];
 #pragma unroll
         for (int i = 0; i < 128; i++)
             d[i] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < LW / 2; i++)
+        for (int i = 0; i < MID_TW / 2; i++)
             t_acc[i] = 0.0f;
         int stage = 0, prev = -1;
         uint32_t phase = 0;
         for (int ks = ks0; ks < ks1; ks++) {
             mbar_wait(FULL(stage), phase);
-            const uint32_t slot = ring + stage * STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
+            const uint32_t slot = ring + stage * MID_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
             const uint32_t b = slot + A_BYTES, at = slot + A_BYTES + B_BYTES;
             wgmma_fence();
             wgmma_k16_steps<BK, K16, T>(d, a, b);
 #pragma unroll
             for (int k = 0; k < K16; k++)
-                wgmma_m64nXk16<LW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+                wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
             consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
         }
         consumer_drain(EMPTY(0), prev, lane);
         fence_acc(d);
-        fence_acc<LW / 2>(t_acc);
+        fence_acc<MID_TW / 2>(t_acc);
+        /* B's rows and the bias of this thread's finishing columns: in flight across the barrier */
+        const int col = nb * BN + 4 * (fc % 64);
+        float bv[4][MID_TW], bias[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+#pragma unroll
+            for (int t = 0; t < MID_TW; t++)
+                bv[e][t] = col + e < p.n && t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)(col + e) * p.ldb + t])
+                                                     : 0.0f;
+            bias[e] = p.bias && col + e < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col + e]) : 0.0f;
+        }
         /* both consumers' MMAs have read the ring before either overwrites it with its parts */
         asm volatile("bar.sync 1, 256;" ::: "memory");
         const int row = c * 64 + warp * 16 + lane / 4; /* the fragments' layout: see epilogue above */
@@ -638,12 +688,12 @@ __global__ void __launch_bounds__(THREADS, 1)
                 *(float2 *)&bp[(row + 8 * h) * MID_PLD + 8 * jj + 2 * (lane % 4)] =
                     make_float2(d[4 * jj + 2 * h], d[4 * jj + 2 * h + 1]);
 #pragma unroll
-        for (int i = 0; i < LW / 4; i++)
-            *(float2 *)&tpp[(row + 8 * (i % 2)) * LW + 8 * (i / 2) + 2 * (lane % 4)] =
+        for (int i = 0; i < MID_TW / 4; i++)
+            *(float2 *)&tpp[(row + 8 * (i % 2)) * MID_TW + 8 * (i / 2) + 2 * (lane % 4)] =
                 make_float2(t_acc[2 * i], t_acc[2 * i + 1]);
         cluster_sync(); /* the parts are written */
-        const int rows = BM / p.split;
-        mid_finish<T, LW>(p, base, tp, tl, mb, nb, j * rows, rows, tid + 128 * c);
+        const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
+        mid_finish<T>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
         __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
         cluster_sync(); /* every CTA has read them */
     }
@@ -755,20 +805,12 @@ template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *w
     }
 }
 
-/* The split-K form: shared memory of its 4-stage ring (x, W and A's LW rows per stage). */
-constexpr size_t mid_smem(int lw) { return (size_t)STAGES * (A_BYTES + B_BYTES + lw * BK * 2) + 1024 + 8 * 2 * STAGES; }
-
-template <typename T, int LW> cudaError_t mid_allow_smem()
-{
-    return cudaFuncSetAttribute(lora_hopper_mid_kernel<T, LW>, cudaFuncAttributeMaxDynamicSharedMemorySize, mid_smem(LW));
-}
-
-template <typename T, int LW> cudaError_t mid_launch_lw(const lf_lora_problem *p, int split, cudaStream_t st)
+template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma;
     if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
-        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, LW))
+        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, MID_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     mid_params mp = {};
     mp.m = (int)p->m;
@@ -777,6 +819,7 @@ template <typename T, int LW> cudaError_t mid_launch_lw(const lf_lora_problem *p
     mp.k_tiles = (int)((p->k + BK - 1) / BK);
     mp.tiles_m = (int)((p->m + BM - 1) / BM);
     mp.split = split;
+    mp.y_vec = p->ldy % 4 == 0 && (uintptr_t)p->y % 8 == 0;
     mp.bias = p->bias;
     mp.b = p->b;
     mp.ldb = p->ldb;
@@ -787,13 +830,8 @@ template <typename T, int LW> cudaError_t mid_launch_lw(const lf_lora_problem *p
     const long long ctas = (long long)mp.tiles_m * ((p->n + BN - 1) / BN) * split;
     if (ctas > INT_MAX)
         return cudaErrorInvalidValue;
-    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T, LW>, dim3((unsigned)ctas), THREADS, mid_smem(LW), false,
+    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, false,
                                     (unsigned)split, st, mx, mw, ma, mp);
-}
-
-template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, cudaStream_t st)
-{
-    return lora_width(p->rank) == 16 ? mid_launch_lw<T, 16>(p, split, st) : mid_launch_lw<T, 64>(p, split, st);
 }
 
 } /* namespace */
@@ -816,13 +854,10 @@ int lf_hopper_setup(void)
     if (e == cudaSuccess && code)
         e = allow_smem<__half>();
     if (e == cudaSuccess && code)
-        e = mid_allow_smem<__nv_bfloat16, 16>();
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 MID_SMEM);
     if (e == cudaSuccess && code)
-        e = mid_allow_smem<__nv_bfloat16, 64>();
-    if (e == cudaSuccess && code)
-        e = mid_allow_smem<__half, 16>();
-    if (e == cudaSuccess && code)
-        e = mid_allow_smem<__half, 64>();
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
     if (e != cudaSuccess)
         cudaGetLastError();
     return e == cudaSuccess && code && encoder() != nullptr;
@@ -845,11 +880,10 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
 
 int lf_hopper_mid_slots(int split)
 {
-    /* the larger ring (LW 64) bounds how many CTAs fit: both widths' clusters are counted by it */
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)split);
     cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = mid_smem(64);
+    cfg.dynamicSmemBytes = MID_SMEM;
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = (unsigned)split;
@@ -858,7 +892,7 @@ int lf_hopper_mid_slots(int split)
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16, 64>, &cfg) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16>, &cfg) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }
@@ -868,8 +902,7 @@ int lf_hopper_mid_slots(int split)
 cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st)
 {
     if (p->m < 1 || p->m >= INT_MAX || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
-        p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w ||
-        (split != 1 && split != 2 && split != 4 && split != 8))
+        p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 || split > MID_MAX_SPLIT)
         return cudaErrorInvalidValue;
     return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
 }

@@ -35,9 +35,9 @@ size_t lf_hopper_workspace_bytes(int64_t m, int64_t r);
  * SM count; the lab passes fewer to give each CTA many tiles). */
 cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st);
 
-/* The split-K form for few tiles (lora_hopper.cu, "few tiles"): the same layer and limits, in one
- * launch of tiles × split CTAs, clusters of `split` (1, 2, 4 or 8) sharing each tile's K range; no
- * workspace, no control words. */
+/* The split-K form for few tiles (lora_hopper.cu, "few tiles"): the same layer and operand limits
+ * but rank ≤ 16, in one launch of tiles × split CTAs, clusters of `split` (1..8) sharing each tile's
+ * K range; no workspace, no control words. */
 cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st);
 /* CTAs of the split-K form that run at once on the current device in clusters of `split` (0: that
  * cluster size cannot run); call after lf_hopper_setup returned 1. */
