@@ -1,0 +1,926 @@
+/*
+ * lora_hopper.cu — the whole LoRA layer in one launch on Hopper (sm_90a), PEFT layout, bf16 or f16:
+ *
+ *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], r ≤ 64
+ *
+ * The kernel lab's v8 (dev/cuda/hopper_gemm.cu, dev/cuda/NOTES.md "Hopper GEMM lab"): a persistent
+ * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128×256 tiles of y: one producer warpgroup
+ * (one thread) streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of
+ * full/empty mbarriers; two consumer warpgroups each accumulate 64×256 in fp32 registers with
+ * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight; the producer
+ * warpgroup's other three warps store finished tiles to y from a shared-memory staging while the
+ * consumers go on (store_staged). The first CTAs of the grid (blockIdx 0..workers-1, dispatched
+ * first) are T workers instead: each streams x's row blocks and A through the same shared memory
+ * (ring and staging) cut into stages of their own size (x's box and A's: 12 stages at r ≤ 16, 9
+ * at r ≤ 64, so that 216 KB is in flight, not the tile ring's 72 KB of them),
+ * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
+ * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
+ * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
+ * zero past r), then raises the row block's ready flag (release). A tile's producer waits for the
+ * flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box against B's
+ * first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded for each),
+ * landing in the same accumulators; the epilogue adds bias and beta·y and rounds once. Edges: TMA
+ * zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past r); both
+ * epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order: no float atomics,
+ * results are bitwise identical run to run. One limit the GEMM path does not have: in f16, T's parts
+ * are f16 too (wgmma takes one operand type), so |s·T| past 65504 overflows; bf16 has fp32's range.
+ *
+ * Flags without host state (CUDA-graph replay carries no per-call host value): the context's control
+ * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
+ * the launch before are g, so none is mistaken for this one's). Each CTA counts itself done with
+ * one integer atomicAdd when it leaves; the last resets the count and stores g + 1, which the next
+ * launch (stream-ordered after this one) reads. After 2^32 − 1 launches (days of serving) g + 1
+ * would wrap to 0, the value every flag holds from its zeroing, and a row block that no launch
+ * flagged since would read as ready: the last CTA of the launch with flags 2^32 − 1 clears every
+ * flag and stores g = 0, so that the next launch flags with 1 again. The control words are the
+ * context's own, not the workspace: other plans reuse the workspace between calls and would
+ * overwrite them.
+ *
+ * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
+ * block indices; the grid is at most one CTA per SM (the ring takes ~197 KB of shared memory), so
+ * every CTA is resident, and where fewer SMs are free the workers still run first.
+ *
+ * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
+ * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
+ * keeps the GEMM path), 16-byte aligned operands and strides (TMA), r ≤ 64.
+ */
+#include "common.cuh"
+#include "hopper_ptx.cuh"
+#include "launch.cuh"
+#include "lora_hopper.cuh"
+
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled: the encoder comes through the runtime */
+#include <limits.h>
+
+using namespace lf_hopper;
+
+namespace {
+
+enum {
+    BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
+    BN = 256, /* rows of W per tile: one m64n256k16 per consumer and k16 step */
+    BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
+    /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
+     * with half a tile (NOTES.md, "store warps") */
+    STAGES = 4,
+    CONSUMERS = 2,
+    THREADS = 128 * (1 + CONSUMERS),
+    A_BYTES = BM * BK * 2,
+    B_BYTES = BN * BK * 2,
+    RING_BYTES = STAGES * (A_BYTES + B_BYTES),
+    /* the store warps' staging: 1/OUT_PARTS of a tile (128 rows × OUT_COLS, 16-bit), see store_staged */
+    OUT_PARTS = 2,
+    OUT_COLS = BN / OUT_PARTS,
+    OUT_BYTES = BM * OUT_COLS * 2,
+    STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
+    /* T workers store nothing through the staging: they cut the ring and the staging together into
+     * stages of x's box and A's (16 or 64 rows) */
+    T_RING_BYTES = RING_BYTES + OUT_BYTES,
+    MAX_T_STAGES = T_RING_BYTES / (A_BYTES + 16 * BK * 2),
+    BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
+    /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full and
+     * empty barriers and the staging's two: 230 576 of the 232 448 bytes a block may have */
+    SMEM_BYTES = RING_BYTES + OUT_BYTES + 1024 + 8 * (2 * BARRIERS + 2),
+    PRODUCER_REGS = 40,
+    CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
+    GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
+    /* T workers: the lab's measured choice (NOTES.md v8): 4 of 132 SMs, the SMs a round of 128 tiles
+     * leaves idle at the suite's shapes */
+    T_WORKERS = 4,
+    CTL_GEN = 0,
+    CTL_DONE = 1,
+    CTL_FLAGS = 64 /* the flags start on their own 256 bytes */
+};
+
+struct kparams {
+    int m, n, r;
+    int tiles_m, tiles_n, k_tiles;
+    int tile_ctas; /* CTAs [workers, gridDim.x) compute tiles */
+    int y_pairs;   /* y and ldy allow 4-byte two-element stores */
+    int staged;    /* beta = 0 and y, ldy allow 16-byte stores: the epilogue goes through the store warps */
+    const void *bias;
+    void *y;
+    long long ldy;
+    float beta, scale;
+    void *t2; /* s·T as [hi | lo], [m][2·TW] */
+    unsigned *ctl;
+};
+
+/* The kernel's helpers exist in its sm_90a code alone (other targets compile an empty kernel). */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Two adjacent outputs as one 4-byte access (scalars: common.cuh's lf_dt). */
+template <typename T> struct io;
+template <> struct io<__nv_bfloat16> {
+    using pair = __nv_bfloat162;
+    static __device__ __forceinline__ float2 f32x2(pair v) { return __bfloat1622float2(v); }
+    static __device__ __forceinline__ pair round2(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <> struct io<__half> {
+    using pair = __half2;
+    static __device__ __forceinline__ float2 f32x2(pair v) { return __half22float2(v); }
+    static __device__ __forceinline__ pair round2(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+/* Work item t → (row block mb, column block nb): GROUP_M row blocks side by side walk the column
+ * blocks together, so the x row blocks and W column blocks in flight at once stay in L2. */
+__device__ __forceinline__ void tile_coords(const kparams &p, int t, int *mb, int *nb)
+{
+    const int per_group = GROUP_M * p.tiles_n, g = t / per_group, first = g * GROUP_M;
+    const int rows = min(p.tiles_m - first, (int)GROUP_M), in = t - g * per_group;
+    *mb = first + in % rows;
+    *nb = in / rows;
+}
+
+/* The register epilogue, for beta ≠ 0 (y read before the one rounding) or a y that takes no 16-byte
+ * stores: adds bias and beta·y to a consumer's 64×256 accumulator fragment and rounds once into y:
+ * warp w holds rows 16w + lane/4 (+8), and per 8-column chunk j the columns 8j + 2·(lane%4) (+1). */
+template <typename T>
+__device__ __forceinline__ void epilogue(const kparams &p, const float *d, int row0, int col0, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = col0 + 8 * j + 2 * (lane % 4);
+        if (col >= p.n)
+            continue;
+        const bool two = col + 1 < p.n;
+        float b0 = 0.0f, b1 = 0.0f;
+        if (p.bias) {
+            b0 = lf_dt<T>::to_f32(((const T *)p.bias)[col]);
+            if (two)
+                b1 = lf_dt<T>::to_f32(((const T *)p.bias)[col + 1]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = row0 + 8 * h;
+            if (row >= p.m)
+                continue;
+            T *out = (T *)p.y + (long long)row * p.ldy + col;
+            float v0 = d[4 * j + 2 * h] + b0, v1 = d[4 * j + 2 * h + 1] + b1;
+            if (two && p.y_pairs) {
+                if (p.beta != 0.0f) { /* beta = 0 must not read y: it may hold NaN */
+                    const float2 old = io<T>::f32x2(*(const typename io<T>::pair *)out);
+                    v0 = fmaf(p.beta, old.x, v0);
+                    v1 = fmaf(p.beta, old.y, v1);
+                }
+                *(typename io<T>::pair *)out = io<T>::round2(v0, v1);
+            } else {
+                if (p.beta != 0.0f) {
+                    v0 = fmaf(p.beta, lf_dt<T>::to_f32(out[0]), v0);
+                    if (two)
+                        v1 = fmaf(p.beta, lf_dt<T>::to_f32(out[1]), v1);
+                }
+                out[0] = lf_dt<T>::from_f32(v0);
+                if (two)
+                    out[1] = lf_dt<T>::from_f32(v1);
+            }
+        }
+    }
+}
+
+/* The staged epilogue. Both consumer warpgroups finish a tile at the same moment, and storing
+ * their fragments straight to y (epilogue above) kept the tensor pipe idle for ~20% of their time
+ * (NOTES.md, "ncu source-level"). Instead each consumer rounds half its fragment (128 columns) into
+ * shared memory, the staging, and goes on; the producer warpgroup's three idle warps (the store
+ * warps) copy the staging to y in coalesced 16-byte pieces while the next tile's MMAs run. The
+ * staging holds half a tile because the ring keeps its 4 stages (3 starve the MMAs): a consumer
+ * waits once per tile, for the store warps to have read the first half.
+ * Layout: tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the half) at chunk
+ * c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read (2 rows × 16
+ * chunks) both touch every bank once per 128 bytes. */
+__device__ __forceinline__ uint32_t staged_chunk(int row, int chunk) { return 2 * OUT_COLS * row + 16 * (chunk ^ (row % 8)); }
+
+/* Consumer side: half `half` (compile-time after unrolling) of the fragment, bias added, rounded
+ * once, into the staging. trow: the tile row of d's first row (64c + 16·warp + lane/4). */
+template <typename T>
+__device__ __forceinline__ void stage_half(const kparams &p, const float *d, unsigned char *out, int half, int trow,
+                                           int col0, int lane)
+{
+#pragma unroll
+    for (int jj = 0; jj < OUT_COLS / 8; jj++) {
+        const int j = OUT_COLS / 8 * half + jj, col = col0 + 8 * j + 2 * (lane % 4);
+        float b0 = 0.0f, b1 = 0.0f;
+        if (p.bias) { /* columns past N are never stored, but must not be read */
+            if (col < p.n)
+                b0 = lf_dt<T>::to_f32(((const T *)p.bias)[col]);
+            if (col + 1 < p.n)
+                b1 = lf_dt<T>::to_f32(((const T *)p.bias)[col + 1]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *(typename io<T>::pair *)(out + staged_chunk(trow + 8 * h, jj) + 4 * (lane % 4)) =
+                io<T>::round2(d[4 * j + 2 * h] + b0, d[4 * j + 2 * h + 1] + b1);
+    }
+}
+
+/* Store-warp side: every half tile of this CTA's tiles, in the consumers' order, from the staging
+ * to y; rows past M and columns past N are not stored. i: this thread's index among the store
+ * threads. */
+template <typename T>
+__device__ __forceinline__ void store_staged(const kparams &p, const unsigned char *out, uint32_t full, uint32_t empty,
+                                             int first_item, int items, int i)
+{
+    uint32_t phase = 0;
+    for (int t = first_item; t < items; t += p.tile_ctas) {
+        int mb, nb;
+        tile_coords(p, t, &mb, &nb);
+        for (int half = 0; half < OUT_PARTS; half++) {
+            mbar_wait(full, phase);
+            for (int q = i; q < BM * OUT_COLS / 8; q += STORE_THREADS) {
+                const int row = q / (OUT_COLS / 8), chunk = q % (OUT_COLS / 8), grow = mb * BM + row;
+                const int gcol = nb * BN + OUT_COLS * half + 8 * chunk;
+                const unsigned char *src = out + staged_chunk(row, chunk);
+                if (grow >= p.m || gcol >= p.n)
+                    continue;
+                T *dst = (T *)p.y + (long long)grow * p.ldy + gcol;
+                if (gcol + 8 <= p.n)
+                    *(uint4 *)dst = *(const uint4 *)src;
+                else /* N's tail: element by element */
+                    for (int e = 0; e < p.n - gcol; e++)
+                        dst[e] = ((const T *)src)[e];
+            }
+            mbar_arrive(empty); /* this thread has read the half: the consumers may overwrite it */
+            phase ^= 1;
+        }
+    }
+}
+
+/* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
+ * in flight) and hand that stage back to the producer, then move on. */
+template <int NS>
+__device__ __forceinline__ void consumer_next(uint32_t empty0, int &prev, int &stage, uint32_t &phase, int lane)
+{
+    wgmma_commit();
+    wgmma_wait<1>();
+    if (prev >= 0 && lane == 0)
+        mbar_arrive(empty0 + 8 * prev);
+    prev = stage;
+    ring_next<NS>(stage, phase);
+}
+/* After a tile's (or a row block's) last stage: drain the wgmmas, hand the last stage back. */
+__device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int lane)
+{
+    wgmma_wait<0>();
+    if (prev >= 0 && lane == 0)
+        mbar_arrive(empty0 + 8 * prev);
+}
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+
+/* LW: the LoRA term's width, 16 (r ≤ 16) or 64 (r ≤ 64); 0: no LoRA term, the base GEMM alone
+ * (lorafuse's own base, which the bench times beside cuBLAS's: no T workers, no LoRA stage). */
+template <typename T, int LW>
+__global__ void __launch_bounds__(THREADS, 1)
+    lora_hopper_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                       const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
+                       const __grid_constant__ CUtensorMap tm_t2, const kparams p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int TW = LW > 0 ? LW : 16; /* T's width in the workers (LW = 0 has none) */
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
+    constexpr int LORA_STAGES = LW == 0 ? 0 : LW == 16 ? 1 : 2;
+    /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
+    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = T_RING_BYTES / T_STAGE_BYTES;
+    static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + RING_BYTES + OUT_BYTES;
+    unsigned char *const out = smem_raw + (ring + RING_BYTES - smem_addr(smem_raw)); /* the staging */
+#define FULL(s) (bars + 8 * (s))
+#define EMPTY(s) (bars + 8 * (BARRIERS + (s)))
+    const uint32_t out_full = bars + 8 * 2 * BARRIERS, out_empty = out_full + 8;
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int workers = (int)gridDim.x - p.tile_ctas;
+    const bool t_worker = LW > 0 && (int)blockIdx.x < workers;
+    /* this launch's flag value (see the head comment); the count of finished CTAs includes this
+     * one only after every thread has read it */
+    const unsigned ready = *(volatile const unsigned *)(p.ctl + CTL_GEN) + 1u;
+    unsigned *const t_ready = p.ctl + CTL_FLAGS;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < (t_worker ? T_STAGES : STAGES); s++) {
+            mbar_init(FULL(s), 1);              /* the producer's arrive.expect_tx */
+            mbar_init(EMPTY(s), 4 * CONSUMERS); /* one arrival per consumer warp */
+        }
+        mbar_init(out_full, 128 * CONSUMERS); /* every consumer thread has staged its part */
+        mbar_init(out_empty, STORE_THREADS);  /* every store thread has read its part */
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    const int items = p.tiles_m * p.tiles_n, steps = p.k_tiles + LORA_STAGES;
+    const int first_item = (int)blockIdx.x - workers;
+
+    if (wg == 0) { /* producer warpgroup: one thread issues every copy */
+        regs_dealloc<PRODUCER_REGS>();
+        if (tid == 0 && t_worker) { /* x's row blocks and A's TW rows (zero past r), over K */
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers)
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    const uint32_t slot = ring + stage * T_STAGE_BYTES;
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    mbar_arrive_expect_tx(FULL(stage), T_STAGE_BYTES);
+                    tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
+                    tma_load_2d(slot + A_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                    ring_next<T_STAGES>(stage, phase);
+                }
+        } else if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = first_item; t < items; t += p.tile_ctas) {
+                int mb, nb;
+                tile_coords(p, t, &mb, &nb);
+                for (int ks = 0; ks < steps; ks++) {
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
+                    const bool lora = ks >= p.k_tiles;
+                    if (ks == p.k_tiles) /* this row block's s·T is in t2 */
+                        wait_flag(t_ready + mb, ready);
+                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + B_BYTES);
+                    /* full boxes, the parts outside each tensor zero-filled: the LoRA slab is T's
+                     * [hi | lo] (stage ks − k_tiles of its 64-wide columns) against B's first 64
+                     * columns, loaded again for each LoRA stage (B is never copied per call) */
+                    tma_load_2d(a, lora ? &tm_t2 : &tm_x, FULL(stage), (lora ? ks - p.k_tiles : ks) * BK, mb * BM);
+                    tma_load_2d(b, lora ? &tm_b : &tm_w, FULL(stage), lora ? 0 : ks * BK, nb * BN);
+                    ring_next<STAGES>(stage, phase);
+                }
+            }
+        } else if (tid >= 32 && !t_worker && p.staged) {
+            store_staged<T>(p, out, out_full, out_empty, first_item, items, tid - 32);
+        }
+        __syncwarp();
+    } else { /* consumer warpgroup c owns rows 64c..64c+63 of the tile */
+        regs_alloc<CONSUMER_REGS>();
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+        int stage = 0;
+        uint32_t phase = 0;
+        if (t_worker) {
+            float t_acc[TW / 2];
+            uint32_t t_hi[TW / 4], t_lo[TW / 4];
+            for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers) {
+#pragma unroll
+                for (int i = 0; i < TW / 2; i++)
+                    t_acc[i] = 0.0f;
+                int prev = -1;
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    mbar_wait(FULL(stage), phase);
+                    const uint32_t slot = ring + stage * T_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES, at = slot + A_BYTES;
+                    wgmma_fence();
+#pragma unroll
+                    for (int k = 0; k < K16; k++)
+                        wgmma_m64nXk16<TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+                    consumer_next<T_STAGES>(EMPTY(0), prev, stage, phase, lane);
+                }
+                consumer_drain(EMPTY(0), prev, lane);
+                fence_acc<TW / 2>(t_acc);
+                split_hi_lo<TW / 4, T>(t_acc, p.scale, t_hi, t_lo);
+                /* pair i of the fragment: row 16w + lane/4 + 8·(i%2), columns 8·(i/2) + 2·(lane%4) (+1);
+                 * hi at that column of t2's row, lo TW columns further */
+                const int row0 = mb * BM + c * 64 + warp * 16 + lane / 4;
+#pragma unroll
+                for (int i = 0; i < TW / 4; i++) {
+                    const int row = row0 + 8 * (i % 2), col = 8 * (i / 2) + 2 * (lane % 4);
+                    if (row < p.m) {
+                        uint32_t *dst = (uint32_t *)((T *)p.t2 + (long long)row * 2 * TW + col);
+                        dst[0] = t_hi[i];
+                        dst[TW / 2] = t_lo[i];
+                    }
+                }
+                /* both consumers stored (generic proxy) before the flag lets TMA read t2 */
+                asm volatile("fence.proxy.async.global;\n\tbar.sync 1, 256;" ::: "memory");
+                if (c == 0 && tid == 0)
+                    publish_flag(t_ready + mb, ready);
+            }
+        } else {
+            uint32_t out_phase = 0;
+            float d[128];
+            for (int t = first_item; t < items; t += p.tile_ctas) {
+                int mb, nb;
+                tile_coords(p, t, &mb, &nb);
+#pragma unroll
+                for (int i = 0; i < 128; i++)
+                    d[i] = 0.0f;
+                int prev = -1;
+                for (int ks = 0; ks < steps; ks++) {
+                    mbar_wait(FULL(stage), phase);
+                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
+                    wgmma_fence();
+                    if (ks < p.k_tiles)
+                        wgmma_k16_steps<BK, K16, T>(d, a, b);
+                    else if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
+                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
+                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
+                    } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
+                        wgmma_stage<BK, K16, T>(d, a, b, (p.r + 15) / 16);
+                    consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+                }
+                consumer_drain(EMPTY(0), prev, lane);
+                fence_acc(d);
+                const int trow = c * 64 + warp * 16 + lane / 4;
+                if (p.staged) {
+#pragma unroll
+                    for (int half = 0; half < OUT_PARTS; half++) {
+                        mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
+                        stage_half<T>(p, d, out, half, trow, nb * BN, lane);
+                        mbar_arrive(out_full);
+                        out_phase ^= 1;
+                    }
+                } else {
+                    epilogue<T>(p, d, mb * BM + trow, nb * BN, lane);
+                }
+            }
+        }
+    }
+#undef FULL
+#undef EMPTY
+    __syncthreads();
+    if (threadIdx.x == 0) { /* the generation (head comment): integer atomics only */
+        __threadfence();
+        if (atomicAdd(p.ctl + CTL_DONE, 1u) == gridDim.x - 1) {
+            __threadfence(); /* after every CTA's count: their flag stores come before the clearing */
+            *(volatile unsigned *)(p.ctl + CTL_DONE) = 0;
+            const bool wrap = ready == 0xffffffffu; /* every CTA is past its waits: clear (head comment) */
+            for (int i = 0; wrap && i < LF_HOPPER_MAX_M / 128; i++)
+                *(volatile unsigned *)(t_ready + i) = 0;
+            __threadfence();
+            *(volatile unsigned *)(p.ctl + CTL_GEN) = wrap ? 0u : ready;
+        }
+    }
+#endif
+}
+
+/* ---- few tiles: the K loop split over a thread block cluster ---------------------------------
+ *
+ * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
+ * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here each
+ * tile's K range is split over the `split` CTAs of a cluster (2..8), so that tiles × split CTAs run
+ * in one wave. Each CTA streams its K slice of x, W and A through the same 4-stage TMA ring as
+ * above, accumulating its part of x·Wᵀ (m64n256k16) and of T = x·Aᵀ (m64n16k16 on the same x slab)
+ * in registers. Then every CTA writes both parts into its shared memory (the ring is free by then),
+ * the cluster synchronizes, and CTA j finishes rows [j·128/split, (j+1)·128/split) of the tile: it
+ * sums the parts of T and of the base from every CTA's shared memory (distributed shared memory, in
+ * cluster order), adds s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y.
+ * One launch, no workspace, no flags; every sum in a fixed order: bitwise reproducible. r ≤ 16. */
+enum {
+    MID_PLD = BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
+    MID_MAX_SPLIT = 8,
+    MID_TW = 16, /* T's width: r ≤ 16 */
+    MID_STAGE_BYTES = A_BYTES + B_BYTES + MID_TW * BK * 2,
+    MID_SMEM = STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * STAGES,
+};
+
+} // namespace
+__device__ unsigned long long g_dbg[4096 * 32];
+__device__ int g_mode;
+namespace {
+struct mid_params {
+    int m, n, r, k_tiles, tiles_m, split;
+    int y_vec; /* y and ldy allow 8-byte stores of 4 outputs */
+    const void *bias, *b;
+    long long ldb;
+    void *y;
+    long long ldy;
+    float beta, scale;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Four consecutive outputs: bias (or zero) in, rounded once out. */
+template <typename T> struct quad {
+    static __device__ __forceinline__ void load(const T *src, int valid, float (&v)[4])
+    {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            v[e] = e < valid ? lf_dt<T>::to_f32(src[e]) : 0.0f;
+    }
+    static __device__ __forceinline__ void store(T *dst, int valid, bool vec, const float (&v)[4])
+    {
+        if (vec && valid == 4) {
+            const typename io<T>::pair lo = io<T>::round2(v[0], v[1]), hi = io<T>::round2(v[2], v[3]);
+            uint2 w;
+            w.x = *(const uint32_t *)&lo;
+            w.y = *(const uint32_t *)&hi;
+            *(uint2 *)dst = w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (e < valid)
+                    dst[e] = lf_dt<T>::from_f32(v[e]);
+        }
+    }
+};
+
+/* The split parts of a row's 4 columns (16 bytes from each CTA of the cluster). */
+__device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint32_t at, int split)
+{
+#pragma unroll
+    for (int s = 0; s < MID_MAX_SPLIT; s++)
+        if (s < split)
+            part[s] = ld_cluster_f32x4(cluster_map(at, s));
+}
+
+/* Rows [row0, row0 + rows) of the tile at (mb, nb), finished by this CTA's 256 consumer threads:
+ * thread c owns columns 4·(c % 64) .. +3 of the tile and rows c / 64 + 4i. bv, bias: its columns'
+ * rows of B and bias (loaded before the cluster barrier). base, tp: the parts' shared addresses
+ * (the same in every CTA), tl: this CTA's shared memory for the finished T rows. */
+template <typename T>
+__device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
+                                           int row0, int rows, int c, const float (&bv)[4][MID_TW],
+                                           const float (&bias)[4])
+{
+    /* T = scale · Σ_s T_s of the rows, s in cluster order: rows·16 values, ≤ 8 a thread */
+    {
+        float part[8][MID_MAX_SPLIT];
+#pragma unroll
+        for (int g = 0; g < 8; g++)
+            if (c + 256 * g < rows * MID_TW) {
+                const int i = c + 256 * g;
+#pragma unroll
+                for (int s = 0; s < MID_MAX_SPLIT; s++)
+                    if (s < p.split)
+                        part[g][s] = ld_cluster_f32(cluster_map(tp + 4 * ((row0 + i / MID_TW) * MID_TW + i % MID_TW), s));
+            }
+#pragma unroll
+        for (int g = 0; g < 8; g++)
+            if (c + 256 * g < rows * MID_TW) {
+                float v = part[g][0];
+#pragma unroll
+                for (int s = 1; s < MID_MAX_SPLIT; s++)
+                    if (s < p.split)
+                        v += part[g][s];
+                tl[c + 256 * g] = p.scale * v;
+            }
+    }
+    asm volatile("bar.sync 1, 256;" ::: "memory");
+    const int cq = 4 * (c % 64), col = nb * BN + cq, valid = min(4, p.n - col);
+    const int live = min(rows, p.m - (mb * BM + row0)); /* rows of this slice inside M */
+    if (valid <= 0)
+        return;
+    /* two rows at a time: the second row's loads are in flight while the first is summed */
+    for (int i = c / 64; i < live; i += 8) {
+        float4 part[2][MID_MAX_SPLIT];
+        load_parts4(part[0], base + 4 * ((row0 + i) * MID_PLD + cq), p.split);
+        if (i + 4 < live)
+            load_parts4(part[1], base + 4 * ((row0 + i + 4) * MID_PLD + cq), p.split);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int ii = i + 4 * h;
+            if (ii >= live)
+                break;
+            float4 b4 = part[h][0];
+#pragma unroll
+            for (int s = 1; s < MID_MAX_SPLIT; s++)
+                if (s < p.split) {
+                    b4.x += part[h][s].x;
+                    b4.y += part[h][s].y;
+                    b4.z += part[h][s].z;
+                    b4.w += part[h][s].w;
+                }
+            float v[4] = {b4.x, b4.y, b4.z, b4.w}, lora[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int t4 = 0; t4 < MID_TW; t4 += 4) {
+                const float4 t = *(const float4 *)&tl[ii * MID_TW + t4];
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    lora[e] = fmaf(t.w, bv[e][t4 + 3],
+                                   fmaf(t.z, bv[e][t4 + 2], fmaf(t.y, bv[e][t4 + 1], fmaf(t.x, bv[e][t4], lora[e]))));
+            }
+            T *out = (T *)p.y + (long long)(mb * BM + row0 + ii) * p.ldy + col;
+            float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+                quad<T>::load(out, valid, old);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                v[e] = fmaf(p.beta, old[e], v[e] + lora[e] + bias[e]);
+            quad<T>::store(out, valid, p.y_vec, v);
+        }
+    }
+}
+#endif
+
+/* Grid: split CTAs per tile, in clusters of split. */
+template <typename T>
+__global__ void __launch_bounds__(THREADS, 1)
+    lora_hopper_mid_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                           const __grid_constant__ CUtensorMap tm_a, const mid_params p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK;
+    static_assert(MID_STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
+    static_assert(BM * MID_PLD * 4 + 2 * BM * MID_TW * 4 <= STAGES * MID_STAGE_BYTES, "parts fit the ring");
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * MID_STAGE_BYTES;
+#define FULL(s) (bars + 8 * (s))
+#define EMPTY(s) (bars + 8 * (STAGES + (s)))
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int j = (int)cluster_rank(), tile = (int)blockIdx.x / p.split;
+    const int mb = tile % p.tiles_m, nb = tile / p.tiles_m;
+    const int mode = g_mode;
+    const int ks0 = j * p.k_tiles / p.split, ks1 = (mode & 4) ? ks0 : (j + 1) * p.k_tiles / p.split;
+    bool dbg_on = threadIdx.x == 128 && (mode & 8);
+
+#define STAMP(k) do { if (dbg_on) { unsigned long long _g, _c; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(_g) :: "memory"); asm volatile("mov.u64 %0, %%clock64;" : "=l"(_c) :: "memory"); g_dbg[blockIdx.x * 32 + (k)] = _g; g_dbg[blockIdx.x * 32 + 16 + (k)] = _c; } } while (0)
+    STAMP(0);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(FULL(s), 1);
+            mbar_init(EMPTY(s), 4 * CONSUMERS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    STAMP(1);
+    /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
+    const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
+    float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
+    if (wg == 0) {
+        regs_dealloc<PRODUCER_REGS>();
+        if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int ks = ks0; ks < ks1; ks++) {
+                const uint32_t slot = ring + stage * MID_STAGE_BYTES;
+                mbar_wait(EMPTY(stage), phase ^ 1);
+                mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
+                tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
+                tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * BN);
+                tma_load_2d(slot + A_BYTES + B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                ring_next<STAGES>(stage, phase);
+            }
+        }
+        __syncwarp();
+        cluster_sync(); /* the parts are written */
+        cluster_sync(); /* every CTA has read them */
+    } else {
+        regs_alloc<CONSUMER_REGS>();
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
+        float d[128], t_acc[MID_TW / 2];
+#pragma unroll
+        for (int i = 0; i < 128; i++)
+            d[i] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MID_TW / 2; i++)
+            t_acc[i] = 0.0f;
+        int stage = 0, prev = -1;
+        uint32_t phase = 0;
+        for (int ks = ks0; ks < ks1; ks++) {
+            mbar_wait(FULL(stage), phase);
+            if (ks == ks0) STAMP(2);
+            const uint32_t slot = ring + stage * MID_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
+            const uint32_t b = slot + A_BYTES, at = slot + A_BYTES + B_BYTES;
+            wgmma_fence();
+            wgmma_k16_steps<BK, K16, T>(d, a, b);
+#pragma unroll
+            for (int k = 0; k < K16; k++)
+                wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+            consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+        }
+        consumer_drain(EMPTY(0), prev, lane);
+        fence_acc(d);
+        fence_acc<MID_TW / 2>(t_acc);
+        STAMP(3);
+        /* B's rows and the bias of this thread's finishing columns: in flight across the barrier */
+        const int col = nb * BN + 4 * (fc % 64);
+        float bv[4][MID_TW], bias[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+#pragma unroll
+            for (int t = 0; t < MID_TW; t++)
+                bv[e][t] = !(mode & 1) && col + e < p.n && t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)(col + e) * p.ldb + t])
+                                                     : 0.0f;
+            bias[e] = p.bias && col + e < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col + e]) : 0.0f;
+        }
+        /* both consumers' MMAs have read the ring before either overwrites it with its parts */
+        STAMP(4);
+        asm volatile("bar.sync 1, 256;" ::: "memory");
+        STAMP(5);
+        const int row = c * 64 + warp * 16 + lane / 4; /* the fragments' layout: see epilogue above */
+        float *const bp = (float *)(smem_raw + (base - smem_addr(smem_raw)));
+        float *const tpp = (float *)(smem_raw + (tp - smem_addr(smem_raw)));
+#pragma unroll
+        for (int jj = 0; jj < BN / 8; jj++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                *(float2 *)&bp[(row + 8 * h) * MID_PLD + 8 * jj + 2 * (lane % 4)] =
+                    make_float2(d[4 * jj + 2 * h], d[4 * jj + 2 * h + 1]);
+#pragma unroll
+        for (int i = 0; i < MID_TW / 4; i++)
+            *(float2 *)&tpp[(row + 8 * (i % 2)) * MID_TW + 8 * (i / 2) + 2 * (lane % 4)] =
+                make_float2(t_acc[2 * i], t_acc[2 * i + 1]);
+        STAMP(6);
+        cluster_sync(); /* the parts are written */
+        STAMP(7);
+        const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
+        if (!(mode & 2)) mid_finish<T>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
+        STAMP(8);
+        __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
+        cluster_sync(); /* every CTA has read them */
+        STAMP(9);
+    }
+#undef FULL
+#undef EMPTY
+#endif
+}
+
+/* 1 in the code that holds the kernels above (sm_90a), 0 in every other target's. */
+__device__ int sm90a_code =
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    1;
+#else
+    0;
+#endif
+
+PFN_cuTensorMapEncodeTiled_v12000 encoder()
+{
+    /* a function-local static: looked up once even when contexts are created concurrently */
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            f = nullptr;
+        }
+        return (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }();
+    return fn;
+}
+
+/* Tensor map of a row-major 16-bit matrix [rows, cols] with row stride ld elements: boxes of 64
+ * columns (128 bytes, the swizzle the wgmma descriptors expect) × box_rows rows, zero fill outside. */
+bool make_map(CUtensorMap *m, bool f16, const void *ptr, int64_t rows, int64_t cols, int64_t ld, int box_rows)
+{
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+    const cuuint64_t strides[1] = {(cuuint64_t)ld * 2};
+    const cuuint32_t box[2] = {(cuuint32_t)BK, (cuuint32_t)box_rows};
+    const cuuint32_t elem[2] = {1, 1};
+    return encoder()(m, f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                     const_cast<void *>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The kernel's LW for rank r (0: the base GEMM alone). */
+int lora_width(int64_t r) { return r == 0 ? 0 : r <= 16 ? 16 : 64; }
+
+template <typename T, int LW>
+cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    const bool f16 = p->dtype == LF_F16;
+    CUtensorMap mx, mw, ma, mb, mt;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN))
+        return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    if (LW == 0) /* never read: no worker, no LoRA stage */
+        ma = mb = mt = mx;
+    else if (!make_map(&ma, f16, p->a, p->rank, p->k, p->lda, LW) ||
+             !make_map(&mb, f16, p->b, p->n, p->rank, p->ldb, BN) || !make_map(&mt, f16, ws, p->m, 2 * LW, 2 * LW, BM))
+        return cudaErrorInvalidValue;
+    kparams kp = {};
+    kp.m = (int)p->m;
+    kp.n = (int)p->n;
+    kp.r = (int)p->rank;
+    kp.tiles_m = (int)((p->m + BM - 1) / BM);
+    kp.tiles_n = (int)((p->n + BN - 1) / BN);
+    kp.k_tiles = (int)((p->k + BK - 1) / BK);
+    kp.y_pairs = p->ldy % 2 == 0 && (uintptr_t)p->y % 4 == 0;
+    kp.staged = p->beta == 0.0f && p->ldy % 8 == 0 && (uintptr_t)p->y % 16 == 0;
+    kp.bias = p->bias;
+    kp.y = p->y;
+    kp.ldy = p->ldy;
+    kp.beta = p->beta;
+    kp.scale = p->scale;
+    kp.t2 = ws;
+    kp.ctl = ctl;
+    const int items = kp.tiles_m * kp.tiles_n;
+    int workers = LW == 0 ? 0 : T_WORKERS < kp.tiles_m ? T_WORKERS : kp.tiles_m;
+    if (workers > max_ctas - 1)
+        workers = max_ctas - 1;
+    kp.tile_ctas = items < max_ctas - workers ? items : max_ctas - workers;
+    /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
+     * find an SM, which a previous kernel still running beside it (released early) could hold. */
+    lora_hopper_kernel<T, LW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
+    return cudaGetLastError();
+}
+
+template <typename T> cudaError_t allow_smem()
+{
+    cudaError_t e = cudaFuncSetAttribute(lora_hopper_kernel<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    return e;
+}
+
+template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    switch (lora_width(p->rank)) {
+    case 0:
+        return launch_lw<T, 0>(p, ws, ctl, max_ctas, st);
+    case 16:
+        return launch_lw<T, 16>(p, ws, ctl, max_ctas, st);
+    default:
+        return launch_lw<T, 64>(p, ws, ctl, max_ctas, st);
+    }
+}
+
+template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, cudaStream_t st)
+{
+    const bool f16 = p->dtype == LF_F16;
+    CUtensorMap mx, mw, ma;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
+        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, MID_TW))
+        return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    mid_params mp = {};
+    mp.m = (int)p->m;
+    mp.n = (int)p->n;
+    mp.r = (int)p->rank;
+    mp.k_tiles = (int)((p->k + BK - 1) / BK);
+    mp.tiles_m = (int)((p->m + BM - 1) / BM);
+    mp.split = split;
+    mp.y_vec = p->ldy % 4 == 0 && (uintptr_t)p->y % 8 == 0;
+    mp.bias = p->bias;
+    mp.b = p->b;
+    mp.ldb = p->ldb;
+    mp.y = p->y;
+    mp.ldy = p->ldy;
+    mp.beta = p->beta;
+    mp.scale = p->scale;
+    const long long ctas = (long long)mp.tiles_m * ((p->n + BN - 1) / BN) * split;
+    if (ctas > INT_MAX)
+        return cudaErrorInvalidValue;
+    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, false,
+                                    (unsigned)split, st, mx, mw, ma, mp);
+}
+
+} /* namespace */
+
+int lf_hopper_setup(void)
+{
+    int dev = 0, major = 0, minor = 0, code = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (e != cudaSuccess || major != 9 || minor != 0) { /* sm_90a code runs on 9.0 alone */
+        cudaGetLastError();
+        return 0;
+    }
+    e = cudaMemcpyFromSymbol(&code, sm90a_code, sizeof code);
+    if (e == cudaSuccess && code)
+        e = allow_smem<__nv_bfloat16>();
+    if (e == cudaSuccess && code)
+        e = allow_smem<__half>();
+    if (e == cudaSuccess && code)
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 MID_SMEM);
+    if (e == cudaSuccess && code)
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
+    if (e != cudaSuccess)
+        cudaGetLastError();
+    return e == cudaSuccess && code && encoder() != nullptr;
+}
+
+size_t lf_hopper_workspace_bytes(int64_t m, int64_t r)
+{
+    return ((size_t)m * 2 * lora_width(r) * 2 + 255) / 256 * 256;
+}
+
+cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    if (p->m < 1 || p->m > LF_HOPPER_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX ||
+        p->rank < 0 || p->rank > 64 || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w ||
+        max_ctas < (p->rank ? 2 : 1)) /* a T worker and a tile CTA */
+        return cudaErrorInvalidValue;
+    return p->dtype == LF_F16 ? launch_typed<__half>(p, ws, ctl, max_ctas, st)
+                              : launch_typed<__nv_bfloat16>(p, ws, ctl, max_ctas, st);
+}
+
+int lf_hopper_mid_slots(int split)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)split);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = MID_SMEM;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)split;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16>, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return clusters * split;
+}
+
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st)
+{
+    if (p->m < 1 || p->m >= INT_MAX || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
+        p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 || split > MID_MAX_SPLIT)
+        return cudaErrorInvalidValue;
+    return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
+}
