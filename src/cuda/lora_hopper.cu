@@ -464,12 +464,15 @@ enum {
     MID_MAX_SPLIT = 8,
     MID_TW = 16, /* T's width: r ≤ 16 */
     MID_STAGE_BYTES = A_BYTES + B_BYTES + MID_TW * BK * 2,
-    MID_SMEM = STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * STAGES,
+    /* B's rows of the tile's columns ([BN][MID_TW]) and the bias, in fp32, after the barriers */
+    MID_LORA_BYTES = BN * MID_TW * 4 + BN * 4,
+    MID_SMEM = STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * STAGES + MID_LORA_BYTES,
 };
 
 struct mid_params {
     int m, n, r, k_tiles, tiles_m, split;
     int y_vec; /* y and ldy allow 8-byte stores of 4 outputs */
+    int b_vec; /* r = 16 and B, ldb allow 16-byte loads of a column's 16 values */
     const void *bias, *b;
     long long ldb;
     void *y;
@@ -512,9 +515,40 @@ __device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint3
             part[s] = ld_cluster_f32x4(cluster_map(at, s));
 }
 
+/* B's rows of the tile's columns, as bs[column][MID_TW] (zero past r and N), and the bias (zero
+ * without one), in fp32 for the finish: loaded by the producer warpgroup's idle warps (thread t of
+ * STORE_THREADS) while the K loop runs. Loaded by the consumers after it, B's 64 scalar loads a
+ * thread ran one after another and cost ~8 µs, a third of the kernel (NOTES.md, "Few tiles"). */
+template <typename T>
+__device__ __forceinline__ void mid_stage_lora(const mid_params &p, int nb, float *bs, float *bias_s, int t)
+{
+    const int col0 = nb * BN;
+    const T *b = (const T *)p.b;
+    if (p.b_vec) {
+        for (int i = t; i < 2 * BN; i += STORE_THREADS) { /* half a column (8 values) each */
+            const int col = col0 + i / 2;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (col < p.n)
+                v = *(const uint4 *)(b + (long long)col * p.ldb + 8 * (i % 2));
+            const T *h = (const T *)&v;
+            float *dst = bs + 8 * i;
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                dst[e] = lf_dt<T>::to_f32(h[e]);
+        }
+    } else {
+        for (int i = t; i < BN * MID_TW; i += STORE_THREADS) {
+            const int col = col0 + i / MID_TW, rr = i % MID_TW;
+            bs[i] = col < p.n && rr < p.r ? lf_dt<T>::to_f32(b[(long long)col * p.ldb + rr]) : 0.0f;
+        }
+    }
+    for (int i = t; i < BN; i += STORE_THREADS)
+        bias_s[i] = p.bias && col0 + i < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col0 + i]) : 0.0f;
+}
+
 /* Rows [row0, row0 + rows) of the tile at (mb, nb), finished by this CTA's 256 consumer threads:
  * thread c owns columns 4·(c % 64) .. +3 of the tile and rows c / 64 + 4i. bv, bias: its columns'
- * rows of B and bias (loaded before the cluster barrier). base, tp: the parts' shared addresses
+ * rows of B and bias (from mid_stage_lora). base, tp: the parts' shared addresses
  * (the same in every CTA), tl: this CTA's shared memory for the finished T rows. */
 template <typename T>
 __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
@@ -621,6 +655,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
     const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
     float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
+    float *const bs = (float *)(smem_raw + (bars + 8 * 2 * STAGES - smem_addr(smem_raw))), *const bias_s = bs + BN * MID_TW;
     if (wg == 0) {
         regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
@@ -635,6 +670,9 @@ __global__ void __launch_bounds__(THREADS, 1)
                 tma_load_2d(slot + A_BYTES + B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
                 ring_next<STAGES>(stage, phase);
             }
+        } else if (tid >= 32) {
+            mid_stage_lora<T>(p, nb, bs, bias_s, tid - 32);
+            asm volatile("bar.arrive 2, 352;" ::: "memory"); /* to the consumers' bar.sync 2 */
         }
         __syncwarp();
         cluster_sync(); /* the parts are written */
@@ -665,17 +703,6 @@ __global__ void __launch_bounds__(THREADS, 1)
         consumer_drain(EMPTY(0), prev, lane);
         fence_acc(d);
         fence_acc<MID_TW / 2>(t_acc);
-        /* B's rows and the bias of this thread's finishing columns: in flight across the barrier */
-        const int col = nb * BN + 4 * (fc % 64);
-        float bv[4][MID_TW], bias[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-#pragma unroll
-            for (int t = 0; t < MID_TW; t++)
-                bv[e][t] = col + e < p.n && t < p.r ? lf_dt<T>::to_f32(((const T *)p.b)[(long long)(col + e) * p.ldb + t])
-                                                     : 0.0f;
-            bias[e] = p.bias && col + e < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col + e]) : 0.0f;
-        }
         /* both consumers' MMAs have read the ring before either overwrites it with its parts */
         asm volatile("bar.sync 1, 256;" ::: "memory");
         const int row = c * 64 + warp * 16 + lane / 4; /* the fragments' layout: see epilogue above */
@@ -692,6 +719,21 @@ __global__ void __launch_bounds__(THREADS, 1)
             *(float2 *)&tpp[(row + 8 * (i % 2)) * MID_TW + 8 * (i / 2) + 2 * (lane % 4)] =
                 make_float2(t_acc[2 * i], t_acc[2 * i + 1]);
         cluster_sync(); /* the parts are written */
+        asm volatile("bar.sync 2, 352;" ::: "memory"); /* and B and the bias staged (mid_stage_lora) */
+        float bv[4][MID_TW], bias[4];
+        const int cq = 4 * (fc % 64);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+#pragma unroll
+            for (int t4 = 0; t4 < MID_TW; t4 += 4) {
+                const float4 v = *(const float4 *)&bs[(cq + e) * MID_TW + t4];
+                bv[e][t4] = v.x;
+                bv[e][t4 + 1] = v.y;
+                bv[e][t4 + 2] = v.z;
+                bv[e][t4 + 3] = v.w;
+            }
+            bias[e] = bias_s[cq + e];
+        }
         const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
         mid_finish<T>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
         __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
@@ -820,6 +862,7 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
     mp.tiles_m = (int)((p->m + BM - 1) / BM);
     mp.split = split;
     mp.y_vec = p->ldy % 4 == 0 && (uintptr_t)p->y % 8 == 0;
+    mp.b_vec = p->rank == MID_TW && p->ldb % 8 == 0 && (uintptr_t)p->b % 16 == 0;
     mp.bias = p->bias;
     mp.b = p->b;
     mp.ldb = p->ldb;
