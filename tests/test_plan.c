@@ -322,13 +322,16 @@ static void heuristics_tests(void)
     /* slots like an H200's (dev/cuda/cluster_slots.cu measured 132 CTAs in clusters of 1 and 2, 120 in
      * clusters of 4 and 8; the other sizes here are made up) */
     const int h200[9] = {0, 132, 132, 129, 120, 130, 126, 126, 120}, pairs[9] = {0, 132, 132, 0, 0, 0, 0, 0, 0};
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h200) == 7);
+    /* 128 × 128 tiles: 32 at M = 128, N = 4096 (3 × 32 = 96 CTAs in clusters of 3; 4 × 32 > 120) */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h200) == 3);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, pairs) == 2);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 256, 2048, 4096, 8, h200) == 3);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 16, h200) == 2);
-    /* no split that fits one wave (the GEMM path), too short a K for a stage per CTA, past r 16 */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 256, 2048, 4096, 8, h200) == 2);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 1024, 16, h200) == 8);
+    /* one CTA a tile where the tiles alone fill a wave (128 at M = 400), or K holds one stage */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 16, h200) == 1);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h200) == 1);
+    /* more tiles than a wave (the GEMM path or the persistent kernel), past r 16 */
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 640, 4096, 4096, 16, h200) == 0);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h200) == 0);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 17, h200) == 0);
     /* the kernel's operand limits */
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_KN, ok_flags, 128, 4096, 4096, 16, h200) == 0);

@@ -264,12 +264,12 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
 }
 
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few
- * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): each tile's K range split
- * over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The kernel's operand
- * limits, and r ≤ 16. Returns the largest split of 8..2 whose CTAs all run at once (slots[s]: CTAs
- * that do in clusters of s; the GPCs decide it: an H200 runs 132 in pairs but 120 in clusters of 4
- * or 8) and that leaves every CTA a K stage of 64; 0 where none does (without a split, 128 × 256
- * tiles on fewer than half the SMs lose to the GEMM path's cuBLAS). */
+ * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): 128×128 tiles, each tile's K
+ * range split over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The
+ * kernel's operand limits, and r ≤ 16. Returns the largest split of 8..1 whose CTAs all run at once
+ * (slots[s]: CTAs that do in clusters of s; the GPCs decide it: an H200 runs 132 in pairs but 120
+ * in clusters of 4 or 8) and that leaves every CTA a K stage of 64; 0 where even one CTA per tile
+ * takes more than a wave. */
 #define LF_CUDA_HOPPER_MID_MAX_RANK 16
 static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
                                            int64_t n, int64_t r, const int slots[9])
@@ -277,8 +277,8 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
     if (!((dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
           (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MID_MAX_RANK))
         return 0;
-    const int64_t tiles = (m + 127) / 128 * ((n + 255) / 256), k_tiles = (k + 63) / 64;
-    for (int split = 8; split >= 2; split--)
+    const int64_t tiles = (m + 127) / 128 * ((n + 127) / 128), k_tiles = (k + 63) / 64;
+    for (int split = 8; split >= 1; split--)
         if (slots[split] > 0 && tiles * split <= slots[split] && split <= k_tiles)
             return split;
     return 0;

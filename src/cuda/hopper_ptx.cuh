@@ -113,6 +113,11 @@ template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d
     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "          \
     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
 #define LF_WGMMA_D128_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32), LF_WGMMA_BIND32(64), LF_WGMMA_BIND32(96)
+#define LF_WGMMA_D64_STR                                                                               \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                              \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                     \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                      \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
 /* The operand type in wgmma's spelling: both operands share it (bf16 or f16), accumulators are fp32. */
 template <typename T> struct wgmma_type;
@@ -138,11 +143,12 @@ static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, u
                      : LF_WGMMA_D128_BIND
                      : "l"(da), "l"(db));
 }
-/* T's accumulators: d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64. */
+/* d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64 (T's accumulators) or 128
+ * (the split-K form's tiles). */
 template <int kN, typename T>
 static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uint64_t db)
 {
-    static_assert(kN == 16 || kN == 64, "T widths: 16, 64");
+    static_assert(kN == 16 || kN == 64 || kN == 128, "widths: 16, 64, 128");
     if constexpr (kN == 16 && wgmma_type<T>::f16)
         asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 " LF_WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
                      : LF_WGMMA_BIND8(0)
@@ -150,6 +156,16 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
     else if constexpr (kN == 16)
         asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " LF_WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
                      : LF_WGMMA_BIND8(0)
+                     : "l"(da), "l"(db));
+    else if constexpr (kN == 128 && wgmma_type<T>::f16)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LF_WGMMA_D64_STR
+                     ", %64, %65, 1, 1, 1, 0, 0;"
+                     : LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32)
+                     : "l"(da), "l"(db));
+    else if constexpr (kN == 128)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LF_WGMMA_D64_STR
+                     ", %64, %65, 1, 1, 1, 0, 0;"
+                     : LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32)
                      : "l"(da), "l"(db));
     else if constexpr (wgmma_type<T>::f16)
         asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LF_WGMMA_D32_STR

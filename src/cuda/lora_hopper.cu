@@ -460,13 +460,17 @@ __global__ void __launch_bounds__(THREADS, 1)
  * cluster order), adds s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y.
  * One launch, no workspace, no flags; every sum in a fixed order: bitwise reproducible. r ≤ 16. */
 enum {
-    MID_PLD = BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
+    /* 128 columns, not 256: the finish moves a CTA's whole part (BM × MID_BN fp32) through
+     * distributed shared memory, ~25 GB/s per SM, so half the columns halve it (NOTES.md) */
+    MID_BN = 128,
+    MID_PLD = MID_BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
     MID_MAX_SPLIT = 8,
     MID_TW = 16, /* T's width: r ≤ 16 */
-    MID_STAGE_BYTES = A_BYTES + B_BYTES + MID_TW * BK * 2,
-    /* B's rows of the tile's columns ([BN][MID_TW]) and the bias, in fp32, after the barriers */
-    MID_LORA_BYTES = BN * MID_TW * 4 + BN * 4,
-    MID_SMEM = STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * STAGES + MID_LORA_BYTES,
+    MID_STAGE_BYTES = A_BYTES + MID_BN * BK * 2 + MID_TW * BK * 2,
+    MID_STAGES = 6,
+    /* B's rows of the tile's columns ([MID_BN][MID_TW]) and the bias, in fp32, after the barriers */
+    MID_LORA_BYTES = MID_BN * MID_TW * 4 + MID_BN * 4,
+    MID_SMEM = MID_STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * MID_STAGES + MID_LORA_BYTES,
 };
 
 struct mid_params {
@@ -522,10 +526,10 @@ __device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint3
 template <typename T>
 __device__ __forceinline__ void mid_stage_lora(const mid_params &p, int nb, float *bs, float *bias_s, int t)
 {
-    const int col0 = nb * BN;
+    const int col0 = nb * MID_BN;
     const T *b = (const T *)p.b;
     if (p.b_vec) {
-        for (int i = t; i < 2 * BN; i += STORE_THREADS) { /* half a column (8 values) each */
+        for (int i = t; i < 2 * MID_BN; i += STORE_THREADS) { /* half a column (8 values) each */
             const int col = col0 + i / 2;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (col < p.n)
@@ -537,17 +541,17 @@ __device__ __forceinline__ void mid_stage_lora(const mid_params &p, int nb, floa
                 dst[e] = lf_dt<T>::to_f32(h[e]);
         }
     } else {
-        for (int i = t; i < BN * MID_TW; i += STORE_THREADS) {
+        for (int i = t; i < MID_BN * MID_TW; i += STORE_THREADS) {
             const int col = col0 + i / MID_TW, rr = i % MID_TW;
             bs[i] = col < p.n && rr < p.r ? lf_dt<T>::to_f32(b[(long long)col * p.ldb + rr]) : 0.0f;
         }
     }
-    for (int i = t; i < BN; i += STORE_THREADS)
+    for (int i = t; i < MID_BN; i += STORE_THREADS)
         bias_s[i] = p.bias && col0 + i < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col0 + i]) : 0.0f;
 }
 
 /* Rows [row0, row0 + rows) of the tile at (mb, nb), finished by this CTA's 256 consumer threads:
- * thread c owns columns 4·(c % 64) .. +3 of the tile and rows c / 64 + 4i. bv, bias: its columns'
+ * thread c owns columns 4·(c % 32) .. +3 of the tile and rows c / 32 + 8i. bv, bias: its columns'
  * rows of B and bias (from mid_stage_lora). base, tp: the parts' shared addresses
  * (the same in every CTA), tl: this CTA's shared memory for the finished T rows. */
 template <typename T>
@@ -579,19 +583,19 @@ __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, u
             }
     }
     asm volatile("bar.sync 1, 256;" ::: "memory");
-    const int cq = 4 * (c % 64), col = nb * BN + cq, valid = min(4, p.n - col);
+    const int cq = 4 * (c % 32), col = nb * MID_BN + cq, valid = min(4, p.n - col);
     const int live = min(rows, p.m - (mb * BM + row0)); /* rows of this slice inside M */
     if (valid <= 0)
         return;
     /* two rows at a time: the second row's loads are in flight while the first is summed */
-    for (int i = c / 64; i < live; i += 8) {
+    for (int i = c / 32; i < live; i += 16) {
         float4 part[2][MID_MAX_SPLIT];
         load_parts4(part[0], base + 4 * ((row0 + i) * MID_PLD + cq), p.split);
-        if (i + 4 < live)
-            load_parts4(part[1], base + 4 * ((row0 + i + 4) * MID_PLD + cq), p.split);
+        if (i + 8 < live)
+            load_parts4(part[1], base + 4 * ((row0 + i + 8) * MID_PLD + cq), p.split);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int ii = i + 4 * h;
+            const int ii = i + 8 * h;
             if (ii >= live)
                 break;
             float4 b4 = part[h][0];
@@ -634,17 +638,17 @@ __global__ void __launch_bounds__(THREADS, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK;
     static_assert(MID_STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
-    static_assert(BM * MID_PLD * 4 + 2 * BM * MID_TW * 4 <= STAGES * MID_STAGE_BYTES, "parts fit the ring");
+    static_assert(BM * MID_PLD * 4 + 2 * BM * MID_TW * 4 <= MID_STAGES * MID_STAGE_BYTES, "parts fit the ring");
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * MID_STAGE_BYTES;
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + MID_STAGES * MID_STAGE_BYTES;
 #define FULL(s) (bars + 8 * (s))
-#define EMPTY(s) (bars + 8 * (STAGES + (s)))
+#define EMPTY(s) (bars + 8 * (MID_STAGES + (s)))
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     const int j = (int)cluster_rank(), tile = (int)blockIdx.x / p.split;
     const int mb = tile % p.tiles_m, nb = tile / p.tiles_m;
     const int ks0 = j * p.k_tiles / p.split, ks1 = (j + 1) * p.k_tiles / p.split;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) {
+        for (int s = 0; s < MID_STAGES; s++) {
             mbar_init(FULL(s), 1);
             mbar_init(EMPTY(s), 4 * CONSUMERS);
         }
@@ -655,7 +659,8 @@ __global__ void __launch_bounds__(THREADS, 1)
     /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
     const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
     float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
-    float *const bs = (float *)(smem_raw + (bars + 8 * 2 * STAGES - smem_addr(smem_raw))), *const bias_s = bs + BN * MID_TW;
+    float *const bs = (float *)(smem_raw + (bars + 8 * 2 * MID_STAGES - smem_addr(smem_raw))),
+                *const bias_s = bs + MID_BN * MID_TW;
     if (wg == 0) {
         regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
@@ -666,9 +671,9 @@ __global__ void __launch_bounds__(THREADS, 1)
                 mbar_wait(EMPTY(stage), phase ^ 1);
                 mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
                 tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
-                tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * BN);
-                tma_load_2d(slot + A_BYTES + B_BYTES, &tm_a, FULL(stage), ks * BK, 0);
-                ring_next<STAGES>(stage, phase);
+                tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * MID_BN);
+                tma_load_2d(slot + A_BYTES + MID_BN * BK * 2, &tm_a, FULL(stage), ks * BK, 0);
+                ring_next<MID_STAGES>(stage, phase);
             }
         } else if (tid >= 32) {
             mid_stage_lora<T>(p, nb, bs, bias_s, tid - 32);
@@ -680,9 +685,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     } else {
         regs_alloc<CONSUMER_REGS>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
-        float d[128], t_acc[MID_TW / 2];
+        float d[MID_BN / 2], t_acc[MID_TW / 2];
 #pragma unroll
-        for (int i = 0; i < 128; i++)
+        for (int i = 0; i < MID_BN / 2; i++)
             d[i] = 0.0f;
 #pragma unroll
         for (int i = 0; i < MID_TW / 2; i++)
@@ -692,16 +697,17 @@ __global__ void __launch_bounds__(THREADS, 1)
         for (int ks = ks0; ks < ks1; ks++) {
             mbar_wait(FULL(stage), phase);
             const uint32_t slot = ring + stage * MID_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
-            const uint32_t b = slot + A_BYTES, at = slot + A_BYTES + B_BYTES;
+            const uint32_t b = slot + A_BYTES, at = b + MID_BN * BK * 2;
             wgmma_fence();
-            wgmma_k16_steps<BK, K16, T>(d, a, b);
 #pragma unroll
-            for (int k = 0; k < K16; k++)
+            for (int k = 0; k < K16; k++) {
+                wgmma_m64nXk16<MID_BN, T>(d, smem_desc<BK>(a + 32 * k), smem_desc<BK>(b + 32 * k));
                 wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
-            consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+            }
+            consumer_next<MID_STAGES>(EMPTY(0), prev, stage, phase, lane);
         }
         consumer_drain(EMPTY(0), prev, lane);
-        fence_acc(d);
+        fence_acc<MID_BN / 2>(d);
         fence_acc<MID_TW / 2>(t_acc);
         /* both consumers' MMAs have read the ring before either overwrites it with its parts */
         asm volatile("bar.sync 1, 256;" ::: "memory");
@@ -709,7 +715,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         float *const bp = (float *)(smem_raw + (base - smem_addr(smem_raw)));
         float *const tpp = (float *)(smem_raw + (tp - smem_addr(smem_raw)));
 #pragma unroll
-        for (int jj = 0; jj < BN / 8; jj++)
+        for (int jj = 0; jj < MID_BN / 8; jj++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 *(float2 *)&bp[(row + 8 * h) * MID_PLD + 8 * jj + 2 * (lane % 4)] =
@@ -721,7 +727,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         cluster_sync(); /* the parts are written */
         asm volatile("bar.sync 2, 352;" ::: "memory"); /* and B and the bias staged (mid_stage_lora) */
         float bv[4][MID_TW], bias[4];
-        const int cq = 4 * (fc % 64);
+        const int cq = 4 * (fc % 32);
 #pragma unroll
         for (int e = 0; e < 4; e++) {
 #pragma unroll
@@ -851,7 +857,7 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, MID_BN) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, MID_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     mid_params mp = {};
@@ -870,7 +876,7 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
     mp.ldy = p->ldy;
     mp.beta = p->beta;
     mp.scale = p->scale;
-    const long long ctas = (long long)mp.tiles_m * ((p->n + BN - 1) / BN) * split;
+    const long long ctas = (long long)mp.tiles_m * ((p->n + MID_BN - 1) / MID_BN) * split;
     if (ctas > INT_MAX)
         return cudaErrorInvalidValue;
     return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, false,
