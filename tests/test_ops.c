@@ -183,13 +183,13 @@ static const hopper_shape hopper_shapes[] = {
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
     /* the split-K form (r ≤ 16, 128 × 128 tiles; splits as on an H200): 32 tiles (clusters of 3),
-     * 8 tiles with K and N tails (clusters of 8), 51 tiles (pairs), 128 tiles with an M tail and
-     * 112 tiles of 40 tokens on a wide N (one CTA a tile) */
+     * 8 tiles with K and N tails (clusters of 8), 51 tiles with an M tail (pairs), 112 tiles of
+     * 100 tokens and a short K (one CTA a tile), 30 tiles with an N tail (clusters of 4) */
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
-    {{300, 520, 2056, 12, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
-    {{400, 264, 4096, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
-    {{40, 4096, 14336, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
+    {{330, 520, 2056, 8, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
+    {{100, 264, 14336, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
+    {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */

@@ -326,11 +326,15 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, h200) == 3);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 16, pairs) == 2);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_F16, LF_LAYOUT_PEFT, ok_flags, 256, 2048, 4096, 8, h200) == 2);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 1024, 16, h200) == 8);
-    /* one CTA a tile where the tiles alone fill a wave (128 at M = 400), or K holds one stage */
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 400, 264, 4096, 16, h200) == 1);
-    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 64, 4096, 16, h200) == 1);
-    /* more tiles than a wave (the GEMM path or the persistent kernel), past r 16 */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 96, 4096, 1024, 16, h200) == 8);
+    /* one CTA a tile where one row of tiles fills a wave, or K holds one stage */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 14336, 16, h200) == 1);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 100, 64, 4096, 16, h200) == 1);
+    /* the GEMM path: the last row of tiles half empty or less (M 64, 192), one CTA a tile in two
+     * rows (M 256, N 7168), more tiles than a wave, past r 16 */
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 192, 4096, 4096, 16, h200) == 0);
+    LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 256, 4096, 7168, 16, h200) == 0);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 640, 4096, 4096, 16, h200) == 0);
     LFT_CHECK(lf_cuda_hopper_mid_split(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 4096, 4096, 17, h200) == 0);
     /* the kernel's operand limits */
