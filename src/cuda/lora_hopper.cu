@@ -450,15 +450,17 @@ __global__ void __launch_bounds__(THREADS, 1)
 /* ---- few tiles: the K loop split over a thread block cluster ---------------------------------
  *
  * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
- * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here each
- * tile's K range is split over the `split` CTAs of a cluster (2..8), so that tiles × split CTAs run
- * in one wave. Each CTA streams its K slice of x, W and A through the same 4-stage TMA ring as
- * above, accumulating its part of x·Wᵀ (m64n256k16) and of T = x·Aᵀ (m64n16k16 on the same x slab)
- * in registers. Then every CTA writes both parts into its shared memory (the ring is free by then),
- * the cluster synchronizes, and CTA j finishes rows [j·128/split, (j+1)·128/split) of the tile: it
- * sums the parts of T and of the base from every CTA's shared memory (distributed shared memory, in
- * cluster order), adds s·T·Bᵀ in fp32 (T never rounded), bias and beta·y, and rounds once into y.
- * One launch, no workspace, no flags; every sum in a fixed order: bitwise reproducible. r ≤ 16. */
+ * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here the
+ * tiles are 128×128 and each tile's K range is split over the `split` CTAs of a cluster (1..8), so
+ * that tiles × split CTAs run in one wave. Each CTA streams its K slice of x, W and A through a
+ * 6-stage TMA ring, accumulating its part of x·Wᵀ (m64n128k16) and of T = x·Aᵀ (m64n16k16 on the
+ * same x slab) in registers, while the producer warpgroup's idle warps stage the tile's rows of B
+ * and the bias in shared memory. Then every CTA writes both parts into its shared memory (the ring
+ * is free by then), the cluster synchronizes, and CTA j finishes rows [j·128/split,
+ * (j+1)·128/split) of the tile: it sums the parts of T and of the base from every CTA's shared
+ * memory (distributed shared memory, in cluster order), adds s·T·Bᵀ in fp32 (T never rounded),
+ * bias and beta·y, and rounds once into y. One launch, no workspace, no flags; every sum in a fixed
+ * order: bitwise reproducible. r ≤ 16. */
 enum {
     /* 128 columns, not 256: the finish moves a CTA's whole part (BM × MID_BN fp32) through
      * distributed shared memory, ~25 GB/s per SM, so half the columns halve it (NOTES.md) */
