@@ -7,11 +7,11 @@
  * stride gap, canaries around every buffer, every element within the derived tolerance
  * (lft_tolerance), inputs unchanged. LF_TEST_SEED=<n> reruns with other random values.
  *
- * Then the shapes the CUDA plan sends to the Hopper kernel (lora_hopper.cu): each case asks the plan
- * which implementation it chose; on a compute capability 9.0 device any other choice fails, on
- * other GPUs the case is reported as skipped with the reason. Each also runs the kernel without its
- * LoRA term (the bench's own base GEMM), and one of them as a captured CUDA graph replayed with new
- * inputs.
+ * Then the shapes the CUDA plan sends to the Hopper kernel (lora_hopper.cu) and to its split-K form:
+ * each case asks the plan which implementation it chose; on a compute capability 9.0 device any
+ * other choice fails, on other GPUs the case is reported as skipped with the reason. The persistent
+ * kernel's shapes also run it without its LoRA term (the bench's own base GEMM). Last, one shape of
+ * each CUDA layer path runs as a captured CUDA graph replayed with new inputs.
  */
 #include "lf_test.h"
 #include "cuda/heuristics.h" /* LF_CUDA_HOPPER: the plan's implementation ids */
@@ -167,7 +167,8 @@ static void threads(lf_context *ctx, void *arg)
 
 /* Shapes with tiles enough to take the Hopper path on an H100 (heuristics.h: lf_cuda_hopper_fits):
  * M, N and K past whole tiles (128, 256, 64) where noted, both T widths (16: r ≤ 16; 64: r ≤ 64),
- * bf16 and f16, bias on and off, beta 0 (the store warps' epilogue), 1 and 0.5 (the register one).
+ * bf16 and f16, bias on and off, beta 0 (the store warps' epilogue), 1 and 0.5 (the register one);
+ * then shapes for the split-K form (lf_cuda_hopper_mid_split: 128 × 128 tiles, r ≤ 16).
  * Dense operands: K, N and r are multiples of 8 (16-byte rows, the copy engine's rule). */
 typedef struct hopper_shape {
     shape s;
@@ -184,12 +185,14 @@ static const hopper_shape hopper_shapes[] = {
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
     /* the split-K form (r ≤ 16, 128 × 128 tiles; splits as on an H200): 32 tiles (clusters of 3),
      * 8 tiles with K and N tails (clusters of 8), 51 tiles with an M tail (pairs), 112 tiles of
-     * 100 tokens and a short K (one CTA a tile), 30 tiles with an N tail (clusters of 4) */
+     * 100 tokens and a short K (one CTA a tile), 30 tiles with an N tail (clusters of 4), 16 tiles
+     * with a K tail (clusters of 6) */
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
     {{330, 520, 2056, 8, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
     {{100, 264, 14336, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
     {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
+    {{100, 1032, 2048, 16, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
@@ -236,8 +239,8 @@ static int device_is_hopper(void)
 
 #define DECODE_NOT_TAKEN "the plan did not choose the decode kernel (its shared memory does not fit this GPU)"
 
-/* Whether the plan took implementation `impl` (LF_CUDA_HOPPER, _DECODE or _GEMM) for p; if not, a
- * skip of the caller's `cases` on other GPUs and a failure (with what the plan chose) on compute
+/* Whether the plan took implementation `impl` (LF_CUDA_HOPPER, _HOPPER_MID, _DECODE or _GEMM) for p;
+ * if not, a skip of the caller's `cases` on other GPUs and a failure (with what the plan chose) on compute
  * capability 9.0, where both run. */
 static int impl_taken(lft_problem *p, const char *what, int impl, int cases)
 {

@@ -247,6 +247,12 @@ static __device__ __forceinline__ void cluster_sync()
 {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+/* The same barrier without the ordering, for "every CTA is done reading the others' shared memory"
+ * before any exits: those reads' values are already used, so the reads have completed. */
+static __device__ __forceinline__ void cluster_sync_relaxed()
+{
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
 static __device__ __forceinline__ unsigned cluster_rank()
 {
     unsigned r;

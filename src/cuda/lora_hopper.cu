@@ -470,7 +470,7 @@ enum {
     MID_TW = 16, /* T's width: r ≤ 16 */
     MID_STAGE_BYTES = A_BYTES + MID_BN * BK * 2 + MID_TW * BK * 2,
     MID_STAGES = 6,
-    /* B's rows of the tile's columns ([MID_BN][MID_TW]) and the bias, in fp32, after the barriers */
+    /* B's rows of the tile's columns ([MID_TW][MID_BN]) and the bias, in fp32, after the barriers */
     MID_LORA_BYTES = MID_BN * MID_TW * 4 + MID_BN * 4,
     MID_SMEM = MID_STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * MID_STAGES + MID_LORA_BYTES,
 };
@@ -521,7 +521,8 @@ __device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint3
             part[s] = ld_cluster_f32x4(cluster_map(at, s));
 }
 
-/* B's rows of the tile's columns, as bs[column][MID_TW] (zero past r and N), and the bias (zero
+/* B's rows of the tile's columns, as bs[rank][MID_BN] (zero past r and N: a finishing thread reads
+ * four consecutive columns of one rank, lanes side by side, no bank conflicts), and the bias (zero
  * without one), in fp32 for the finish: loaded by the producer warpgroup's idle warps (thread t of
  * STORE_THREADS) while the K loop runs. Loaded by the consumers after it, B's 64 scalar loads a
  * thread ran one after another and cost ~8 µs, a third of the kernel (NOTES.md, "Few tiles"). */
@@ -537,15 +538,16 @@ __device__ __forceinline__ void mid_stage_lora(const mid_params &p, int nb, floa
             if (col < p.n)
                 v = *(const uint4 *)(b + (long long)col * p.ldb + 8 * (i % 2));
             const T *h = (const T *)&v;
-            float *dst = bs + 8 * i;
+            float *dst = bs + 8 * (i % 2) * MID_BN + i / 2;
 #pragma unroll
             for (int e = 0; e < 8; e++)
-                dst[e] = lf_dt<T>::to_f32(h[e]);
+                dst[e * MID_BN] = lf_dt<T>::to_f32(h[e]);
         }
     } else {
         for (int i = t; i < MID_BN * MID_TW; i += STORE_THREADS) {
             const int col = col0 + i / MID_TW, rr = i % MID_TW;
-            bs[i] = col < p.n && rr < p.r ? lf_dt<T>::to_f32(b[(long long)col * p.ldb + rr]) : 0.0f;
+            bs[rr * MID_BN + i / MID_TW] =
+                col < p.n && rr < p.r ? lf_dt<T>::to_f32(b[(long long)col * p.ldb + rr]) : 0.0f;
         }
     }
     for (int i = t; i < MID_BN; i += STORE_THREADS)
@@ -683,7 +685,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         __syncwarp();
         cluster_sync(); /* the parts are written */
-        cluster_sync(); /* every CTA has read them */
+        cluster_sync_relaxed(); /* every CTA has read them */
     } else {
         regs_alloc<CONSUMER_REGS>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
@@ -726,26 +728,29 @@ __global__ void __launch_bounds__(THREADS, 1)
         for (int i = 0; i < MID_TW / 4; i++)
             *(float2 *)&tpp[(row + 8 * (i % 2)) * MID_TW + 8 * (i / 2) + 2 * (lane % 4)] =
                 make_float2(t_acc[2 * i], t_acc[2 * i + 1]);
-        cluster_sync(); /* the parts are written */
-        asm volatile("bar.sync 2, 352;" ::: "memory"); /* and B and the bias staged (mid_stage_lora) */
+        /* B and the bias staged (mid_stage_lora): this thread's columns into registers while the
+         * other CTAs of the cluster write their parts */
+        asm volatile("bar.sync 2, 352;" ::: "memory");
         float bv[4][MID_TW], bias[4];
         const int cq = 4 * (fc % 32);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-#pragma unroll
-            for (int t4 = 0; t4 < MID_TW; t4 += 4) {
-                const float4 v = *(const float4 *)&bs[(cq + e) * MID_TW + t4];
-                bv[e][t4] = v.x;
-                bv[e][t4 + 1] = v.y;
-                bv[e][t4 + 2] = v.z;
-                bv[e][t4 + 3] = v.w;
-            }
-            bias[e] = bias_s[cq + e];
+        for (int t = 0; t < MID_TW; t++) {
+            const float4 v = *(const float4 *)&bs[t * MID_BN + cq];
+            bv[0][t] = v.x;
+            bv[1][t] = v.y;
+            bv[2][t] = v.z;
+            bv[3][t] = v.w;
         }
+        const float4 b4 = *(const float4 *)&bias_s[cq];
+        bias[0] = b4.x;
+        bias[1] = b4.y;
+        bias[2] = b4.z;
+        bias[3] = b4.w;
+        cluster_sync(); /* the parts are written */
         const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
         mid_finish<T>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
         __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
-        cluster_sync(); /* every CTA has read them */
+        cluster_sync_relaxed(); /* every CTA has read them */
     }
 #undef FULL
 #undef EMPTY
@@ -840,6 +845,8 @@ template <typename T> cudaError_t allow_smem()
         e = cudaFuncSetAttribute(lora_hopper_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
     return e;
 }
 
@@ -904,11 +911,6 @@ int lf_hopper_setup(void)
         e = allow_smem<__nv_bfloat16>();
     if (e == cudaSuccess && code)
         e = allow_smem<__half>();
-    if (e == cudaSuccess && code)
-        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 MID_SMEM);
-    if (e == cudaSuccess && code)
-        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
     if (e != cudaSuccess)
         cudaGetLastError();
     return e == cudaSuccess && code && encoder() != nullptr;
