@@ -358,7 +358,8 @@ const char *lft_case_name(const lft_case *c, char *buf, size_t size)
              c->layout == LF_LAYOUT_PEFT ? "peft" : c->layout == LF_LAYOUT_KN ? "kn" : "layout?",
              c->has_w ? "layer" : "delta", c->has_bias ? "+bias" : "", (double)c->beta, (double)c->scale,
              (long long)c->m, (long long)c->k, (long long)c->n, (long long)c->rank,
-             c->strided ? " strided" : "", c->misalign ? " misaligned" : "");
+             c->strided == LFT_STRIDED ? " strided" : c->strided == LFT_PADDED16 ? " padded16" : "",
+             c->misalign ? " misaligned" : "");
     return buf;
 }
 
@@ -369,13 +370,18 @@ lf_status lft_problem_init(lft_problem *p, lf_context *ctx, const lft_case *c)
     p->ctx = ctx;
     const int peft = c->layout == LF_LAYOUT_PEFT;
     const int64_t m = c->m, k = c->k, n = c->n, r = c->rank;
-    /* Different gaps per operand, so that a kernel using one operand's stride for another fails. */
-    const int64_t gx = c->strided ? 3 : 0, gw = c->strided ? 5 : 0, ga = c->strided ? 1 : 0;
-    const int64_t gb = c->strided ? 7 : 0, gy = c->strided ? 2 : 0, gbias = c->strided ? 4 : 0;
     const int64_t off = c->misalign ? 1 : 0;
     const int64_t wr = peft ? n : k, wc = peft ? k : n;
     const int64_t ar = peft ? r : k, ac = peft ? k : r;
     const int64_t br = peft ? n : r, bc = peft ? r : n;
+    /* Different gaps per operand, so that a kernel using one operand's stride for another fails;
+     * padded to 16 bytes, the gaps differ wherever the column counts do. */
+    const int strided = c->strided == LFT_STRIDED, padded = c->strided == LFT_PADDED16;
+    const int64_t per16 = 16 / (int64_t)lf_dtype_size(c->dtype);
+#define LFT_GAP(small, cols) (strided ? (small) : padded ? ((cols) / per16 + 1) * per16 - (cols) : 0)
+    const int64_t gx = LFT_GAP(3, k), gw = LFT_GAP(5, wc), ga = LFT_GAP(1, ac);
+    const int64_t gb = LFT_GAP(7, bc), gy = LFT_GAP(2, n), gbias = LFT_GAP(4, n);
+#undef LFT_GAP
     lf_status st;
     if ((st = lft_mat_init(&p->x, ctx, c->dtype, m, k, k + gx, off)) != LF_OK ||
         (st = lft_mat_init(&p->a, ctx, c->dtype, ar, ac, ac + ga, off)) != LF_OK ||

@@ -138,10 +138,14 @@ typedef struct lft_case {
     int64_t m, k, n, rank;
     int has_w, has_bias;
     float scale, beta;
-    int strided;  /* 0: dense; else every operand gets stride = cols + a different small gap */
+    int strided;  /* 0: dense; LFT_STRIDED: every operand gets stride = cols + a different small gap;
+                   * LFT_PADDED16: every stride the next multiple of 16 bytes past cols (rows stay
+                   * 16-byte aligned, as the Hopper kernels' copy engine needs, with N free) */
     int misalign; /* shift every operand by one element from lf_malloc's 64-byte alignment */
     uint64_t seed;
 } lft_case;
+
+enum { LFT_STRIDED = 1, LFT_PADDED16 = 2 };
 
 /* Formats a case as "f32 peft layer+bias beta=0.5 37x129x67 r7 strided" into buf. */
 const char *lft_case_name(const lft_case *c, char *buf, size_t size);

@@ -193,6 +193,10 @@ static const hopper_shape hopper_shapes[] = {
     {{100, 264, 14336, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
     {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
     {{100, 1032, 2048, 16, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
+    /* N ≢ 0 mod 8 with every stride padded to 16 bytes: the element-wise column tails of the store
+     * warps (beta 0) and of the split-K finish (beta 0.5, clusters of 8) */
+    {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
