@@ -399,13 +399,20 @@ __global__ void __launch_bounds__(THREADS, 1)
                 for (int i = 0; i < 128; i++)
                     d[i] = 0.0f;
                 int prev = -1;
-                for (int ks = 0; ks < steps; ks++) {
+                /* the K loop and the LoRA stages apart: a branch between two wgmmas of one loop costs
+                 * an injected fence (ptxas C7519) in every K step */
+                for (int ks = 0; ks < p.k_tiles; ks++) {
                     mbar_wait(FULL(stage), phase);
                     const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
                     wgmma_fence();
-                    if (ks < p.k_tiles)
-                        wgmma_k16_steps<BK, K16, T>(d, a, b);
-                    else if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
+                    wgmma_k16_steps<BK, K16, T>(d, a, b);
+                    consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+                }
+                for (int ls = 0; ls < LORA_STAGES; ls++) {
+                    mbar_wait(FULL(stage), phase);
+                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
+                    wgmma_fence();
+                    if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
                         wgmma_m64n256k16<T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
                         wgmma_m64n256k16<T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
                     } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
