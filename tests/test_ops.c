@@ -173,7 +173,7 @@ static void threads(lf_context *ctx, void *arg)
 typedef struct hopper_shape {
     shape s;
     int dt, has_bias, be; /* indices into dtypes, betas */
-    int impl;             /* LF_CUDA_HOPPER, or LF_CUDA_HOPPER_MID: the split-K form for few tiles */
+    int impl; /* LF_CUDA_HOPPER, LF_CUDA_HOPPER_MID (the split-K form for few tiles) or _DECODE (few tokens) */
 } hopper_shape;
 static const hopper_shape hopper_shapes[] = {
     {{1100, 1032, 4360, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER}, /* bf16, every tail: M 76, K 8, N 8 past whole tiles */
@@ -197,6 +197,14 @@ static const hopper_shape hopper_shapes[] = {
      * warps (beta 0) and of the split-K finish (beta 0.5, clusters of 8) */
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
+    /* the decode form (M ≤ 16, r ≤ 16, at least one 64-row tile per SM of an H100/H200): 16 tokens
+     * with N and K tails, one token on exactly 132 tiles, 7 tokens at r 5 and beta 1 and 3 tokens with
+     * N ≢ 0 mod 8 (both with strides padded to 16 bytes), 16 tokens with two tiles on most CTAs */
+    {{16, 1032, 8500, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
+    {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
+    {{7, 4104, 9000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
+    {{3, 1032, 8451, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
+    {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
@@ -398,17 +406,20 @@ static void hopper(lf_context *ctx, void *arg)
  * capture, with its workspace bound to the capturing stream), with bias and beta 0.5. */
 static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
 static const shape gemm_graph_shape = {100, 520, 1000, 16, 0, 0};
+#define N_GRAPH_CASES 5
 
 static void graphs(lf_context *ctx, void *arg)
 {
     (void)arg;
-    const lft_case cases[4] = {hopper_case(&hopper_shapes[0], 310000),
-                               make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
-                               make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
-                               hopper_case(&hopper_shapes[7], 310003)};
-    const char *kinds[4] = {"hopper", "decode", "GEMM path", "hopper split-K"};
-    const int impls[4] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM, LF_CUDA_HOPPER_MID};
-    for (int i = 0; i < 4; i++) {
+    const lft_case cases[N_GRAPH_CASES] = {hopper_case(&hopper_shapes[0], 310000),
+                                           make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
+                                           make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
+                                           hopper_case(&hopper_shapes[7], 310003),
+                                           hopper_case(&hopper_shapes[N_HOPPER - 5], 310004)};
+    const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode"};
+    const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM, LF_CUDA_HOPPER_MID,
+                                      LF_CUDA_HOPPER_DECODE};
+    for (int i = 0; i < N_GRAPH_CASES; i++) {
         char name[256];
         if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
             lft_skip(lft_case_name(&cases[i], name, sizeof name), lf_backend_name(lf_context_backend(ctx)),
@@ -432,6 +443,6 @@ int main(void)
     lft_for_each_backend("test_ops determinism", 3 * 3 * 3 * 2, determinism, NULL);
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
     lft_for_each_backend("test_ops hopper", hopper_cases_all(), hopper, NULL);
-    lft_for_each_backend("test_ops graph replay", 4, graphs, NULL);
+    lft_for_each_backend("test_ops graph replay", N_GRAPH_CASES, graphs, NULL);
     return lft_summary("test_ops");
 }

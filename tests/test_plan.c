@@ -318,6 +318,22 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, LF_CUDA_HOPPER_MAX_M + 1, 4096, 16, 132));
     lft_end();
 
+    lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 16 tokens where its tiles fill the SMs");
+    /* 64-row tiles, one CTA per SM: from 132 tiles on 132 SMs (N > 8384), M ≤ 16, r ≤ 16 */
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8384, 16, 132)); /* 131 tiles */
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132)); /* the decode kernel's */
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 17, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 17, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 0, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_KN, ok_flags, 16, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_F32, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 16, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 16, 14336, 16, 132));
+    lft_end();
+
     lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");
     /* an H200's slots (dev/cuda/cluster_slots.cu and the library's own count agree: 132 CTAs in
      * clusters of 1 and 2, 117 of 3, 120 of 4, 110 of 5, 102 of 6, 105 of 7, 120 of 8) */

@@ -20,7 +20,8 @@ enum {
     LF_CUDA_DELTA_SMALL = 5, /* delta, short K and small rank: one launch, one memory round trip */
     LF_CUDA_DELTA_TSPLIT = 6, /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
     LF_CUDA_HOPPER = 7,       /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
-    LF_CUDA_HOPPER_MID = 8    /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster */
+    LF_CUDA_HOPPER_MID = 8,   /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster */
+    LF_CUDA_HOPPER_DECODE = 9 /* layer on sm_90a, few tokens: T in K-slices, then W streamed by TMA (PDL) */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -289,6 +290,24 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
         if (slots[split] > 0 && tiles * split <= slots[split] && split <= k_tiles)
             return split > 1 || tiles_m == 1 ? split : 0;
     return 0;
+}
+
+/* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the
+ * wgmma A operand in 64-row tiles, one CTA per SM. It wins where the tiles fill the SMs; with fewer
+ * (N < 64 per SM) half of them idle and the decode kernel's 16- and 32-row tiles on two blocks per
+ * SM do better. H100, bf16, r 16, µs by graph replay, cuBLAS base GEMM in the same run (the lab
+ * harness with T given; dev/cuda/NOTES.md, tenth session): M 16, 4096 → 14336 43.9 against 41.9
+ * (the decode kernel: 47.3 against 42.1 in the suite), M 1 → 14336 41.6 against 41.1 (44.8 against
+ * 41.3); M 16, 4096 → 4096 17.0 against 15.8 (15.8 against 16.0), M 1 → 4096 16.1 against 15.6
+ * (14.8 against 15.7). */
+#define LF_CUDA_HOPPER_DECODE_MAX_M 16
+#define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
+static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
+                                             int64_t r, int sm_count)
+{
+    return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
+           (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_HOPPER_DECODE_MAX_M && r >= 1 &&
+           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && (n + 63) / 64 >= sm_count;
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

@@ -1016,17 +1016,24 @@ decode_kernel_ref decode_ref(lf_dtype dtype, int rt, int nt, bool multi)
     return multi ? decode_ref_rt<__half, true>(rt, nt) : decode_ref_rt<__half, false>(rt, nt);
 }
 
-/* The decode layer: lora_tpart_kernel writes T's K-slice partials into t_ws, and the decode kernel,
- * launched behind it with PDL, streams W meanwhile and waits for T before its first epilogue. */
-cudaError_t launch_decode_layer(lf_dtype dtype, lora_args a, int rt, int nt, int slices, bool multi, float *t_ws,
-                                int sm_count, bool pdl, cudaStream_t st)
+/* T's K-slice partials into t_ws (lora_tpart_kernel), for a decode kernel launched behind it. */
+cudaError_t launch_t_parts(lf_dtype dtype, const lora_args &a, int slices, bool multi, float *t_ws, bool pdl,
+                           cudaStream_t st)
 {
     void (*tpart)(lora_args, float *) = dtype == LF_BF16 ? (multi ? lora_tpart_kernel<__nv_bfloat16, true>
                                                                    : lora_tpart_kernel<__nv_bfloat16, false>)
                                                          : (multi ? lora_tpart_kernel<__half, true>
                                                                   : lora_tpart_kernel<__half, false>);
-    const cudaError_t e = launch(tpart, dim3((unsigned)a.r, (unsigned)slices, (unsigned)((a.m + TP_TOKENS - 1) / TP_TOKENS)),
-                                 0, pdl, st, a, t_ws);
+    return launch(tpart, dim3((unsigned)a.r, (unsigned)slices, (unsigned)((a.m + TP_TOKENS - 1) / TP_TOKENS)), 0,
+                  pdl, st, a, t_ws);
+}
+
+/* The decode layer: lora_tpart_kernel writes T's K-slice partials into t_ws, and the decode kernel,
+ * launched behind it with PDL, streams W meanwhile and waits for T before its first epilogue. */
+cudaError_t launch_decode_layer(lf_dtype dtype, lora_args a, int rt, int nt, int slices, bool multi, float *t_ws,
+                                int sm_count, bool pdl, cudaStream_t st)
+{
+    const cudaError_t e = launch_t_parts(dtype, a, slices, multi, t_ws, pdl, st);
     if (e != cudaSuccess)
         return e;
     a.t = t_ws;
@@ -1242,6 +1249,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
  *   HOPPER_MID: {split}
+ *   HOPPER_DECODE: {-, -, K-slices of T}
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1255,6 +1263,10 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     if (!(key->flags & LF_PLAN_HAS_W)) {
         ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
+    } else if (cs->hopper_ok && lf_cuda_hopper_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
+        plan->impl = LF_CUDA_HOPPER_DECODE;
+        plan->param[2] = lf_cuda_decode_t_slices(k);
+        ws = align256((size_t)plan->param[2] * m * r * 4);
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_DECODE;
         plan->param[1] = lf_cuda_decode_nt(m);
@@ -1310,6 +1322,13 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     case LF_CUDA_HOPPER_MID:
         LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], st));
         return LF_OK;
+    case LF_CUDA_HOPPER_DECODE: { /* T's partials, then the TMA stream of W behind them (PDL: sm_90a) */
+        const int slices = (int)plan->param[2];
+        LF_CUDA_CHECK(ctx, launch_t_parts(key.dtype, a, slices, false, ws, true, st));
+        LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, ws, slices, (long long)p->m * p->rank,
+                                                   lf_cuda_state_of(ctx)->sm_count, true, st));
+        return LF_OK;
+    }
     case LF_CUDA_GEMM: {
         /* T = x·Aᵀ and x·Wᵀ through cuBLAS (fp32 out), then one bandwidth-bound epilogue adds
          * s·T·Bᵀ, bias and beta·y and rounds once. */

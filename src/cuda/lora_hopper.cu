@@ -764,6 +764,184 @@ __global__ void __launch_bounds__(THREADS, 1)
 #endif
 }
 
+/* ---- few tokens: W streamed as the wgmma A operand ----------------------------------------------
+ *
+ * For M ≤ 16 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
+ * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning 64-row tiles of
+ * W, t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread streams 64 × 64 boxes of W
+ * and the 16 × 64 box of x (rows past M zero-filled) through a DEC_STAGES-deep ring; one consumer
+ * warpgroup accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A
+ * operand, x as the B operand, both K-major in shared memory), 8 fp32 registers a thread. T = x·Aᵀ
+ * comes as K-slice partials from lora_tpart_kernel, launched before this one (PDL): the producer
+ * warpgroup's other three warps wait for it (griddepcontrol.wait), sum it into shared memory in
+ * slice order, and stage each tile's rows of B and the bias (fp32) while the tile's K loop runs, so
+ * that the epilogue reads only shared memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once.
+ * Every sum has a fixed order: bitwise reproducible. r ≤ 16. */
+enum {
+    DEC_ROWS = 64, /* features per tile: wgmma's M */
+    DEC_TOK = 16,  /* token columns: wgmma's N */
+    DEC_TW = 16,   /* rank ≤ 16 */
+    DEC_W_BYTES = DEC_ROWS * BK * 2,
+    DEC_STAGE_BYTES = DEC_W_BYTES + DEC_TOK * BK * 2,
+    DEC_STAGES = 20, /* 200 KB in flight a CTA */
+    DEC_LOADERS = 96, /* the producer warpgroup's warps 1–3 */
+    /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [token][rank] */
+    DEC_LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + DEC_TOK * DEC_TW,
+    DEC_BARRIERS = 2 * DEC_STAGES + 5,
+    DEC_SMEM = DEC_STAGES * DEC_STAGE_BYTES + 1024 + 8 * DEC_BARRIERS + 4 * DEC_LORA_FLOATS,
+};
+
+struct dec_params {
+    int m, n, r, k_tiles, tiles;
+    const float *t; /* T's K-slice partials: tsplit slices of [m][r], tstride floats apart */
+    int tsplit;
+    long long tstride;
+    const void *b, *bias;
+    long long ldb;
+    void *y;
+    long long ldy;
+    float beta, scale;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Loader side: T once (after the primary grid, lora_tpart_kernel, is complete), then B's rows and
+ * the bias of each of this CTA's tiles into buffer i % 2. i: this thread's index among the loaders. */
+template <typename T>
+__device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_s, uint32_t bars, int i)
+{
+    float *t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
+    const uint32_t t_full = bars, b_full = bars + 8, b_empty = bars + 24;
+    lf_pdl_wait();
+    for (int idx = i; idx < DEC_TOK * DEC_TW; idx += DEC_LOADERS) {
+        const int tok = idx / DEC_TW, rr = idx % DEC_TW;
+        float v = 0.0f;
+        if (tok < p.m && rr < p.r)
+            for (int z = 0; z < p.tsplit; z++) /* slice order: the bits do not depend on the grid */
+                v += p.t[z * p.tstride + tok * p.r + rr];
+        t_s[idx] = v;
+    }
+    mbar_arrive(t_full);
+    const T *b = (const T *)p.b, *bias = (const T *)p.bias;
+    int j = 0;
+    for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
+        const int buf = j % 2, n0 = t * DEC_ROWS;
+        if (j >= 2)
+            mbar_wait(b_empty + 8 * buf, (j / 2 - 1) & 1);
+        float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS);
+        for (int idx = i; idx < DEC_TW * DEC_ROWS; idx += DEC_LOADERS) {
+            const int rr = idx / DEC_ROWS, f = idx % DEC_ROWS;
+            bs[idx] = rr < p.r && n0 + f < p.n ? lf_dt<T>::to_f32(b[(long long)(n0 + f) * p.ldb + rr]) : 0.0f;
+        }
+        for (int f = i; f < DEC_ROWS; f += DEC_LOADERS)
+            bs[DEC_TW * DEC_ROWS + f] = bias && n0 + f < p.n ? lf_dt<T>::to_f32(bias[n0 + f]) : 0.0f;
+        mbar_arrive(b_full + 8 * buf);
+    }
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(2 * 128, 1)
+    lora_hopper_decode_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                              const dec_params p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int K16 = BK / 16;
+    static_assert(DEC_STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0, "stages keep the swizzle's alignment");
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + DEC_STAGES * DEC_STAGE_BYTES;
+    float *const lora_s = (float *)(smem_raw + (bars + 8 * DEC_BARRIERS - smem_addr(smem_raw)));
+#define FULL(s) (bars + 8 * (s))
+#define EMPTY(s) (bars + 8 * (DEC_STAGES + (s)))
+    /* t_full, b_full[2], b_empty[2] after the ring's barriers */
+    const uint32_t lora_bars = bars + 8 * 2 * DEC_STAGES;
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    lf_pdl_release(); /* x and W are final (the primary waited for what came before it) */
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < DEC_STAGES; s++) {
+            mbar_init(FULL(s), 1);
+            mbar_init(EMPTY(s), 4); /* one arrival per consumer warp */
+        }
+        mbar_init(lora_bars, DEC_LOADERS);             /* T summed */
+        mbar_init(lora_bars + 8, DEC_LOADERS);         /* b_full[0] */
+        mbar_init(lora_bars + 16, DEC_LOADERS);        /* b_full[1] */
+        mbar_init(lora_bars + 24, 128);                /* b_empty[0]: every consumer thread is done */
+        mbar_init(lora_bars + 32, 128);                /* b_empty[1] */
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = blockIdx.x; t < p.tiles; t += gridDim.x)
+                for (int ks = 0; ks < p.k_tiles; ks++) {
+                    const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    mbar_arrive_expect_tx(FULL(stage), DEC_STAGE_BYTES);
+                    tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * DEC_ROWS);
+                    tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
+                    ring_next<DEC_STAGES>(stage, phase);
+                }
+        } else if (tid >= 32) {
+            dec_stage_lora<T>(p, lora_s, lora_bars, tid - 32);
+        }
+    } else {
+        const int warp = tid / 32, lane = tid % 32;
+        int stage = 0, j = 0;
+        uint32_t phase = 0;
+        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
+            float d[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                d[i] = 0.0f;
+            int prev = -1;
+            for (int ks = 0; ks < p.k_tiles; ks++) {
+                mbar_wait(FULL(stage), phase);
+                const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
+                wgmma_fence();
+#pragma unroll
+                for (int k = 0; k < K16; k++)
+                    wgmma_m64nXk16<DEC_TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+                consumer_next<DEC_STAGES>(EMPTY(0), prev, stage, phase, lane);
+            }
+            consumer_drain(EMPTY(0), prev, lane);
+            fence_acc<8>(d);
+            const int buf = j % 2;
+            if (j == 0)
+                mbar_wait(lora_bars, 0);
+            mbar_wait(lora_bars + 8 + 8 * buf, (j / 2) & 1);
+            const float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS), *t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
+            /* fragment of m64n16: feature 16·warp + lane/4 (+8), tokens 8j + 2·(lane%4) (+1) */
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int f = 16 * warp + lane / 4 + 8 * h, n = t * DEC_ROWS + f;
+                if (n >= p.n)
+                    continue;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int tok = 8 * (i / 2) + 2 * (lane % 4) + i % 2;
+                    if (tok >= p.m)
+                        continue;
+                    float lora = 0.0f;
+#pragma unroll
+                    for (int rr = 0; rr < DEC_TW; rr++)
+                        lora = fmaf(t_s[tok * DEC_TW + rr], bs[rr * DEC_ROWS + f], lora);
+                    T *out = (T *)p.y + (long long)tok * p.ldy + n;
+                    float v = d[4 * (i / 2) + 2 * h + i % 2] + bs[DEC_TW * DEC_ROWS + f] + p.scale * lora;
+                    if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+                        v = fmaf(p.beta, lf_dt<T>::to_f32(*out), v);
+                    *out = lf_dt<T>::from_f32(v);
+                }
+            }
+            mbar_arrive(lora_bars + 24 + 8 * buf);
+        }
+    }
+#undef FULL
+#undef EMPTY
+#endif
+}
+
 /* 1 in the code that holds the kernels above (sm_90a), 0 in every other target's. */
 __device__ int sm90a_code =
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -854,6 +1032,8 @@ template <typename T> cudaError_t allow_smem()
         e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM);
     return e;
 }
 
@@ -897,6 +1077,35 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
         return cudaErrorInvalidValue;
     return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, false,
                                     (unsigned)split, st, mx, mw, ma, mp);
+}
+
+template <typename T>
+cudaError_t decode_launch_typed(const lf_lora_problem *p, const float *t, int tsplit, long long tstride, int sm_count,
+                                bool pdl, cudaStream_t st)
+{
+    const bool f16 = p->dtype == LF_F16;
+    CUtensorMap mx, mw;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, DEC_ROWS))
+        return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
+    dec_params dp = {};
+    dp.m = (int)p->m;
+    dp.n = (int)p->n;
+    dp.r = (int)p->rank;
+    dp.k_tiles = (int)((p->k + BK - 1) / BK);
+    dp.tiles = (int)((p->n + DEC_ROWS - 1) / DEC_ROWS);
+    dp.t = t;
+    dp.tsplit = tsplit;
+    dp.tstride = tstride;
+    dp.b = p->b;
+    dp.ldb = p->ldb;
+    dp.bias = p->bias;
+    dp.y = p->y;
+    dp.ldy = p->ldy;
+    dp.beta = p->beta;
+    dp.scale = p->scale;
+    const int grid = dp.tiles < sm_count ? dp.tiles : sm_count;
+    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T>, dim3((unsigned)grid), 2 * 128, (size_t)DEC_SMEM, pdl,
+                                    1u, st, mx, mw, dp);
 }
 
 } /* namespace */
@@ -965,4 +1174,14 @@ cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream
         p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 || split > MID_MAX_SPLIT)
         return cudaErrorInvalidValue;
     return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
+}
+
+cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, const float *t, int tsplit, long long tstride,
+                                    int sm_count, bool pdl, cudaStream_t st)
+{
+    if (p->m < 1 || p->m > DEC_TOK || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
+        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || !t || tsplit < 1 || sm_count < 1)
+        return cudaErrorInvalidValue;
+    return p->dtype == LF_F16 ? decode_launch_typed<__half>(p, t, tsplit, tstride, sm_count, pdl, st)
+                              : decode_launch_typed<__nv_bfloat16>(p, t, tsplit, tstride, sm_count, pdl, st);
 }
