@@ -200,7 +200,7 @@ static const hopper_shape hopper_shapes[] = {
     /* the decode form (M ≤ 16, r ≤ 16, at least one 64-row tile per SM of an H100/H200): 16 tokens
      * with N and K tails, one token on exactly 132 tiles, 7 tokens at r 5 and beta 1 and 3 tokens with
      * N ≢ 0 mod 8 (both with strides padded to 16 bytes), 16 tokens with two tiles on most CTAs */
-    {{16, 1032, 8500, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
+    {{16, 1032, 8504, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 9000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
     {{3, 1032, 8451, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},

@@ -31,6 +31,7 @@
 #include "heuristics.h"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
+#include "mma_sync.cuh"
 #include "token_map.cuh"
 
 #include <limits.h>
@@ -501,41 +502,6 @@ __global__ void __launch_bounds__(LF_CUDA_THREADS) lora_epilogue_kernel(lora_arg
 }
 
 /* ---- decode ------------------------------------------------------------------------------------ */
-
-template <typename T> __device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                               uint32_t a3, uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                                    uint32_t a3, uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma16816<__half>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                             uint32_t a3, uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* One 32-wide K step of a warp. The sum over k does not care which k sits where in the MMA, so
- * each thread's 16-byte vector (8 consecutive k of one row) feeds two m16n8k16: thread (g, q)
- * holds physical k = q·8 + 4j + {0,1,2,3} as the logical k {2q, 2q+1, 2q+8, 2q+9} of MMA j, in the
- * A fragment (W rows g and g+8) and in the B fragment (token g) alike. */
-template <typename T, int NT, int RT>
-__device__ __forceinline__ void decode_step(float (&acc)[RT][NT][4], const uint4 (&wv)[RT][2], const uint4 (&xv)[NT])
-{
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            mma16816<T>(acc[rt][nt], wv[rt][0].x, wv[rt][1].x, wv[rt][0].y, wv[rt][1].y, xv[nt].x, xv[nt].y);
-            mma16816<T>(acc[rt][nt], wv[rt][0].z, wv[rt][1].z, wv[rt][0].w, wv[rt][1].w, xv[nt].z, xv[nt].w);
-        }
-}
 
 /* 8 elements from p (the row's element kbase), zeros at or past k: the K tail. */
 template <typename T> __device__ __forceinline__ uint4 load8_masked(const T *p, int kbase, int k)
@@ -1016,24 +982,17 @@ decode_kernel_ref decode_ref(lf_dtype dtype, int rt, int nt, bool multi)
     return multi ? decode_ref_rt<__half, true>(rt, nt) : decode_ref_rt<__half, false>(rt, nt);
 }
 
-/* T's K-slice partials into t_ws (lora_tpart_kernel), for a decode kernel launched behind it. */
-cudaError_t launch_t_parts(lf_dtype dtype, const lora_args &a, int slices, bool multi, float *t_ws, bool pdl,
-                           cudaStream_t st)
-{
-    void (*tpart)(lora_args, float *) = dtype == LF_BF16 ? (multi ? lora_tpart_kernel<__nv_bfloat16, true>
-                                                                   : lora_tpart_kernel<__nv_bfloat16, false>)
-                                                         : (multi ? lora_tpart_kernel<__half, true>
-                                                                  : lora_tpart_kernel<__half, false>);
-    return launch(tpart, dim3((unsigned)a.r, (unsigned)slices, (unsigned)((a.m + TP_TOKENS - 1) / TP_TOKENS)), 0,
-                  pdl, st, a, t_ws);
-}
-
 /* The decode layer: lora_tpart_kernel writes T's K-slice partials into t_ws, and the decode kernel,
  * launched behind it with PDL, streams W meanwhile and waits for T before its first epilogue. */
 cudaError_t launch_decode_layer(lf_dtype dtype, lora_args a, int rt, int nt, int slices, bool multi, float *t_ws,
                                 int sm_count, bool pdl, cudaStream_t st)
 {
-    const cudaError_t e = launch_t_parts(dtype, a, slices, multi, t_ws, pdl, st);
+    void (*tpart)(lora_args, float *) = dtype == LF_BF16 ? (multi ? lora_tpart_kernel<__nv_bfloat16, true>
+                                                                   : lora_tpart_kernel<__nv_bfloat16, false>)
+                                                         : (multi ? lora_tpart_kernel<__half, true>
+                                                                  : lora_tpart_kernel<__half, false>);
+    const cudaError_t e = launch(tpart, dim3((unsigned)a.r, (unsigned)slices, (unsigned)((a.m + TP_TOKENS - 1) / TP_TOKENS)),
+                                 0, pdl, st, a, t_ws);
     if (e != cudaSuccess)
         return e;
     a.t = t_ws;
@@ -1249,7 +1208,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
  *   HOPPER_MID: {split}
- *   HOPPER_DECODE: {-, -, K-slices of T}
+ *   HOPPER_DECODE: none
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1265,8 +1224,6 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->impl = (int)plan->param[0];
     } else if (cs->hopper_ok && lf_cuda_hopper_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_HOPPER_DECODE;
-        plan->param[2] = lf_cuda_decode_t_slices(k);
-        ws = align256((size_t)plan->param[2] * m * r * 4);
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_DECODE;
         plan->param[1] = lf_cuda_decode_nt(m);
@@ -1322,13 +1279,9 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     case LF_CUDA_HOPPER_MID:
         LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], st));
         return LF_OK;
-    case LF_CUDA_HOPPER_DECODE: { /* T's partials, then the TMA stream of W behind them (PDL: sm_90a) */
-        const int slices = (int)plan->param[2];
-        LF_CUDA_CHECK(ctx, launch_t_parts(key.dtype, a, slices, false, ws, true, st));
-        LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, ws, slices, (long long)p->m * p->rank,
-                                                   lf_cuda_state_of(ctx)->sm_count, true, st));
+    case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
+        LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, lf_cuda_state_of(ctx)->sm_count, true, st));
         return LF_OK;
-    }
     case LF_CUDA_GEMM: {
         /* T = x·Aᵀ and x·Wᵀ through cuBLAS (fp32 out), then one bandwidth-bound epilogue adds
          * s·T·Bᵀ, bias and beta·y and rounds once. */

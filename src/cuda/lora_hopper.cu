@@ -48,6 +48,7 @@
 #include "hopper_ptx.cuh"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
+#include "mma_sync.cuh"
 
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled: the encoder comes through the runtime */
 #include <limits.h>
@@ -769,22 +770,24 @@ __global__ void __launch_bounds__(THREADS, 1)
  * For M ≤ 16 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
  * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning 64-row tiles of
  * W, t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread streams 64 × 64 boxes of W
- * and the 16 × 64 box of x (rows past M zero-filled) through a DEC_STAGES-deep ring; one consumer
- * warpgroup accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A
- * operand, x as the B operand, both K-major in shared memory), 8 fp32 registers a thread. T = x·Aᵀ
- * comes as K-slice partials from lora_tpart_kernel, launched before this one (PDL): the producer
- * warpgroup's other three warps wait for it (griddepcontrol.wait), sum it into shared memory in
- * slice order, and stage each tile's rows of B and the bias (fp32) while the tile's K loop runs, so
- * that the epilogue reads only shared memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once.
- * Every sum has a fixed order: bitwise reproducible. r ≤ 16. */
+ * and the 16 × 64 box of x (rows past M zero-filled) through a DEC_STAGES-deep ring, and during the
+ * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
+ * accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A operand, x as the
+ * B operand, both K-major in shared memory), 8 fp32 registers a thread. Beside it, in the producer
+ * warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
+ * (it holds each stage until it has read it), and two warps stage each tile's rows of B and the
+ * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
+ * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
+ * fixed order: bitwise reproducible. r ≤ 16. */
 enum {
     DEC_ROWS = 64, /* features per tile: wgmma's M */
     DEC_TOK = 16,  /* token columns: wgmma's N */
     DEC_TW = 16,   /* rank ≤ 16 */
     DEC_W_BYTES = DEC_ROWS * BK * 2,
-    DEC_STAGE_BYTES = DEC_W_BYTES + DEC_TOK * BK * 2,
-    DEC_STAGES = 20, /* 200 KB in flight a CTA */
-    DEC_LOADERS = 96, /* the producer warpgroup's warps 1–3 */
+    DEC_X_BYTES = DEC_TOK * BK * 2,
+    DEC_STAGE_BYTES = DEC_W_BYTES + DEC_X_BYTES + DEC_TW * BK * 2, /* W, x, and A's box in the first tile */
+    DEC_STAGES = 18,  /* 180 KB of W and x in flight a CTA */
+    DEC_LOADERS = 64, /* the producer warpgroup's warps 2–3 */
     /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [token][rank] */
     DEC_LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + DEC_TOK * DEC_TW,
     DEC_BARRIERS = 2 * DEC_STAGES + 5,
@@ -793,9 +796,6 @@ enum {
 
 struct dec_params {
     int m, n, r, k_tiles, tiles;
-    const float *t; /* T's K-slice partials: tsplit slices of [m][r], tstride floats apart */
-    int tsplit;
-    long long tstride;
     const void *b, *bias;
     long long ldb;
     void *y;
@@ -804,23 +804,55 @@ struct dec_params {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* Loader side: T once (after the primary grid, lora_tpart_kernel, is complete), then B's rows and
- * the bias of each of this CTA's tiles into buffer i % 2. i: this thread's index among the loaders. */
+/* The T warp: T = x·Aᵀ over the first tile's stages (x and A boxes of each, 128-byte swizzled: the
+ * 16-byte chunk c of row r sits at chunk c ^ (r % 8)), then into t_s [token][rank]; later stages it
+ * only hands back. The same per-lane trick as lora_fwd.cu's decode step: lane (g, q) feeds the MMA
+ * the chunk q of rows g and g + 8, and the sum over k does not care where each k sits. */
+template <typename T>
+__device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, uint32_t bars, float *t_s, int lane)
+{
+    const int g = lane / 4, q = lane % 4;
+    float acc[1][2][4] = {};
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int t = blockIdx.x; t < p.tiles; t += gridDim.x)
+        for (int ks = 0; ks < p.k_tiles; ks++) {
+            mbar_wait(bars + 8 * stage, phase);
+            if (t == (int)blockIdx.x) {
+                const uint32_t xs = ring + stage * DEC_STAGE_BYTES + DEC_W_BYTES, as = xs + DEC_X_BYTES;
+#pragma unroll
+                for (int h = 0; h < 2; h++) { /* two 32-wide halves of the 64-wide stage */
+                    const uint32_t off = (uint32_t)(((4 * h + q) ^ g) * 16);
+                    uint4 xv[1][2], av[2];
+                    xv[0][0] = lds_u4(xs + g * 2 * BK + off);
+                    xv[0][1] = lds_u4(xs + (g + 8) * 2 * BK + off);
+                    av[0] = lds_u4(as + g * 2 * BK + off);
+                    av[1] = lds_u4(as + (g + 8) * 2 * BK + off);
+                    decode_step<T, 2, 1>(acc, xv, av);
+                }
+            }
+            __syncwarp();
+            if (lane == 0)
+                mbar_arrive(bars + 8 * (DEC_STAGES + stage));
+            ring_next<DEC_STAGES>(stage, phase);
+            if (t == (int)blockIdx.x && ks == p.k_tiles - 1) {
+                /* accumulator c: token g (+8 for c ≥ 2), rank 8·nt + 2q + (c & 1) */
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        t_s[(g + 8 * (c >> 1)) * DEC_TW + 8 * nt + 2 * q + (c & 1)] = acc[0][nt][c];
+                mbar_arrive(bars + 8 * 2 * DEC_STAGES); /* t_full: every lane */
+            }
+        }
+}
+
+/* The loaders: B's rows and the bias of each of this CTA's tiles into buffer j % 2. i: this thread's
+ * index among them. */
 template <typename T>
 __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_s, uint32_t bars, int i)
 {
-    float *t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
-    const uint32_t t_full = bars, b_full = bars + 8, b_empty = bars + 24;
-    lf_pdl_wait();
-    for (int idx = i; idx < DEC_TOK * DEC_TW; idx += DEC_LOADERS) {
-        const int tok = idx / DEC_TW, rr = idx % DEC_TW;
-        float v = 0.0f;
-        if (tok < p.m && rr < p.r)
-            for (int z = 0; z < p.tsplit; z++) /* slice order: the bits do not depend on the grid */
-                v += p.t[z * p.tstride + tok * p.r + rr];
-        t_s[idx] = v;
-    }
-    mbar_arrive(t_full);
+    const uint32_t b_full = bars + 8, b_empty = bars + 24;
     const T *b = (const T *)p.b, *bias = (const T *)p.bias;
     int j = 0;
     for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
@@ -842,49 +874,59 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
 template <typename T>
 __global__ void __launch_bounds__(2 * 128, 1)
     lora_hopper_decode_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
-                              const dec_params p)
+                              const __grid_constant__ CUtensorMap tm_a, const dec_params p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int K16 = BK / 16;
-    static_assert(DEC_STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0, "stages keep the swizzle's alignment");
+    static_assert(DEC_STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && DEC_X_BYTES % 1024 == 0,
+                  "boxes keep the swizzle's alignment");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + DEC_STAGES * DEC_STAGE_BYTES;
     float *const lora_s = (float *)(smem_raw + (bars + 8 * DEC_BARRIERS - smem_addr(smem_raw)));
+    float *const t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (DEC_STAGES + (s)))
     /* t_full, b_full[2], b_empty[2] after the ring's barriers */
     const uint32_t lora_bars = bars + 8 * 2 * DEC_STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    lf_pdl_release(); /* x and W are final (the primary waited for what came before it) */
     if (threadIdx.x == 0) {
         for (int s = 0; s < DEC_STAGES; s++) {
             mbar_init(FULL(s), 1);
-            mbar_init(EMPTY(s), 4); /* one arrival per consumer warp */
+            mbar_init(EMPTY(s), 4 + 1); /* one arrival per consumer warp, and the T warp's */
         }
-        mbar_init(lora_bars, DEC_LOADERS);             /* T summed */
-        mbar_init(lora_bars + 8, DEC_LOADERS);         /* b_full[0] */
-        mbar_init(lora_bars + 16, DEC_LOADERS);        /* b_full[1] */
-        mbar_init(lora_bars + 24, 128);                /* b_empty[0]: every consumer thread is done */
-        mbar_init(lora_bars + 32, 128);                /* b_empty[1] */
+        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes */
+        mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
+        mbar_init(lora_bars + 16, DEC_LOADERS); /* b_full[1] */
+        mbar_init(lora_bars + 24, 128);         /* b_empty[0]: every consumer thread is done */
+        mbar_init(lora_bars + 32, 128);         /* b_empty[1] */
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
+    /* launched with PDL: x, B and y may come from the kernel before; nothing is read before this */
+    lf_pdl_wait();
+    lf_pdl_release();
     if (wg == 0) {
         if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
-            for (int t = blockIdx.x; t < p.tiles; t += gridDim.x)
+            for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+                const bool first = t == (int)blockIdx.x; /* the T warp's tile: A's boxes too */
                 for (int ks = 0; ks < p.k_tiles; ks++) {
                     const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
                     mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), DEC_STAGE_BYTES);
+                    mbar_arrive_expect_tx(FULL(stage), first ? DEC_STAGE_BYTES : DEC_W_BYTES + DEC_X_BYTES);
                     tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * DEC_ROWS);
                     tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
+                    if (first)
+                        tma_load_2d(slot + DEC_W_BYTES + DEC_X_BYTES, &tm_a, FULL(stage), ks * BK, 0);
                     ring_next<DEC_STAGES>(stage, phase);
                 }
-        } else if (tid >= 32) {
-            dec_stage_lora<T>(p, lora_s, lora_bars, tid - 32);
+            }
+        } else if (tid >= 32 && tid < 64) {
+            dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
+        } else if (tid >= 64) {
+            dec_stage_lora<T>(p, lora_s, lora_bars, tid - 64);
         }
     } else {
         const int warp = tid / 32, lane = tid % 32;
@@ -911,7 +953,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
             if (j == 0)
                 mbar_wait(lora_bars, 0);
             mbar_wait(lora_bars + 8 + 8 * buf, (j / 2) & 1);
-            const float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS), *t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
+            const float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS);
             /* fragment of m64n16: feature 16·warp + lane/4 (+8), tokens 8j + 2·(lane%4) (+1) */
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -1079,13 +1121,12 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
-template <typename T>
-cudaError_t decode_launch_typed(const lf_lora_problem *p, const float *t, int tsplit, long long tstride, int sm_count,
-                                bool pdl, cudaStream_t st)
+template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
-    CUtensorMap mx, mw;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, DEC_ROWS))
+    CUtensorMap mx, mw, ma;
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, DEC_ROWS) ||
+        !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     dec_params dp = {};
     dp.m = (int)p->m;
@@ -1093,9 +1134,6 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, const float *t, int ts
     dp.r = (int)p->rank;
     dp.k_tiles = (int)((p->k + BK - 1) / BK);
     dp.tiles = (int)((p->n + DEC_ROWS - 1) / DEC_ROWS);
-    dp.t = t;
-    dp.tsplit = tsplit;
-    dp.tstride = tstride;
     dp.b = p->b;
     dp.ldb = p->ldb;
     dp.bias = p->bias;
@@ -1105,7 +1143,7 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, const float *t, int ts
     dp.scale = p->scale;
     const int grid = dp.tiles < sm_count ? dp.tiles : sm_count;
     return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T>, dim3((unsigned)grid), 2 * 128, (size_t)DEC_SMEM, pdl,
-                                    1u, st, mx, mw, dp);
+                                    1u, st, mx, mw, ma, dp);
 }
 
 } /* namespace */
@@ -1176,12 +1214,11 @@ cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream
     return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
 }
 
-cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, const float *t, int tsplit, long long tstride,
-                                    int sm_count, bool pdl, cudaStream_t st)
+cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     if (p->m < 1 || p->m > DEC_TOK || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
-        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || !t || tsplit < 1 || sm_count < 1)
+        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || sm_count < 1)
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? decode_launch_typed<__half>(p, t, tsplit, tstride, sm_count, pdl, st)
-                              : decode_launch_typed<__nv_bfloat16>(p, t, tsplit, tstride, sm_count, pdl, st);
+    return p->dtype == LF_F16 ? decode_launch_typed<__half>(p, sm_count, pdl, st)
+                              : decode_launch_typed<__nv_bfloat16>(p, sm_count, pdl, st);
 }

@@ -40,11 +40,9 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
  * K range; no workspace, no control words. */
 cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st);
 
-/* The layer for M ≤ 16 tokens, r ≤ 16: W streamed by TMA as the wgmma A operand (lora_hopper.cu,
- * "few tokens"). t: T = x·Aᵀ as tsplit K-slice partials [m][r], tstride floats apart (from
- * lora_tpart_kernel, launched before; pdl: launched behind it with programmatic dependent launch). */
-cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, const float *t, int tsplit, long long tstride,
-                                    int sm_count, bool pdl, cudaStream_t st);
+/* The layer for M ≤ 16 tokens, r ≤ 16: W streamed by TMA as the wgmma A operand, T beside it
+ * (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent launch. */
+cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st);
 /* CTAs of the split-K form that run at once on the current device in clusters of `split` (0: that
  * cluster size cannot run); call after lf_hopper_setup returned 1. */
 int lf_hopper_mid_slots(int split);
