@@ -197,13 +197,14 @@ static const hopper_shape hopper_shapes[] = {
      * warps (beta 0) and of the split-K finish (beta 0.5, clusters of 8) */
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
-    /* the decode form (M ≤ 16, r ≤ 16, at least one 64-row tile per SM of an H100/H200): 16 tokens
-     * with N and K tails, one token on exactly 132 tiles, 7 tokens at r 5 and beta 1 and 3 tokens with
-     * N ≢ 0 mod 8 (both with strides padded to 16 bytes), 16 tokens with two tiles on most CTAs */
-    {{16, 1032, 8504, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
+    /* the decode form (M ≤ 16, r ≤ 16, 64-row tiles filling an H100's or H200's 132 SMs in rounds at
+     * least ¾ full): 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
+     * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
+     * bytes), 16 tokens at r 8 with two tiles on most CTAs */
+    {{16, 1032, 13000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
-    {{7, 4104, 9000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
-    {{3, 1032, 8451, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
+    {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
+    {{3, 1032, 8443, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])

@@ -319,10 +319,16 @@ static void heuristics_tests(void)
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 16 tokens where its tiles fill the SMs");
-    /* 64-row tiles, one CTA per SM: from 132 tiles on 132 SMs (N > 8384), M ≤ 16, r ≤ 16 */
+    /* 64-row tiles, one CTA per SM, rounds at least ¾ full: 132 tiles on 132 SMs (8384 < N ≤ 8448),
+     * 199–264 (12672 < N ≤ 16896), …; M ≤ 16, r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8384, 16, 132)); /* 131 tiles */
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8449, 16, 132)); /* 133: ½ full */
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 11008, 16, 132)); /* 172 */
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 12672, 16, 132)); /* 198 */
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 12673, 16, 132));  /* 199 */
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132)); /* the decode kernel's */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 17, 14336, 16, 132));

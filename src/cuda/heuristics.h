@@ -293,21 +293,22 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
 }
 
 /* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the
- * wgmma A operand in 64-row tiles, one CTA per SM. It wins where the tiles fill the SMs; with fewer
- * (N < 64 per SM) half of them idle and the decode kernel's 16- and 32-row tiles on two blocks per
- * SM do better. H100, bf16, r 16, µs by graph replay, cuBLAS base GEMM in the same run (the lab
- * harness with T given; dev/cuda/NOTES.md, tenth session): M 16, 4096 → 14336 43.9 against 41.9
- * (the decode kernel: 47.3 against 42.1 in the suite), M 1 → 14336 41.6 against 41.1 (44.8 against
- * 41.3); M 16, 4096 → 4096 17.0 against 15.8 (15.8 against 16.0), M 1 → 4096 16.1 against 15.6
- * (14.8 against 15.7). */
+ * wgmma A operand in 64-row tiles, one CTA per SM, T computed beside the first tile's stream. It
+ * wins where its tiles fill the SMs' rounds: H100, bf16, r 16, `lorafuse bench` against the decode
+ * kernel in one call (dev/cuda/NOTES.md, tenth session), µs, cuBLAS base alone in brackets:
+ * 4096 → 14336 (224 tiles: 2 rounds, the second 70% full) M 1 42.6 against 44.9 (41.3), M 4 43.1
+ * against 45.2 (41.4), M 16 44.5 against 46.7 (42.0); 4096 → 11008 (172 tiles: the second round 30%
+ * full) M 16 39.8 against 37.7 (33.2–36.4); 4096 → 4096 (64 tiles, half the SMs) M 16 17.0 against
+ * 15.8 in the lab. So: rounds at least ¾ full on average (an interpolation between 70% and 30%). */
 #define LF_CUDA_HOPPER_DECODE_MAX_M 16
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
 static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                              int64_t r, int sm_count)
 {
+    const int64_t tiles = (n + 63) / 64, rounds = (tiles + sm_count - 1) / sm_count;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_HOPPER_DECODE_MAX_M && r >= 1 &&
-           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && (n + 63) / 64 >= sm_count;
+           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && tiles >= sm_count && 4 * tiles > 3 * rounds * sm_count;
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */
