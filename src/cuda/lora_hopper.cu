@@ -806,8 +806,9 @@ struct dec_params {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* The T warp: T = x·Aᵀ over the first tile's stages (x and A boxes of each, 128-byte swizzled: the
  * 16-byte chunk c of row r sits at chunk c ^ (r % 8)), then into t_s [token][rank]; later stages it
- * only hands back. The same per-lane trick as lora_fwd.cu's decode step: lane (g, q) feeds the MMA
- * the chunk q of rows g and g + 8, and the sum over k does not care where each k sits. */
+ * only hands back. The same per-lane trick as lora_fwd.cu's decode step: in each 32-wide half of a
+ * stage lane (g, q) feeds the MMA the half's chunk q of rows g and g + 8 (tokens of x, ranks of A),
+ * and the sum over k does not care where each k sits. */
 template <typename T>
 __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, uint32_t bars, float *t_s, int lane)
 {
