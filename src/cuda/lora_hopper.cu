@@ -43,6 +43,10 @@
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
  * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
  * keeps the GEMM path), 16-byte aligned operands and strides (TMA), r ≤ 64.
+ *
+ * Two more forms of the layer follow, with the same building blocks: "few tiles" (each tile's K
+ * split over a thread block cluster, for 65 to a few hundred tokens; lf_cuda_hopper_mid_split) and
+ * "few tokens" (W streamed as the wgmma A operand, for up to 16; lf_cuda_hopper_decode_fits).
  */
 #include "common.cuh"
 #include "hopper_ptx.cuh"
