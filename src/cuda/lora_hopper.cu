@@ -823,22 +823,29 @@ __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, u
     for (int t = blockIdx.x; t < p.tiles; t += gridDim.x)
         for (int ks = 0; ks < p.k_tiles; ks++) {
             mbar_wait(bars + 8 * stage, phase);
-            if (t == (int)blockIdx.x) {
+            const bool first = t == (int)blockIdx.x;
+            /* the stage's chunks into registers, the stage handed back (the arrive's release orders
+             * the loads before it), then the MMAs: the ring waits for 8 loads, not for two chains
+             * of dependent mma.sync */
+            uint4 xv[2][1][2], av[2][2];
+            if (first) {
                 const uint32_t xs = ring + stage * DEC_STAGE_BYTES + DEC_W_BYTES, as = xs + DEC_X_BYTES;
 #pragma unroll
                 for (int h = 0; h < 2; h++) { /* two 32-wide halves of the 64-wide stage */
                     const uint32_t off = (uint32_t)(((4 * h + q) ^ g) * 16);
-                    uint4 xv[1][2], av[2];
-                    xv[0][0] = lds_u4(xs + g * 2 * BK + off);
-                    xv[0][1] = lds_u4(xs + (g + 8) * 2 * BK + off);
-                    av[0] = lds_u4(as + g * 2 * BK + off);
-                    av[1] = lds_u4(as + (g + 8) * 2 * BK + off);
-                    decode_step<T, 2, 1>(acc, xv, av);
+                    xv[h][0][0] = lds_u4(xs + g * 2 * BK + off);
+                    xv[h][0][1] = lds_u4(xs + (g + 8) * 2 * BK + off);
+                    av[h][0] = lds_u4(as + g * 2 * BK + off);
+                    av[h][1] = lds_u4(as + (g + 8) * 2 * BK + off);
                 }
             }
             __syncwarp();
             if (lane == 0)
                 mbar_arrive(bars + 8 * (DEC_STAGES + stage));
+            if (first)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    decode_step<T, 2, 1>(acc, xv[h], av[h]);
             ring_next<DEC_STAGES>(stage, phase);
             if (t == (int)blockIdx.x && ks == p.k_tiles - 1) {
                 /* accumulator c: token g (+8 for c ≥ 2), rank 8·nt + 2q + (c & 1) */
