@@ -792,7 +792,8 @@ enum {
     DEC_STAGE_BYTES = DEC_W_BYTES + DEC_X_BYTES + DEC_TW * BK * 2, /* W, x, and A's box in the first tile */
     DEC_STAGES = 18,  /* 180 KB of W and x in flight a CTA */
     DEC_LOADERS = 64, /* the producer warpgroup's warps 2–3 */
-    /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [token][rank] */
+    /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [rank][token] (the
+     * epilogue's lanes read 4 tokens of one rank: distinct banks) */
     DEC_LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + DEC_TOK * DEC_TW,
     DEC_BARRIERS = 2 * DEC_STAGES + 5,
     DEC_SMEM = DEC_STAGES * DEC_STAGE_BYTES + 1024 + 8 * DEC_BARRIERS + 4 * DEC_LORA_FLOATS,
@@ -800,6 +801,7 @@ enum {
 
 struct dec_params {
     int m, n, r, k_tiles, tiles;
+    int b_vec; /* B and ldb allow 16-byte loads of 8 ranks */
     const void *b, *bias;
     long long ldb;
     void *y;
@@ -809,7 +811,7 @@ struct dec_params {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* The T warp: T = x·Aᵀ over the first tile's stages (x and A boxes of each, 128-byte swizzled: the
- * 16-byte chunk c of row r sits at chunk c ^ (r % 8)), then into t_s [token][rank]; later stages it
+ * 16-byte chunk c of row r sits at chunk c ^ (r % 8)), then into t_s [rank][token]; later stages it
  * only hands back. The same per-lane trick as lora_fwd.cu's decode step: in each 32-wide half of a
  * stage lane (g, q) feeds the MMA the half's chunk q of rows g and g + 8 (tokens of x, ranks of A),
  * and the sum over k does not care where each k sits. */
@@ -853,7 +855,7 @@ __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, u
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int c = 0; c < 4; c++)
-                        t_s[(g + 8 * (c >> 1)) * DEC_TW + 8 * nt + 2 * q + (c & 1)] = acc[0][nt][c];
+                        t_s[(8 * nt + 2 * q + (c & 1)) * DEC_TOK + g + 8 * (c >> 1)] = acc[0][nt][c];
                 mbar_arrive(bars + 8 * 2 * DEC_STAGES); /* t_full: every lane */
             }
         }
@@ -872,10 +874,22 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
         if (j >= 2)
             mbar_wait(b_empty + 8 * buf, (j / 2 - 1) & 1);
         float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS);
-        for (int idx = i; idx < DEC_TW * DEC_ROWS; idx += DEC_LOADERS) {
-            const int rr = idx / DEC_ROWS, f = idx % DEC_ROWS;
-            bs[idx] = rr < p.r && n0 + f < p.n ? lf_dt<T>::to_f32(b[(long long)(n0 + f) * p.ldb + rr]) : 0.0f;
-        }
+        if (p.b_vec) /* 8 ranks of a feature per 16-byte load; the second 8 only where r > 8 (ldb ≥ 16 then) */
+            for (int idx = i; idx < 2 * DEC_ROWS; idx += DEC_LOADERS) {
+                const int f = idx / 2, r0 = 8 * (idx % 2);
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (r0 < p.r && n0 + f < p.n)
+                    v = *(const uint4 *)(b + (long long)(n0 + f) * p.ldb + r0);
+                const T *h = (const T *)&v;
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    bs[(r0 + e) * DEC_ROWS + f] = r0 + e < p.r ? lf_dt<T>::to_f32(h[e]) : 0.0f;
+            }
+        else
+            for (int idx = i; idx < DEC_TW * DEC_ROWS; idx += DEC_LOADERS) {
+                const int rr = idx / DEC_ROWS, f = idx % DEC_ROWS;
+                bs[idx] = rr < p.r && n0 + f < p.n ? lf_dt<T>::to_f32(b[(long long)(n0 + f) * p.ldb + rr]) : 0.0f;
+            }
         for (int f = i; f < DEC_ROWS; f += DEC_LOADERS)
             bs[DEC_TW * DEC_ROWS + f] = bias && n0 + f < p.n ? lf_dt<T>::to_f32(bias[n0 + f]) : 0.0f;
         mbar_arrive(b_full + 8 * buf);
@@ -980,7 +994,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
                     float lora = 0.0f;
 #pragma unroll
                     for (int rr = 0; rr < DEC_TW; rr++)
-                        lora = fmaf(t_s[tok * DEC_TW + rr], bs[rr * DEC_ROWS + f], lora);
+                        lora = fmaf(t_s[rr * DEC_TOK + tok], bs[rr * DEC_ROWS + f], lora);
                     T *out = (T *)p.y + (long long)tok * p.ldy + n;
                     float v = d[4 * (i / 2) + 2 * h + i % 2] + bs[DEC_TW * DEC_ROWS + f] + p.scale * lora;
                     if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
@@ -1146,6 +1160,7 @@ template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, 
     dp.r = (int)p->rank;
     dp.k_tiles = (int)((p->k + BK - 1) / BK);
     dp.tiles = (int)((p->n + DEC_ROWS - 1) / DEC_ROWS);
+    dp.b_vec = p->ldb % 8 == 0 && (uintptr_t)p->b % 16 == 0;
     dp.b = p->b;
     dp.ldb = p->ldb;
     dp.bias = p->bias;
