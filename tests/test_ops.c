@@ -200,14 +200,15 @@ static const hopper_shape hopper_shapes[] = {
     /* the decode form (M ≤ 16, r ≤ 16, 64-row tiles filling an H100's or H200's 132 SMs in rounds at
      * least ¾ full): 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
-     * bytes), 16 tokens at r 8 with two tiles on most CTAs, 2 tokens with three or four tiles a CTA
-     * (B's staging buffers reused) */
+     * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
+     * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1 */
     {{16, 1032, 13000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
     {{3, 1032, 8443, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
-    {{2, 72, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
+    {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
+    {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
@@ -418,7 +419,7 @@ static void graphs(lf_context *ctx, void *arg)
                                            make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
                                            make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
                                            hopper_case(&hopper_shapes[7], 310003),
-                                           hopper_case(&hopper_shapes[N_HOPPER - 6], 310004)}; /* 16 × 13000 */
+                                           hopper_case(&hopper_shapes[N_HOPPER - 7], 310004)}; /* 16 × 13000 */
     const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode"};
     const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM, LF_CUDA_HOPPER_MID,
                                       LF_CUDA_HOPPER_DECODE};

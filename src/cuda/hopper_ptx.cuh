@@ -53,7 +53,10 @@ static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
 static __device__ __forceinline__ uint4 lds_u4(uint32_t saddr)
 {
     uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(saddr));
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(saddr)
+                 : "memory");
     return v;
 }
 

@@ -906,6 +906,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
     constexpr int K16 = BK / 16;
     static_assert(DEC_STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && DEC_X_BYTES % 1024 == 0,
                   "boxes keep the swizzle's alignment");
+    static_assert(DEC_SMEM <= 232448, "a block's shared memory on sm_90");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + DEC_STAGES * DEC_STAGE_BYTES;
     float *const lora_s = (float *)(smem_raw + (bars + 8 * DEC_BARRIERS - smem_addr(smem_raw)));
@@ -1244,7 +1245,8 @@ cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     if (p->m < 1 || p->m > DEC_TOK || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
-        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || sm_count < 1)
+        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || p->layout != LF_LAYOUT_PEFT || !p->x ||
+        !p->w || !p->a || !p->b || !p->y || sm_count < 1)
         return cudaErrorInvalidValue;
     return p->dtype == LF_F16 ? decode_launch_typed<__half>(p, sm_count, pdl, st)
                               : decode_launch_typed<__nv_bfloat16>(p, sm_count, pdl, st);
