@@ -313,37 +313,41 @@ static int set_option(options *o, const opt_spec *s, const char *val)
     return 0;
 }
 
-/* --tp runs its own fixed cases (lorafuse_tp_bench.h) on the CUDA backend: it takes a few options. */
+/* The first option given that is not in allowed[0..count), or NULL. */
+static const char *option_outside(const options *o, const char *const *allowed, size_t count)
+{
+    for (size_t i = 0; i < OPT_COUNT; i++) {
+        int ok = 0;
+        for (size_t j = 0; j < count; j++)
+            ok |= strcmp(opt_table[i].name, allowed[j]) == 0;
+        if (!ok && ((o->given >> i) & 1))
+            return opt_table[i].name;
+    }
+    return NULL;
+}
+
 /* --adapters runs the suite's many-adapter case at any L and M: its shape, dtype and rank are fixed. */
 static int adapters_options_ok(const options *o)
 {
     static const char *const allowed[] = {"adapters", "m", "iters", "seed", "json", "backend", "threads"};
-    for (size_t i = 0; i < OPT_COUNT; i++) {
-        int ok = 0;
-        for (size_t j = 0; j < sizeof allowed / sizeof allowed[0]; j++)
-            ok |= strcmp(opt_table[i].name, allowed[j]) == 0;
-        if (!ok && ((o->given >> i) & 1)) {
-            lf_cli_error("--adapters runs the suite's many-adapter case (bf16, 4096 -> 4096, rank 16) with --m "
-                         "tokens: it takes --m, --iters, --seed, --json, --backend and --threads, not --%s",
-                         opt_table[i].name);
-            return 0;
-        }
-    }
-    return 1;
+    const char *bad = option_outside(o, allowed, sizeof allowed / sizeof allowed[0]);
+    if (bad)
+        lf_cli_error("--adapters runs the suite's many-adapter case (bf16, 4096 -> 4096, rank 16) with --m tokens: "
+                     "it takes --m, --iters, --seed, --json, --backend and --threads, not --%s",
+                     bad);
+    return bad == NULL;
 }
 
+/* --tp runs its own fixed cases (lorafuse_tp_bench.h) on the CUDA backend: it takes a few options. */
 static int tp_options_ok(const options *o)
 {
     static const char *const allowed[] = {"tp", "iters", "seed", "json", "backend"};
-    for (size_t i = 0; i < OPT_COUNT; i++) {
-        int ok = 0;
-        for (size_t j = 0; j < sizeof allowed / sizeof allowed[0]; j++)
-            ok |= strcmp(opt_table[i].name, allowed[j]) == 0;
-        if (!ok && ((o->given >> i) & 1)) {
-            lf_cli_error("--tp runs fixed cases (bf16, rank 16): it takes --iters, --seed, --json and --backend "
-                         "cuda, not --%s", opt_table[i].name);
-            return 0;
-        }
+    const char *bad = option_outside(o, allowed, sizeof allowed / sizeof allowed[0]);
+    if (bad) {
+        lf_cli_error("--tp runs fixed cases (bf16, rank 16): it takes --iters, --seed, --json and --backend cuda, "
+                     "not --%s",
+                     bad);
+        return 0;
     }
     if (o->backend == LF_BACKEND_CPU) {
         lf_cli_error("--tp runs on the CUDA backend (NCCL), not on the CPU");
