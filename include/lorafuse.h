@@ -216,6 +216,9 @@ lf_status lf_context_set_allow_tf32(lf_context *ctx, int allow);
  *  M = 0 is a valid no-op once the other operands are valid.
  *  Aliasing: y must not overlap any input. Inputs may overlap each other.
  *  Results are bitwise identical from run to run for the same inputs, backend and thread count.
+ *  CUDA: a call may start reading W while the kernel queued before it still runs, if that kernel
+ *  let its dependents start early (programmatic dependent launch); so W must be complete when such
+ *  a kernel triggers. Every other operand is read only after the work queued before the call ends.
  *  @return LF_OK; LF_ERR_NULL_POINTER (ctx, x, a, b, y, or a view's data, NULL); LF_ERR_INVALID_VALUE
  *  (negative sizes, K or N of 0, rank outside 1..LF_MAX_RANK, unknown layout or dtype, non-finite
  *  scale or beta); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE; LF_ERR_OVERFLOW; LF_ERR_DTYPE_MISMATCH;

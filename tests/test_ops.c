@@ -440,6 +440,93 @@ static void graphs(lf_context *ctx, void *arg)
     }
 }
 
+/* ---- layers back to back -------------------------------------------------------------------- */
+
+/* CHAIN layers queued with no synchronization between them, each reading the one before's y as its
+ * x and adding into its own y (beta 1). On sm_90 the decode kernels start while the call before
+ * them still runs (PDL) and may read only W before their wait: a read of x or y moved above it, or
+ * a T workspace written before the call before has read it, shows here as a wrong result. W and B
+ * are scaled by a power of two near 1/√K so that the values stay O(1) along the chain. */
+#define CHAIN 3
+typedef struct chain_shape {
+    shape s;
+    int impl; /* the CUDA implementation the plan must choose on an H100 */
+} chain_shape;
+static const chain_shape chain_shapes[] = {
+    {{16, 1032, 1032, 16, 0, 0}, LF_CUDA_DECODE},        /* the T kernel, then the decode kernel */
+    {{16, 8448, 8448, 16, 0, 0}, LF_CUDA_HOPPER_DECODE}, /* one round of 132 tiles */
+};
+#define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
+
+static void chain_case(lf_context *ctx, const chain_shape *cs, uint64_t index)
+{
+    char name[256], what[320];
+    lft_case c = make_case(&cs->s, 2, 0, 1, 1, 1, index); /* bf16, PEFT, bias, beta 1 */
+    snprintf(what, sizeof what, "test_ops chained x%d %s", CHAIN, lft_case_name(&c, name, sizeof name));
+    const int cuda = lf_context_backend(ctx) == LF_BACKEND_CUDA;
+    if (!cuda && cs->impl != LF_CUDA_DECODE) {
+        lft_skip(what, lf_backend_name(lf_context_backend(ctx)), "sized for the CUDA Hopper decode form", 1);
+        return;
+    }
+    lft_problem p[CHAIN];
+    int ready = 0, ok = 1;
+    float shrink = 1.0f;
+    while (shrink * shrink * (float)c.k > 1.0f)
+        shrink *= 0.5f;
+    while (ready < CHAIN && ok) { /* a failed init frees what it allocated */
+        c.seed = lft_case_seed(index * CHAIN + (uint64_t)ready);
+        ok = lft_problem_init(&p[ready], ctx, &c) == LF_OK;
+        if (!ok)
+            break;
+        lft_mat_scale(&p[ready].w, shrink);
+        lft_mat_scale(&p[ready].b, shrink);
+        ok = lft_mat_upload(&p[ready].w) == LF_OK && lft_mat_upload(&p[ready].b) == LF_OK;
+        ready++;
+    }
+    if (!ok) {
+        lft_begin("%s: setup", what);
+        LFT_CHECK(0);
+        lft_end();
+    } else if (!cuda || impl_taken(&p[0], what, cs->impl, 1)) {
+        lft_begin("%s", what);
+        lft_set_seed(c.seed);
+        int queued = 1;
+        for (int j = 0; j < CHAIN && queued; j++) {
+            lf_matrix x = lft_mat_view(j ? &p[j - 1].y : &p[j].x), w = lft_mat_view(&p[j].w),
+                      bias = lft_mat_view(&p[j].bias), a = lft_mat_view(&p[j].a), b = lft_mat_view(&p[j].b),
+                      y = lft_mat_view(&p[j].y);
+            queued = LFT_CHECK_STATUS(ctx, lf_lora_forward(ctx, c.layout, &x, &w, &bias, &a, &b, c.scale, c.beta, &y),
+                                      LF_OK);
+        }
+        unsigned char *prev_y = NULL;
+        if (queued && LFT_CHECK_STATUS(ctx, lf_synchronize(ctx), LF_OK))
+            for (int j = 0; j < CHAIN; j++) {
+                if (j) { /* the reference's x is what the call before left in its y */
+                    if (!LFT_CHECKF(prev_y && p[j].x.total == p[j - 1].y.total, "y of layer %d as x of the next", j))
+                        break;
+                    memcpy(p[j].x.image, prev_y, p[j].x.total);
+                    free(prev_y);
+                    prev_y = NULL;
+                    if (!LFT_CHECK(lft_mat_upload(&p[j].x) == LF_OK))
+                        break;
+                }
+                lft_problem_reference(&p[j]);
+                lft_problem_check(&p[j], NULL, j + 1 < CHAIN ? &prev_y : NULL);
+            }
+        free(prev_y);
+        lft_end();
+    }
+    for (int j = 0; j < ready; j++)
+        lft_problem_free(&p[j]);
+}
+
+static void chained(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
+        chain_case(ctx, &chain_shapes[i], 320000 + i);
+}
+
 int main(void)
 {
     printf("test_ops: base seed LF_TEST_SEED=0x%016llx\n", (unsigned long long)lft_base_seed());
@@ -448,5 +535,6 @@ int main(void)
     lft_for_each_backend("test_ops threads", 2 * 4 * 3 * 2 * 2, threads, NULL);
     lft_for_each_backend("test_ops hopper", hopper_cases_all(), hopper, NULL);
     lft_for_each_backend("test_ops graph replay", N_GRAPH_CASES, graphs, NULL);
+    lft_for_each_backend("test_ops chained", (int)N_CHAIN_SHAPES, chained, NULL);
     return lft_summary("test_ops");
 }

@@ -930,20 +930,30 @@ __global__ void __launch_bounds__(2 * 128, 1)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
-    /* launched with PDL: x, B and y may come from the kernel before; nothing is read before this */
-    lf_pdl_wait();
+    /* Launched with PDL, and the next kernel waits for all of this grid: it may launch now. */
     lf_pdl_release();
     if (wg == 0) {
-        if (tid == 0) {
+        if (tid == 0) { /* the producer */
+            /* Before the wait only W, which no kernel of a call writes, is read (launch.cuh): the
+             * first tile's W boxes fill the empty ring while the kernel before may still run. x,
+             * A, B and y may come from it, so their reads follow the wait. */
+            const int pre = (int)blockIdx.x < p.tiles ? min(DEC_STAGES, p.k_tiles) : 0;
+            for (int ks = 0; ks < pre; ks++) {
+                mbar_arrive_expect_tx(FULL(ks), DEC_STAGE_BYTES); /* W, x and A: the first tile */
+                tma_load_2d(ring + ks * DEC_STAGE_BYTES, &tm_w, FULL(ks), ks * BK, (int)blockIdx.x * DEC_ROWS);
+            }
+            lf_pdl_wait();
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
                 const bool first = t == (int)blockIdx.x; /* the T warp's tile: A's boxes too */
                 for (int ks = 0; ks < p.k_tiles; ks++) {
                     const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
-                    mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), first ? DEC_STAGE_BYTES : DEC_W_BYTES + DEC_X_BYTES);
-                    tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * DEC_ROWS);
+                    if (!first || ks >= pre) { /* the first `pre` stages hold their W already */
+                        mbar_wait(EMPTY(stage), phase ^ 1);
+                        mbar_arrive_expect_tx(FULL(stage), first ? DEC_STAGE_BYTES : DEC_W_BYTES + DEC_X_BYTES);
+                        tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * DEC_ROWS);
+                    }
                     tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
                     if (first)
                         tma_load_2d(slot + DEC_W_BYTES + DEC_X_BYTES, &tm_a, FULL(stage), ks * BK, 0);
@@ -951,11 +961,14 @@ __global__ void __launch_bounds__(2 * 128, 1)
                 }
             }
         } else if (tid >= 32 && tid < 64) {
+            lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
             dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
         } else if (tid >= 64) {
+            lf_pdl_wait();
             dec_stage_lora<T>(p, lora_s, lora_bars, tid - 64);
         }
     } else {
+        lf_pdl_wait();
         const int warp = tid / 32, lane = tid % 32;
         int stage = 0, j = 0;
         uint32_t phase = 0;
