@@ -216,9 +216,13 @@ lf_status lf_context_set_allow_tf32(lf_context *ctx, int allow);
  *  M = 0 is a valid no-op once the other operands are valid.
  *  Aliasing: y must not overlap any input. Inputs may overlap each other.
  *  Results are bitwise identical from run to run for the same inputs, backend and thread count.
- *  CUDA: a call may start reading W while the kernel queued before it still runs, if that kernel
- *  let its dependents start early (programmatic dependent launch); so W must be complete when such
- *  a kernel triggers. Every other operand is read only after the work queued before the call ends.
+ *  CUDA: on sm_90 a call may start reading W before the work queued ahead of it has completed:
+ *  while that kernel still runs, if it let its dependents start early (programmatic dependent
+ *  launch), else once its blocks have exited. So a kernel that writes W just before a call must
+ *  make those writes visible before its blocks exit (a __threadfence() after them, as
+ *  lf_peft_merge's kernel does) or be ordered before the call by an event or a synchronization;
+ *  copies (cudaMemcpy*, lf_memcpy) need nothing. Every other operand is read only after the work
+ *  queued before the call has completed.
  *  @return LF_OK; LF_ERR_NULL_POINTER (ctx, x, a, b, y, or a view's data, NULL); LF_ERR_INVALID_VALUE
  *  (negative sizes, K or N of 0, rank outside 1..LF_MAX_RANK, unknown layout or dtype, non-finite
  *  scale or beta); LF_ERR_SHAPE_MISMATCH; LF_ERR_BAD_STRIDE; LF_ERR_OVERFLOW; LF_ERR_DTYPE_MISMATCH;

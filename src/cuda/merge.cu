@@ -109,6 +109,10 @@ __global__ void __launch_bounds__(MERGE_THREADS) lora_merge_kernel(const lf_merg
                 w[i * g.ldw + j] = lf_dt<TW>::from_f32(fmaf(g.scale, acc[q][c], wv[q][c]));
         }
     }
+    /* The layer call queued next may read W before its PDL wait (launch.cuh), once every block of
+     * this grid has exited: the writes must be visible device-wide by then, not only after the
+     * grid's completion. */
+    __threadfence();
 }
 
 template <typename TW> void launch_merge(const lf_merge_problem &g, dim3 grid, cudaStream_t st, bool transposed)
