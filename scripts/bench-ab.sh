@@ -6,8 +6,10 @@
 #
 # Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
 # On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
-# Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases),
-# MATCH (an extended regex over its table rows; default every row of a case), ROUNDS (default 2).
+# Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases;
+# several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
+# 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
+# ROUNDS (default 2).
 set -u
 cd "$(dirname "$0")/.."
 pack=.device-bench-ab
@@ -44,8 +46,10 @@ i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
   for bin in /tmp/bench-ab/*; do
     echo "== $(basename "$bin")"
-    # shellcheck disable=SC2086 # BENCH is a list of arguments
-    timeout 300 "$bin" bench $bench 2>&1 | grep -E "$match"
+    echo "$bench" | tr ';' '\n' | while read -r args; do
+      # shellcheck disable=SC2086 # each run's arguments are a list
+      timeout 300 "$bin" bench $args </dev/null 2>&1 | grep -E "$match"
+    done
   done
   i=$((i + 1))
 done
