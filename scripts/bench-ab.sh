@@ -6,17 +6,27 @@
 #
 # Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
 # On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
+# With TESTS="test_ops test_plan" at --pack, each revision's test programs are packed too, and the
+# device runs them on CUDA first (a line each; TEST_TIMEOUT seconds, default 300), so that one call
+# checks and times several branches.
 # Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases;
 # several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
 # 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
-# ROUNDS (default 2).
+# ROUNDS (default 2). Everything goes to stdout (the device tool brings back few files).
 set -u
 cd "$(dirname "$0")/.."
 pack=.device-bench-ab
 
-build_cli() { # source tree, build folder; the build's output only when it fails
-  { cmake -S "$1" -B "$2" && cmake --build "$2" -j "$(nproc)" --target lorafuse_cli; } >"$2.log" 2>&1 ||
+tests=${TESTS:-}
+build_cli() { # source tree, build folder, name; the build's output only when it fails
+  # shellcheck disable=SC2086 # TESTS is a list of targets
+  { cmake -S "$1" -B "$2" && cmake --build "$2" -j "$(nproc)" --target lorafuse_cli $tests; } >"$2.log" 2>&1 ||
     { cat "$2.log"; return 1; }
+  cp "$2/lorafuse" "$pack/bin/$3" || return 1
+  if [ -n "$tests" ]; then
+    mkdir -p "$pack/tests/$3" && for t in $tests; do cp "$2/$t" "$pack/tests/$3/" || return 1; done
+  fi
+  echo "$3: $(git -C "$1" log --oneline -1 | cut -c1-100)" >>"$pack/names.txt"
 }
 
 if [ "${1:-}" = "--pack" ]; then
@@ -24,27 +34,38 @@ if [ "${1:-}" = "--pack" ]; then
   [ $# -ge 1 ] || { echo "usage: bench-ab.sh --pack REV..." >&2; exit 2; }
   rm -rf "$pack" && mkdir -p "$pack/bin"
   work=$(mktemp -d)
-  build_cli . "$work/new" && cp "$work/new/lorafuse" "$pack/bin/new" || exit 1
+  build_cli . "$work/new" new || exit 1
   for rev in "$@"; do
     name=$(git rev-parse --short "$rev") || exit 1
     git worktree add -f --detach "$work/src-$name" "$rev" >/dev/null || exit 1
-    build_cli "$work/src-$name" "$work/build-$name" && cp "$work/build-$name/lorafuse" "$pack/bin/$name"
+    build_cli "$work/src-$name" "$work/build-$name" "$name"
     rc=$?
     git worktree remove --force "$work/src-$name"
     [ $rc -eq 0 ] || exit $rc
   done
   # xz -9: its 64 MiB window spans whole binaries, so the copies of the CUDA code shrink to one
-  XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "$pack/bin" . && rm -rf "$pack/bin" "$work"
-  echo "packed: $(tar tJf "$pack/bins.tar.xz" | sed -n 's|^\./||p' | tr '\n' ' ')(new = the working tree)"
+  XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "$pack" bin names.txt $([ -n "$tests" ] && echo tests) &&
+    rm -rf "$pack/bin" "$pack/tests" "$pack/names.txt" "$work"
+  echo "packed: $(tar tJf "$pack/bins.tar.xz" | sed -n 's|^bin/\(.\)|\1|p' | tr '\n' ' ')(new = the working tree)"
   exit 0
 fi
 
 bench=${BENCH:---backend cuda --suite --cases multi_L8_m1,multi_L8_m16}
 match=${MATCH:-^[A-Za-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
-mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
+rm -rf /tmp/bench-ab && mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
+cat /tmp/bench-ab/names.txt
+export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
+for dir in /tmp/bench-ab/tests/*; do
+  [ -d "$dir" ] || continue
+  for t in "$dir"/*; do
+    LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >/tmp/bench-ab/test.log 2>&1
+    echo "test $(basename "$dir") $(basename "$t") rc=$? $(tail -n 1 /tmp/bench-ab/test.log)"
+    grep -E "^FAIL|check failed" /tmp/bench-ab/test.log | head -n 5
+  done
+done
 i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
-  for bin in /tmp/bench-ab/*; do
+  for bin in /tmp/bench-ab/bin/*; do
     echo "== $(basename "$bin")"
     echo "$bench" | tr ';' '\n' | while read -r args; do
       # shellcheck disable=SC2086 # each run's arguments are a list
