@@ -22,17 +22,16 @@ build_cli() { # source tree, build folder, name; the build's output only when it
   # shellcheck disable=SC2086 # TESTS is a list of targets
   { cmake -S "$1" -B "$2" && cmake --build "$2" -j "$(nproc)" --target lorafuse_cli $tests; } >"$2.log" 2>&1 ||
     { cat "$2.log"; return 1; }
-  cp "$2/lorafuse" "$pack/bin/$3" || return 1
-  if [ -n "$tests" ]; then
-    mkdir -p "$pack/tests/$3" && for t in $tests; do cp "$2/$t" "$pack/tests/$3/" || return 1; done
-  fi
+  # one folder a build: xz's 64 MiB window then spans its programs, whose CUDA code is the same
+  mkdir -p "$pack/b/$3" && cp "$2/lorafuse" "$pack/b/$3/" || return 1
+  for t in $tests; do cp "$2/$t" "$pack/b/$3/" || return 1; done
   echo "$3: $(git -C "$1" log --oneline -1 | cut -c1-100)" >>"$pack/names.txt"
 }
 
 if [ "${1:-}" = "--pack" ]; then
   shift
   [ $# -ge 1 ] || { echo "usage: bench-ab.sh --pack REV..." >&2; exit 2; }
-  rm -rf "$pack" && mkdir -p "$pack/bin"
+  rm -rf "$pack" && mkdir -p "$pack"
   work=$(mktemp -d)
   build_cli . "$work/new" new || exit 1
   for rev in "$@"; do
@@ -43,10 +42,9 @@ if [ "${1:-}" = "--pack" ]; then
     git worktree remove --force "$work/src-$name"
     [ $rc -eq 0 ] || exit $rc
   done
-  # xz -9: its 64 MiB window spans whole binaries, so the copies of the CUDA code shrink to one
-  XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "$pack" bin names.txt $([ -n "$tests" ] && echo tests) &&
-    rm -rf "$pack/bin" "$pack/tests" "$pack/names.txt" "$work"
-  echo "packed: $(tar tJf "$pack/bins.tar.xz" | sed -n 's|^bin/\(.\)|\1|p' | tr '\n' ' ')(new = the working tree)"
+  XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "$pack" b names.txt && rm -rf "$pack/b" "$pack/names.txt" "$work"
+  echo "packed ($(du -h "$pack/bins.tar.xz" | cut -f1)): $(tar tJf "$pack/bins.tar.xz" |
+    sed -n 's|^b/\([^/]*\)/lorafuse$|\1|p' | tr '\n' ' ')(new = the working tree)"
   exit 0
 fi
 
@@ -55,9 +53,9 @@ match=${MATCH:-^[A-Za-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
 rm -rf /tmp/bench-ab && mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
 cat /tmp/bench-ab/names.txt
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
-for dir in /tmp/bench-ab/tests/*; do
-  [ -d "$dir" ] || continue
-  for t in "$dir"/*; do
+for dir in /tmp/bench-ab/b/*; do
+  for t in "$dir"/test_*; do
+    [ -x "$t" ] || continue
     LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >/tmp/bench-ab/test.log 2>&1
     echo "test $(basename "$dir") $(basename "$t") rc=$? $(tail -n 1 /tmp/bench-ab/test.log)"
     grep -E "^FAIL|check failed" /tmp/bench-ab/test.log | head -n 5
@@ -65,8 +63,8 @@ for dir in /tmp/bench-ab/tests/*; do
 done
 i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
-  for bin in /tmp/bench-ab/bin/*; do
-    echo "== $(basename "$bin")"
+  for bin in /tmp/bench-ab/b/*/lorafuse; do
+    echo "== $(basename "$(dirname "$bin")")"
     echo "$bench" | tr ';' '\n' | while read -r args; do
       # shellcheck disable=SC2086 # each run's arguments are a list
       timeout 300 "$bin" bench $args </dev/null 2>&1 | grep -E "$match"
