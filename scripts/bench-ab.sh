@@ -14,7 +14,7 @@
 # 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
 # ROUNDS (default 2). Everything goes to stdout (the device tool brings back few files).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 pack=.device-bench-ab
 
 tests=${TESTS:-}

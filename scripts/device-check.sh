@@ -11,7 +11,7 @@
 # those under racecheck if not the same, BENCH=bench arguments ("" skips it),
 # BENCH_TIMEOUT=its limit in seconds (400), TEST_TIMEOUT=each test's (300).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
 tests=${TESTS-$all_tests}
@@ -23,6 +23,7 @@ if [ "${1:-}" = "--pack" ]; then
   mkdir -p "$pack"
   # xz -9: its 64 MiB window spans whole binaries, so the nine copies of the CUDA code shrink to one
   # (34 MB at the default level, 4.4 MB so; the device tool carries 64 MiB at most)
+  # shellcheck disable=SC2086 # a list of programs
   XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "${BUILD:-build}" lorafuse $all_tests
   ls -la "$pack/bins.tar.xz"
   exit 0
