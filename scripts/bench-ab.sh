@@ -7,7 +7,7 @@
 # Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
 # On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
 # With TESTS="test_ops test_plan" at --pack, each revision's test programs are packed too, and the
-# device runs them on CUDA first (a line each; TEST_TIMEOUT seconds, default 300), so that one call
+# device runs them on CUDA first, all at once (a line each; TEST_TIMEOUT seconds, default 300), so that one call
 # checks and times several branches.
 # Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases;
 # several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
@@ -53,13 +53,19 @@ match=${MATCH:-^[A-Za-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
 rm -rf /tmp/bench-ab && mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
 cat /tmp/bench-ab/names.txt
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
+# the tests of every build at once (their CPU references dominate, and the device has 16 cores)
 for dir in /tmp/bench-ab/b/*; do
   for t in "$dir"/test_*; do
     [ -x "$t" ] || continue
-    LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >/tmp/bench-ab/test.log 2>&1
-    echo "test $(basename "$dir") $(basename "$t") rc=$? $(tail -n 1 /tmp/bench-ab/test.log)"
-    grep -E "^FAIL|check failed" /tmp/bench-ab/test.log | head -n 5
+    log="/tmp/bench-ab/$(basename "$dir")-$(basename "$t").log"
+    (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1; echo "rc=$?" >>"$log") &
   done
+done
+wait
+for log in /tmp/bench-ab/*-test_*.log; do
+  [ -f "$log" ] || continue
+  echo "test $(basename "$log" .log) $(tail -n 1 "$log") $(tail -n 2 "$log" | head -n 1)"
+  grep -E "^FAIL|check failed" "$log" | head -n 5
 done
 i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
