@@ -12,7 +12,8 @@
 # Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases;
 # several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
 # 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
-# ROUNDS (default 2). Everything goes to stdout (the device tool brings back few files).
+# ROUNDS (default 2), BUILDS (the packed builds to test and time, by name, e.g. "new 2e0f112";
+# default all). Everything goes to stdout (the device tool brings back few files).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 pack=.device-bench-ab
@@ -52,6 +53,11 @@ bench=${BENCH:---backend cuda --suite --cases multi_L8_m1,multi_L8_m16}
 match=${MATCH:-^[A-Za-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
 rm -rf /tmp/bench-ab && mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
 cat /tmp/bench-ab/names.txt
+if [ -n "${BUILDS:-}" ]; then # keep only the builds named
+  for dir in /tmp/bench-ab/b/*; do
+    case " $BUILDS " in *" $(basename "$dir") "*) ;; *) rm -rf "$dir" ;; esac
+  done
+fi
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
 # the tests of every build at once (their CPU references dominate, and the device has 16 cores)
 for dir in /tmp/bench-ab/b/*; do
