@@ -197,11 +197,17 @@ static const hopper_shape hopper_shapes[] = {
      * warps (beta 0) and of the split-K finish (beta 0.5, clusters of 8) */
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
-    /* the decode form (M ≤ 16, r ≤ 16, 64-row tiles filling an H100's or H200's 132 SMs in rounds at
-     * least ¾ full): 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
+    /* the decode form (M ≤ 16, r ≤ 16, tiles filling an H100's or H200's 132 SMs in rounds more
+     * than ¾ full): 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096, with the last tile's
+     * 8 rows and a K tail, with 2–3 tiles a CTA and the ring wrapping, and with a last tile of 18
+     * rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
      * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
      * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1 */
+    {{16, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles: 128 of them */
+    {{5, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles, the last 8 rows, K tail */
+    {{4, 520, 11008, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},   /* 344 tiles of 32: 2-3 a CTA, the ring wrapping */
+    {{3, 1000, 10002, 5, LFT_PADDED16, 0}, 1, 0, 2, LF_CUDA_HOPPER_DECODE}, /* 313 tiles of 32, the last 18 rows */
     {{16, 1032, 13000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
@@ -455,6 +461,7 @@ typedef struct chain_shape {
 static const chain_shape chain_shapes[] = {
     {{16, 1032, 1032, 16, 0, 0}, LF_CUDA_DECODE},        /* the T kernel, then the decode kernel */
     {{16, 8448, 8448, 16, 0, 0}, LF_CUDA_HOPPER_DECODE}, /* one round of 132 tiles */
+    {{16, 4096, 4096, 16, 0, 0}, LF_CUDA_HOPPER_DECODE}, /* 128 tiles of 32 rows: T in the wgmma */
 };
 #define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
 

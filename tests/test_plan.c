@@ -319,17 +319,23 @@ static void heuristics_tests(void)
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 16 tokens where its tiles fill the SMs");
-    /* 64-row tiles, one CTA per SM, rounds at least ¾ full: 132 tiles on 132 SMs (8384 < N ≤ 8448),
-     * 199–264 (12672 < N ≤ 16896), …; M ≤ 16, r ≤ 16 */
+    /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
+     * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones; M ≤ 16, r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8384, 16, 132)); /* 131 tiles */
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8449, 16, 132)); /* 133: ½ full */
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 11008, 16, 132)); /* 172 */
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 12672, 16, 132)); /* 198 */
-    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 12673, 16, 132));  /* 199 */
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132)); /* the decode kernel's */
+    /* tiles of 64 rows where they fill the rounds, else of 32 where those do, else none */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(14336, 132) == 64);  /* 224 tiles: 2 rounds, 85% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(8448, 132) == 64);   /* 132 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(8384, 132) == 64);   /* 131: one round, 99% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(11008, 132) == 32);  /* 172 of 64: 65%; 344 of 32: 87% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(4096, 132) == 32);   /* 64 of 64 rows: ½; 128 of 32: 97% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(12673, 132) == 64);  /* 199 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(8449, 132) == 0);    /* 133 of 64: ½ full; 265 of 32: ⅔ */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(3168, 132) == 0);    /* 99 of 32 rows: ¾, not more */
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8449, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 3168, 16, 132)); /* the decode kernel's */
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 17, 14336, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 17, 132));

@@ -293,22 +293,39 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
 }
 
 /* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the
- * wgmma A operand in 64-row tiles, one CTA per SM, T computed beside the first tile's stream. It
+ * wgmma A operand in 64-row tiles (or 32), one CTA per SM, T computed beside the first tile's stream. It
  * wins where its tiles fill the SMs' rounds: H100, bf16, r 16, `lorafuse bench` against the decode
  * kernel in one call (dev/cuda/NOTES.md, tenth session), µs, cuBLAS base alone in brackets:
  * 4096 → 14336 (224 tiles: 2 rounds, the second 70% full) M 1 42.6 against 44.9 (41.3), M 4 43.1
  * against 45.2 (41.4), M 16 44.5 against 46.7 (42.0); 4096 → 11008 (172 tiles: the second round 30%
  * full) M 16 39.8 against 37.7 (33.2–36.4); 4096 → 4096 (64 tiles, half the SMs) M 16 17.0 against
- * 15.8 in the lab. So: rounds at least ¾ full on average (an interpolation between 70% and 30%). */
+ * 15.8 in the lab. So: rounds more than ¾ full on average (an interpolation between 70% and 30%).
+ * Where 64-row tiles miss that and 32-row ones meet it (4096 → 4096: 128 tiles on 132 SMs; → 11008:
+ * 344), the form takes 32-row tiles (the wgmma's other 32 rows discarded), so that every SM streams
+ * W. Measured against the decode kernel in one call (bench/results/cuda-h100-2026-11-26-decode-32rows-
+ * mid-runahead-ab.json; cuBLAS base in brackets): 4096 → 4096 M 1 14.0 against 14.7 (15.6), M 16
+ * 14.7 against 15.8 (16.0); 4096 → 11008 M 16 35.0 against 37.8 (35.1); and 8192 → 8192 (128
+ * 64-row tiles, one round 97% full, which the old "tiles ≥ SMs" rule sent to the decode kernel)
+ * M 16 49.5–49.9 against 51.7 (47.5). */
 #define LF_CUDA_HOPPER_DECODE_MAX_M 16
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
+/* Rows of W per tile of the decode form for N output features: 64, or 32, or 0 where neither fills
+ * the SMs' rounds. */
+static inline int lf_cuda_hopper_decode_rows(int64_t n, int sm_count)
+{
+    for (int rows = 64; rows >= 32; rows /= 2) {
+        const int64_t tiles = (n + rows - 1) / rows, rounds = (tiles + sm_count - 1) / sm_count;
+        if (4 * tiles > 3 * rounds * sm_count)
+            return rows;
+    }
+    return 0;
+}
 static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                              int64_t r, int sm_count)
 {
-    const int64_t tiles = (n + 63) / 64, rounds = (tiles + sm_count - 1) / sm_count;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_HOPPER_DECODE_MAX_M && r >= 1 &&
-           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && tiles >= sm_count && 4 * tiles > 3 * rounds * sm_count;
+           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && lf_cuda_hopper_decode_rows(n, sm_count) != 0;
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

@@ -49,6 +49,7 @@
  * "few tokens" (W streamed as the wgmma A operand, for up to 16; lf_cuda_hopper_decode_fits).
  */
 #include "common.cuh"
+#include "heuristics.h"
 #include "hopper_ptx.cuh"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
@@ -772,25 +773,30 @@ __global__ void __launch_bounds__(THREADS, 1)
 /* ---- few tokens: W streamed as the wgmma A operand ----------------------------------------------
  *
  * For M ≤ 16 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
- * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning 64-row tiles of
- * W, t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread streams 64 × 64 boxes of W
- * and the 16 × 64 box of x (rows past M zero-filled) through a DEC_STAGES-deep ring, and during the
+ * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning tiles of
+ * p.rows rows of W (64, or 32 where 64-row tiles would leave the SMs' rounds too empty:
+ * lf_cuda_hopper_decode_rows), t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
+ * streams p.rows × 64 boxes of W and the 16 × 64 box of x (rows past M zero-filled) through a
+ * DEC_STAGES-deep ring, and during the
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
  * accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A operand, x as the
  * B operand, both K-major in shared memory), 8 fp32 registers a thread. Beside it, in the producer
  * warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
- * (it holds each stage until it has read it), and two warps stage each tile's rows of B and the
+ * (it holds each stage until it has read its chunks; with 32-row tiles the wgmma computes T
+ * instead, in its spare rows), and two warps stage each tile's rows of B and the
  * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
  * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
- * fixed order: bitwise reproducible. r ≤ 16. */
+ * fixed order: bitwise reproducible. r ≤ 16. With 32-row tiles the wgmma still computes 64 rows:
+ * rows 32–63 of each W slot hold whatever an earlier stage left there, and their results, which no
+ * other row depends on, are never stored. */
 enum {
-    DEC_ROWS = 64, /* features per tile: wgmma's M */
+    DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
     DEC_TOK = 16,  /* token columns: wgmma's N */
     DEC_TW = 16,   /* rank ≤ 16 */
     DEC_W_BYTES = DEC_ROWS * BK * 2,
     DEC_X_BYTES = DEC_TOK * BK * 2,
     DEC_STAGE_BYTES = DEC_W_BYTES + DEC_X_BYTES + DEC_TW * BK * 2, /* W, x, and A's box in the first tile */
-    DEC_STAGES = 18,  /* 180 KB of W and x in flight a CTA */
+    DEC_STAGES = 18,  /* 180 KB of W and x in flight a CTA (108 KB with 32-row tiles) */
     DEC_LOADERS = 64, /* the producer warpgroup's warps 2–3 */
     /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [rank][token] (the
      * epilogue's lanes read 4 tokens of one rank: distinct banks) */
@@ -801,6 +807,7 @@ enum {
 
 struct dec_params {
     int m, n, r, k_tiles, tiles;
+    int rows; /* W rows per tile: 64 or 32 */
     int b_vec; /* B and ldb allow 16-byte loads of 8 ranks */
     const void *b, *bias;
     long long ldb;
@@ -870,12 +877,12 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
     const T *b = (const T *)p.b, *bias = (const T *)p.bias;
     int j = 0;
     for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
-        const int buf = j % 2, n0 = t * DEC_ROWS;
+        const int buf = j % 2, n0 = t * p.rows;
         if (j >= 2)
             mbar_wait(b_empty + 8 * buf, (j / 2 - 1) & 1);
         float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS);
         if (p.b_vec) /* 8 ranks of a feature per 16-byte load; the second 8 only where r > 8 (ldb ≥ 16 then) */
-            for (int idx = i; idx < 2 * DEC_ROWS; idx += DEC_LOADERS) {
+            for (int idx = i; idx < 2 * p.rows; idx += DEC_LOADERS) {
                 const int f = idx / 2, r0 = 8 * (idx % 2);
                 uint4 v = make_uint4(0u, 0u, 0u, 0u);
                 if (r0 < p.r && n0 + f < p.n)
@@ -888,9 +895,10 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
         else
             for (int idx = i; idx < DEC_TW * DEC_ROWS; idx += DEC_LOADERS) {
                 const int rr = idx / DEC_ROWS, f = idx % DEC_ROWS;
-                bs[idx] = rr < p.r && n0 + f < p.n ? lf_dt<T>::to_f32(b[(long long)(n0 + f) * p.ldb + rr]) : 0.0f;
+                bs[idx] = rr < p.r && f < p.rows && n0 + f < p.n ? lf_dt<T>::to_f32(b[(long long)(n0 + f) * p.ldb + rr])
+                                                                 : 0.0f;
             }
-        for (int f = i; f < DEC_ROWS; f += DEC_LOADERS)
+        for (int f = i; f < p.rows; f += DEC_LOADERS)
             bs[DEC_TW * DEC_ROWS + f] = bias && n0 + f < p.n ? lf_dt<T>::to_f32(bias[n0 + f]) : 0.0f;
         mbar_arrive(b_full + 8 * buf);
     }
@@ -916,12 +924,15 @@ __global__ void __launch_bounds__(2 * 128, 1)
     /* t_full, b_full[2], b_empty[2] after the ring's barriers */
     const uint32_t lora_bars = bars + 8 * 2 * DEC_STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    /* 32-row tiles: A's box rides in rows 32–47 of the first tile's W slots, so the wgmma computes
+     * T = x·Aᵀ in consumer warp 2's accumulators beside x·Wᵀ, and no T warp holds the ring */
+    const bool t_by_wgmma = p.rows < DEC_ROWS;
     if (threadIdx.x == 0) {
         for (int s = 0; s < DEC_STAGES; s++) {
             mbar_init(FULL(s), 1);
-            mbar_init(EMPTY(s), 4 + 1); /* one arrival per consumer warp, and the T warp's */
+            mbar_init(EMPTY(s), t_by_wgmma ? 4 : 4 + 1); /* one arrival per consumer warp, and the T warp's */
         }
-        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes */
+        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes (consumer warp 2's with 32 rows) */
         mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
         mbar_init(lora_bars + 16, DEC_LOADERS); /* b_full[1] */
         mbar_init(lora_bars + 24, 128);         /* b_empty[0]: every consumer thread is done */
@@ -937,10 +948,11 @@ __global__ void __launch_bounds__(2 * 128, 1)
             /* Before the wait only W, which no kernel of a call writes, is read (launch.cuh): the
              * first tile's W boxes fill the empty ring while the kernel before may still run. x,
              * A, B and y may come from it, so their reads follow the wait. */
+            const uint32_t stage_bytes = p.rows * BK * 2 + DEC_X_BYTES, first_bytes = stage_bytes + DEC_TW * BK * 2;
             const int pre = (int)blockIdx.x < p.tiles ? min(DEC_STAGES, p.k_tiles) : 0;
             for (int ks = 0; ks < pre; ks++) {
-                mbar_arrive_expect_tx(FULL(ks), DEC_STAGE_BYTES); /* W, x and A: the first tile */
-                tma_load_2d(ring + ks * DEC_STAGE_BYTES, &tm_w, FULL(ks), ks * BK, (int)blockIdx.x * DEC_ROWS);
+                mbar_arrive_expect_tx(FULL(ks), first_bytes); /* W, x and A: the first tile */
+                tma_load_2d(ring + ks * DEC_STAGE_BYTES, &tm_w, FULL(ks), ks * BK, (int)blockIdx.x * p.rows);
             }
             lf_pdl_wait();
             int stage = 0;
@@ -951,18 +963,21 @@ __global__ void __launch_bounds__(2 * 128, 1)
                     const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
                     if (!first || ks >= pre) { /* the first `pre` stages hold their W already */
                         mbar_wait(EMPTY(stage), phase ^ 1);
-                        mbar_arrive_expect_tx(FULL(stage), first ? DEC_STAGE_BYTES : DEC_W_BYTES + DEC_X_BYTES);
-                        tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * DEC_ROWS);
+                        mbar_arrive_expect_tx(FULL(stage), first ? first_bytes : stage_bytes);
+                        tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * p.rows);
                     }
                     tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
                     if (first)
-                        tma_load_2d(slot + DEC_W_BYTES + DEC_X_BYTES, &tm_a, FULL(stage), ks * BK, 0);
+                        tma_load_2d(slot + (t_by_wgmma ? p.rows * BK * 2 : DEC_W_BYTES + DEC_X_BYTES), &tm_a, FULL(stage),
+                                    ks * BK, 0);
                     ring_next<DEC_STAGES>(stage, phase);
                 }
             }
         } else if (tid >= 32 && tid < 64) {
-            lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
-            dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
+            if (!t_by_wgmma) {
+                lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
+                dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
+            }
         } else if (tid >= 64) {
             lf_pdl_wait();
             dec_stage_lora<T>(p, lora_s, lora_bars, tid - 64);
@@ -990,6 +1005,14 @@ __global__ void __launch_bounds__(2 * 128, 1)
             consumer_drain(EMPTY(0), prev, lane);
             fence_acc<8>(d);
             const int buf = j % 2;
+            if (t_by_wgmma && j == 0 && warp == 2) { /* rows 32–47 of the first tile: T, rank lane/4 (+8) */
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        t_s[(lane / 4 + 8 * h) * DEC_TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = d[4 * (i / 2) + 2 * h + i % 2];
+                mbar_arrive(lora_bars); /* t_full: the warp's lanes, as the T warp's would */
+            }
             if (j == 0)
                 mbar_wait(lora_bars, 0);
             mbar_wait(lora_bars + 8 + 8 * buf, (j / 2) & 1);
@@ -997,8 +1020,8 @@ __global__ void __launch_bounds__(2 * 128, 1)
             /* fragment of m64n16: feature 16·warp + lane/4 (+8), tokens 8j + 2·(lane%4) (+1) */
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int f = 16 * warp + lane / 4 + 8 * h, n = t * DEC_ROWS + f;
-                if (n >= p.n)
+                const int f = 16 * warp + lane / 4 + 8 * h, n = t * p.rows + f;
+                if (f >= p.rows || n >= p.n)
                     continue;
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
@@ -1164,8 +1187,10 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
 template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
+    /* correct at any N; the plan takes the form only where lf_cuda_hopper_decode_rows is not 0 */
+    const int rows = lf_cuda_hopper_decode_rows(p->n, sm_count) == 32 ? 32 : DEC_ROWS;
     CUtensorMap mx, mw, ma;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, DEC_ROWS) ||
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     dec_params dp = {};
@@ -1173,7 +1198,8 @@ template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, 
     dp.n = (int)p->n;
     dp.r = (int)p->rank;
     dp.k_tiles = (int)((p->k + BK - 1) / BK);
-    dp.tiles = (int)((p->n + DEC_ROWS - 1) / DEC_ROWS);
+    dp.rows = rows;
+    dp.tiles = (int)((p->n + rows - 1) / rows);
     dp.b_vec = p->ldb % 8 == 0 && (uintptr_t)p->b % 16 == 0;
     dp.b = p->b;
     dp.ldb = p->ldb;
