@@ -172,7 +172,7 @@ static int plan_version(const lf_lora_problem *p, int v, lf_plan *plan)
     case V_NOPDL: /* the plan's own choice, every launch without programmatic dependent launch */
         if (plan->impl == LF_CUDA_DECODE)
             plan->param[5] = 0;
-        else if (plan->impl == LF_CUDA_GEMM)
+        else if (plan->impl == LF_CUDA_GEMM || plan->impl == LF_CUDA_HOPPER_MID)
             plan->param[1] = 0;
         else
             plan->param[4] = 0;

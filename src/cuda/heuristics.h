@@ -20,7 +20,7 @@ enum {
     LF_CUDA_DELTA_SMALL = 5, /* delta, short K and small rank: one launch, one memory round trip */
     LF_CUDA_DELTA_TSPLIT = 6, /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
     LF_CUDA_HOPPER = 7,       /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
-    LF_CUDA_HOPPER_MID = 8,   /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster */
+    LF_CUDA_HOPPER_MID = 8,   /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster (PDL) */
     LF_CUDA_HOPPER_DECODE = 9 /* layer on sm_90a, few tokens: W streamed by TMA, T beside it, one launch (PDL) */
 };
 

@@ -6,11 +6,11 @@
  * kernel launched this way must call lf_pdl_wait() before it reads anything the kernels before it
  * wrote; lf_pdl_release() lets the next kernel start early. A kernel that releases before its own
  * wait lets the next one run beside the kernel before it, so that next one may read nothing but
- * the layer's W before its wait: no kernel of a call writes W (the Hopper decode form releases
- * first, and loads its first stages of W while the call before it finishes). A kernel that reads
- * more before its wait (the decode kernel's x, the many-adapter expand's token map) has a primary
- * of its own op that waits first and only then releases. Without the launch attribute both are
- * no-ops.
+ * the layer's W before its wait: no kernel of a call writes W (the Hopper decode and split-K
+ * forms release first, and load their first stages of W while the call before finishes). A kernel
+ * that reads more before its wait (the decode kernel's x, the many-adapter expand's token map) has
+ * a primary of its own op that waits first and only then releases. Without the launch attribute
+ * both are no-ops.
  */
 #ifndef LF_CUDA_LAUNCH_CUH
 #define LF_CUDA_LAUNCH_CUH

@@ -1207,8 +1207,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   DELTA_*: see plan_delta
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
- *   HOPPER_MID: {split}
- *   HOPPER_DECODE: none
+ *   HOPPER_MID: {split, PDL}
+ *   HOPPER_DECODE: none (PDL always: sm_90a)
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1237,6 +1237,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     } else if (cs->hopper_ok && (plan->param[0] = lf_cuda_hopper_mid_split(key->dtype, key->layout, key->flags, m, k,
                                                                             n, r, cs->hopper_mid_slots)) > 0) {
         plan->impl = LF_CUDA_HOPPER_MID;
+        plan->param[1] = cs->cc_major >= 9;
     } else {
         if (!(key->flags & LF_PLAN_STRIDES_INT)) /* in the key: a cached plan never skips this */
             return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
@@ -1277,7 +1278,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         return LF_OK;
     }
     case LF_CUDA_HOPPER_MID:
-        LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], st));
+        LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], plan->param[1] != 0, st));
         return LF_OK;
     case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
         LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, lf_cuda_state_of(ctx)->sm_count, true, st));

@@ -473,7 +473,8 @@ __global__ void __launch_bounds__(THREADS, 1)
  * (j+1)·128/split) of the tile: it sums the parts of T and of the base from every CTA's shared
  * memory (distributed shared memory, in cluster order), adds s·T·Bᵀ in fp32 (T never rounded),
  * bias and beta·y, and rounds once into y. One launch, no workspace, no flags; every sum in a fixed
- * order: bitwise reproducible. r ≤ 16. */
+ * order: bitwise reproducible. r ≤ 16. Launched with PDL: it releases the next kernel at its start
+ * and loads its first stages' W before its wait, like the decode form below. */
 enum {
     /* 128 columns, not 256: the finish moves a CTA's whole part (BM × MID_BN fp32) through
      * distributed shared memory, ~25 GB/s per SM, so half the columns halve it (NOTES.md) */
@@ -673,6 +674,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
+    /* Launched with PDL, and the next kernel waits for all of this grid: it may launch now. */
+    lf_pdl_release();
     /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
     const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
     float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
@@ -681,18 +684,29 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (wg == 0) {
         regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
+            /* Before the wait only W is read (launch.cuh): the first stages' W boxes fill the empty
+             * ring while the kernel before may still run; x, A, B, bias and y follow the wait. */
+            const int pre = min(MID_STAGES, ks1 - ks0);
+            for (int i = 0; i < pre; i++) {
+                mbar_arrive_expect_tx(FULL(i), MID_STAGE_BYTES);
+                tma_load_2d(ring + i * MID_STAGE_BYTES + A_BYTES, &tm_w, FULL(i), (ks0 + i) * BK, nb * MID_BN);
+            }
+            lf_pdl_wait();
             int stage = 0;
             uint32_t phase = 0;
             for (int ks = ks0; ks < ks1; ks++) {
                 const uint32_t slot = ring + stage * MID_STAGE_BYTES;
-                mbar_wait(EMPTY(stage), phase ^ 1);
-                mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
+                if (ks >= ks0 + pre) { /* the first `pre` stages hold their W already */
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
+                    tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * MID_BN);
+                }
                 tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
-                tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * MID_BN);
                 tma_load_2d(slot + A_BYTES + MID_BN * BK * 2, &tm_a, FULL(stage), ks * BK, 0);
                 ring_next<MID_STAGES>(stage, phase);
             }
         } else if (tid >= 32) {
+            lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
             mid_stage_lora<T>(p, nb, bs, bias_s, tid - 32);
             asm volatile("bar.arrive 2, 352;" ::: "memory"); /* to the consumers' bar.sync 2 */
         }
@@ -701,6 +715,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         cluster_sync_relaxed(); /* every CTA has read them */
     } else {
         regs_alloc<CONSUMER_REGS>();
+        lf_pdl_wait();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
         float d[MID_BN / 2], t_acc[MID_TW / 2];
 #pragma unroll
@@ -1154,7 +1169,7 @@ template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *w
     }
 }
 
-template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, cudaStream_t st)
+template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma;
@@ -1180,7 +1195,7 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
     const long long ctas = (long long)mp.tiles_m * ((p->n + MID_BN - 1) / MID_BN) * split;
     if (ctas > INT_MAX)
         return cudaErrorInvalidValue;
-    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, false,
+    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, pdl,
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
@@ -1273,12 +1288,13 @@ int lf_hopper_mid_slots(int split)
     return clusters * split;
 }
 
-cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st)
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st)
 {
     if (p->m < 1 || p->m >= INT_MAX || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
         p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 || split > MID_MAX_SPLIT)
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, st) : mid_launch_typed<__nv_bfloat16>(p, split, st);
+    return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, pdl, st)
+                              : mid_launch_typed<__nv_bfloat16>(p, split, pdl, st);
 }
 
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)

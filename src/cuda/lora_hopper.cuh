@@ -37,8 +37,8 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
 
 /* The split-K form for few tiles (lora_hopper.cu, "few tiles"): the same layer and operand limits
  * but rank ≤ 16, in one launch of tiles × split CTAs, clusters of `split` (1..8) sharing each tile's
- * K range; no workspace, no control words. */
-cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, cudaStream_t st);
+ * K range; no workspace, no control words; pdl: launched with programmatic dependent launch. */
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st);
 
 /* The layer for M ≤ 16 tokens, r ≤ 16: W streamed by TMA as the wgmma A operand, T beside it
  * (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent launch. */
