@@ -13,7 +13,7 @@ import json
 import re
 import sys
 
-ROW = re.compile(r"^(\S+)\s+(delta|layer)\s+(f32|f16|bf16)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+"
+ROW = re.compile(r"^(\S+)\s+([a-z_]+)\s+(f32|f16|bf16)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+"
                  r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s")
 
 
