@@ -13,7 +13,8 @@
 # several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
 # 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
 # ROUNDS (default 2), BUILDS (the packed builds to test and time, by name, e.g. "new 2e0f112";
-# default all). Everything goes to stdout (the device tool brings back few files).
+# default all), SANITIZE (BUILD:PROGRAM pairs, e.g. "new:test_ops", run under compute-sanitizer
+# memcheck and racecheck beside the tests, before any timing). Everything goes to stdout (the device tool brings back few files).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 pack=.device-bench-ab
@@ -67,7 +68,21 @@ for dir in /tmp/bench-ab/b/*; do
     (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1; echo "rc=$?" >>"$log") &
   done
 done
+for pair in ${SANITIZE:-}; do # BUILD:PROGRAM under memcheck and racecheck, beside the tests
+  build=${pair%%:*} prog=${pair#*:}
+  [ -x "/tmp/bench-ab/b/$build/$prog" ] || { echo "SANITIZE: no $build/$prog in the pack"; continue; }
+  for tool in memcheck racecheck; do
+    mkdir -p /tmp/bench-ab/san && log="/tmp/bench-ab/san/$build-$prog-$tool.log"
+    (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" compute-sanitizer --tool "$tool" \
+      "/tmp/bench-ab/b/$build/$prog" >"$log" 2>&1; echo "rc=$?" >>"$log") &
+  done
+done
 wait
+for log in /tmp/bench-ab/san/*.log; do
+  [ -f "$log" ] || continue
+  echo "sanitizer $(basename "$log" .log) $(tail -n 1 "$log") $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)"
+  grep -E "^FAIL" "$log" | head -n 3
+done
 for log in /tmp/bench-ab/*-test_*.log; do
   [ -f "$log" ] || continue
   echo "test $(basename "$log" .log) $(tail -n 1 "$log") $(tail -n 2 "$log" | head -n 1)"
