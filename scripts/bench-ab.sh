@@ -13,7 +13,7 @@
 # several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
 # 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
 # ROUNDS (default 2), BUILDS (the packed builds to test and time, by name, e.g. "new 2e0f112";
-# default all), SANITIZE (BUILD:PROGRAM pairs, e.g. "new:test_ops", run under compute-sanitizer
+# default all), RUN_TESTS=0 (time only: the packed tests not run), SANITIZE (BUILD:PROGRAM pairs, e.g. "new:test_ops", run under compute-sanitizer
 # memcheck and racecheck beside the tests, before any timing). Everything goes to stdout (the device tool brings back few files).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -63,7 +63,7 @@ export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this 
 # the tests of every build at once (their CPU references dominate, and the device has 16 cores)
 for dir in /tmp/bench-ab/b/*; do
   for t in "$dir"/test_*; do
-    [ -x "$t" ] || continue
+    { [ -x "$t" ] && [ "${RUN_TESTS:-1}" != 0 ]; } || continue
     log="/tmp/bench-ab/$(basename "$dir")-$(basename "$t").log"
     (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1; echo "rc=$?" >>"$log") &
   done
