@@ -5,12 +5,14 @@
  *
  * Mappings: random (ids from -1 to past the capacity: empty slots and out-of-range ids mean no
  * adapter), all -1, one adapter for every token, one token per adapter; ranks differ per adapter;
- * M = 1, M ≤ 64 (in-kernel grouping on CUDA) and M > 64 (the grouping kernel); delta and layer;
+ * M = 1, M ≤ 256 (the fused kernel on sm_90) and beyond (the shrink and the expand); delta and layer;
  * beta 0 / 1 / 0.5; bias; every dtype and layout; strided and misaligned operands. Every case: y
  * poisoned with NaN when beta = 0, every element within the derived tolerance, y's padding and
  * guards untouched; the segment form must give the same bits as the per-token form, and a second
  * run the same bits as the first. Then: hot swap of one slot between calls (from host and from
- * device memory), and bad input (statuses, y untouched).
+ * device memory), and bad input (statuses, y untouched). The shapes past the fused kernel's sizes
+ * run a second time on a context made with LF_CUDA_MULTI_GRID_Y=1: one block a tile group, so
+ * that the shrink's and the expand's loops over several tiles a block run too.
  */
 #include "lf_test.h"
 
@@ -329,18 +331,40 @@ static const shape shapes[] = {
     {32, 200, 72, 1, 16, 0, 0},   /* one slot: two tiles of one adapter */
     {29, 72, 41, 2, 7, 1, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
     {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
-    {150, 257, 130, 9, 24, 0, 0}, /* M > 64: the grouping kernel on CUDA; ranks past 16 */
+    {150, 257, 130, 9, 24, 0, 0}, /* M > 64, ranks past 16 */
     {300, 64, 64, 3, 5, 1, 1},    /* long groups (more than one tile per adapter) */
+    /* M > 256 (also on sm_90): the tensor-core shrink, and the tensor-core expand where y's rows
+     * take 16-byte accesses */
+    {520, 264, 264, 9, 40, 0, 0},  /* ranks in up to 3 chunks of 16, K and N tails */
+    {300, 1100, 264, 2, 16, 0, 0}, /* three K slices, the last partial; one adapter over many tiles */
+    {264, 64, 1032, 3, 24, 0, 0},  /* three column slices of the mma expand, the last of 8 columns */
+    {280, 200, 200, 4, 200, 1, 0}, /* strided: scalar staging, the CUDA-core expand on 48-token tiles */
+    {272, 72, 136, 3, 800, 0, 0},  /* rank past 760: the expands' T past 48 KiB of shared memory */
+    {300, 64, 64, 1024, 2, 0, 0},  /* the largest set: 1025 bins, most without tiles */
+    {40, 600, 136, 3, 800, 0, 0},  /* too large for the fused kernel at M <= 64 (K slices of 256):
+                                    * three K slices */
+    /* past one bucketing round (2048 tokens): the rounds' bin counts from multi_count_kernel */
+    {4500, 72, 136, 5, 16, 0, 0},  /* three rounds, the last partial; tiles across round boundaries */
+    {5000, 64, 64, 300, 2, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
+    {4500, 200, 200, 4, 200, 1, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
 };
+#define FIRST_UNFUSED_SHAPE 11 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
+/* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the
+ * second pass under LF_CUDA_MULTI_GRID_Y, which the CPU backend does not read). */
 static void sweep(lf_context *ctx, void *arg)
 {
-    (void)arg;
+    const size_t first = arg ? *(const size_t *)arg : 0;
+    if (arg && lf_context_backend(ctx) != LF_BACKEND_CUDA) {
+        lft_skip("multi sweep, one block a tile group", lf_backend_name(lf_context_backend(ctx)),
+                 "LF_CUDA_MULTI_GRID_Y is a CUDA knob", (int)((N_SHAPES - first) * 3 * 2 * 4));
+        return;
+    }
     uint64_t index = 0;
     static const lf_dtype dtypes[3] = {LF_F32, LF_F16, LF_BF16};
     static const float betas[3] = {0.0f, 1.0f, 0.5f};
-    for (size_t s = 0; s < N_SHAPES; s++)
+    for (size_t s = first; s < N_SHAPES; s++)
         for (int dt = 0; dt < 3; dt++)
             for (int has_w = 0; has_w <= 1; has_w++)
                 for (int map = 0; map < 4; map++) {
@@ -489,6 +513,11 @@ static void bad_input(lf_context *ctx, void *arg)
 int main(void)
 {
     lft_for_each_backend("multi sweep", (int)SWEEP_CASES, sweep, NULL);
+    static const size_t unfused = FIRST_UNFUSED_SHAPE;
+    setenv("LF_CUDA_MULTI_GRID_Y", "1", 1); /* read when the context is created */
+    lft_for_each_backend("multi sweep, one block a tile group", (int)((N_SHAPES - unfused) * 3 * 2 * 4), sweep,
+                         (void *)&unfused);
+    unsetenv("LF_CUDA_MULTI_GRID_Y");
     lft_for_each_backend("multi hot swap", HOT_SWAP_CASES, hot_swap, NULL);
     lft_for_each_backend("multi bad input", BAD_INPUT_CASES, bad_input, NULL);
     return lft_summary("test_multi");

@@ -58,6 +58,10 @@ static lf_status cuda_init_state(lf_context *ctx, lf_cuda_state *cs)
     cs->device = dev;
     cs->sm_count = prop.multiProcessorCount;
     cs->cc_major = prop.major;
+    /* A test knob: LF_CUDA_MULTI_GRID_Y=G caps the many-adapter shrink's and expand's tile groups
+     * at G blocks, so that small shapes run the kernels' loops over several tiles a block. */
+    const char *cap = getenv("LF_CUDA_MULTI_GRID_Y");
+    cs->multi_grid_cap = cap ? atoi(cap) : 0;
     LF_CUDA_CHECK(ctx, cudaStreamCreate(&cs->own_stream));
     LF_CUDA_CHECK(ctx, cudaMalloc(&cs->cublas_ws, LF_CUBLAS_WORKSPACE));
     cs->cublas_ws_bytes = LF_CUBLAS_WORKSPACE;

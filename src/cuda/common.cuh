@@ -27,6 +27,7 @@ typedef struct lf_cuda_state {
     int hopper_ok; /* lora_hopper.cu's kernel runs on this device and hopper_ctl is ready */
     unsigned *hopper_ctl; /* its control words: the tail of cublas_ws, which cuBLAS is not given */
     int hopper_mid_slots[9]; /* its split-K form: [s] CTAs that run at once in clusters of s (1..8) */
+    int multi_grid_cap;      /* LF_CUDA_MULTI_GRID_Y (tests): the many-adapter kernels' tile groups, 0: none */
 } lf_cuda_state;
 
 static inline lf_cuda_state *lf_cuda_state_of(lf_context *ctx) { return (lf_cuda_state *)ctx->backend_state; }

@@ -8,23 +8,24 @@
  * token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
  * multi_fused_kernel (thread block clusters; see its comment), and a layer is the cuBLAS base GEMM
  * beside that kernel on a side stream (it writes the LoRA term in fp32) and multi_finish_kernel,
- * which adds both and rounds y once. Otherwise a call is two or three kernels, chained with
- * programmatic dependent launch:
+ * which adds both and rounds y once. Otherwise a call is two kernels, chained with programmatic
+ * dependent launch:
  *
  *   bucketing   each token's slot (per-token ids, or a binary search of the segment starts; an id
- *               out of range or naming an empty slot means none), tokens grouped by slot, and the
- *               groups cut into tiles of at most `tb` tokens: tile = (slot, start, count) over the
- *               permutation `perm`. M ≤ LF_MULTI_SMALL_M: every block of the two kernels below
- *               does it itself in shared memory (a stable sort, one token per thread, O(M) each);
- *               larger M: multi_bucket_kernel, one block, once, into the workspace.
- *   shrink      multi_shrink_kernel, blocks (K slice q, tile group g): for its tiles, stage
- *               A_slot[rank chunk][K slice] in shared memory once and compute the partial
- *               T[pos][j] = Σ_{k in slice} x[token]·A[j] for the tile's tokens (a warp per 4
- *               tokens, lanes along K, a fixed shuffle tree) into the workspace, [q][pos][j].
- *   expand      multi_expand_kernel, blocks (N slice, tile group g): for its tiles, T = scale·Σ_q
- *               partials (fixed order) into shared memory, then y[token][cols] = Σ_j T·B_slot[j]
- *               [+ bias] [+ base] [+ beta·y], rounded once. Its prologue (bucketing) runs before
- *               it waits for the shrink.
+ *               out of range or naming an empty slot means none), tokens grouped by slot (stable
+ *               in token order) and the groups cut into tiles of up to 64 tokens: tile = (slot,
+ *               first position, count). Every block of the two kernels below does it itself
+ *               (bucket_layout, bucket_tile): no kernel and no workspace between them.
+ *   shrink      multi_shrink_kernel, blocks (K slice q, tile group g): for its tiles, stage the
+ *               tile's x rows and A_slot's [rank chunk][K slice] in shared memory (cp.async) and
+ *               compute the partial T[pos][j] = Σ_{k in slice} x[token]·A[j] (tensor cores for
+ *               16-bit types, shrink_slice) into the workspace, [q][pos][j].
+ *   expand      blocks (N slice, tile group g): for its tiles, T = scale·Σ_q partials (fixed
+ *               order) into shared memory, then y[token][cols] = Σ_j T·B_slot[j] [+ bias] [+ base]
+ *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
+ *               accesses; tensor cores, T and an f16 B as two bf16 terms each) or
+ *               multi_expand_kernel (CUDA cores). Its prologue (bucketing) runs before it waits
+ *               for the shrink.
  *
  * Each adapter's A and B are read once per tile of tokens that use it (per K slice and per N slice
  * respectively), using the slot's own rank. Tokens without an adapter are in no shrink tile; the
@@ -33,27 +34,30 @@
  * are bitwise reproducible, and identical between the per-token and the segment form (for one M:
  * the K slices and the fused/two-kernel choice follow M).
  *
- * Layer (two- or three-kernel form): the bucketing and the shrink run on a side stream (fork and
- * join by events, capture-safe) beside the cuBLAS base GEMM x·Wᵀ into an fp32 buffer in the workspace; the expand then adds T·B,
- * bias and beta·y to it and rounds y once. At decode sizes the shrink hides behind the GEMM and
+ * Layer (two-kernel form): the shrink runs on a side stream (fork and join by events,
+ * capture-safe) beside the cuBLAS base GEMM x·Wᵀ into an fp32 buffer in the workspace; the expand
+ * then adds T·B, bias and beta·y to it and rounds y once. At decode sizes the shrink hides behind the GEMM and
  * the expand is the only cost on top of it; at large M the fp32 buffer costs a write and a read
  * of M × N floats (the next step there: the expand inside the GEMM's epilogue).
  */
 #include "common.cuh"
 #include "launch.cuh"
 #include "lora_multi.cuh"
+#include "mma_sync.cuh"
 #include "token_map.cuh"
 
 #include <algorithm>
 #include <limits.h>
 #include <stdlib.h>
+#include <type_traits>
 
 #define LF_MULTI_THREADS 256
-#define LF_MULTI_SMALL_M 64   /* in-block bucketing: one token per thread, O(M) per thread */
-#define LF_MULTI_RC 16        /* ranks per pass of shrink and expand (registers) */
-#define LF_MULTI_KS_MAX 512   /* K slice of the shrink: RC × KS fp32 of A in shared memory */
-#define LF_MULTI_TS_FLOATS 8192 /* T of one tile in the expand's shared memory: tb × max_rank */
-#define LF_MULTI_BUCKET_THREADS 1024
+#define LF_MULTI_WARPS (LF_MULTI_THREADS / 32)
+#define LF_MULTI_TB 16        /* tokens per tile of the fused kernel, per sub-tile of the others: the mma's 16 rows */
+#define LF_MULTI_TB_MAX 64    /* tokens per tile of the shrink and the expand (a multiple of LF_MULTI_TB) */
+#define LF_MULTI_RC 16        /* ranks per pass of the shrink */
+#define LF_MULTI_PAD 8        /* elements after each staged row of x and A: fragment rows in other banks */
+static_assert(LF_MULTI_THREADS == LF_MULTI_TB * LF_MULTI_RC, "the shrinks add their shares one (token, rank) per thread");
 
 namespace {
 
@@ -72,58 +76,17 @@ struct multi_args : lf_token_map {
     int tb, ks, kslices, bn;
     int none_tiles;  /* the expand visits tokens without an adapter */
     float *tpart;    /* [kslices][m][max_rank] */
-    int32_t *perm;   /* global bucketing: [m]; NULL: in-block */
-    int4 *tiles;     /* global bucketing: tiles, and ntiles */
-    int *ntiles;
-    int32_t *bins;   /* global bucketing: each token's bin, [m] */
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
     bool vec_x, vec_a, vec_b; /* fused: 16-byte copies of x, A and B rows */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
+    int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
+    /* M past one bucketing round: [chunks][capacity + 1] tokens of each bin in each round's span of
+     * the token order (multi_count_kernel); NULL otherwise */
+    const int *chunk_counts;
+    int chunks;
 };
 
 /* ---- bucketing ------------------------------------------------------------------------------- */
-
-/* In-block result for M ≤ LF_MULTI_SMALL_M (every block computes the same, deterministically). */
-struct small_buckets {
-    int bin[LF_MULTI_THREADS];  /* token's slot, capacity for none, INT_MAX past M */
-    int eqb[LF_MULTI_THREADS];  /* tokens of the same bin before it */
-    int perm[LF_MULTI_THREADS]; /* sorted position -> token */
-    int4 tiles[LF_MULTI_THREADS];
-};
-
-/* Stable sort of the tokens by bin (none last) and their tiles; returns the number of tiles. */
-__device__ int bucket_in_block(const multi_args &p, small_buckets &sb)
-{
-    const int t = threadIdx.x;
-    int s = INT_MAX;
-    if (t < p.m) {
-        const int slot = lf_token_slot(p, t);
-        s = slot < 0 ? p.capacity : slot;
-    }
-    sb.bin[t] = s;
-    __syncthreads();
-    int less = 0, eqb = 0, total = 0;
-    if (t < p.m)
-        for (int u = 0; u < p.m; u++) {
-            const int v = sb.bin[u];
-            less += v < s;
-            eqb += v == s && u < t;
-            total += v == s;
-        }
-    if (t < p.m) {
-        sb.perm[less + eqb] = t;
-        sb.eqb[t] = eqb;
-    }
-    __syncthreads();
-    const bool starts = t < p.m && eqb % p.tb == 0;
-    if (starts) {
-        int idx = eqb / p.tb; /* tiles of smaller bins come first */
-        for (int u = 0; u < p.m; u++)
-            idx += sb.bin[u] < s && sb.eqb[u] % p.tb == 0;
-        sb.tiles[idx] = make_int4(s == p.capacity ? -1 : s, less + eqb, min(p.tb, total - eqb), 0);
-    }
-    return __syncthreads_count(starts);
-}
 
 /* Block-wide exclusive scan of one int per thread (blockDim.x a multiple of 32); *total gets the sum. */
 __device__ int block_exclusive_scan(int v, int *warp_sums, int *total)
@@ -155,60 +118,161 @@ __device__ int block_exclusive_scan(int v, int *warp_sums, int *total)
     return before;
 }
 
-/* M > LF_MULTI_SMALL_M: one block groups the tokens by bin (counting sort; the order inside a bin
- * may vary run to run, the results do not: no sum depends on a token's position) into p.perm and
- * writes the tiles. Bins: 0..capacity-1 the slots, capacity the tokens without an adapter. */
-__global__ void __launch_bounds__(LF_MULTI_BUCKET_THREADS) multi_bucket_kernel(multi_args p)
+/* Every block of the shrink and the expand groups the tokens itself, the same way, so that no
+ * kernel and no workspace carries the grouping from one to the other: tokens sorted by bin (bin =
+ * slot, or the capacity for tokens without an adapter, last), stable in token order, cut into
+ * tiles of p.tb; tile ti = (slot or -1, first position, count). bucket_layout counts the bins
+ * (one shared atomic per bin and warp) and lays them out (two block scans); bucket_tile finds a
+ * tile's bin by a binary search over the bins' first tiles and its tokens by block scans over the
+ * token order, a round of 2048 tokens at a time, stopping past the tile. Positions are the same in
+ * every block, so the shrink's partial T [q][pos][j] meets the expand's reads. Past one round,
+ * multi_count_kernel counts each round's bins once for all blocks: a block then sums those counts
+ * instead of scanning all M tokens, and starts a tile's scan at the round that holds its first
+ * token (at 8192–16384 tokens the scans from the start cost more than the kernels' work). */
+#define LF_BUCKET_TPT 8 /* consecutive tokens a thread takes in a bucketing round: their id loads at once */
+#define LF_BUCKET_SPAN (LF_BUCKET_TPT * LF_MULTI_THREADS) /* tokens a round: every block that buckets
+                                                           * has LF_MULTI_THREADS threads */
+
+struct bucket_tables {
+    int count[LF_MAX_ADAPTERS + 1]; /* tokens a bin */
+    int off[LF_MAX_ADAPTERS + 1];   /* its first position */
+    int toff[LF_MAX_ADAPTERS + 1];  /* its first tile (bins without tokens share the next one's) */
+    unsigned char live[LF_MAX_ADAPTERS]; /* the slot holds an adapter (rank > 0) */
+    int warp_sums[32];
+};
+
+/* Token t's bin (lf_token_slot's rule, with the slots' ranks read from bt.live). */
+__device__ __forceinline__ int token_bin(const multi_args &p, const bucket_tables &bt, int t)
 {
-    __shared__ int count[LF_MAX_ADAPTERS + 1], offset[LF_MAX_ADAPTERS + 1], toffset[LF_MAX_ADAPTERS + 1];
-    __shared__ int warp_sums[32];
-    lf_pdl_wait();
-    lf_pdl_release();
-    const int bins = p.capacity + 1;
-    for (int b = threadIdx.x; b < bins; b += blockDim.x)
-        count[b] = 0;
-    __syncthreads();
-    for (int t = threadIdx.x; t < p.m; t += blockDim.x) {
-        const int slot = lf_token_slot(p, t);
-        const int b = slot < 0 ? p.capacity : slot;
-        p.bins[t] = b;
-        atomicAdd(&count[b], 1);
-    }
-    __syncthreads();
-    /* Each thread scans a run of consecutive bins. */
-    const int per = (bins + blockDim.x - 1) / blockDim.x, b0 = threadIdx.x * per;
-    int tok = 0, til = 0;
-    for (int b = b0; b < min(bins, b0 + per); b++) {
-        tok += count[b];
-        til += (count[b] + p.tb - 1) / p.tb;
-    }
-    int total_tok, total_tiles;
-    int tok_before = block_exclusive_scan(tok, warp_sums, &total_tok);
-    int til_before = block_exclusive_scan(til, warp_sums, &total_tiles);
-    for (int b = b0; b < min(bins, b0 + per); b++) {
-        offset[b] = tok_before;
-        toffset[b] = til_before;
-        tok_before += count[b];
-        til_before += (count[b] + p.tb - 1) / p.tb;
-    }
-    __syncthreads();
-    for (int b = threadIdx.x; b < bins; b += blockDim.x)
-        for (int j = 0; j * p.tb < count[b]; j++)
-            p.tiles[toffset[b] + j] =
-                make_int4(b == p.capacity ? -1 : b, offset[b] + j * p.tb, min(p.tb, count[b] - j * p.tb), 0);
-    if (threadIdx.x == 0)
-        *p.ntiles = total_tiles;
-    __syncthreads();
-    for (int t = threadIdx.x; t < p.m; t += blockDim.x)
-        p.perm[atomicAdd(&offset[p.bins[t]], 1)] = t;
+    const int id = lf_token_id(p, p.seg_starts, p.seg_adapter, t);
+    return id >= 0 && id < p.capacity && bt.live[id] ? id : p.capacity;
 }
 
-/* The tile list of a block: from the in-block bucketing, or the global one (after the wait). */
-struct tile_list {
-    const int4 *tiles;
-    const int *perm;
-    int count;
-};
+/* Every thread of the block (LF_MULTI_THREADS): bt.count[bin] += the bin's tokens in [t_begin,
+ * t_end), after bt.count was zeroed and bt.live filled (bucket_init) and a barrier. */
+__device__ void bucket_count(const multi_args &p, bucket_tables &bt, int t_begin, int t_end)
+{
+    const unsigned below = (1u << (threadIdx.x & 31)) - 1u;
+    for (int t0 = t_begin; t0 < t_end; t0 += LF_BUCKET_SPAN) {
+        const int mine = t0 + LF_BUCKET_TPT * threadIdx.x;
+        int bin[LF_BUCKET_TPT];
+#pragma unroll
+        for (int e = 0; e < LF_BUCKET_TPT; e++)
+            bin[e] = mine + e < t_end ? token_bin(p, bt, mine + e) : -1;
+#pragma unroll
+        for (int e = 0; e < LF_BUCKET_TPT; e++) {
+            const unsigned peers = __match_any_sync(0xffffffffu, bin[e]);
+            if (bin[e] >= 0 && (peers & below) == 0) /* one atomic a bin and warp, not a token: one adapter's
+                                                      * tokens would queue on one address */
+                atomicAdd(&bt.count[bin[e]], __popc(peers));
+        }
+    }
+}
+
+/* bt.count zeroed and bt.live filled from the slot table; a barrier follows in the caller. */
+__device__ void bucket_init(const multi_args &p, bucket_tables &bt)
+{
+    for (int b = threadIdx.x; b <= p.capacity; b += blockDim.x)
+        bt.count[b] = 0;
+    for (int s = threadIdx.x; s < p.capacity; s += blockDim.x)
+        bt.live[s] = p.slots[s].rank > 0;
+}
+
+/* Every thread of the block: returns the number of tiles. */
+__device__ int bucket_layout(const multi_args &p, bucket_tables &bt)
+{
+    const int bins = p.capacity + 1;
+    bucket_init(p, bt);
+    __syncthreads();
+    if (p.chunk_counts) /* the rounds' counts, summed in round order */
+        for (int b = threadIdx.x; b < bins; b += blockDim.x) {
+            int c = 0;
+            for (int g = 0; g < p.chunks; g++)
+                c += p.chunk_counts[(int64_t)g * bins + b];
+            bt.count[b] = c;
+        }
+    else
+        bucket_count(p, bt, 0, p.m);
+    __syncthreads();
+    /* Each thread lays out a run of consecutive bins. */
+    const int per = (bins + blockDim.x - 1) / blockDim.x, b0 = threadIdx.x * per, b1 = min(bins, b0 + per);
+    int tok = 0, til = 0;
+    for (int b = b0; b < b1; b++) {
+        tok += bt.count[b];
+        til += (bt.count[b] + p.tb - 1) / p.tb;
+    }
+    int total_tok, total_tiles; /* total_tok is M */
+    int tok_before = block_exclusive_scan(tok, bt.warp_sums, &total_tok);
+    int til_before = block_exclusive_scan(til, bt.warp_sums, &total_tiles);
+    for (int b = b0; b < b1; b++) {
+        bt.off[b] = tok_before;
+        bt.toff[b] = til_before;
+        tok_before += bt.count[b];
+        til_before += (bt.count[b] + p.tb - 1) / p.tb;
+    }
+    __syncthreads();
+    return total_tiles;
+}
+
+/* Every thread of the block, ti the same in all and below bucket_layout's count: tile ti, its
+ * tokens into tok[0, count) in position order. A round takes LF_BUCKET_TPT consecutive tokens a
+ * thread (2048 a block), so thread order is token order. */
+__device__ int4 bucket_tile(const multi_args &p, bucket_tables &bt, int ti, int *tok)
+{
+    int lo = 0, hi = p.capacity; /* the last bin whose first tile is at or before ti */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (bt.toff[mid] <= ti)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const int first = (ti - bt.toff[lo]) * p.tb, count = min(p.tb, bt.count[lo] - first);
+    int rank = 0, t0 = 0; /* tokens of the bin in the rounds before round t0 */
+    if (p.chunk_counts) /* skip the rounds before the one that holds the tile's first token */
+        for (int g = 0; g < p.chunks; g++) {
+            const int c = p.chunk_counts[(int64_t)g * (p.capacity + 1) + lo];
+            if (rank + c > first)
+                break;
+            rank += c;
+            t0 += LF_BUCKET_SPAN;
+        }
+    for (; t0 < p.m && rank < first + count; t0 += LF_BUCKET_SPAN) {
+        const int mine = t0 + LF_BUCKET_TPT * threadIdx.x;
+        unsigned in = 0; /* bit e: token mine + e is in the bin */
+#pragma unroll
+        for (int e = 0; e < LF_BUCKET_TPT; e++)
+            in |= (unsigned)(mine + e < p.m && token_bin(p, bt, mine + e) == lo) << e;
+        int round;
+        int r = rank + block_exclusive_scan(__popc(in), bt.warp_sums, &round);
+#pragma unroll
+        for (int e = 0; e < LF_BUCKET_TPT; e++)
+            if ((in >> e) & 1) {
+                if (r >= first && r < first + count)
+                    tok[r - first] = mine + e;
+                r++;
+            }
+        rank += round; /* the same in every thread: the loop ends in all at once */
+    }
+    __syncthreads();
+    return make_int4(lo == p.capacity ? -1 : lo, bt.off[lo] + first, count, 0);
+}
+
+/* M past one round: block g counts the bins of round g's tokens into counts[g][bin] (the
+ * chunk_counts of the shrink and the expand that follow). */
+__global__ void __launch_bounds__(LF_MULTI_THREADS) multi_count_kernel(multi_args p, int *counts)
+{
+    __shared__ bucket_tables bt;
+    lf_pdl_wait(); /* the ids and the slot table may come from the kernel before */
+    lf_pdl_release();
+    const int t0 = (int)blockIdx.x * LF_BUCKET_SPAN;
+    bucket_init(p, bt);
+    __syncthreads();
+    bucket_count(p, bt, t0, min(p.m, t0 + LF_BUCKET_SPAN));
+    __syncthreads();
+    for (int b = threadIdx.x; b <= p.capacity; b += blockDim.x)
+        counts[(int64_t)blockIdx.x * (p.capacity + 1) + b] = bt.count[b];
+}
 
 /* ---- element access ------------------------------------------------------------------------ */
 
@@ -275,120 +339,175 @@ __device__ __forceinline__ void warp_reduce_scatter64(float (&v)[64])
     }
 }
 
-/* a_s[j·ld_s + kk] = A row j, elements [0, kspan) as fp32, for j < RC (rows >= rows_valid: 0).
- * Rows of the set start 16-byte aligned and the slice at a multiple of 8 elements: 16-byte loads,
- * LF_STAGE_LOADS of them issued before any is stored, so a stage costs one memory latency or two,
- * not one per element. A kspan that is not a multiple of the vector takes scalar loads. */
-#define LF_STAGE_LOADS 4
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+/* Until at most N of this thread's committed groups are in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void cp_async_wait_all()
+{
+    cp_async_commit();
+    cp_async_wait<0>();
+}
+
+/* dst[r·ld + c] = row r of src (row rowidx[r], or r) from element 0 on, for r < rows and c < width
+ * (a multiple of 8); columns ≥ cols_valid read as 0, so that a K tail adds nothing. Rows ≥ rows
+ * (tokens past the tile's count, ranks past the adapter's) and columns ≥ width are not written:
+ * an MMA row or column of them only feeds outputs that are never read. vec: 16-byte cp.async for
+ * whole chunks (src, its stride and its column offset 16-byte aligned), scalars for the rest. */
 template <typename T>
-__device__ void stage_a(float *a_s, int ld_s, const T *a, int64_t lda, int rows_valid, int kspan)
+__device__ void stage_rows(T *dst, int ld, int width, const T *src, int64_t ld_src, const int *rowidx, int rows,
+                           int cols_valid, bool vec)
 {
     constexpr int VE = 16 / sizeof(T);
-    if (kspan % VE == 0) {
-        const int nv = kspan / VE, total = LF_MULTI_RC * nv;
-        for (int base = threadIdx.x; base < total; base += LF_STAGE_LOADS * LF_MULTI_THREADS) {
-            uint4 raw[LF_STAGE_LOADS];
-#pragma unroll
-            for (int u = 0; u < LF_STAGE_LOADS; u++) {
-                const int idx = base + u * LF_MULTI_THREADS, j = idx / nv;
-                raw[u] = idx < total && j < rows_valid ? *(const uint4 *)(a + (int64_t)j * lda + (idx % nv) * VE)
-                                                       : make_uint4(0u, 0u, 0u, 0u);
-            }
-#pragma unroll
-            for (int u = 0; u < LF_STAGE_LOADS; u++) {
-                const int idx = base + u * LF_MULTI_THREADS;
-                if (idx >= total)
-                    break;
-                const T *e = (const T *)&raw[u];
-                float *d = a_s + (idx / nv) * ld_s + (idx % nv) * VE;
-#pragma unroll
-                for (int c = 0; c < VE; c++)
-                    d[c] = lf_dt<T>::to_f32(e[c]);
-            }
+    const int chunks = width / VE;
+    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+        const int r = i / chunks, c = (i - r * chunks) * VE;
+        T *d = dst + r * ld + c;
+        if (c >= cols_valid) {
+            *(uint4 *)d = make_uint4(0u, 0u, 0u, 0u); /* ld, width and c are multiples of 16 bytes */
+            continue;
         }
-    } else {
-        for (int idx = threadIdx.x; idx < LF_MULTI_RC * kspan; idx += LF_MULTI_THREADS) {
-            const int j = idx / kspan, kk = idx % kspan;
-            a_s[j * ld_s + kk] = j < rows_valid ? lf_dt<T>::load(a + (int64_t)j * lda + kk) : 0.0f;
+        const T *s = src + (int64_t)(rowidx ? rowidx[r] : r) * ld_src + c;
+        if (vec && c + VE <= cols_valid) {
+            cp_async16(d, s);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VE; e++)
+                d[e] = c + e < cols_valid ? s[e] : lf_dt<T>::from_f32(0.0f);
         }
     }
 }
 
-/* Partial T over K slice blockIdx.x for the tiles g, g + G, ... (g = blockIdx.y). */
-template <typename T, bool VECX, bool GLOBAL>
-__global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_shrink_kernel(multi_args p)
+/* The partial T of one block's K slice (ks elements, a multiple of 16, zero past K) for the tile's
+ * 16 tokens and 16 ranks: red[w][u][j] = warp w's share; returns the number of shares, added in
+ * order by the caller. Every token goes through the same steps whatever its tile-mates.
+ * 16-bit types: tensor cores (mma m16n8k16, fp32 accumulation; products exact), warp w taking the
+ * k-steps w, w + 8, ... */
+template <typename T>
+__device__ __forceinline__ int shrink_slice(const T *xs, const T *as, int lds, int ks, float *red)
 {
-    __shared__ small_buckets sb;
-    extern __shared__ float4 a_s4[]; /* [RC][ks] fp32 */
-    float *a_s = (float *)a_s4;
-    lf_pdl_wait();
-    lf_pdl_release();
-    tile_list tl;
-    if (GLOBAL) {
-        tl.tiles = p.tiles, tl.perm = p.perm, tl.count = *p.ntiles;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if constexpr (sizeof(T) == 2) {
+        const int g = lane >> 2, c2 = 2 * (lane & 3);
+        float acc[2][4] = {};
+        for (int k = warp * 16; k < ks; k += LF_MULTI_WARPS * 16) {
+            const T *x0 = xs + g * lds + k + c2, *x1 = x0 + 8 * lds;
+            const uint32_t fa[4] = {*(const uint32_t *)x0, *(const uint32_t *)x1, *(const uint32_t *)(x0 + 8),
+                                    *(const uint32_t *)(x1 + 8)};
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const T *a0 = as + (nt * 8 + g) * lds + k + c2;
+                const uint32_t fb[2] = {*(const uint32_t *)a0, *(const uint32_t *)(a0 + 8)};
+                mma16816<T>(acc[nt], fa[0], fa[1], fa[2], fa[3], fb[0], fb[1]);
+            }
+        }
+        float *r = red + warp * LF_MULTI_TB * LF_MULTI_RC;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            r[g * LF_MULTI_RC + nt * 8 + c2] = acc[nt][0];
+            r[g * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][1];
+            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2] = acc[nt][2];
+            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][3];
+        }
+        return LF_MULTI_WARPS;
     } else {
-        tl.count = bucket_in_block(p, sb);
-        tl.tiles = sb.tiles, tl.perm = sb.perm;
-    }
-    const int q = blockIdx.x, k0 = q * p.ks, kspan = min(p.ks, p.k - k0);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = LF_MULTI_THREADS / 32;
-    constexpr int V = VECX ? 4 : 1; /* elements per lane step */
-    const T *x = (const T *)p.x;
-    for (int ti = blockIdx.y; ti < tl.count; ti += gridDim.y) {
-        const int4 tile = tl.tiles[ti];
-        if (tile.x < 0)
-            break; /* tiles without an adapter come last */
-        const int slot = tile.x, rank = p.slots[slot].rank;
-        const T *a = (const T *)p.a + ((int64_t)slot * p.max_rank) * p.lda + k0;
-        for (int j0 = 0; j0 < rank; j0 += LF_MULTI_RC) {
-            __syncthreads(); /* a_s is free */
-            stage_a<T>(a_s, p.ks, a + (int64_t)j0 * p.lda, p.lda, rank - j0, kspan);
-            __syncthreads();
-            for (int g0 = warp * 4; g0 < tile.z; g0 += warps * 4) {
-                int tok[4];
+        /* fp32: CUDA cores, a warp per 4 tokens and K half, lanes along K, the fixed butterfly. */
+        const int tg = warp >> 1, half = ks / 2, kb = (warp & 1) * half;
+        float acc[64];
 #pragma unroll
-                for (int u = 0; u < 4; u++)
-                    tok[u] = g0 + u < tile.z ? tl.perm[tile.y + g0 + u] : -1;
-                float acc[64];
+        for (int i = 0; i < 64; i++)
+            acc[i] = 0.0f;
+        for (int kk = kb + lane * 4; kk < kb + half; kk += 128) {
+            float4 xv[4];
 #pragma unroll
-                for (int i = 0; i < 64; i++)
-                    acc[i] = 0.0f;
-                for (int kk = lane * V; kk < kspan; kk += 32 * V) {
-                    float4 xv[4];
+            for (int u = 0; u < 4; u++)
+                xv[u] = load4<T, true>(xs + (tg * 4 + u) * lds + kk, 4);
 #pragma unroll
-                    for (int u = 0; u < 4; u++)
-                        xv[u] = tok[u] >= 0 ? load4<T, VECX>(x + (int64_t)tok[u] * p.ldx + k0 + kk, 1)
-                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j = 0; j < LF_MULTI_RC; j++) {
+                const float4 av = load4<T, true>(as + j * lds + kk, 4);
 #pragma unroll
-                    for (int j = 0; j < LF_MULTI_RC; j++) {
-                        float4 av;
-                        if (VECX)
-                            av = *(const float4 *)(a_s + j * p.ks + kk);
-                        else
-                            av = make_float4(a_s[j * p.ks + kk], 0.f, 0.f, 0.f);
-#pragma unroll
-                        for (int u = 0; u < 4; u++) {
-                            float s = acc[u * 16 + j];
-                            s = fmaf(xv[u].x, av.x, s);
-                            if (VECX) {
-                                s = fmaf(xv[u].y, av.y, s);
-                                s = fmaf(xv[u].z, av.z, s);
-                                s = fmaf(xv[u].w, av.w, s);
-                            }
-                            acc[u * 16 + j] = s;
-                        }
-                    }
-                }
-                warp_reduce_scatter64(acc);
-                const int u = lane >> 3, j = (2 * lane) & 15; /* values 2·lane, 2·lane + 1 */
-                if (tok[u] >= 0) {
-                    float *dst = p.tpart + ((int64_t)q * p.m + tile.y + g0 + u) * p.max_rank + j0 + j;
-                    if (j0 + j < rank)
-                        dst[0] = acc[0];
-                    if (j0 + j + 1 < rank)
-                        dst[1] = acc[1];
+                for (int u = 0; u < 4; u++) {
+                    float s = acc[u * 16 + j];
+                    s = fmaf(xv[u].x, av.x, s);
+                    s = fmaf(xv[u].y, av.y, s);
+                    s = fmaf(xv[u].z, av.z, s);
+                    s = fmaf(xv[u].w, av.w, s);
+                    acc[u * 16 + j] = s;
                 }
             }
+        }
+        warp_reduce_scatter64(acc);
+        const int u = tg * 4 + (lane >> 3), j = (2 * lane) & 15; /* values 2·lane, 2·lane + 1 */
+        float *r = red + ((warp & 1) * LF_MULTI_TB + u) * LF_MULTI_RC + j;
+        r[0] = acc[0], r[1] = acc[1];
+        return 2;
+    }
+}
+
+/* Partial T over K slice blockIdx.x for the tiles g, g + G, ... (g = blockIdx.y). A tile (up to
+ * p.tb ≤ LF_MULTI_TB_MAX tokens of one slot) runs as sub-tiles of 16 tokens (the mma's rows): A's
+ * rank chunk of the slice is staged once per chunk, and x's rows of the next sub-tile stream in
+ * (cp.async, two buffers) while shrink_slice multiplies the current one; the warps' shares are
+ * added in order and written as partial T [q][pos][j]. Shared memory: x [2][16][ks + PAD] and A
+ * [RC][ks + PAD] in T, the shares [WARPS][16][RC] in fp32 (shrink_smem_bytes). */
+template <typename T>
+__global__ void __launch_bounds__(LF_MULTI_THREADS) multi_shrink_kernel(multi_args p)
+{
+    __shared__ bucket_tables bt;
+    __shared__ int tok[LF_MULTI_TB_MAX];
+    extern __shared__ float4 shrink_smem4[];
+    const int lds = p.ks + LF_MULTI_PAD;
+    T *xs = (T *)shrink_smem4, *as = xs + 2 * LF_MULTI_TB * lds;
+    float *red = (float *)(as + LF_MULTI_RC * lds); /* 16-byte aligned: lds is a multiple of 8 */
+    /* The ids may come from the kernel before. Waiting before releasing is also what lets the
+     * expand read them before its own wait (expand_prologue): it cannot start before every
+     * shrink block has passed this wait. */
+    lf_pdl_wait();
+    lf_pdl_release();
+    const int ntiles = bucket_layout(p, bt);
+    const int q = blockIdx.x, k0 = q * p.ks, kspan = min(p.ks, p.k - k0);
+    const T *x = (const T *)p.x + k0;
+    for (int ti = blockIdx.y; ti < ntiles; ti += gridDim.y) {
+        __syncthreads(); /* tok, xs, as and red are free */
+        const int4 tile = bucket_tile(p, bt, ti, tok);
+        if (tile.x < 0)
+            break; /* tiles without an adapter come last */
+        const int slot = tile.x, rank = p.slots[slot].rank, subs = (tile.z + LF_MULTI_TB - 1) / LF_MULTI_TB;
+        const T *a = (const T *)p.a + ((int64_t)slot * p.max_rank) * p.lda + k0;
+        for (int j0 = 0; j0 < rank; j0 += LF_MULTI_RC) {
+            /* A's chunk and the first sub-tile in one group */
+            stage_rows<T>(as, lds, p.ks, a + (int64_t)j0 * p.lda, p.lda, NULL, min(LF_MULTI_RC, rank - j0), kspan,
+                          p.vec_a);
+            stage_rows<T>(xs, lds, p.ks, x, p.ldx, tok, min(LF_MULTI_TB, tile.z), kspan, p.vec_x);
+            cp_async_commit();
+            for (int sub = 0; sub < subs; sub++) {
+                const int u0 = sub * LF_MULTI_TB;
+                if (sub + 1 < subs) { /* its buffer was last read before the barrier after the shares */
+                    stage_rows<T>(xs + ((sub + 1) & 1) * LF_MULTI_TB * lds, lds, p.ks, x, p.ldx, tok + u0 + LF_MULTI_TB,
+                                  min(LF_MULTI_TB, tile.z - u0 - LF_MULTI_TB), kspan, p.vec_x);
+                    cp_async_commit();
+                    cp_async_wait<1>();
+                } else {
+                    cp_async_wait<0>();
+                }
+                __syncthreads();
+                const int nparts = shrink_slice<T>(xs + (sub & 1) * LF_MULTI_TB * lds, as, lds, p.ks, red);
+                __syncthreads(); /* red complete; this sub-tile's x buffer free */
+                const int u = threadIdx.x / LF_MULTI_RC, j = threadIdx.x % LF_MULTI_RC; /* 256 = 16 × RC */
+                float s = 0.0f;
+                for (int w = 0; w < nparts; w++)
+                    s += red[(w * LF_MULTI_TB + u) * LF_MULTI_RC + j];
+                if (u0 + u < tile.z && j0 + j < rank)
+                    p.tpart[((int64_t)q * p.m + tile.y + u0 + u) * p.max_rank + j0 + j] = s;
+            }
+            __syncthreads(); /* the shares are read before the next chunk's shrink_slice writes them */
         }
     }
 }
@@ -428,29 +547,89 @@ __device__ __forceinline__ void finish4(float4 acc, const T *bias, const float *
     store4<T, VECY>(yr, acc, valid);
 }
 
-/* y[token][N slice] for the tiles g, g + G, ... (g = blockIdx.y); RSMALL: max_rank ≤ RC, B in
- * registers once per tile. */
-template <typename T, bool VECY, bool GLOBAL, bool RSMALL>
-__global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_args p)
+/* finish4 for 8 columns of a row whose accesses are 16 bytes wide: bias from col on, base its
+ * fp32 row at col, old the row's y there (read only when beta ≠ 0). */
+template <typename T>
+__device__ __forceinline__ void finish8(float (&v)[8], const T *bias, const float *base, float beta, uint4 old, T *yr)
 {
-    __shared__ small_buckets sb;
-    extern __shared__ float ts[]; /* T of one tile: [tb][rank] */
-    tile_list tl = {NULL, NULL, 0};
-    if (!GLOBAL) { /* the ids and the slot table come from before the shrink: no wait needed */
-        tl.count = bucket_in_block(p, sb);
-        tl.tiles = sb.tiles, tl.perm = sb.perm;
+    if (bias) {
+        const uint4 raw = *(const uint4 *)bias;
+        const T *e = (const T *)&raw;
+#pragma unroll
+        for (int c = 0; c < 8; c++)
+            v[c] += lf_dt<T>::to_f32(e[c]);
     }
+    if (base) {
+        const float4 b0 = *(const float4 *)base, b1 = *(const float4 *)(base + 4);
+        v[0] += b0.x, v[1] += b0.y, v[2] += b0.z, v[3] += b0.w;
+        v[4] += b1.x, v[5] += b1.y, v[6] += b1.z, v[7] += b1.w;
+    }
+    if (beta != 0.0f) {
+        const T *e = (const T *)&old;
+#pragma unroll
+        for (int c = 0; c < 8; c++)
+            v[c] = fmaf(beta, lf_dt<T>::to_f32(e[c]), v[c]);
+    }
+    uint4 out;
+    T *d = (T *)&out;
+#pragma unroll
+    for (int c = 0; c < 8; c++)
+        d[c] = lf_dt<T>::from_f32(v[c]);
+    *(uint4 *)yr = out;
+}
+
+/* T[pos][j] before the scale: the shrink's K-slice partials added in slice order (the loads issued
+ * ahead). */
+__device__ __forceinline__ float t_partials(const multi_args &p, int pos, int j)
+{
+    const float *src = p.tpart + (int64_t)pos * p.max_rank + j;
+    float s = 0.0f;
+#pragma unroll 8
+    for (int q = 0; q < p.kslices; q++)
+        s += src[(int64_t)q * p.m * p.max_rank];
+    return s;
+}
+
+/* An expand's bucketing and its wait for the shrink: the ids and the slot table come from before
+ * the shrink (which waits for the kernel that wrote them before it releases this one), so the
+ * layout and the block's first tile are found before the wait, beside the shrink's work. Returns the number of tiles; *first gets tile blockIdx.y (if there is one) with
+ * its tokens in tok. */
+__device__ int expand_prologue(const multi_args &p, bucket_tables &bt, int *tok, int4 *first)
+{
+    const int ntiles = bucket_layout(p, bt);
+    *first = (int)blockIdx.y < ntiles ? bucket_tile(p, bt, blockIdx.y, tok) : make_int4(-1, 0, 0, 0);
     lf_pdl_wait();
     lf_pdl_release();
-    if (GLOBAL)
-        tl.tiles = p.tiles, tl.perm = p.perm, tl.count = *p.ntiles;
+    return ntiles;
+}
+
+/* Tile ti of an expand's loop: the first came with the prologue; a later one is bucketed once every
+ * warp is done with the previous tile's tokens. */
+__device__ int4 expand_tile(const multi_args &p, bucket_tables &bt, int ti, int *tok, int4 first)
+{
+    if (ti == (int)blockIdx.y)
+        return first;
+    __syncthreads();
+    return bucket_tile(p, bt, ti, tok);
+}
+
+/* y[token][N slice] for the tiles g, g + G, ... (g = blockIdx.y); RSMALL: max_rank ≤ RC, B in
+ * registers once per tile. */
+template <typename T, bool VECY, bool RSMALL>
+__global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_args p)
+{
+    __shared__ bucket_tables bt;
+    __shared__ int tok[LF_MULTI_TB_MAX];
+    extern __shared__ float ts[]; /* T of one tile: [tb][rank] */
+    int4 first;
+    const int ntiles = expand_prologue(p, bt, tok, &first);
     const int tpr = p.bn / 4, rpp = LF_MULTI_THREADS / tpr; /* threads per row, rows per pass */
     const int row = threadIdx.x / tpr, col = blockIdx.x * p.bn + (threadIdx.x % tpr) * 4;
     const int valid = p.n - col; /* columns this thread may touch, when > 0 */
     const T *bias = (const T *)p.bias;
     T *y = (T *)p.y;
-    for (int ti = blockIdx.y; ti < tl.count; ti += gridDim.y) {
-        const int4 tile = tl.tiles[ti];
+    for (int ti = blockIdx.y; ti < ntiles; ti += gridDim.y) {
+        const int4 tile = expand_tile(p, bt, ti, tok, first);
         if (tile.x < 0 && !p.none_tiles)
             break;
         const int rank = tile.x < 0 ? 0 : p.slots[tile.x].rank;
@@ -458,12 +637,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
         __syncthreads(); /* ts is free */
         for (int idx = threadIdx.x; idx < tile.z * rank; idx += LF_MULTI_THREADS) {
             const int u = idx / rank, j = idx % rank;
-            const float *src = p.tpart + (int64_t)(tile.y + u) * p.max_rank + j;
-            float s = 0.0f;
-#pragma unroll 8
-            for (int q = 0; q < p.kslices; q++) /* loads issued ahead, added in q order */
-                s += src[(int64_t)q * p.m * p.max_rank];
-            ts[idx] = scale * s;
+            ts[idx] = scale * t_partials(p, tile.y + u, j);
         }
         __syncthreads();
         if (valid <= 0)
@@ -475,7 +649,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
             for (int j = 0; j < LF_MULTI_RC; j++)
                 breg[j] = j < rank ? load4<T, VECY>(b + (int64_t)j * p.ldb, valid) : make_float4(0.f, 0.f, 0.f, 0.f);
         for (int u = row; u < tile.z; u += rpp) {
-            const int token = tl.perm[tile.y + u];
+            const int token = tok[u];
             const float *t = ts + u * rank;
             float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
             if (RSMALL) {
@@ -489,6 +663,163 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
             }
             finish4<T, VECY>(acc, bias, p.base ? p.base + (int64_t)token * p.n + col : NULL, p.beta,
                              y + (int64_t)token * p.ldy + col, col, valid);
+        }
+    }
+}
+
+/* The expand on tensor cores for 16-bit types where y's rows take 16-byte accesses (n, ldy
+ * multiples of 8; y and bias 16-byte aligned). Block: tiles g, g + G, ... (g = blockIdx.y) × bn =
+ * WARPS · EXPAND_GROUPS · 32 columns. Per tile: B's fragments for the warp's columns (held for the
+ * whole tile where the rank is one chunk of 16), then passes of p.expand_rows tokens: T =
+ * scale·Σ_q partials into shared memory [rows][ldt] (fp32, zero past the slot's rank), and each
+ * warp runs mma m16n8k16 over the pass's sub-tiles of 16 tokens (rows) and its 32-column groups.
+ * T enters as two bf16 terms (hi + lo: ~17 bits of its fp32 value, an error near 2^-17 of each
+ * product, well inside the 2^-24·(K + r) scale of the references' tolerance for 16-bit outputs)
+ * and so does an f16 B (its 11 bits split exactly in two bf16; the lo·lo product is left out);
+ * every mma is bf16. Within a group, the mma's column n of n8 step s is group column 8·(n >> 1) + 2s +
+ * (n & 1): lane (g, q)'s accumulators of one row are the 8 consecutive columns 8q .. 8q + 7, one
+ * 16-byte load and store a row. A token's sums never depend on its row in the tile. */
+#define LF_EXPAND_GROUPS 2
+
+__device__ __forceinline__ uint32_t bf16_pair(float lo, float hi)
+{
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(const uint32_t *)&v;
+}
+
+/* v = hi + lo, both bf16 pairs (lo is the rounding remainder). */
+__device__ __forceinline__ void split_bf16(float v0, float v1, uint32_t &hi, uint32_t &lo)
+{
+    hi = bf16_pair(v0, v1);
+    const __nv_bfloat162 h = *(const __nv_bfloat162 *)&hi;
+    lo = bf16_pair(v0 - __low2float(h), v1 - __high2float(h));
+}
+
+/* B of rank chunk c for the warp's G column groups as bf16 fragments, hi and lo terms (lo is zero
+ * for a bf16 B): fragment [i][st] holds B[16c + 2q + {0, 1}] and B[16c + 2q + {8, 9}] at lane
+ * (g, q)'s column of n8 step st in group i (0 past the rank or N). */
+template <typename T, int G>
+__device__ __forceinline__ void load_b_chunk(uint32_t (&bh)[G][4][2], uint32_t (&bl)[G][4][2], const T *b, int64_t ldb,
+                                             int c, int rank, int cw, int n, int g, int q)
+{
+    float v[G][4][4];
+#pragma unroll
+    for (int i = 0; i < G; i++)
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+            const int col = cw + i * 32 + 8 * (g >> 1) + 2 * st + (g & 1);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = 16 * c + 2 * q + (e & 1) + 8 * (e >> 1);
+                v[i][st][e] = j < rank && col < n ? lf_dt<T>::load(b + (int64_t)j * ldb + col) : 0.0f;
+            }
+        }
+#pragma unroll
+    for (int i = 0; i < G; i++)
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+            split_bf16(v[i][st][0], v[i][st][1], bh[i][st][0], bl[i][st][0]);
+            split_bf16(v[i][st][2], v[i][st][3], bh[i][st][1], bl[i][st][1]);
+        }
+}
+
+/* Row stride of the expand's T in shared memory: + 8 floats puts the 8 rows of a fragment's float2
+ * reads in distinct bank pairs. */
+__host__ __device__ inline int expand_ldt(int max_rank) { return (max_rank + 15) / 16 * 16 + 8; }
+
+template <typename T>
+__global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(multi_args p)
+{
+    constexpr bool SPLIT_B = std::is_same<T, __half>::value; /* bf16's B is one bf16 term */
+    constexpr int G = LF_EXPAND_GROUPS;
+    __shared__ bucket_tables bt;
+    __shared__ int tok[LF_MULTI_TB_MAX];
+    extern __shared__ float ts[]; /* [p.expand_rows][ldt] */
+    int4 first;
+    const int ntiles = expand_prologue(p, bt, tok, &first);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int ldt = expand_ldt(p.max_rank);
+    const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
+    const T *bias = (const T *)p.bias;
+    T *y = (T *)p.y;
+    for (int ti = blockIdx.y; ti < ntiles; ti += gridDim.y) {
+        const int4 tile = expand_tile(p, bt, ti, tok, first);
+        if (tile.x < 0 && !p.none_tiles)
+            break;
+        const int rank = tile.x < 0 ? 0 : p.slots[tile.x].rank, kc = (rank + 15) / 16;
+        const float scale = tile.x < 0 ? 0.0f : p.slots[tile.x].scale;
+        const T *b = tile.x < 0 ? NULL : (const T *)p.b + ((int64_t)tile.x * p.max_rank) * p.ldb;
+        /* B's fragments as bf16 hi and lo terms; one rank chunk (r ≤ 16) is held for the whole
+         * tile, more are loaded per sub-tile and chunk */
+        uint32_t bh[G][4][2], bl[G][4][2];
+        if (kc == 1)
+            load_b_chunk<T, G>(bh, bl, b, p.ldb, 0, rank, cw, p.n, g, q);
+        for (int p0 = 0; p0 < tile.z; p0 += p.expand_rows) {
+            const int prows = min(p.expand_rows, tile.z - p0);
+            __syncthreads(); /* ts is free */
+            for (int idx = threadIdx.x; idx < prows * kc * 16; idx += LF_MULTI_THREADS) {
+                const int u = idx / (kc * 16), j = idx - u * kc * 16;
+                ts[u * ldt + j] = j < rank ? scale * t_partials(p, tile.y + p0 + u, j) : 0.0f;
+            }
+            __syncthreads();
+            if (cw >= p.n)
+                continue;
+            for (int u0 = 0; u0 < prows; u0 += LF_MULTI_TB) {
+                /* rows g and g + 8 of the sub-tile; rows past the tile read ts's stale rows and are
+                 * not stored */
+                const int row_tok[2] = {u0 + g < prows ? tok[p0 + u0 + g] : -1,
+                                        u0 + g + 8 < prows ? tok[p0 + u0 + g + 8] : -1};
+                uint4 yv[2][G];
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+#pragma unroll
+                    for (int i = 0; i < G; i++) {
+                        const int col = cw + i * 32 + 8 * q;
+                        yv[r][i] = row_tok[r] >= 0 && col < p.n && p.beta != 0.0f
+                                       ? *(const uint4 *)(y + (int64_t)row_tok[r] * p.ldy + col)
+                                       : make_uint4(0u, 0u, 0u, 0u);
+                    }
+                float acc[G][4][4] = {};
+                for (int c = 0; c < kc; c++) {
+                    /* T's fragment (rows g, g + 8; ranks 16c + 2q + {0, 1, 8, 9}) as hi and lo terms */
+                    uint32_t ah[4], al[4];
+#pragma unroll
+                    for (int h = 0; h < 4; h++) {
+                        const float2 v =
+                            *(const float2 *)&ts[(u0 + g + 8 * (h & 1)) * ldt + 16 * c + 2 * q + 8 * (h >> 1)];
+                        split_bf16(v.x, v.y, ah[h], al[h]);
+                    }
+                    if (kc > 1)
+                        load_b_chunk<T, G>(bh, bl, b, p.ldb, c, rank, cw, p.n, g, q);
+#pragma unroll
+                    for (int i = 0; i < G; i++)
+#pragma unroll
+                        for (int st = 0; st < 4; st++) {
+                            mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bh[i][st][0], bh[i][st][1]);
+                            mma16816<__nv_bfloat16>(acc[i][st], al[0], al[1], al[2], al[3], bh[i][st][0], bh[i][st][1]);
+                            if (SPLIT_B)
+                                mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bl[i][st][0],
+                                                        bl[i][st][1]);
+                        }
+                }
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    if (row_tok[r] < 0)
+                        continue;
+#pragma unroll
+                    for (int i = 0; i < G; i++) {
+                        const int col = cw + i * 32 + 8 * q;
+                        if (col >= p.n)
+                            continue;
+                        float v[8];
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            v[e] = acc[i][e >> 1][2 * r + (e & 1)];
+                        finish8<T>(v, bias ? bias + col : NULL, p.base ? p.base + (int64_t)row_tok[r] * p.n + col : NULL,
+                                   p.beta, yv[r][i], y + (int64_t)row_tok[r] * p.ldy + col);
+                    }
+                }
+            }
         }
     }
 }
@@ -508,7 +839,6 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
  * steps, warps and cluster order are the same for every token. Larger M (measured slower fused
  * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
-#define LF_FUSED_TB 16          /* tokens per tile: the mma's 16 rows */
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
 /* At least this much dynamic shared memory per block: at most three blocks per SM. A fourth (the
@@ -517,9 +847,6 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
  * µs: 8 adapters × 16 tokens 8.08 against 7.51, 1 × 64 11.8 against 10.4), faster only at 1 × 16
  * (6.03 against 6.9); dev/cuda/NOTES.md. */
 #define LF_FUSED_SMEM_MIN (72 * 1024)
-#define LF_FUSED_WARPS (LF_MULTI_THREADS / 32)
-#define LF_FUSED_PAD 8          /* elements after each staged row of x and A */
-static_assert(LF_MULTI_THREADS == LF_FUSED_TB * LF_MULTI_RC, "the fused kernel adds its K halves one (token, rank) per thread");
 
 /* The set's slots and the tokens per bin, sized by the set's capacity (up to LF_MAX_ADAPTERS: at
  * their largest in static shared memory they cost a block per SM at 64 adapters), at the start of
@@ -537,50 +864,10 @@ __host__ __device__ size_t fused_tables_bytes(int capacity)
 struct fused_shared {
     int seg[2 * LF_FUSED_SMALL_M + 1]; /* segment form, segments ≤ LF_FUSED_SMALL_M: starts, adapters */
     int warp_sums[32];
-    int tok[LF_FUSED_TB];  /* the tile's tokens */
+    int tok[LF_MULTI_TB];  /* the tile's tokens */
     int tile[3];           /* slot (-1: none), tokens, and whether the cluster has work (1) */
     unsigned long long recv_bar; /* the cluster's partial T landed (push_to) */
 };
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_wait_all()
-{
-    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
-}
-
-/* dst[r·ld + c] = row r of src (row rowidx[r], or r) from element 0 on, for r < rows and c < width
- * (a multiple of 8); columns ≥ cols_valid read as 0, so that a K tail adds nothing. Rows ≥ rows
- * (tokens past the tile's count, ranks past the adapter's) and columns ≥ width are not written:
- * an MMA row or column of them only feeds outputs that are never read. vec: 16-byte cp.async for
- * whole chunks (src, its stride and its column offset 16-byte aligned), scalars for the rest. */
-template <typename T>
-__device__ void stage_rows(T *dst, int ld, int width, const T *src, int64_t ld_src, const int *rowidx, int rows,
-                           int cols_valid, bool vec)
-{
-    constexpr int VE = 16 / sizeof(T);
-    const int chunks = width / VE;
-    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
-        const int r = i / chunks, c = (i - r * chunks) * VE;
-        T *d = dst + r * ld + c;
-        if (c >= cols_valid) {
-            *(uint4 *)d = make_uint4(0u, 0u, 0u, 0u); /* ld, width and c are multiples of 16 bytes */
-            continue;
-        }
-        const T *s = src + (int64_t)(rowidx ? rowidx[r] : r) * ld_src + c;
-        if (vec && c + VE <= cols_valid) {
-            cp_async16(d, s);
-        } else {
-#pragma unroll
-            for (int e = 0; e < VE; e++)
-                d[e] = c + e < cols_valid ? s[e] : lf_dt<T>::from_f32(0.0f);
-        }
-    }
-}
 
 /* The fused kernel's exchange of partial T between the blocks of a cluster: each block pushes its
  * values into every block's receive area with st.async, which counts the bytes on the receiver's
@@ -687,7 +974,7 @@ __device__ int fused_stage_bins(const multi_args &p, fused_shared &sh, const fus
     return id < 0 || id >= p.capacity || tb.slots[id].rank <= 0 ? p.capacity : id;
 }
 
-/* M ≤ 32: the tiles of fused_bucket_in_block, numbered alike (by bin, then chunk of LF_FUSED_TB
+/* M ≤ 32: the tiles of fused_bucket_in_block, numbered alike (by bin, then chunk of LF_MULTI_TB
  * tokens in token order), found by warp 0 alone, one token per lane, with warp votes: two block
  * barriers where the general form needs seven, each a wait on the slowest warp in a kernel whose
  * time is its chain of latencies (ncu at M = 1: barrier stalls ~15% of its samples). */
@@ -698,7 +985,7 @@ __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, cons
     if (t < 32) {
         const int key = t < p.m ? bin : INT_MAX; /* lanes past M: a group of their own, no tiles */
         const unsigned peers = __match_any_sync(0xffffffffu, key), below = (1u << t) - 1u;
-        const int tiles = t < p.m && (peers & below) == 0 ? (__popc(peers) + LF_FUSED_TB - 1) / LF_FUSED_TB : 0;
+        const int tiles = t < p.m && (peers & below) == 0 ? (__popc(peers) + LF_MULTI_TB - 1) / LF_MULTI_TB : 0;
         int before = 0; /* the tiles of smaller bins, which come first */
         for (int u = 0; u < 32; u++) {
             const int ku = __shfl_sync(0xffffffffu, key, u), nu = __shfl_sync(0xffffffffu, tiles, u);
@@ -709,14 +996,14 @@ __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, cons
             sh.tile[2] = 0; /* past the last tile */
         if (owner) {
             const int src = __ffs(owner) - 1, mine = __shfl_sync(0xffffffffu, key, src);
-            const int first = (ti - __shfl_sync(0xffffffffu, before, src)) * LF_FUSED_TB;
+            const int first = (ti - __shfl_sync(0xffffffffu, before, src)) * LF_MULTI_TB;
             const unsigned members = __ballot_sync(0xffffffffu, key == mine);
             const int pos = __popc(members & below);
-            if (key == mine && pos >= first && pos < first + LF_FUSED_TB)
+            if (key == mine && pos >= first && pos < first + LF_MULTI_TB)
                 sh.tok[pos - first] = t;
             if (t == 0) {
                 sh.tile[0] = mine == p.capacity ? -1 : mine;
-                sh.tile[1] = min(LF_FUSED_TB, __popc(members) - first);
+                sh.tile[1] = min(LF_MULTI_TB, __popc(members) - first);
                 sh.tile[2] = 1;
             }
         }
@@ -740,21 +1027,21 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, con
             atomicAdd(&tb.count[bin], __popc(peers));
     }
     __syncthreads();
-    /* Tiles are numbered by bin, then chunk of LF_FUSED_TB tokens: each thread scans a run of bins. */
+    /* Tiles are numbered by bin, then chunk of LF_MULTI_TB tokens: each thread scans a run of bins. */
     const int per = (bins + blockDim.x - 1) / blockDim.x, b0 = t * per, b1 = min(bins, b0 + per);
     int tiles = 0;
     for (int b = b0; b < b1; b++)
-        tiles += (tb.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+        tiles += (tb.count[b] + LF_MULTI_TB - 1) / LF_MULTI_TB;
     int total, before = block_exclusive_scan(tiles, sh.warp_sums, &total);
     if (t == 0)
         sh.tile[2] = 0;
     __syncthreads();
     for (int b = b0; b < b1; b++) {
-        const int nt = (tb.count[b] + LF_FUSED_TB - 1) / LF_FUSED_TB;
+        const int nt = (tb.count[b] + LF_MULTI_TB - 1) / LF_MULTI_TB;
         if (ti >= before && ti < before + nt) {
             const int chunk = ti - before;
             sh.tile[0] = b == p.capacity ? -1 : b;
-            sh.tile[1] = min(LF_FUSED_TB, tb.count[b] - chunk * LF_FUSED_TB);
+            sh.tile[1] = min(LF_MULTI_TB, tb.count[b] - chunk * LF_MULTI_TB);
             sh.tile[2] = 1 + chunk; /* chunk + 1 until the ballot below */
         }
         before += nt;
@@ -762,7 +1049,7 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, con
     __syncthreads();
     if (sh.tile[2] == 0)
         return; /* past the last tile */
-    const int mine = sh.tile[0] < 0 ? p.capacity : sh.tile[0], first = (sh.tile[2] - 1) * LF_FUSED_TB;
+    const int mine = sh.tile[0] < 0 ? p.capacity : sh.tile[0], first = (sh.tile[2] - 1) * LF_MULTI_TB;
     const bool in = t < p.m && bin == mine;
     const unsigned ball = __ballot_sync(0xffffffffu, in);
     const int lane = t & 31, warp = t >> 5;
@@ -772,94 +1059,12 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, con
     int pos = __popc(ball & ((1u << lane) - 1u));
     for (int w = 0; w < warp; w++)
         pos += sh.warp_sums[w];
-    if (in && pos >= first && pos < first + LF_FUSED_TB)
+    if (in && pos >= first && pos < first + LF_MULTI_TB)
         sh.tok[pos - first] = t;
     __syncthreads();
     if (t == 0)
         sh.tile[2] = 1;
     __syncthreads();
-}
-
-/* The partial T of one block's K slice (ks elements, a multiple of 16, zero past K) for the tile's
- * 16 tokens and 16 ranks: red[w][u][j] = warp w's share; returns the number of shares, added in
- * order by the caller. Every token goes through the same steps whatever its tile-mates.
- * 16-bit types: tensor cores (mma m16n8k16, fp32 accumulation; products exact), warp w taking the
- * k-steps w, w + 8, ... */
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __half)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __nv_bfloat16)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-template <typename T>
-__device__ __forceinline__ int shrink_slice(const T *xs, const T *as, int lds, int ks, float *red)
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if constexpr (sizeof(T) == 2) {
-        const int g = lane >> 2, c2 = 2 * (lane & 3);
-        float acc[2][4] = {};
-        for (int k = warp * 16; k < ks; k += LF_FUSED_WARPS * 16) {
-            const T *x0 = xs + g * lds + k + c2, *x1 = x0 + 8 * lds;
-            const uint32_t fa[4] = {*(const uint32_t *)x0, *(const uint32_t *)x1, *(const uint32_t *)(x0 + 8),
-                                    *(const uint32_t *)(x1 + 8)};
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                const T *a0 = as + (nt * 8 + g) * lds + k + c2;
-                const uint32_t fb[2] = {*(const uint32_t *)a0, *(const uint32_t *)(a0 + 8)};
-                mma_16816(acc[nt], fa, fb, T());
-            }
-        }
-        float *r = red + warp * LF_FUSED_TB * LF_MULTI_RC;
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            r[g * LF_MULTI_RC + nt * 8 + c2] = acc[nt][0];
-            r[g * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][1];
-            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2] = acc[nt][2];
-            r[(g + 8) * LF_MULTI_RC + nt * 8 + c2 + 1] = acc[nt][3];
-        }
-        return LF_FUSED_WARPS;
-    } else {
-        /* fp32: CUDA cores, a warp per 4 tokens and K half, lanes along K, the fixed butterfly. */
-        const int tg = warp >> 1, half = ks / 2, kb = (warp & 1) * half;
-        float acc[64];
-#pragma unroll
-        for (int i = 0; i < 64; i++)
-            acc[i] = 0.0f;
-        for (int kk = kb + lane * 4; kk < kb + half; kk += 128) {
-            float4 xv[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                xv[u] = load4<T, true>(xs + (tg * 4 + u) * lds + kk, 4);
-#pragma unroll
-            for (int j = 0; j < LF_MULTI_RC; j++) {
-                const float4 av = load4<T, true>(as + j * lds + kk, 4);
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    float s = acc[u * 16 + j];
-                    s = fmaf(xv[u].x, av.x, s);
-                    s = fmaf(xv[u].y, av.y, s);
-                    s = fmaf(xv[u].z, av.z, s);
-                    s = fmaf(xv[u].w, av.w, s);
-                    acc[u * 16 + j] = s;
-                }
-            }
-        }
-        warp_reduce_scatter64(acc);
-        const int u = tg * 4 + (lane >> 3), j = (2 * lane) & 15; /* values 2·lane, 2·lane + 1 */
-        float *r = red + ((warp & 1) * LF_FUSED_TB + u) * LF_MULTI_RC + j;
-        r[0] = acc[0], r[1] = acc[1];
-        return 2;
-    }
 }
 
 /* Delta (dout NULL: y, with bias, base and beta; else dout[token][col] = the LoRA term in fp32)
@@ -893,12 +1098,12 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     }
     const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : tb.slots[slot];
     const int rank = entry.rank, rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
-    const int lds = p.ks + LF_FUSED_PAD;
-    T *xs = (T *)((char *)fused_smem4 + fused_tables_bytes(p.capacity)), *as = xs + LF_FUSED_TB * lds;
+    const int lds = p.ks + LF_MULTI_PAD;
+    T *xs = (T *)((char *)fused_smem4 + fused_tables_bytes(p.capacity)), *as = xs + LF_MULTI_TB * lds;
     T *bs = as + LF_MULTI_RC * lds;
     float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
     /* recv[c][u][j]: block c's partial T for token u, rank j; then the full T */
-    float *recv = red + LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_FUSED_TB * rp;
+    float *recv = red + LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_MULTI_TB * rp;
     if (threadIdx.x == 0)
         recv_expect(&sh.recv_bar, (unsigned)(LF_FUSED_CLUSTER * count * rank * sizeof(float)));
     const int k0 = crank * p.ks, kspan = max(0, min(p.ks, p.k - k0));
@@ -921,12 +1126,12 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
         const int u = threadIdx.x / LF_MULTI_RC, j = threadIdx.x % LF_MULTI_RC; /* 256 = TB × RC */
         float s = 0.0f;
         for (int w = 0; w < nparts; w++)
-            s += red[(w * LF_FUSED_TB + u) * LF_MULTI_RC + j];
+            s += red[(w * LF_MULTI_TB + u) * LF_MULTI_RC + j];
         if (j0 == 0)
             cluster_wait(); /* every block's recv_bar is initialized */
         if (u < count && j0 + j < rank) /* this block's share of T, into slot crank of every block */
             for (int c = 0; c < LF_FUSED_CLUSTER; c++)
-                push_to(recv + (crank * LF_FUSED_TB + u) * rp + j0 + j, &sh.recv_bar, c, s);
+                push_to(recv + (crank * LF_MULTI_TB + u) * rp + j0 + j, &sh.recv_bar, c, s);
     }
     if (rank == 0)
         cluster_wait(); /* not waited for in the loop */
@@ -936,7 +1141,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
         const int u = idx / rank, j = idx - u * rank;
         float s = 0.0f;
         for (int c = 0; c < LF_FUSED_CLUSTER; c++)
-            s += recv[(c * LF_FUSED_TB + u) * rp + j];
+            s += recv[(c * LF_MULTI_TB + u) * rp + j];
         tfull[u * rp + j] = entry.scale * s;
     }
     __syncthreads();
@@ -1075,11 +1280,11 @@ struct cuda_set_state {
 /* Blocking and workspace of one call. */
 struct multi_plan {
     bool fused;   /* multi_fused_kernel (else the shrink and the expand) */
-    bool global;  /* bucketing by multi_bucket_kernel */
+    bool expand_mma; /* multi_expand_mma_kernel (else multi_expand_kernel) */
     int max_tiles;
     dim3 shrink_grid, expand_grid, fused_grid;
     size_t shrink_smem, expand_smem, fused_smem;
-    size_t tpart, perm, bins, tiles, ntiles, base, dout, total; /* workspace offsets (bytes) */
+    size_t tpart, base, dout, counts, total; /* workspace offsets (bytes) */
 };
 
 size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
@@ -1088,10 +1293,10 @@ size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 size_t fused_smem_bytes(const multi_args &a, size_t es)
 {
     const size_t rp = round_up((size_t)a.max_rank, LF_MULTI_RC);
-    const size_t lds = (size_t)a.ks + LF_FUSED_PAD;
+    const size_t lds = (size_t)a.ks + LF_MULTI_PAD;
     return fused_tables_bytes(a.capacity) +
-           ((size_t)LF_FUSED_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
-           (LF_FUSED_WARPS * LF_FUSED_TB * LF_MULTI_RC + (LF_FUSED_CLUSTER + 1) * LF_FUSED_TB * rp) * sizeof(float);
+           ((size_t)LF_MULTI_TB * lds + (size_t)LF_MULTI_RC * lds + (size_t)a.max_rank * a.bn) * es +
+           (LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC + (LF_FUSED_CLUSTER + 1) * LF_MULTI_TB * rp) * sizeof(float);
 }
 
 /* Sets a's blocking for the fused kernel (K slice per cluster block, N chunks and columns per
@@ -1100,7 +1305,7 @@ size_t fused_smem_bytes(const multi_args &a, size_t es)
  * block stay within 32 KiB. */
 bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool spread)
 {
-    a.tb = LF_FUSED_TB;
+    a.tb = LF_MULTI_TB;
     a.ks = (int)round_up((size_t)(a.k + LF_FUSED_CLUSTER - 1) / LF_FUSED_CLUSTER, 16); /* mma k-steps */
     const int bn_cap = std::max(8, std::min(1024, (int)(32768 / ((size_t)a.max_rank * es)) / 8 * 8));
     const int clusters_wanted = spread ? std::max(1, 2 * sms / LF_FUSED_CLUSTER) : 1;
@@ -1113,20 +1318,51 @@ bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool sprea
     return fused_smem_bytes(a, es) <= LF_FUSED_SMEM_MAX;
 }
 
-multi_plan plan_of(multi_args &a, int sms, bool fused_ok, bool with_base, size_t es)
+/* K slice of the shrink: 512 elements (16-bit; 256 at M ≤ 64, for more blocks) or 240 (fp32). */
+int shrink_ks(size_t es, int m) { return es == 4 ? 240 : m > 64 ? 512 : 256; }
+
+/* The shrink's shared memory: two x sub-tiles and A's chunk in T, the warps' shares in fp32
+ * (58 KB at most: three blocks an SM). */
+size_t shrink_smem_bytes(int ks, size_t es)
+{
+    return (size_t)(2 * LF_MULTI_TB + LF_MULTI_RC) * (ks + LF_MULTI_PAD) * es +
+           (size_t)LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC * sizeof(float);
+}
+
+/* Tokens per tile of the shrink and the expand: 64, or fewer (a multiple of 16) where
+ * multi_expand_kernel's T of a tile, tb × max_rank fp32, would pass 40 KB. */
+int tile_tokens(int max_rank, bool expand_mma)
+{
+    const int fit = 10240 / max_rank / LF_MULTI_TB * LF_MULTI_TB;
+    return expand_mma ? LF_MULTI_TB_MAX : std::max(LF_MULTI_TB, std::min(LF_MULTI_TB_MAX, fit));
+}
+
+/* multi_expand_mma_kernel's T rows a pass: the whole 64-token tile up to rank 144 (40 KB), else 16. */
+int expand_rows(int max_rank) { return 64 * expand_ldt(max_rank) * sizeof(float) <= 40960 ? 64 : 16; }
+
+/* The expand's T in shared memory, fp32. */
+size_t expand_smem_bytes(int max_rank, bool mma)
+{
+    return mma ? (size_t)expand_rows(max_rank) * expand_ldt(max_rank) * sizeof(float)
+               : (size_t)tile_tokens(max_rank, false) * max_rank * sizeof(float);
+}
+
+/* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel. */
+multi_plan plan_of(multi_args &a, int sms, int grid_cap, bool fused_ok, bool with_base, size_t es, bool vec16_y)
 {
     multi_plan pl;
-    a.tb = LF_FUSED_TB;
+    a.tb = LF_MULTI_TB;
     pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
     pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && fused_blocking(a, pl.max_tiles, sms, es, !with_base);
+    pl.expand_mma = !pl.fused && es == 2 && vec16_y;
     if (!pl.fused) {
-        a.tb = (int)std::max<int64_t>(1, std::min<int64_t>(64, LF_MULTI_TS_FLOATS / a.max_rank));
+        a.tb = tile_tokens(a.max_rank, pl.expand_mma);
         pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
-        a.ks = a.m <= 64 ? 256 : LF_MULTI_KS_MAX;
+        a.ks = shrink_ks(es, a.m);
         a.kslices = (a.k + a.ks - 1) / a.ks;
-        a.bn = 256;
+        a.bn = pl.expand_mma ? LF_MULTI_WARPS * LF_EXPAND_GROUPS * 32 : 256;
+        a.expand_rows = expand_rows(a.max_rank);
     }
-    pl.global = !pl.fused && a.m > LF_MULTI_SMALL_M;
     const bool with_dout = pl.fused && with_base; /* the layer's LoRA term beside its GEMM */
     if (pl.fused) {
         pl.fused_grid = dim3((unsigned)(pl.max_tiles * a.nchunks * LF_FUSED_CLUSTER));
@@ -1135,65 +1371,60 @@ multi_plan plan_of(multi_args &a, int sms, bool fused_ok, bool with_base, size_t
         const int nslices = (a.n + a.bn - 1) / a.bn;
         /* Up to 8 blocks per SM: a block's tiles run one after another, each a chain of memory
          * latencies, so many small blocks beat few long ones. */
-        pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / a.kslices)));
-        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(pl.max_tiles, 8 * sms / nslices)));
-        pl.shrink_smem = (size_t)LF_MULTI_RC * a.ks * sizeof(float);
-        pl.expand_smem = (size_t)a.tb * a.max_rank * sizeof(float);
+        const int cap = grid_cap > 0 ? grid_cap : INT_MAX;
+        pl.shrink_grid = dim3((unsigned)a.kslices,
+                              (unsigned)std::max(1, std::min({pl.max_tiles, 8 * sms / a.kslices, cap})));
+        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min({pl.max_tiles, 8 * sms / nslices, cap})));
+        pl.shrink_smem = shrink_smem_bytes(a.ks, es);
+        pl.expand_smem = expand_smem_bytes(a.max_rank, pl.expand_mma);
     }
-    size_t at = 0; /* the fused kernel needs none of the partials and grouping buffers */
-    const size_t unfused = pl.fused ? 0 : 1;
-    pl.tpart = at, at += unfused * align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
-    pl.perm = at, at += unfused * align256((size_t)a.m * sizeof(int32_t));
-    pl.bins = at, at += unfused * align256((size_t)a.m * sizeof(int32_t));
-    pl.tiles = at, at += unfused * align256((size_t)pl.max_tiles * sizeof(int4));
-    pl.ntiles = at, at += unfused * 256;
+    size_t at = 0; /* the fused kernel needs no partials */
+    pl.tpart = at, at += pl.fused ? 0 : align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
     pl.base = at, at += with_base ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
     pl.dout = at, at += with_dout ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
+    a.chunks = pl.fused || a.m <= LF_BUCKET_SPAN ? 0 : (a.m + LF_BUCKET_SPAN - 1) / LF_BUCKET_SPAN;
+    pl.counts = at, at += align256((size_t)a.chunks * (a.capacity + 1) * sizeof(int));
     pl.total = at;
     return pl;
 }
 
-template <typename T, bool GLOBAL>
-cudaError_t launch_shrink_t(const multi_args &a, const multi_plan &pl, bool vecx, bool pdl, cudaStream_t st)
-{
-    return vecx ? lf_cuda_launch(multi_shrink_kernel<T, true, GLOBAL>, pl.shrink_grid, LF_MULTI_THREADS,
-                                 pl.shrink_smem, pdl, st, a)
-                : lf_cuda_launch(multi_shrink_kernel<T, false, GLOBAL>, pl.shrink_grid, LF_MULTI_THREADS,
-                                 pl.shrink_smem, pdl, st, a);
-}
-
-template <typename T, bool GLOBAL, bool RSMALL>
+template <typename T, bool RSMALL>
 cudaError_t launch_expand_r(const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, cudaStream_t st)
 {
-    return vecy ? lf_cuda_launch(multi_expand_kernel<T, true, GLOBAL, RSMALL>, pl.expand_grid, LF_MULTI_THREADS,
+    return vecy ? lf_cuda_launch(multi_expand_kernel<T, true, RSMALL>, pl.expand_grid, LF_MULTI_THREADS,
                                  pl.expand_smem, pdl, st, a)
-                : lf_cuda_launch(multi_expand_kernel<T, false, GLOBAL, RSMALL>, pl.expand_grid, LF_MULTI_THREADS,
+                : lf_cuda_launch(multi_expand_kernel<T, false, RSMALL>, pl.expand_grid, LF_MULTI_THREADS,
                                  pl.expand_smem, pdl, st, a);
 }
 
 template <typename T>
-cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vecx, bool vecy, bool pdl, int which,
-                             cudaStream_t st)
+cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, int which, cudaStream_t st)
 {
-    const bool small_rank = a.max_rank <= LF_MULTI_RC;
     if (which == 0)
-        return pl.global ? launch_shrink_t<T, true>(a, pl, vecx, pdl, st) : launch_shrink_t<T, false>(a, pl, vecx, pdl, st);
-    if (pl.global)
-        return small_rank ? launch_expand_r<T, true, true>(a, pl, vecy, pdl, st)
-                          : launch_expand_r<T, true, false>(a, pl, vecy, pdl, st);
-    return small_rank ? launch_expand_r<T, false, true>(a, pl, vecy, pdl, st)
-                      : launch_expand_r<T, false, false>(a, pl, vecy, pdl, st);
+        return lf_cuda_launch(multi_shrink_kernel<T>, pl.shrink_grid, LF_MULTI_THREADS, pl.shrink_smem, pdl, st, a);
+    if constexpr (sizeof(T) == 2)
+        if (pl.expand_mma)
+            return lf_cuda_launch(multi_expand_mma_kernel<T>, pl.expand_grid, LF_MULTI_THREADS, pl.expand_smem, pdl, st,
+                                  a);
+    return a.max_rank <= LF_MULTI_RC ? launch_expand_r<T, true>(a, pl, vecy, pdl, st)
+                                     : launch_expand_r<T, false>(a, pl, vecy, pdl, st);
 }
 
-/* which: 0 the shrink, 1 the expand. */
-cudaError_t launch_kernel(lf_dtype dt, const multi_args &a, const multi_plan &pl, bool vecx, bool vecy, bool pdl,
-                          int which, cudaStream_t st)
+/* which: 0 the shrink (after multi_count_kernel where a has chunks), 1 the expand. */
+cudaError_t launch_kernel(lf_dtype dt, const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, int which,
+                          cudaStream_t st)
 {
+    if (which == 0 && a.chunks > 0) {
+        const cudaError_t e = lf_cuda_launch(multi_count_kernel, dim3((unsigned)a.chunks), LF_MULTI_THREADS, 0, pdl,
+                                             st, a, (int *)a.chunk_counts);
+        if (e != cudaSuccess)
+            return e;
+    }
     if (dt == LF_F32)
-        return launch_kernels_t<float>(a, pl, vecx, vecy, pdl, which, st);
+        return launch_kernels_t<float>(a, pl, vecy, pdl, which, st);
     if (dt == LF_F16)
-        return launch_kernels_t<__half>(a, pl, vecx, vecy, pdl, which, st);
-    return launch_kernels_t<__nv_bfloat16>(a, pl, vecx, vecy, pdl, which, st);
+        return launch_kernels_t<__half>(a, pl, vecy, pdl, which, st);
+    return launch_kernels_t<__nv_bfloat16>(a, pl, vecy, pdl, which, st);
 }
 
 template <typename T>
@@ -1225,20 +1456,41 @@ cudaError_t launch_fused(lf_dtype dt, const multi_args &a, const multi_plan &pl,
                       : launch_finish_t<__nv_bfloat16>(a, vecy, pdl, st);
 }
 
-/* The fused kernels may use up to LF_FUSED_SMEM_MAX of dynamic shared memory (set once per set,
- * outside any capture). */
-template <typename T> cudaError_t allow_fused_smem_t()
+cudaError_t allow_smem(const void *kernel, size_t bytes)
 {
-    const int bytes = LF_FUSED_SMEM_MAX;
-    const cudaError_t e = cudaFuncSetAttribute(multi_fused_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    return e != cudaSuccess ? e
-                            : cudaFuncSetAttribute(multi_fused_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-cudaError_t allow_fused_smem(lf_dtype dt)
+/* Shared memory (static and dynamic) past 48 KiB a block needs an opt-in, set when a set is created,
+ * outside any capture, to the most any call can ask for: the fused kernels LF_FUSED_SMEM_MAX
+ * (sm_90), the shrink its two x sub-tiles at the largest K slice, the expands one tile's (or
+ * pass's) T at LF_MAX_RANK — a kernel's limit holds for the process, so it must not follow one
+ * set's max_rank (a later set with a smaller one would lower it under an earlier set's calls). */
+template <typename T> cudaError_t allow_smem_t(bool fused)
 {
-    return dt == LF_F32 ? allow_fused_smem_t<float>() : dt == LF_F16 ? allow_fused_smem_t<__half>()
-                                                                     : allow_fused_smem_t<__nv_bfloat16>();
+    cudaError_t e = cudaSuccess;
+    if (fused)
+        for (const void *k : {(const void *)multi_fused_kernel<T, true>, (const void *)multi_fused_kernel<T, false>})
+            if (e == cudaSuccess)
+                e = allow_smem(k, LF_FUSED_SMEM_MAX);
+    if (e == cudaSuccess)
+        e = allow_smem((const void *)multi_shrink_kernel<T>, shrink_smem_bytes(shrink_ks(sizeof(T), INT_MAX), sizeof(T)));
+    const size_t plain = expand_smem_bytes(LF_MAX_RANK, false);
+    for (const void *k : {(const void *)multi_expand_kernel<T, true, false>, (const void *)multi_expand_kernel<T, false, false>,
+                          (const void *)multi_expand_kernel<T, true, true>, (const void *)multi_expand_kernel<T, false, true>})
+        if (e == cudaSuccess)
+            e = allow_smem(k, plain);
+    if constexpr (sizeof(T) == 2)
+        if (e == cudaSuccess)
+            e = allow_smem((const void *)multi_expand_mma_kernel<T>, expand_smem_bytes(LF_MAX_RANK, true));
+    return e;
+}
+
+cudaError_t allow_set_smem(lf_dtype dt, bool fused)
+{
+    return dt == LF_F32   ? allow_smem_t<float>(fused)
+           : dt == LF_F16 ? allow_smem_t<__half>(fused)
+                          : allow_smem_t<__nv_bfloat16>(fused);
 }
 
 bool aligned(const void *p, size_t to) { return ((uintptr_t)p % to) == 0; }
@@ -1254,8 +1506,7 @@ extern "C" lf_status lf_cuda_adapter_set_init(lf_context *ctx, lf_adapter_set *s
     LF_CUDA_CHECK(ctx, cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking));
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->fork, cudaEventDisableTiming));
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->join, cudaEventDisableTiming));
-    if (lf_cuda_state_of(ctx)->cc_major >= 9)
-        LF_CUDA_CHECK(ctx, allow_fused_smem(set->dtype));
+    LF_CUDA_CHECK(ctx, allow_set_smem(set->dtype, lf_cuda_state_of(ctx)->cc_major >= 9));
     return LF_OK;
 }
 
@@ -1322,20 +1573,18 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.a = set->a, a.b = set->b, a.lda = set->lda, a.ldb = set->ldb;
     a.max_rank = (int)set->max_rank, a.capacity = set->capacity, a.slots = set->slots;
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
-    multi_plan pl = plan_of(a, cs->sm_count, cs->cc_major >= 9, q->w != NULL, es);
+    const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
+                         (!q->bias || aligned(q->bias, 16));
+    multi_plan pl = plan_of(a, cs->sm_count, cs->multi_grid_cap, cs->cc_major >= 9, q->w != NULL, es, vec16_y);
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
     char *ws = (char *)ctx->workspace;
     a.tpart = (float *)(ws + pl.tpart);
-    a.perm = (int32_t *)(ws + pl.perm);
-    a.bins = (int32_t *)(ws + pl.bins);
-    a.tiles = (int4 *)(ws + pl.tiles);
-    a.ntiles = (int *)(ws + pl.ntiles);
+    a.chunk_counts = a.chunks > 0 ? (const int *)(ws + pl.counts) : NULL;
     a.base = q->w ? (const float *)(ws + pl.base) : NULL;
     a.none_tiles = q->w || q->beta != 1.0f || q->bias;
 
-    const bool vecx = q->k % 4 == 0 && q->ldx % 4 == 0 && aligned(q->x, 4 * es);
     const bool vecy = q->n % 4 == 0 && q->ldy % 4 == 0 && aligned(q->y, 4 * es) && (!q->bias || aligned(q->bias, 4 * es));
     a.vec_x = aligned(q->x, 16) && (q->ldx * es) % 16 == 0;
     a.vec_a = aligned(set->a, 16) && (set->lda * es) % 16 == 0;
@@ -1350,16 +1599,14 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
             LF_CUDA_CHECK(ctx, launch_fused(q->dtype, a, pl, vecy, pdl, 0, st));
             return LF_OK;
         }
-        if (pl.global)
-            LF_CUDA_CHECK(ctx, lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, pdl, st, a));
-        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 0, st));
-        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 1, st));
+        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecy, pdl, 0, st));
+        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecy, pdl, 1, st));
         return LF_OK;
     }
     /* Layer: the LoRA work on the side stream (fork and join by events, capture-safe) beside the
      * base GEMM (fp32, into the workspace); then one kernel rounds y once. Fused: the side stream
-     * writes the whole LoRA term (fp32) and multi_finish_kernel adds it; else the bucketing and
-     * the shrink run there and the expand is the GEMM's epilogue. */
+     * writes the whole LoRA term (fp32) and multi_finish_kernel adds it; else the shrink runs
+     * there and the expand, after the join, adds T·B to the GEMM's result. */
     LF_CUDA_CHECK(ctx, cudaEventRecord(ss->fork, st));
     LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(ss->side, ss->fork, 0));
     /* The side stream is forked from here: every path joins it before returning, or the next call
@@ -1371,10 +1618,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
         a.dout = side.dout;
         e = launch_fused(q->dtype, side, pl, q->n % 4 == 0, false, 0, ss->side);
     } else {
-        e = pl.global ? lf_cuda_launch(multi_bucket_kernel, dim3(1), LF_MULTI_BUCKET_THREADS, 0, false, ss->side, a)
-                      : cudaSuccess;
-        if (e == cudaSuccess)
-            e = launch_kernel(q->dtype, a, pl, vecx, vecy, pl.global && pdl, 0, ss->side);
+        e = launch_kernel(q->dtype, a, pl, vecy, false, 0, ss->side);
     }
     const cudaError_t recorded = cudaEventRecord(ss->join, ss->side);
     if (e == cudaSuccess && recorded == cudaSuccess)
@@ -1388,7 +1632,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     if (pl.fused)
         LF_CUDA_CHECK(ctx, launch_fused(q->dtype, a, pl, vecy, pdl, 1, st));
     else
-        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecx, vecy, pdl, 1, st));
+        LF_CUDA_CHECK(ctx, launch_kernel(q->dtype, a, pl, vecy, pdl, 1, st));
     return LF_OK;
 }
 
