@@ -7,14 +7,22 @@
 # Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
 # On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
 # With TESTS="test_ops test_plan" at --pack, each revision's test programs are packed too, and the
-# device runs them on CUDA first, all at once (a line each; TEST_TIMEOUT seconds, default 300), so that one call
-# checks and times several branches.
-# Environment on the device: BENCH (the bench arguments; default the many-adapter decode cases;
-# several runs separated by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank
-# 16 --dtype bf16"), MATCH (an extended regex over its table rows; default every row of a case),
-# ROUNDS (default 2), BUILDS (the packed builds to test and time, by name, e.g. "new 2e0f112";
-# default all), RUN_TESTS=0 (time only: the packed tests not run), SANITIZE (BUILD:PROGRAM pairs, e.g. "new:test_ops", run under compute-sanitizer
-# memcheck and racecheck beside the tests, before any timing). Everything goes to stdout (the device tool brings back few files).
+# device runs them on CUDA first, all at once (a line each), so that one call checks and times
+# several branches. scripts/ab-json.py turns the output into a bench/results JSON.
+# Environment on the device:
+#   BENCH     the bench arguments (default the many-adapter decode cases); several runs separated
+#             by ';', e.g. "--suite --cases decode_m1;--m 16 --k 4096 --n 11008 --rank 16 --dtype bf16"
+#   MATCH     an extended regex over the output's lines (default the summary rows of the cases)
+#   ROUNDS    rounds of the interleaved bench (default 2)
+#   BUILDS    the packed builds to test and time, by name ("new 2e0f112" or "new,2e0f112"; default all)
+#   RUN_TESTS=0  time only: the packed tests are not run (SANITIZE still is)
+#   TEST_TIMEOUT  each test program's limit in seconds (default 300)
+#   SANITIZE  BUILD:PROGRAM pairs ("new:test_ops") run under compute-sanitizer memcheck and
+#             racecheck beside the tests, before any timing, each within SANITIZE_TIMEOUT (default
+#             TEST_TIMEOUT). Sanitized programs share the GPU with everything else: slow ones
+#             (test_multi) need a call of their own.
+# Everything goes to stdout (the device tool brings back few files); the exit status is 1 when a
+# test or sanitizer run failed or timed out, a bench run failed, or a named build is missing.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 pack=.device-bench-ab
@@ -54,48 +62,74 @@ bench=${BENCH:---backend cuda --suite --cases multi_L8_m1,multi_L8_m16}
 match=${MATCH:-^[A-Za-z_0-9]+ +[a-z_]+ +(f32|f16|bf16) }
 rm -rf /tmp/bench-ab && mkdir -p /tmp/bench-ab && tar xJf "$pack/bins.tar.xz" -C /tmp/bench-ab || exit 1
 cat /tmp/bench-ab/names.txt
+failed=/tmp/bench-ab/failed
+: >"$failed"
 if [ -n "${BUILDS:-}" ]; then # keep only the builds named
+  builds=$(echo "$BUILDS" | tr ',\t' '  ')
+  for name in $builds; do
+    [ -d "/tmp/bench-ab/b/$name" ] || echo "BUILDS: no build $name in the pack" | tee -a "$failed"
+  done
   for dir in /tmp/bench-ab/b/*; do
-    case " $BUILDS " in *" $(basename "$dir") "*) ;; *) rm -rf "$dir" ;; esac
+    case " $builds " in *" $(basename "$dir") "*) ;; *) rm -rf "$dir" ;; esac
   done
 fi
+ls /tmp/bench-ab/b/*/lorafuse >/dev/null 2>&1 || { echo "no build left to run"; exit 1; }
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
+export LF_TEST_BACKENDS=cuda
+# runs "$@" into log $1 with limit $2, line-buffered (a run killed at its limit keeps its output),
+# and appends its status as the log's last line
+run_logged() {
+  log=$1 limit=$2
+  shift 2
+  timeout -k 10 "$limit" stdbuf -oL -eL "$@" >"$log" 2>&1
+  printf '\nrc=%s\n' "$?" >>"$log"
+}
 # the tests of every build at once (their CPU references dominate, and the device has 16 cores)
 for dir in /tmp/bench-ab/b/*; do
   for t in "$dir"/test_*; do
     { [ -x "$t" ] && [ "${RUN_TESTS:-1}" != 0 ]; } || continue
-    log="/tmp/bench-ab/$(basename "$dir")-$(basename "$t").log"
-    (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1; echo "rc=$?" >>"$log") &
+    run_logged "/tmp/bench-ab/$(basename "$dir")-$(basename "$t").log" "${TEST_TIMEOUT:-300}" "$t" &
   done
 done
 for pair in ${SANITIZE:-}; do # BUILD:PROGRAM under memcheck and racecheck, beside the tests
   build=${pair%%:*} prog=${pair#*:}
-  [ -x "/tmp/bench-ab/b/$build/$prog" ] || { echo "SANITIZE: no $build/$prog in the pack"; continue; }
+  [ -x "/tmp/bench-ab/b/$build/$prog" ] || { echo "SANITIZE: no $build/$prog in the pack" | tee -a "$failed"; continue; }
+  mkdir -p /tmp/bench-ab/san
   for tool in memcheck racecheck; do
-    mkdir -p /tmp/bench-ab/san && log="/tmp/bench-ab/san/$build-$prog-$tool.log"
-    (LF_TEST_BACKENDS=cuda timeout "${TEST_TIMEOUT:-300}" compute-sanitizer --tool "$tool" \
-      "/tmp/bench-ab/b/$build/$prog" >"$log" 2>&1; echo "rc=$?" >>"$log") &
+    run_logged "/tmp/bench-ab/san/$build-$prog-$tool.log" "${SANITIZE_TIMEOUT:-${TEST_TIMEOUT:-300}}" \
+      compute-sanitizer --error-exitcode 99 --tool "$tool" "/tmp/bench-ab/b/$build/$prog" &
   done
 done
 wait
+# prints a run's line (name, status, its last summary) and records it when it failed
+report() { # kind, log, summary regex
+  rc=$(tail -n 1 "$2")
+  echo "$1 $(basename "$2" .log) $rc $(grep -E "$3" "$2" | tail -n 1)"
+  grep -E "^FAIL|check failed" "$2" | head -n 5
+  [ "$rc" = rc=0 ] || echo "$1 $(basename "$2" .log) $rc" >>"$failed"
+}
 for log in /tmp/bench-ab/san/*.log; do
-  [ -f "$log" ] || continue
-  echo "sanitizer $(basename "$log" .log) $(tail -n 1 "$log") $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)"
-  grep -E "^FAIL" "$log" | head -n 3
+  [ -f "$log" ] && report sanitizer "$log" "ERROR SUMMARY|RACECHECK SUMMARY"
 done
 for log in /tmp/bench-ab/*-test_*.log; do
-  [ -f "$log" ] || continue
-  echo "test $(basename "$log" .log) $(tail -n 1 "$log") $(tail -n 2 "$log" | head -n 1)"
-  grep -E "^FAIL|check failed" "$log" | head -n 5
+  [ -f "$log" ] && report test "$log" "passed, .* failed"
 done
 i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
   for bin in /tmp/bench-ab/b/*/lorafuse; do
-    echo "== $(basename "$(dirname "$bin")")"
+    name=$(basename "$(dirname "$bin")")
+    echo "== $name"
     echo "$bench" | tr ';' '\n' | while read -r args; do
       # shellcheck disable=SC2086 # each run's arguments are a list
-      timeout 300 "$bin" bench $args </dev/null 2>&1 | grep -E "$match"
+      timeout -k 10 300 "$bin" bench $args </dev/null >/tmp/bench-ab/bench.log 2>&1
+      rc=$?
+      grep -E "$match" /tmp/bench-ab/bench.log
+      [ $rc -eq 0 ] || echo "bench $name rc=$rc: $args" | tee -a "$failed"
     done
   done
   i=$((i + 1))
 done
+if [ -s "$failed" ]; then
+  sed 's/^/FAILED: /' "$failed"
+  exit 1
+fi

@@ -304,7 +304,7 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * 344), the form takes 32-row tiles (the wgmma's other 32 rows discarded), so that every SM streams
  * W. Measured against the decode kernel in one call (bench/results/cuda-h100-2026-11-26-decode-32rows-
  * mid-runahead-ab.json; cuBLAS base in brackets): 4096 → 4096 M 1 14.0 against 14.7 (15.6), M 16
- * 14.7 against 15.8 (16.0); 4096 → 11008 M 16 35.0 against 37.8 (35.1); and 8192 → 8192 (128
+ * 14.7 against 15.8 (16.0); 4096 → 11008 M 16 35.0 against 37.8 (35.2); and 8192 → 8192 (128
  * 64-row tiles, one round 97% full, which the old "tiles ≥ SMs" rule sent to the decode kernel)
  * M 16 49.5–49.9 against 51.7 (47.5). */
 #define LF_CUDA_HOPPER_DECODE_MAX_M 16
