@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,8 +128,37 @@ int lft_check_status_at(const char *file, int line, const lf_context *ctx, lf_st
     return 0;
 }
 
+static int filtered_out; /* cases LF_TEST_FILTER left out */
+
+int lft_selected(const char *name)
+{
+    static int state; /* 0: LF_TEST_FILTER not read yet, 1: none, 2: compiled into filter */
+    static regex_t filter;
+    if (state == 0) {
+        const char *env = getenv("LF_TEST_FILTER");
+        state = 1;
+        if (env && *env) {
+            const int err = regcomp(&filter, env, REG_EXTENDED | REG_NOSUB);
+            if (err != 0) {
+                char why[256];
+                regerror(err, &filter, why, sizeof why);
+                printf("LF_TEST_FILTER=\"%s\": %s\n", env, why);
+                exit(2);
+            }
+            state = 2;
+        }
+    }
+    if (state == 1 || regexec(&filter, name, 0, NULL, 0) == 0)
+        return 1;
+    filtered_out++;
+    tally_skipped++;
+    return 0;
+}
+
 int lft_summary(const char *prog)
 {
+    if (filtered_out > 0)
+        printf("SKIP %d cases whose names LF_TEST_FILTER does not match\n", filtered_out);
     printf("%s: %d passed, %d failed, %d skipped\n", prog, tally_passed, tally_failed, tally_skipped);
     fflush(stdout);
     return (tally_failed > 0 || tally_passed == 0) ? 1 : 0;
@@ -544,8 +574,12 @@ int lft_problem_check(lft_problem *p, double *max_abs_err, unsigned char **y_bit
 
 int lft_run_case(lf_context *ctx, const char *test, const lft_case *c)
 {
-    char name[256];
-    lft_begin("%s %s %s", test, lf_backend_name(lf_context_backend(ctx)), lft_case_name(c, name, sizeof name));
+    char name[256], full[320];
+    snprintf(full, sizeof full, "%s %s %s", test, lf_backend_name(lf_context_backend(ctx)),
+             lft_case_name(c, name, sizeof name));
+    if (!lft_selected(full))
+        return 1;
+    lft_begin("%s", full);
     lft_set_seed(c->seed);
     lft_problem p;
     lf_status st = lft_problem_init(&p, ctx, c);

@@ -30,6 +30,11 @@ void lft_begin(const char *fmt, ...)
 int lft_end(void);
 /* Records the seed of the current case, printed with its first failure. */
 void lft_set_seed(uint64_t seed);
+/* 1 when the case of this full name is to run: LF_TEST_FILTER, a POSIX extended regular
+ * expression, picks the cases whose names it matches (unset or empty: every case), e.g. for a
+ * compute-sanitizer run over the slow shapes only; the others count as skipped, in one line at
+ * the summary. An invalid expression ends the program (status 2). */
+int lft_selected(const char *name);
 /* Counts `count` cases as skipped and prints "SKIP <what> on <backend>: <why>". */
 void lft_skip(const char *what, const char *backend, const char *why, int count);
 /* Records a failed check in the current case (or as a case of its own outside lft_begin/lft_end). */
@@ -176,7 +181,7 @@ void lft_problem_reference(lft_problem *p);
 int lft_problem_check(lft_problem *p, double *max_abs_err, unsigned char **y_bits);
 
 /* Runs one case from scratch on ctx as a counted case named "<test> <backend> <case>": init, run,
- * expect LF_OK, check. @return 1 if it passed. */
+ * expect LF_OK, check. @return 1 if it passed or LF_TEST_FILTER left it out. */
 int lft_run_case(lf_context *ctx, const char *test, const lft_case *c);
 
 /* ---- backends -------------------------------------------------------------------------------- */

@@ -281,8 +281,11 @@ static const char *case_name(const mcase *c, char *buf, size_t size)
 /* One case: per-token form checked, the segment form and a repeat bitwise equal to it. */
 static void run_case(lf_context *ctx, const mcase *c)
 {
-    char name[256];
-    lft_begin("multi %s %s", lf_backend_name(lf_context_backend(ctx)), case_name(c, name, sizeof name));
+    char name[256], full[320];
+    snprintf(full, sizeof full, "multi %s %s", lf_backend_name(lf_context_backend(ctx)), case_name(c, name, sizeof name));
+    if (!lft_selected(full))
+        return;
+    lft_begin("%s", full);
     lft_set_seed(c->seed);
     mprob p;
     lf_status st = mprob_init(&p, ctx, c);
