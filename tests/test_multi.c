@@ -282,7 +282,8 @@ static const char *case_name(const mcase *c, char *buf, size_t size)
 static void run_case(lf_context *ctx, const mcase *c)
 {
     char name[256], full[320];
-    snprintf(full, sizeof full, "multi %s %s", lf_backend_name(lf_context_backend(ctx)), case_name(c, name, sizeof name));
+    snprintf(full, sizeof full, "multi %s %s", lf_backend_name(lf_context_backend(ctx)),
+             case_name(c, name, sizeof name));
     if (!lft_selected(full))
         return;
     lft_begin("%s", full);
