@@ -40,6 +40,13 @@ static size_t slot_offset(const lf_adapter_set *set, int slot, int64_t ld)
     return (size_t)slot * (size_t)set->max_rank * (size_t)ld;
 }
 
+/* One slot's host mirror, and the count of loaded slots beside it. */
+static void mirror_slot(lf_adapter_set *set, int slot, lf_adapter_slot entry)
+{
+    set->loaded += (entry.rank > 0) - (set->host_slots[slot].rank > 0);
+    set->host_slots[slot] = entry;
+}
+
 /* Writes one slot's table entry in the context's memory (ordered on the stream) and its mirror. */
 static lf_status write_slot(lf_adapter_set *set, int slot, int32_t rank, float scale)
 {
@@ -47,7 +54,7 @@ static lf_status write_slot(lf_adapter_set *set, int slot, int32_t rank, float s
     const lf_adapter_slot entry = {rank, scale};
     lf_status st = ctx->ops->copy(ctx, &set->slots[slot], &entry, sizeof entry, LF_COPY_HOST_TO_DEVICE);
     if (st == LF_OK)
-        set->host_slots[slot] = entry;
+        mirror_slot(set, slot, entry);
     return st;
 }
 
@@ -204,7 +211,7 @@ lf_status lf_adapter_set_load(lf_adapter_set *set, int slot, lf_layout layout, c
     if (from == LF_COPY_DEVICE_TO_DEVICE && ctx->ops->adapter_load_device) {
         st = ctx->ops->adapter_load_device(ctx, set, slot, &src);
         if (st == LF_OK)
-            set->host_slots[slot] = (lf_adapter_slot){(int32_t)p.rank, scale};
+            mirror_slot(set, slot, (lf_adapter_slot){(int32_t)p.rank, scale});
         return st;
     }
     return load_from_host(set, slot, &src);

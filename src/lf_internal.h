@@ -103,6 +103,7 @@ struct lf_adapter_set {
     void *b;          /* [capacity][max_rank][ldb]: slot s, row t = B[:, t] (PEFT's B transposed) */
     lf_adapter_slot *slots;      /* [capacity] in the context's memory */
     lf_adapter_slot *host_slots; /* host mirror: ranks and scales as last loaded */
+    int loaded;                  /* slots of host_slots with a rank (the CUDA grids' tile estimate) */
     void *backend;               /* the backend's per-set state (NULL when it keeps none) */
 };
 

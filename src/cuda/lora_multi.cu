@@ -1275,6 +1275,9 @@ size_t align256(size_t v) { return (v + 255) / 256 * 256; }
 struct cuda_set_state {
     cudaStream_t side;
     cudaEvent_t fork, join;
+    /* blocks an SM holds at once at this set's dtype and max_rank (set_occupancy): the shrink at
+     * its short and long K slices, the CUDA-core and the tensor-core expand */
+    int shrink_per_sm[2], expand_per_sm[2];
 };
 
 /* Blocking and workspace of one call. */
@@ -1348,7 +1351,9 @@ size_t expand_smem_bytes(int max_rank, bool mma)
 }
 
 /* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel. */
-multi_plan plan_of(multi_args &a, int sms, int grid_cap, bool fused_ok, bool with_base, size_t es, bool vec16_y)
+/* live: the set's loaded slots (lf_adapter_set.loaded), for the tile estimate. */
+multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
+                   bool with_base, size_t es, bool vec16_y)
 {
     multi_plan pl;
     a.tb = LF_MULTI_TB;
@@ -1369,12 +1374,27 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, bool fused_ok, bool wit
         pl.fused_smem = std::max(fused_smem_bytes(a, es), (size_t)LF_FUSED_SMEM_MIN);
     } else {
         const int nslices = (a.n + a.bn - 1) / a.bn;
-        /* Up to 8 blocks per SM: a block's tiles run one after another, each a chain of memory
-         * latencies, so many small blocks beat few long ones. */
+        /* Tile groups (grid rows): a block's tiles run one after another, each a chain of memory
+         * latencies, so a block a tile where the tiles are few. Up to one bucketing round (2048
+         * tokens) every block also lays out the bins over the whole batch first (bucket_layout),
+         * so blocks past one wave pay that again: where the tiles (estimate: the tokens' tiles
+         * plus half a tile a loaded slot) pass one wave of both kernels by a quarter and fit two
+         * a block, the rows are one wave. Measured at 2048 tokens, 4096 → 4096, r 16, bf16 (H100,
+         * LF_CUDA_MULTI_GRID_Y as the cap; dev/cuda/NOTES.md): 64 adapters 71.7 µs with 97 rows,
+         * 66.7 with 64, 58.4 with 33 (one wave), 67.5 with 24; 8 adapters 42.4 with 41, 47.3 with
+         * 33. Otherwise a block a tile, up to 8 blocks an SM (the rule before; rounds past 2048 tokens
+         * lay out from the round counts, cheaply). */
+        const int shrink_wave = ss.shrink_per_sm[a.ks > 256] * sms / a.kslices;
+        const int expand_wave = ss.expand_per_sm[pl.expand_mma] * sms / nslices;
+        const int wave = std::min(shrink_wave, expand_wave); /* 0: the occupancy is not known */
+        const int tiles_est = (a.m + a.tb - 1) / a.tb + (std::min(live, a.m) + 1) / 2;
+        const bool one_wave =
+            wave > 0 && a.m <= LF_BUCKET_SPAN && tiles_est > wave + wave / 4 && tiles_est <= 2 * wave;
         const int cap = grid_cap > 0 ? grid_cap : INT_MAX;
-        pl.shrink_grid = dim3((unsigned)a.kslices,
-                              (unsigned)std::max(1, std::min({pl.max_tiles, 8 * sms / a.kslices, cap})));
-        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min({pl.max_tiles, 8 * sms / nslices, cap})));
+        const int shrink_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / a.kslices);
+        const int expand_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / nslices);
+        pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(shrink_groups, cap)));
+        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
         pl.shrink_smem = shrink_smem_bytes(a.ks, es);
         pl.expand_smem = expand_smem_bytes(a.max_rank, pl.expand_mma);
     }
@@ -1495,6 +1515,51 @@ cudaError_t allow_set_smem(lf_dtype dt, bool fused)
 
 bool aligned(const void *p, size_t to) { return ((uintptr_t)p % to) == 0; }
 
+/* Blocks of kernel k an SM holds at once with `smem` bytes of dynamic shared memory; 0 where the
+ * query fails (the heuristic then keeps its old sizes; a kernel that cannot run fails at launch). */
+int blocks_per_sm(const void *k, size_t smem)
+{
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, LF_MULTI_THREADS, smem) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: clear it for the calls after */
+        return 0;
+    }
+    return n;
+}
+
+/* ss's blocks per SM of the shrink (short and long K slices) and of the expands at the shared
+ * memory plan_of gives them for this dtype and max_rank: the CUDA-core expand's variant for this
+ * max_rank (RSMALL), the fewer of its two y paths (VECY, chosen per call); the tensor-core expand
+ * 16-bit only. 0: not known (plan_of then sizes the grids as for few tiles). */
+template <typename T> void set_occupancy_t(cuda_set_state *ss, int max_rank)
+{
+    const size_t es = sizeof(T);
+    for (int long_slice = 0; long_slice < 2; long_slice++)
+        ss->shrink_per_sm[long_slice] = blocks_per_sm((const void *)multi_shrink_kernel<T>,
+                                                      shrink_smem_bytes(shrink_ks(es, long_slice ? INT_MAX : 1), es));
+    const size_t plain = expand_smem_bytes(max_rank, false);
+    const bool rsmall = max_rank <= 16;
+    ss->expand_per_sm[0] =
+        std::min(blocks_per_sm(rsmall ? (const void *)multi_expand_kernel<T, true, true>
+                                      : (const void *)multi_expand_kernel<T, true, false>, plain),
+                 blocks_per_sm(rsmall ? (const void *)multi_expand_kernel<T, false, true>
+                                      : (const void *)multi_expand_kernel<T, false, false>, plain));
+    ss->expand_per_sm[1] = 0;
+    if constexpr (sizeof(T) == 2)
+        ss->expand_per_sm[1] =
+            blocks_per_sm((const void *)multi_expand_mma_kernel<T>, expand_smem_bytes(max_rank, true));
+}
+
+void set_occupancy(cuda_set_state *ss, lf_dtype dt, int max_rank)
+{
+    if (dt == LF_F32)
+        set_occupancy_t<float>(ss, max_rank);
+    else if (dt == LF_F16)
+        set_occupancy_t<__half>(ss, max_rank);
+    else
+        set_occupancy_t<__nv_bfloat16>(ss, max_rank);
+}
+
 } /* namespace */
 
 extern "C" lf_status lf_cuda_adapter_set_init(lf_context *ctx, lf_adapter_set *set)
@@ -1507,6 +1572,7 @@ extern "C" lf_status lf_cuda_adapter_set_init(lf_context *ctx, lf_adapter_set *s
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->fork, cudaEventDisableTiming));
     LF_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->join, cudaEventDisableTiming));
     LF_CUDA_CHECK(ctx, allow_set_smem(set->dtype, lf_cuda_state_of(ctx)->cc_major >= 9));
+    set_occupancy(s, set->dtype, (int)set->max_rank);
     return LF_OK;
 }
 
@@ -1575,7 +1641,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
                          (!q->bias || aligned(q->bias, 16));
-    multi_plan pl = plan_of(a, cs->sm_count, cs->multi_grid_cap, cs->cc_major >= 9, q->w != NULL, es, vec16_y);
+    multi_plan pl =
+        plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, set->loaded, cs->cc_major >= 9, q->w != NULL, es, vec16_y);
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
