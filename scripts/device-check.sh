@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: every test on every backend, compute-sanitizer (memcheck, racecheck)
-# on the CUDA cases, then the benchmark suite; a short table last.
+# on the CUDA cases, and a bench if asked (BENCH); a short table last, and exit status 1 when a
+# run failed or timed out.
 #
 # Build here, pack, and run through the device tool with the pack carried:
 #   make build && scripts/device-check.sh --pack            # writes .device/bins.tar.xz
 #   run(command="bash scripts/device-check.sh", carry=[".device"])
-# Logs and the suite's JSON land in $OUT (the device tool brings them back).
+# Logs (tests.log, sanitizer.log, bench.log) and the bench's JSON land in $OUT (the device tool
+# brings back 8 files at most).
 # Environment (both sides): PACK=folder of the pack (default .device), TESTS=test programs to run
 # (default: all), SANITIZE=those run under compute-sanitizer memcheck and racecheck, RACECHECK=
 # those under racecheck if not the same, MULTI_FILTER=the LF_TEST_FILTER of test_multi under the
 # sanitizers (default: its 16-bit cases on four shapes past 256 tokens, the tensor-core shrink and
-# expand; "" runs all of it, which racecheck does not finish in 560 s), BENCH=bench arguments ("" skips it), BENCH_TIMEOUT=its limit in seconds (400),
-# TEST_TIMEOUT=each test's (300), SANITIZE_TIMEOUT=each sanitized run's (420).
+# expand; "" runs all of it, which racecheck does not finish in 560 s), BENCH=bench arguments
+# (default none; e.g. "--suite"), BENCH_TIMEOUT=its limit in seconds (400), TEST_TIMEOUT=each
+# test's (300), SANITIZE_TIMEOUT=each sanitized run's (420).
 # The tests run all at once, then the sanitized runs all at once (never beside the tests: sharing
-# the GPU with them, sanitized runs timed out). On an H100 (2026-11-26) the tests took 3 minutes,
-# memcheck and racecheck of test_ops with racecheck of test_multi's filtered cases 6: with the
-# suite, more than one call's 10 minutes, so run the bench (BENCH=...) in a call of its own.
+# the GPU with them, sanitized runs timed out). On an H100 (2026-11-26) the tests took 3 minutes
+# (run with LF_TEST_BACKENDS=cuda), memcheck and racecheck of test_ops beside racecheck of
+# test_multi's filtered cases 6: the default set is about 9 of a call's 10 minutes (not timed
+# whole), so the suite needs a call of its own (BENCH=--suite TESTS= SANITIZE=).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
@@ -23,7 +27,7 @@ export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this 
 tests=${TESTS-$all_tests}
 sanitize=${SANITIZE-test_seed test_ops test_multi}
 multi_filter=${MULTI_FILTER-'^multi cuda (bf16|f16) .* (520x264x264|300x1100x264|264x64x1032|4500x72x136) '}
-bench_args=${BENCH---suite}
+bench_args=${BENCH-}
 pack=${PACK:-.device}
 
 if [ "${1:-}" = "--pack" ]; then
@@ -49,19 +53,25 @@ run_logged() {
   local log=$1 limit=$2
   shift 2
   timeout -k 10 "$limit" stdbuf -oL -eL "$@" >"$log" 2>&1 # a kernel that hangs shows as rc=124
-  printf 'rc=%s\n' "$?" >>"$log"
+  printf '\nrc=%s\n' "$?" >>"$log"
 }
-# a summary line: name, status, the run's last summary lines
-summary_line() { # name, log, summary regex
-  printf '%-22s %s  %s' "$1" "$(tail -n 1 "$2")" "$(grep -E "$3" "$2" | tail -n 2 | tr '\n' ' ')"
+failed=0
+# adds a run's summary line (name, status, its last summary lines) and appends its log to $out/$4
+summarize() { # name, log, summary regex, joined log
+  [ "$(tail -n 1 "$2")" = rc=0 ] || failed=1
+  printf '==== %s\n' "$1" >>"$out/$4"
+  cat "$2" >>"$out/$4"
+  summary+=("$(printf '%-22s %s  %s' "$1" "$(tail -n 1 "$2")" "$(grep -E "$3" "$2" | tail -n 2 | tr '\n' ' ')")")
 }
+logs=/tmp/lf-device-logs # one log a run; $out gets them joined (the device tool brings back 8 files)
+rm -rf "$logs" && mkdir -p "$logs"
 
 for t in $tests; do # all at once: their CPU references dominate, and the machine has 16 cores
-  run_logged "$out/$t.log" "${TEST_TIMEOUT:-300}" "$bin/$t" &
+  run_logged "$logs/$t.log" "${TEST_TIMEOUT:-300}" "$bin/$t" &
 done
 wait
 for t in $tests; do
-  summary+=("$(summary_line "$t" "$out/$t.log" 'passed, .* failed')")
+  summarize "$t" "$logs/$t.log" 'passed, .* failed' tests.log
 done
 
 # CUDA cases only: the CPU backend gains nothing from a GPU sanitizer and slows it down.
@@ -71,7 +81,7 @@ for tool in memcheck racecheck; do
   for t in $list; do
     filter=
     [ "$t" = test_multi ] && filter=$multi_filter
-    LF_TEST_BACKENDS=cuda LF_TEST_FILTER=$filter run_logged "$out/$tool-$t.log" "${SANITIZE_TIMEOUT:-420}" \
+    LF_TEST_BACKENDS=cuda LF_TEST_FILTER=$filter run_logged "$logs/$tool-$t.log" "${SANITIZE_TIMEOUT:-420}" \
       compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" &
   done
 done
@@ -80,7 +90,7 @@ for tool in memcheck racecheck; do
   list=$sanitize
   [ "$tool" = racecheck ] && list=${RACECHECK-$sanitize}
   for t in $list; do
-    summary+=("$(summary_line "$tool:$t" "$out/$tool-$t.log" 'SUMMARY|passed, .* failed')")
+    summarize "$tool:$t" "$logs/$tool-$t.log" 'SUMMARY|passed, .* failed' sanitizer.log
   done
 done
 
@@ -88,7 +98,9 @@ if [ -n "$bench_args" ]; then
   suite_json="$out/cuda-suite-$(date +%F).json"
   # shellcheck disable=SC2086 # BENCH is a list of arguments
   timeout "${BENCH_TIMEOUT:-400}" "$bin/lorafuse" bench --backend cuda $bench_args --json "$suite_json" >"$out/bench.log" 2>&1
-  summary+=("bench $bench_args rc=$? -> $(basename "$suite_json")")
+  rc=$?
+  [ $rc -eq 0 ] || failed=1
+  summary+=("bench $bench_args rc=$rc -> $(basename "$suite_json")")
 fi
 
 if [ -n "$bench_args" ]; then
@@ -97,3 +109,4 @@ if [ -n "$bench_args" ]; then
 fi
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}"
+exit $failed

@@ -345,6 +345,8 @@ static const shape shapes[] = {
     {280, 200, 200, 4, 200, 1, 0}, /* strided: scalar staging, the CUDA-core expand on 48-token tiles */
     {272, 72, 136, 3, 800, 0, 0},  /* rank past 760: the expands' T past 48 KiB of shared memory */
     {300, 64, 64, 1024, 2, 0, 0},  /* the largest set: 1025 bins, most without tiles */
+    {2048, 64, 64, 901, 2, 0, 0},  /* 900 loaded slots at one bucketing round: past a wave of tiles
+                                    * (132 SMs), so the grids are one wave, blocks of several tiles */
     {40, 600, 136, 3, 800, 0, 0},  /* too large for the fused kernel at M <= 64 (K slices of 256):
                                     * three K slices */
     /* past one bucketing round (2048 tokens): the rounds' bin counts from multi_count_kernel */
