@@ -1351,7 +1351,7 @@ size_t expand_smem_bytes(int max_rank, bool mma)
 }
 
 /* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
- * live: the set's loaded slots (lf_adapter_set.loaded), for the tile estimate. */
+ * live: at most this many adapters are used (adapters_at_most), for the tile estimate. */
 multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
                    bool with_base, size_t es, bool vec16_y)
 {
@@ -1515,6 +1515,13 @@ cudaError_t allow_set_smem(lf_dtype dt, bool fused)
 
 bool aligned(const void *p, size_t to) { return ((uintptr_t)p % to) == 0; }
 
+/* What the host knows of the adapters a call uses, without reading the ids: at most the loaded
+ * slots, and in the segment form at most one a segment. */
+int adapters_at_most(const lf_adapter_set *set, const lf_multi_problem *q)
+{
+    return q->token_adapter ? set->loaded : (int)std::min<int64_t>(set->loaded, q->segments);
+}
+
 /* Blocks of kernel k an SM holds at once with `smem` bytes of dynamic shared memory; 0 where the
  * query fails (the heuristic then keeps its old sizes; a kernel that cannot run fails at launch). */
 int blocks_per_sm(const void *k, size_t smem)
@@ -1642,7 +1649,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
                          (!q->bias || aligned(q->bias, 16));
     multi_plan pl =
-        plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, set->loaded, cs->cc_major >= 9, q->w != NULL, es, vec16_y);
+        plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
+                vec16_y);
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
