@@ -92,6 +92,9 @@ int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
     return 1;
 }
 
+/* NCCL's channel count on two NVLink-connected H100s (its init log, 2026-11-25): one CTA each. */
+int lf_tp_overlap_sms(void) { return 24; }
+
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)
 {
     if (!ctx)
@@ -121,6 +124,8 @@ int lf_tp_comm_rank(const lf_tp_comm *comm) { return comm ? comm->rank : -1; }
 int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
 
 void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks) { comm->forced_chunks = chunks > 0 ? chunks : 0; }
+
+void lf_tp_comm_force_overlap_sms(lf_tp_comm *comm, int sms) { comm->overlap_sms = sms >= 0 ? sms : -1; }
 
 lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on)
 {

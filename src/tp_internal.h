@@ -37,6 +37,7 @@ struct lf_tp_comm {
     void *impl;        /* the implementation's state */
     int forced_chunks; /* tests: lf_tp_comm_force_chunks; 0 otherwise */
     int checked;       /* lf_tp_comm_set_checked */
+    int overlap_sms;   /* bench: lf_tp_comm_force_overlap_sms; -1: lf_tp_overlap_sms's */
 };
 
 /* Tests only: this communicator's row layers run in `chunks` row chunks (the per-segment form in
@@ -45,12 +46,18 @@ struct lf_tp_comm {
  * (a sum over one rank is the identity). 0 restores the plan's choice. */
 void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks);
 
+/* Bench only: the SMs this communicator's chunked row layers leave to each all-reduce while the
+ * next chunk computes (lf_tp_overlap_sms otherwise); a negative value restores the plan's. */
+void lf_tp_comm_force_overlap_sms(lf_tp_comm *comm, int sms);
 /* The NCCL communicator (src/cuda/tp_nccl.cu, built with NCCL only); ctx is a CUDA context. */
 lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
 
 /* Row chunks of a row-parallel layer: the all-reduce of chunk i overlaps the compute of chunk
  * i + 1. A pure function of (M, N, P). */
 int lf_tp_row_chunks(int64_t m, int64_t n, int parts);
+/* SMs the compute of chunk i + 1 leaves free for the all-reduce of chunk i (the persistent kernels
+ * would otherwise hold every SM until they end, and the all-reduce's kernel could not start). */
+int lf_tp_overlap_sms(void);
 
 /* ---- the local group (CPU contexts, tests) ---------------------------------------------------- */
 

@@ -97,10 +97,13 @@ static const tp_shape tp_shapes[] = {
 static const int64_t tp_tokens[] = {1, 16, 256, 4096};
 #define TP_SHAPES (sizeof tp_shapes / sizeof tp_shapes[0])
 #define TP_TOKENS (sizeof tp_tokens / sizeof tp_tokens[0])
-/* Row layers at M >= 256 on several GPUs are also timed at these chunk counts (forced), the
- * measurements lf_tp_row_chunks's rule comes from. */
-static const int tp_sweep_chunks[] = {1, 2, 4, 8};
-#define TP_SWEEP (sizeof tp_sweep_chunks / sizeof tp_sweep_chunks[0])
+/* Row layers at M >= 256 on several GPUs are also timed at these chunk counts (forced), and with
+ * more than one chunk at these SMs left to the all-reduce beside the next chunk's compute: the
+ * measurements lf_tp_row_chunks's and lf_tp_overlap_sms's rules come from. */
+static const struct {
+    int chunks, sms;
+} tp_sweep[] = {{1, 0}, {2, 0}, {2, 16}, {2, 24}, {2, 32}, {4, 0}, {4, 16}, {4, 24}, {4, 32}, {8, 16}, {8, 24}, {8, 32}};
+#define TP_SWEEP (sizeof tp_sweep / sizeof tp_sweep[0])
 
 /* One measured case, as the JSON and the table give it. */
 typedef struct tp_result {
@@ -109,7 +112,7 @@ typedef struct tp_result {
     int64_t m, k, n;
     int chunks, sets;
     double fused_us, fused_host_us, base_us, unfused_us, slora_us; /* NAN: not measured */
-    double sweep_us[TP_SWEEP]; /* lorafuse in tp_sweep_chunks[i] row chunks; NAN: not measured */
+    double sweep_us[TP_SWEEP]; /* lorafuse as tp_sweep[i] says; NAN: not measured */
 } tp_result;
 
 /* One copy of a rank's operands in its GPU's memory (see tp_shard for the shapes). */
@@ -703,10 +706,10 @@ static void print_case_times(const tp_result *r)
            r->fused_us / fmin(r->unfused_us, r->slora_us));
     if (isnan(r->sweep_us[0]))
         return;
-    printf("  lorafuse in forced row chunks:");
+    printf("  lorafuse in forced row chunks (chunks/SMs left to the all-reduce):");
     for (size_t i = 0; i < TP_SWEEP; i++)
-        printf("  %d: %.2f", tp_sweep_chunks[i], r->sweep_us[i]);
-    printf("   (the plan's: %d)\n", r->chunks);
+        printf("  %d/%d: %.2f", tp_sweep[i].chunks, tp_sweep[i].sms, r->sweep_us[i]);
+    printf("   (the plan's: %d/%d)\n", r->chunks, lf_tp_overlap_sms());
 }
 
 /* One case, every rank in step. Returns 0 when it failed (a check, or a runtime error: *runtime). */
@@ -769,9 +772,11 @@ static int run_case(tp_rank *rk, int64_t m, int *runtime)
     for (size_t i = 0; i < TP_SWEEP; i++) {
         r.sweep_us[i] = NAN;
         if (is_row(b) && b->parts > 1 && m >= 256) {
-            lf_tp_comm_force_chunks(rk->comm, tp_sweep_chunks[i]);
+            lf_tp_comm_force_chunks(rk->comm, tp_sweep[i].chunks);
+            lf_tp_comm_force_overlap_sms(rk->comm, tp_sweep[i].sms);
             r.sweep_us[i] = measure(rk, call_fused, 1);
             lf_tp_comm_force_chunks(rk->comm, 0);
+            lf_tp_comm_force_overlap_sms(rk->comm, -1);
         }
     }
     if (isnan(r.fused_us) || isnan(r.fused_host_us) || isnan(r.base_us) || isnan(r.unfused_us) || isnan(r.slora_us))
@@ -907,8 +912,8 @@ static int write_tp_json(const tp_bench *b, const char *path)
         if (!isnan(r->sweep_us[0])) {
             json_t *sweep = json_object();
             for (size_t j = 0; j < TP_SWEEP; j++) {
-                char key[16];
-                snprintf(key, sizeof key, "%d", tp_sweep_chunks[j]);
+                char key[24];
+                snprintf(key, sizeof key, "%d/%d", tp_sweep[j].chunks, tp_sweep[j].sms);
                 lf_cli_json_num(sweep, key, r->sweep_us[j]);
             }
             json_object_set_new(c, "chunk_sweep_us", sweep);

@@ -122,7 +122,7 @@ static lf_status cuda_synchronize(lf_context *ctx)
 /* cuBLAS is column-major: row-major out[m, n_out] is column-major outᵀ [n_out, m] = w' · xᵀ, where
  * row-major x [m, k] is column-major xᵀ [k, m] (ld ldx), and row-major w is column-major wᵀ: a PEFT
  * weight [n_out, k] becomes [k, n_out] and needs op T; a KN weight [k, n_out] becomes [n_out, k]. */
-/* Binds the context's stream (and our workspace) to the cuBLAS handle. */
+/* Binds the context's stream (and our workspace) to the cuBLAS handle, and the SMs it may use. */
 static lf_status cublas_bind(lf_context *ctx)
 {
     lf_cuda_state *cs = lf_cuda_state_of(ctx);
@@ -132,6 +132,11 @@ static lf_status cublas_bind(lf_context *ctx)
         LF_CUBLAS_CHECK(ctx, cublasSetStream(cs->cublas, st));
         LF_CUBLAS_CHECK(ctx, cublasSetWorkspace(cs->cublas, cs->cublas_ws, cs->cublas_ws_bytes));
         cs->cublas_stream = st;
+    }
+    const int target = lf_cuda_compute_sms(cs) < cs->sm_count ? lf_cuda_compute_sms(cs) : 0;
+    if (cs->cublas_sm_target != target) {
+        LF_CUBLAS_CHECK(ctx, cublasSetSmCountTarget(cs->cublas, target));
+        cs->cublas_sm_target = target;
     }
     return LF_OK;
 }

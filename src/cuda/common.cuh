@@ -28,7 +28,19 @@ typedef struct lf_cuda_state {
     unsigned *hopper_ctl; /* its control words: the tail of cublas_ws, which cuBLAS is not given */
     int hopper_mid_slots[9]; /* its split-K form: [s] CTAs that run at once in clusters of s (1..8) */
     int multi_grid_cap;      /* LF_CUDA_MULTI_GRID_Y (tests): the many-adapter kernels' tile groups, 0: none */
+    /* SMs the compute kernels leave free while a row-parallel layer's all-reduce runs beside them
+     * (tp_nccl.cu sets it from a chunk's all-reduce to the layer's join); 0 otherwise. The
+     * persistent kernels and cuBLAS keep off that many SMs, so the all-reduce's kernel finds SMs to
+     * start on instead of waiting for the next chunk's compute to end. */
+    int sm_reserve;
+    int cublas_sm_target; /* what cuBLAS was last told (cublasSetSmCountTarget; 0: all) */
 } lf_cuda_state;
+
+/* SMs a persistent compute kernel may hold now (see sm_reserve). */
+static inline int lf_cuda_compute_sms(const lf_cuda_state *cs)
+{
+    return cs->sm_reserve > 0 && cs->sm_reserve < cs->sm_count ? cs->sm_count - cs->sm_reserve : cs->sm_count;
+}
 
 static inline lf_cuda_state *lf_cuda_state_of(lf_context *ctx) { return (lf_cuda_state *)ctx->backend_state; }
 

@@ -1274,7 +1274,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         return LF_OK;
     case LF_CUDA_HOPPER: {
         const lf_cuda_state *cs = lf_cuda_state_of(ctx);
-        LF_CUDA_CHECK(ctx, lf_hopper_launch(p, ctx->workspace, cs->hopper_ctl, cs->sm_count, st));
+        LF_CUDA_CHECK(ctx, lf_hopper_launch(p, ctx->workspace, cs->hopper_ctl, lf_cuda_compute_sms(cs), st));
         return LF_OK;
     }
     case LF_CUDA_HOPPER_MID:

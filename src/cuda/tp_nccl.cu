@@ -69,12 +69,15 @@ lf_status nccl_allreduce(lf_tp_comm *comm, void *data, size_t count, lf_dtype dt
     LF_CUDA_CHECK(ctx, cudaStreamWaitEvent(s->side, s->ready, 0));
     s->pending = true; /* forked: join must follow, whatever NCCL says */
     LF_NCCL_CHECK(ctx, ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, s->nccl, s->side));
+    /* the next chunk's compute leaves this sum its SMs, until join */
+    lf_cuda_state_of(ctx)->sm_reserve = comm->overlap_sms >= 0 ? comm->overlap_sms : lf_tp_overlap_sms();
     return LF_OK;
 }
 
 lf_status nccl_join(lf_tp_comm *comm)
 {
     nccl_state *s = static_cast<nccl_state *>(comm->impl);
+    lf_cuda_state_of(comm->ctx)->sm_reserve = 0;
     if (!s->pending)
         return LF_OK;
     s->pending = false;
@@ -146,7 +149,7 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
     if (!s)
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
     s->nccl = static_cast<ncclComm_t>(nccl_comm);
-    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0, 0};
+    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0, 0, -1};
     int comm_device = -1, current = -1;
     ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
     if (r == ncclSuccess)
