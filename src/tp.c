@@ -78,22 +78,28 @@ lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int ind
     return LF_OK;
 }
 
-/* Measured (bench --tp's forced-chunk sweep, 2 × H100 over NVLink, NCCL 2.28, 2026-11-25, µs per
- * call, 1 / 2 / 4 / 8 chunks): o_proj M = 256 52.8 / 60.0 / 102.5 / 131.9, M = 4096 281.4 / 311.7 /
- * 347.6 / 448.6; down_proj M = 256 78.6 / 100.4 / 219.6 / 320.5, M = 4096 508.5 / 536.7 / 554.7 /
- * 732.6. One chunk wins everywhere: a chunk's compute is a shorter GEMM (the Hopper kernel's rounds
- * of 128 tiles, or cuBLAS plus the epilogue launches) and the all-reduce beside it takes NCCL's 24
- * channels' SMs from it, so nothing is gained back. The chunked path stays, reached by
- * lf_tp_comm_force_chunks (the tests, the bench's sweep), until a compute kernel that leaves the
- * communication its SMs makes overlap pay; P > 2 is not measured. */
-int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
+/* Measured (bench --tp's forced-chunk sweep, 2 × H100 over NVLink, NCCL 2.28, µs per call). With
+ * every SM to each chunk's compute (2026-11-25, 1 / 2 / 4 / 8 chunks): o_proj M = 4096 281.4 /
+ * 311.7 / 347.6 / 448.6, and as bad at M = 256 and for down_proj: the Hopper kernel is persistent,
+ * so the next chunk's compute held every SM and the all-reduce beside it could not start. Leaving
+ * SMs to the all-reduce (lf_tp_overlap_sms; 2026-11-26, chunks/SMs left, two calls): o_proj M = 4096
+ * (K 2048 a rank) 1 chunk 244.5–245.0, 2/0 277.0–278.0, 2/16 276.1, 2/24 264.4, 2/32 229.4–229.5,
+ * 2/40 229.4, 2/48 234.8, 3/32 257.3, 4/32 268.9–269.3, 8/32 429.8 (the TP base layer, cuBLAS and
+ * the all-reduce one after the other: 236.5–237.1); down_proj M = 4096 (K 7168) 1 chunk 475.6–480.3,
+ * 2/32 491.9–492.9, 4/32 588.4–592.4; at M = 256 every chunked run lost (o_proj 44.8 → 56.0,
+ * down_proj 68.0 → 92.8). Two chunks pay where the all-reduce of half the rows takes about as long
+ * as the other half's compute: the second chunk's compute (256 tiles on 96 CTAs: three rounds
+ * instead of two) hides the first chunk's sum. With K 7168 the compute is 3.5 times longer and the
+ * rounds it loses cost more than the sum it hides; below 4096 rows it was not measured. */
+int lf_tp_row_chunks(int64_t m, int64_t k, int64_t n, int parts)
 {
-    (void)m, (void)n, (void)parts;
-    return 1;
+    (void)n;
+    return parts > 1 && m >= 4096 && k <= 2048 ? 2 : 1;
 }
 
-/* NCCL's channel count on two NVLink-connected H100s (its init log, 2026-11-25): one CTA each. */
-int lf_tp_overlap_sms(void) { return 24; }
+/* NCCL runs 24 channels on two NVLink H100s (its init log), yet leaving 24 SMs gave 264 µs where
+ * 32 gave 229 (sweep above): 32. */
+int lf_tp_overlap_sms(void) { return 32; }
 
 lf_status lf_tp_comm_from_nccl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out)
 {
@@ -301,7 +307,8 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     const int forced = comm->forced_chunks > 0;
     int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
                  : forced                                ? comm->forced_chunks
-                                                         : lf_tp_row_chunks(m, y->cols, comm->size);
+                                                         : lf_tp_row_chunks(m, g->x ? g->x->cols : 0, y->cols,
+                                                                            comm->size);
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
     if (comm->checked) {

@@ -102,7 +102,7 @@ static const int64_t tp_tokens[] = {1, 16, 256, 4096};
  * measurements lf_tp_row_chunks's and lf_tp_overlap_sms's rules come from. */
 static const struct {
     int chunks, sms;
-} tp_sweep[] = {{1, 0}, {2, 0}, {2, 16}, {2, 24}, {2, 32}, {4, 0}, {4, 16}, {4, 24}, {4, 32}, {8, 16}, {8, 24}, {8, 32}};
+} tp_sweep[] = {{1, 0}, {2, 0}, {2, 24}, {2, 32}, {2, 40}, {3, 32}, {4, 32}};
 #define TP_SWEEP (sizeof tp_sweep / sizeof tp_sweep[0])
 
 /* One measured case, as the JSON and the table give it. */
@@ -709,7 +709,7 @@ static void print_case_times(const tp_result *r)
     printf("  lorafuse in forced row chunks (chunks/SMs left to the all-reduce):");
     for (size_t i = 0; i < TP_SWEEP; i++)
         printf("  %d/%d: %.2f", tp_sweep[i].chunks, tp_sweep[i].sms, r->sweep_us[i]);
-    printf("   (the plan's: %d/%d)\n", r->chunks, lf_tp_overlap_sms());
+    printf("   (the plan's: %d/%d)\n", r->chunks, r->chunks > 1 ? lf_tp_overlap_sms() : 0);
 }
 
 /* One case, every rank in step. Returns 0 when it failed (a check, or a runtime error: *runtime). */
@@ -728,7 +728,7 @@ static int run_case(tp_rank *rk, int64_t m, int *runtime)
     shard_of(b, rk->rank, &rk->sh);
     rk->next = 0;
     snprintf(r.name, sizeof r.name, "%s_m%lld", shape->name, (long long)m);
-    r.chunks = is_row(b) ? lf_tp_row_chunks(m, shape->n, b->parts) : 1;
+    r.chunks = is_row(b) ? lf_tp_row_chunks(m, rk->sh.kc, shape->n, b->parts) : 1;
     r.sets = b->sets;
     if (lead)
         printf("\n== %s: %s, bf16, %lld x %lld -> %lld, rank %d, P %d (%s %lld per rank on rank 0)%s; %d buffer set%s\n",
