@@ -168,7 +168,7 @@ static void threads(lf_context *ctx, void *arg)
 /* Shapes with tiles enough to take the Hopper path on an H100 (heuristics.h: lf_cuda_hopper_fits):
  * M, N and K past whole tiles (128, 256, 64) where noted, both T widths (16: r ≤ 16; 64: r ≤ 64),
  * bf16 and f16, bias on and off, beta 0 (the store warps' epilogue), 1 and 0.5 (the register one);
- * then shapes for the split-K form (lf_cuda_hopper_mid_split: 128 × 128 tiles, r ≤ 16).
+ * then shapes for the split-K form (lf_cuda_hopper_mid_split: 128 × 64 or 128 × 128 tiles, r ≤ 16).
  * Dense operands: K, N and r are multiples of 8 (16-byte rows, the copy engine's rule). */
 typedef struct hopper_shape {
     shape s;
@@ -183,20 +183,23 @@ static const hopper_shape hopper_shapes[] = {
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
-    /* the split-K form (r ≤ 16, 128 × 128 tiles; splits as on an H200): 32 tiles (clusters of 3),
-     * 8 tiles with K and N tails (clusters of 8), 51 tiles with an M tail (pairs), 112 tiles of
-     * 100 tokens and a short K (one CTA a tile), 30 tiles with an N tail (clusters of 4), 16 tiles
-     * with a K tail (clusters of 6) */
+    /* the split-K form (r ≤ 16; tiles and splits as on an H200): 64 tiles of 128 × 64 (pairs); of
+     * 128 × 128: 8 tiles with K and N tails (clusters of 8), 51 with an M tail (pairs), 112 of 100
+     * tokens and a short K (one CTA a tile), 30 with an N tail (clusters of 4), 16 with a K tail
+     * (clusters of 6); 32 narrow tiles in two full rows with K and N tails (clusters of 3) */
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
     {{330, 520, 2056, 8, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
     {{100, 264, 14336, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
     {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
     {{100, 1032, 2048, 16, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
+    {{256, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
     /* N ≢ 0 mod 8 with every stride padded to 16 bytes: the element-wise column tails of the store
-     * warps (beta 0) and of the split-K finish (beta 0.5, clusters of 8) */
+     * warps (beta 0) and of the split-K finish (beta 0.5: wide tiles in clusters of 8, narrow ones
+     * in clusters of 6) */
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
+    {{128, 1032, 1001, 16, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_MID},
     /* the decode form (M ≤ 16, r ≤ 16, tiles filling an H100's or H200's 132 SMs in rounds more
      * than ¾ full): 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096, with the last tile's
      * 8 rows and a K tail, with 2–3 tiles a CTA and the ring wrapping, and with a last tile of 18

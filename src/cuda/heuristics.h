@@ -265,31 +265,51 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
 }
 
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few
- * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): 128×128 tiles, each tile's K
- * range split over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The
- * kernel's operand limits, and r ≤ 16. Returns the largest split of 8..1 whose CTAs all run at once
+ * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): 128 × bn tiles, each tile's
+ * K range split over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The
+ * kernel's operand limits, and r ≤ 16. The largest split of 8..1 whose CTAs all run at once
  * (slots[s]: CTAs that do in clusters of s; the GPCs decide it: an H200 runs 132 in pairs but 120
- * in clusters of 4 or 8) and that leaves every CTA a K stage of 64; 0 where the GEMM path is the
- * better choice. Measured against it (NOTES.md, "Few tiles", H200, bf16, r 16): faster by 7–18%
- * with a split and the last row of tiles more than half full (M 96, 128, 256 at N 4096; M 256 at
- * 4096 → 2048 and 7168 → 4096) and with one CTA a tile in one row of tiles (M 128, 4096 → 14336:
- * 42.6 against 49.8 µs); slower by 3–12% where the last row of tiles is half empty (M 64, 192)
- * and with one CTA a tile in 2–4 rows (M 384, 512; even at M 256, 4096 → 7168). */
+ * in clusters of 4 or 8) and that leaves every CTA a K stage of 64. Measured with 128 columns
+ * against the GEMM path (NOTES.md, "Few tiles", H200, bf16, r 16): faster by 7–18% with a split
+ * and the last row of tiles more than half full (M 96, 128, 256 at N 4096; M 256 at 4096 → 2048
+ * and 7168 → 4096) and with one CTA a tile in one row of tiles (M 128, 4096 → 14336: 42.6 against
+ * 49.8 µs); slower by 3–12% where the last row of tiles is half empty (M 64, 192) and with one CTA
+ * a tile in 2–4 rows (M 384, 512; even at M 256, 4096 → 7168). 64 columns where the rows of tiles
+ * are full and they still take a split of 2 or more on at least as many CTAs: less of each CTA's
+ * part goes through distributed shared memory, which bounds the finish. Measured against 128
+ * columns in one call (H100, bf16, r 16, layer µs, NOTES.md "Fifteenth session"): M 128, 4096 →
+ * 4096 19.41–19.50 → 18.73–18.77 (split 2 on 128 CTAs against 3 on 96); M 256, 4096 → 2048
+ * 16.42–16.48 → 16.34–16.37; slower where the last row of tiles is part empty (M 96, 4096 → 4096:
+ * 19.22–19.24 → 19.51) or the CTAs fewer (M 128, 4096 → 2560, 80 against 100: 15.27–15.31 →
+ * 15.41). Returns the split (*bn set), 0 where the GEMM path is the better choice. */
 #define LF_CUDA_HOPPER_MID_MAX_RANK 16
+static inline int lf_cuda_hopper_mid_largest_split(int64_t tiles, int64_t k_tiles, const int slots[9])
+{
+    for (int split = 8; split >= 1; split--)
+        if (slots[split] > 0 && tiles * split <= slots[split] && split <= k_tiles)
+            return split;
+    return 0;
+}
+
 static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
-                                           int64_t n, int64_t r, const int slots[9])
+                                           int64_t n, int64_t r, const int slots[9], int *bn)
 {
     if (!((dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
           (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MID_MAX_RANK))
         return 0;
-    const int64_t tiles_m = (m + 127) / 128, tiles = tiles_m * ((n + 127) / 128), k_tiles = (k + 63) / 64;
+    const int64_t tiles_m = (m + 127) / 128, k_tiles = (k + 63) / 64;
     const int64_t last_rows = m - 128 * (tiles_m - 1); /* live rows of the last row of tiles */
     if (last_rows <= 64)
         return 0;
-    for (int split = 8; split >= 1; split--)
-        if (slots[split] > 0 && tiles * split <= slots[split] && split <= k_tiles)
-            return split > 1 || tiles_m == 1 ? split : 0;
-    return 0;
+    const int64_t narrow_tiles = tiles_m * ((n + 63) / 64), wide_tiles = tiles_m * ((n + 127) / 128);
+    const int narrow = lf_cuda_hopper_mid_largest_split(narrow_tiles, k_tiles, slots);
+    const int split = lf_cuda_hopper_mid_largest_split(wide_tiles, k_tiles, slots);
+    if (last_rows == 128 && narrow >= 2 && narrow * narrow_tiles >= split * wide_tiles) {
+        *bn = 64;
+        return narrow;
+    }
+    *bn = 128;
+    return split > 1 || tiles_m == 1 ? split : 0;
 }
 
 /* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the

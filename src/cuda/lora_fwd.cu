@@ -1207,7 +1207,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   DELTA_*: see plan_delta
  *   DECODE: {rt, nt, K-slices of T, -, -, PDL}
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
- *   HOPPER_MID: {split, PDL}
+ *   HOPPER_MID: {split, PDL, tile width}
  *   HOPPER_DECODE: none (PDL always: sm_90a)
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
@@ -1219,6 +1219,7 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
                        "(M %lld, K %lld, N %lld)", (long long)p->m, (long long)p->k, (long long)p->n);
     const int64_t m = p->m, k = p->k, n = p->n, r = p->rank;
     size_t ws = 0;
+    int bn = 0;
     if (!(key->flags & LF_PLAN_HAS_W)) {
         ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
@@ -1235,9 +1236,10 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->impl = LF_CUDA_HOPPER;
         ws = lf_hopper_workspace_bytes(m, r);
     } else if (cs->hopper_ok && (plan->param[0] = lf_cuda_hopper_mid_split(key->dtype, key->layout, key->flags, m, k,
-                                                                            n, r, cs->hopper_mid_slots)) > 0) {
+                                                                            n, r, cs->hopper_mid_slots, &bn)) > 0) {
         plan->impl = LF_CUDA_HOPPER_MID;
         plan->param[1] = cs->cc_major >= 9;
+        plan->param[2] = bn;
     } else {
         if (!(key->flags & LF_PLAN_STRIDES_INT)) /* in the key: a cached plan never skips this */
             return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward (cuda): row strides beyond 2^31 - 1 are not "
@@ -1278,7 +1280,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         return LF_OK;
     }
     case LF_CUDA_HOPPER_MID:
-        LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], plan->param[1] != 0, st));
+        LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], (int)plan->param[2], plan->param[1] != 0, st));
         return LF_OK;
     case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
         LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, lf_cuda_state_of(ctx)->sm_count, true, st));

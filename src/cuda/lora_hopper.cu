@@ -464,9 +464,10 @@ __global__ void __launch_bounds__(THREADS, 1)
  *
  * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
  * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here the
- * tiles are 128×128 and each tile's K range is split over the `split` CTAs of a cluster (1..8), so
- * that tiles × split CTAs run in one wave. Each CTA streams its K slice of x, W and A through a
- * 6-stage TMA ring, accumulating its part of x·Wᵀ (m64n128k16) and of T = x·Aᵀ (m64n16k16 on the
+ * tiles are 128 × BN (BN 128, or 64 where that still takes a split of 2: mid_shape) and each
+ * tile's K range is split over the `split` CTAs of a cluster (1..8), so that tiles × split CTAs
+ * run in one wave. Each CTA streams its K slice of x, W and A through a 6- or 8-stage TMA ring,
+ * accumulating its part of x·Wᵀ (m64nBNk16) and of T = x·Aᵀ (m64n16k16 on the
  * same x slab) in registers, while the producer warpgroup's idle warps stage the tile's rows of B
  * and the bias in shared memory. Then every CTA writes both parts into its shared memory (the ring
  * is free by then), the cluster synchronizes, and CTA j finishes rows [j·128/split,
@@ -476,17 +477,28 @@ __global__ void __launch_bounds__(THREADS, 1)
  * order: bitwise reproducible. r ≤ 16. Launched with PDL: it releases the next kernel at its start
  * and loads its first stages' W before its wait, like the decode form below. */
 enum {
-    /* 128 columns, not 256: the finish moves a CTA's whole part (BM × MID_BN fp32) through
-     * distributed shared memory, ~25 GB/s per SM, so half the columns halve it (NOTES.md) */
-    MID_BN = 128,
-    MID_PLD = MID_BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
     MID_MAX_SPLIT = 8,
     MID_TW = 16, /* T's width: r ≤ 16 */
-    MID_STAGE_BYTES = A_BYTES + MID_BN * BK * 2 + MID_TW * BK * 2,
-    MID_STAGES = 6,
-    /* B's rows of the tile's columns ([MID_TW][MID_BN]) and the bias, in fp32, after the barriers */
-    MID_LORA_BYTES = MID_BN * MID_TW * 4 + MID_BN * 4,
-    MID_SMEM = MID_STAGES * MID_STAGE_BYTES + 1024 + 8 * 2 * MID_STAGES + MID_LORA_BYTES,
+};
+
+/* The form's sizes for tiles of BM × BN. 128 columns, not 256: the finish moves a CTA's whole part
+ * (BM × BN fp32) through distributed shared memory, ~25 GB/s per SM, so half the columns halve it;
+ * 64 columns give twice the tiles again, so that a row of tiles at N = 4096 fills the GPU at split
+ * 2 (16 KB of remote parts a CTA instead of 43 KB at split 3 with 128 columns), for x read from L2
+ * twice as often (NOTES.md, "Few tiles"). */
+template <int BN> struct mid_shape {
+    static_assert(BN == 64 || BN == 128, "tile widths: 64, 128");
+    enum : int {
+        PLD = BN + 8, /* row stride (floats) of a CTA's base part in shared memory */
+        STAGE_BYTES = A_BYTES + BN * BK * 2 + MID_TW * BK * 2,
+        STAGES = BN == 64 ? 8 : 6, /* as deep as 227 KB allow */
+        /* B's rows of the tile's columns ([MID_TW][BN]) and the bias, in fp32, after the barriers */
+        LORA_BYTES = BN * MID_TW * 4 + BN * 4,
+        SMEM = STAGES * STAGE_BYTES + 1024 + 8 * 2 * STAGES + LORA_BYTES,
+        /* the finish: 4 columns a thread, so BN / 4 threads a row and 256 · 4 / BN rows a pass */
+        ROW_THREADS = BN / 4,
+        PASS_ROWS = 256 / ROW_THREADS,
+    };
 };
 
 struct mid_params {
@@ -535,44 +547,45 @@ __device__ __forceinline__ void load_parts4(float4 (&part)[MID_MAX_SPLIT], uint3
             part[s] = ld_cluster_f32x4(cluster_map(at, s));
 }
 
-/* B's rows of the tile's columns, as bs[rank][MID_BN] (zero past r and N: a finishing thread reads
+/* B's rows of the tile's columns, as bs[rank][BN] (zero past r and N: a finishing thread reads
  * four consecutive columns of one rank, lanes side by side, no bank conflicts), and the bias (zero
  * without one), in fp32 for the finish: loaded by the producer warpgroup's idle warps (thread t of
  * STORE_THREADS) while the K loop runs. Loaded by the consumers after it, B's 64 scalar loads a
  * thread ran one after another and cost ~8 µs, a third of the kernel (NOTES.md, "Few tiles"). */
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void mid_stage_lora(const mid_params &p, int nb, float *bs, float *bias_s, int t)
 {
-    const int col0 = nb * MID_BN;
+    const int col0 = nb * BN;
     const T *b = (const T *)p.b;
     if (p.b_vec) {
-        for (int i = t; i < 2 * MID_BN; i += STORE_THREADS) { /* half a column (8 values) each */
+        for (int i = t; i < 2 * BN; i += STORE_THREADS) { /* half a column (8 values) each */
             const int col = col0 + i / 2;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (col < p.n)
                 v = *(const uint4 *)(b + (long long)col * p.ldb + 8 * (i % 2));
             const T *h = (const T *)&v;
-            float *dst = bs + 8 * (i % 2) * MID_BN + i / 2;
+            float *dst = bs + 8 * (i % 2) * BN + i / 2;
 #pragma unroll
             for (int e = 0; e < 8; e++)
-                dst[e * MID_BN] = lf_dt<T>::to_f32(h[e]);
+                dst[e * BN] = lf_dt<T>::to_f32(h[e]);
         }
     } else {
-        for (int i = t; i < MID_BN * MID_TW; i += STORE_THREADS) {
+        for (int i = t; i < BN * MID_TW; i += STORE_THREADS) {
             const int col = col0 + i / MID_TW, rr = i % MID_TW;
-            bs[rr * MID_BN + i / MID_TW] =
+            bs[rr * BN + i / MID_TW] =
                 col < p.n && rr < p.r ? lf_dt<T>::to_f32(b[(long long)col * p.ldb + rr]) : 0.0f;
         }
     }
-    for (int i = t; i < MID_BN; i += STORE_THREADS)
+    for (int i = t; i < BN; i += STORE_THREADS)
         bias_s[i] = p.bias && col0 + i < p.n ? lf_dt<T>::to_f32(((const T *)p.bias)[col0 + i]) : 0.0f;
 }
 
 /* Rows [row0, row0 + rows) of the tile at (mb, nb), finished by this CTA's 256 consumer threads:
- * thread c owns columns 4·(c % 32) .. +3 of the tile and rows c / 32 + 8i. bv, bias: its columns'
+ * thread c owns columns 4·(c % ROW_THREADS) .. +3 of the tile and rows c / ROW_THREADS +
+ * PASS_ROWS·i (mid_shape). bv, bias: its columns'
  * rows of B and bias (from mid_stage_lora). base, tp: the parts' shared addresses
  * (the same in every CTA), tl: this CTA's shared memory for the finished T rows. */
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, uint32_t tp, float *tl, int mb, int nb,
                                            int row0, int rows, int c, const float (&bv)[4][MID_TW],
                                            const float (&bias)[4])
@@ -601,19 +614,20 @@ __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, u
             }
     }
     asm volatile("bar.sync 1, 256;" ::: "memory");
-    const int cq = 4 * (c % 32), col = nb * MID_BN + cq, valid = min(4, p.n - col);
+    using S = mid_shape<BN>;
+    const int cq = 4 * (c % S::ROW_THREADS), col = nb * BN + cq, valid = min(4, p.n - col);
     const int live = min(rows, p.m - (mb * BM + row0)); /* rows of this slice inside M */
     if (valid <= 0)
         return;
     /* two rows at a time: the second row's loads are in flight while the first is summed */
-    for (int i = c / 32; i < live; i += 16) {
+    for (int i = c / S::ROW_THREADS; i < live; i += 2 * S::PASS_ROWS) {
         float4 part[2][MID_MAX_SPLIT];
-        load_parts4(part[0], base + 4 * ((row0 + i) * MID_PLD + cq), p.split);
-        if (i + 8 < live)
-            load_parts4(part[1], base + 4 * ((row0 + i + 8) * MID_PLD + cq), p.split);
+        load_parts4(part[0], base + 4 * ((row0 + i) * S::PLD + cq), p.split);
+        if (i + S::PASS_ROWS < live)
+            load_parts4(part[1], base + 4 * ((row0 + i + S::PASS_ROWS) * S::PLD + cq), p.split);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int ii = i + 8 * h;
+            const int ii = i + S::PASS_ROWS * h;
             if (ii >= live)
                 break;
             float4 b4 = part[h][0];
@@ -648,25 +662,26 @@ __device__ __forceinline__ void mid_finish(const mid_params &p, uint32_t base, u
 #endif
 
 /* Grid: split CTAs per tile, in clusters of split. */
-template <typename T>
+template <typename T, int BN>
 __global__ void __launch_bounds__(THREADS, 1)
     lora_hopper_mid_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                            const __grid_constant__ CUtensorMap tm_a, const mid_params p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK;
-    static_assert(MID_STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
-    static_assert(BM * MID_PLD * 4 + 2 * BM * MID_TW * 4 <= MID_STAGES * MID_STAGE_BYTES, "parts fit the ring");
+    using S = mid_shape<BN>;
+    constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, STAGES = S::STAGES, STAGE_BYTES = S::STAGE_BYTES;
+    static_assert(STAGE_BYTES % 1024 == 0, "stages keep the swizzle's 1024-byte alignment");
+    static_assert(BM * S::PLD * 4 + 2 * BM * MID_TW * 4 <= STAGES * STAGE_BYTES, "parts fit the ring");
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + MID_STAGES * MID_STAGE_BYTES;
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + STAGES * STAGE_BYTES;
 #define FULL(s) (bars + 8 * (s))
-#define EMPTY(s) (bars + 8 * (MID_STAGES + (s)))
+#define EMPTY(s) (bars + 8 * (STAGES + (s)))
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     const int j = (int)cluster_rank(), tile = (int)blockIdx.x / p.split;
     const int mb = tile % p.tiles_m, nb = tile / p.tiles_m;
     const int ks0 = j * p.k_tiles / p.split, ks1 = (j + 1) * p.k_tiles / p.split;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < MID_STAGES; s++) {
+        for (int s = 0; s < STAGES; s++) {
             mbar_init(FULL(s), 1);
             mbar_init(EMPTY(s), 4 * CONSUMERS);
         }
@@ -676,38 +691,38 @@ __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads();
     /* Launched with PDL, and the next kernel waits for all of this grid: it may launch now. */
     lf_pdl_release();
-    /* the parts, after the K loop: the base [BM][MID_PLD] and T [BM][MID_TW], then the finished T rows */
-    const uint32_t base = ring, tp = ring + BM * MID_PLD * 4;
+    /* the parts, after the K loop: the base [BM][S::PLD] and T [BM][MID_TW], then the finished T rows */
+    const uint32_t base = ring, tp = ring + BM * S::PLD * 4;
     float *const tl = (float *)(smem_raw + (tp + BM * MID_TW * 4 - smem_addr(smem_raw)));
-    float *const bs = (float *)(smem_raw + (bars + 8 * 2 * MID_STAGES - smem_addr(smem_raw))),
-                *const bias_s = bs + MID_BN * MID_TW;
+    float *const bs = (float *)(smem_raw + (bars + 8 * 2 * STAGES - smem_addr(smem_raw))),
+                *const bias_s = bs + BN * MID_TW;
     if (wg == 0) {
         regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
             /* Before the wait only W is read (launch.cuh): the first stages' W boxes fill the empty
              * ring while the kernel before may still run; x, A, B, bias and y follow the wait. */
-            const int pre = min(MID_STAGES, ks1 - ks0);
+            const int pre = min(STAGES, ks1 - ks0);
             for (int i = 0; i < pre; i++) {
-                mbar_arrive_expect_tx(FULL(i), MID_STAGE_BYTES);
-                tma_load_2d(ring + i * MID_STAGE_BYTES + A_BYTES, &tm_w, FULL(i), (ks0 + i) * BK, nb * MID_BN);
+                mbar_arrive_expect_tx(FULL(i), STAGE_BYTES);
+                tma_load_2d(ring + i * STAGE_BYTES + A_BYTES, &tm_w, FULL(i), (ks0 + i) * BK, nb * BN);
             }
             lf_pdl_wait();
             int stage = 0;
             uint32_t phase = 0;
             for (int ks = ks0; ks < ks1; ks++) {
-                const uint32_t slot = ring + stage * MID_STAGE_BYTES;
+                const uint32_t slot = ring + stage * STAGE_BYTES;
                 if (ks >= ks0 + pre) { /* the first `pre` stages hold their W already */
                     mbar_wait(EMPTY(stage), phase ^ 1);
-                    mbar_arrive_expect_tx(FULL(stage), MID_STAGE_BYTES);
-                    tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * MID_BN);
+                    mbar_arrive_expect_tx(FULL(stage), STAGE_BYTES);
+                    tma_load_2d(slot + A_BYTES, &tm_w, FULL(stage), ks * BK, nb * BN);
                 }
                 tma_load_2d(slot, &tm_x, FULL(stage), ks * BK, mb * BM);
-                tma_load_2d(slot + A_BYTES + MID_BN * BK * 2, &tm_a, FULL(stage), ks * BK, 0);
-                ring_next<MID_STAGES>(stage, phase);
+                tma_load_2d(slot + A_BYTES + BN * BK * 2, &tm_a, FULL(stage), ks * BK, 0);
+                ring_next<STAGES>(stage, phase);
             }
         } else if (tid >= 32) {
             lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
-            mid_stage_lora<T>(p, nb, bs, bias_s, tid - 32);
+            mid_stage_lora<T, BN>(p, nb, bs, bias_s, tid - 32);
             asm volatile("bar.arrive 2, 352;" ::: "memory"); /* to the consumers' bar.sync 2 */
         }
         __syncwarp();
@@ -717,9 +732,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         regs_alloc<CONSUMER_REGS>();
         lf_pdl_wait();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32, fc = tid + 128 * c;
-        float d[MID_BN / 2], t_acc[MID_TW / 2];
+        float d[BN / 2], t_acc[MID_TW / 2];
 #pragma unroll
-        for (int i = 0; i < MID_BN / 2; i++)
+        for (int i = 0; i < BN / 2; i++)
             d[i] = 0.0f;
 #pragma unroll
         for (int i = 0; i < MID_TW / 2; i++)
@@ -728,18 +743,18 @@ __global__ void __launch_bounds__(THREADS, 1)
         uint32_t phase = 0;
         for (int ks = ks0; ks < ks1; ks++) {
             mbar_wait(FULL(stage), phase);
-            const uint32_t slot = ring + stage * MID_STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
-            const uint32_t b = slot + A_BYTES, at = b + MID_BN * BK * 2;
+            const uint32_t slot = ring + stage * STAGE_BYTES, a = slot + c * 64 * ROW_BYTES;
+            const uint32_t b = slot + A_BYTES, at = b + BN * BK * 2;
             wgmma_fence();
 #pragma unroll
             for (int k = 0; k < K16; k++) {
-                wgmma_m64nXk16<MID_BN, T>(d, smem_desc<BK>(a + 32 * k), smem_desc<BK>(b + 32 * k));
+                wgmma_m64nXk16<BN, T>(d, smem_desc<BK>(a + 32 * k), smem_desc<BK>(b + 32 * k));
                 wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
             }
-            consumer_next<MID_STAGES>(EMPTY(0), prev, stage, phase, lane);
+            consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
         }
         consumer_drain(EMPTY(0), prev, lane);
-        fence_acc<MID_BN / 2>(d);
+        fence_acc<BN / 2>(d);
         fence_acc<MID_TW / 2>(t_acc);
         /* both consumers' MMAs have read the ring before either overwrites it with its parts */
         asm volatile("bar.sync 1, 256;" ::: "memory");
@@ -747,10 +762,10 @@ __global__ void __launch_bounds__(THREADS, 1)
         float *const bp = (float *)(smem_raw + (base - smem_addr(smem_raw)));
         float *const tpp = (float *)(smem_raw + (tp - smem_addr(smem_raw)));
 #pragma unroll
-        for (int jj = 0; jj < MID_BN / 8; jj++)
+        for (int jj = 0; jj < BN / 8; jj++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                *(float2 *)&bp[(row + 8 * h) * MID_PLD + 8 * jj + 2 * (lane % 4)] =
+                *(float2 *)&bp[(row + 8 * h) * S::PLD + 8 * jj + 2 * (lane % 4)] =
                     make_float2(d[4 * jj + 2 * h], d[4 * jj + 2 * h + 1]);
 #pragma unroll
         for (int i = 0; i < MID_TW / 4; i++)
@@ -760,10 +775,10 @@ __global__ void __launch_bounds__(THREADS, 1)
          * other CTAs of the cluster write their parts */
         asm volatile("bar.sync 2, 352;" ::: "memory");
         float bv[4][MID_TW], bias[4];
-        const int cq = 4 * (fc % 32);
+        const int cq = 4 * (fc % S::ROW_THREADS);
 #pragma unroll
         for (int t = 0; t < MID_TW; t++) {
-            const float4 v = *(const float4 *)&bs[t * MID_BN + cq];
+            const float4 v = *(const float4 *)&bs[t * BN + cq];
             bv[0][t] = v.x;
             bv[1][t] = v.y;
             bv[2][t] = v.z;
@@ -776,7 +791,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         bias[3] = b4.w;
         cluster_sync(); /* the parts are written */
         const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
-        mid_finish<T>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
+        mid_finish<T, BN>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
         __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
         cluster_sync_relaxed(); /* every CTA has read them */
     }
@@ -1151,7 +1166,11 @@ template <typename T> cudaError_t allow_smem()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, MID_SMEM);
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mid_shape<64>::SMEM);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mid_shape<128>::SMEM);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM);
     return e;
@@ -1169,11 +1188,12 @@ template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *w
     }
 }
 
-template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st)
+template <typename T, int BN>
+cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, MID_BN) ||
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, BM) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, BN) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, MID_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     mid_params mp = {};
@@ -1192,10 +1212,11 @@ template <typename T> cudaError_t mid_launch_typed(const lf_lora_problem *p, int
     mp.ldy = p->ldy;
     mp.beta = p->beta;
     mp.scale = p->scale;
-    const long long ctas = (long long)mp.tiles_m * ((p->n + MID_BN - 1) / MID_BN) * split;
+    const long long ctas = (long long)mp.tiles_m * ((p->n + BN - 1) / BN) * split;
     if (ctas > INT_MAX)
         return cudaErrorInvalidValue;
-    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T>, dim3((unsigned)ctas), THREADS, (size_t)MID_SMEM, pdl,
+    return lf_cuda_launch_clustered(lora_hopper_mid_kernel<T, BN>, dim3((unsigned)ctas), THREADS,
+                                    (size_t)mid_shape<BN>::SMEM, pdl,
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
@@ -1267,12 +1288,12 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
                               : launch_typed<__nv_bfloat16>(p, ws, ctl, max_ctas, st);
 }
 
-int lf_hopper_mid_slots(int split)
+template <int BN> int mid_slots(int split)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)split);
     cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = MID_SMEM;
+    cfg.dynamicSmemBytes = mid_shape<BN>::SMEM;
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = (unsigned)split;
@@ -1281,20 +1302,31 @@ int lf_hopper_mid_slots(int split)
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16>, &cfg) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveClusters(&clusters, lora_hopper_mid_kernel<__nv_bfloat16, BN>, &cfg) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }
     return clusters * split;
 }
 
-cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st)
+/* Both widths take one CTA an SM; the fewer slots of the two, so that either runs in one wave. */
+int lf_hopper_mid_slots(int split)
+{
+    const int a = mid_slots<64>(split), b = mid_slots<128>(split);
+    return a < b ? a : b;
+}
+
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bool pdl, cudaStream_t st)
 {
     if (p->m < 1 || p->m >= INT_MAX || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
-        p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 || split > MID_MAX_SPLIT)
+        p->rank > MID_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || !p->w || split < 1 ||
+        split > MID_MAX_SPLIT || (bn != 64 && bn != 128))
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? mid_launch_typed<__half>(p, split, pdl, st)
-                              : mid_launch_typed<__nv_bfloat16>(p, split, pdl, st);
+    if (bn == 64)
+        return p->dtype == LF_F16 ? mid_launch_typed<__half, 64>(p, split, pdl, st)
+                                  : mid_launch_typed<__nv_bfloat16, 64>(p, split, pdl, st);
+    return p->dtype == LF_F16 ? mid_launch_typed<__half, 128>(p, split, pdl, st)
+                              : mid_launch_typed<__nv_bfloat16, 128>(p, split, pdl, st);
 }
 
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)

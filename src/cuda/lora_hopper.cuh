@@ -36,15 +36,16 @@ size_t lf_hopper_workspace_bytes(int64_t m, int64_t r);
 cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st);
 
 /* The split-K form for few tiles (lora_hopper.cu, "few tiles"): the same layer and operand limits
- * but rank ≤ 16, in one launch of tiles × split CTAs, clusters of `split` (1..8) sharing each tile's
- * K range; no workspace, no control words; pdl: launched with programmatic dependent launch. */
-cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, bool pdl, cudaStream_t st);
+ * but rank ≤ 16, in one launch of tiles (128 × bn, bn 64 or 128) × split CTAs, clusters of `split`
+ * (1..8) sharing each tile's K range; no workspace, no control words; pdl: launched with
+ * programmatic dependent launch. */
+cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bool pdl, cudaStream_t st);
 
 /* The layer for M ≤ 16 tokens, r ≤ 16: W streamed by TMA as the wgmma A operand, T beside it
  * (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent launch. */
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st);
-/* CTAs of the split-K form that run at once on the current device in clusters of `split` (0: that
- * cluster size cannot run); call after lf_hopper_setup returned 1. */
+/* CTAs of the split-K form (either tile width) that run at once on the current device in clusters
+ * of `split` (0: that cluster size cannot run); call after lf_hopper_setup returned 1. */
 int lf_hopper_mid_slots(int split);
 
 #endif /* LF_CUDA_LORA_HOPPER_CUH */
