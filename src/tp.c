@@ -304,11 +304,13 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     lf_status st = check_whole_call(ctx, y, g, fn);
     if (st == LF_OK && (m < 0 || y->rows != m))
         m = 0; /* the op reports the shapes */
+    /* The plan's chunks only for the single-adapter form, where they were measured: the
+     * many-adapter kernels size their grids to the whole GPU and leave an all-reduce no SMs. */
     const int forced = comm->forced_chunks > 0;
     int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
                  : forced                                ? comm->forced_chunks
-                                                         : lf_tp_row_chunks(m, g->x ? g->x->cols : 0, y->cols,
-                                                                            comm->size);
+                 : g->form == ROW_SINGLE ? lf_tp_row_chunks(m, g->x ? g->x->cols : 0, y->cols, comm->size)
+                                         : 1;
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
     if (comm->checked) {
