@@ -183,10 +183,13 @@ static const hopper_shape hopper_shapes[] = {
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
-    /* the split-K form (r ≤ 16; tiles and splits as on an H200): 64 tiles of 128 × 64 (pairs); of
-     * 128 × 128: 8 tiles with K and N tails (clusters of 8), 51 with an M tail (pairs), 112 of 100
-     * tokens and a short K (one CTA a tile), 30 with an N tail (clusters of 4), 16 with a K tail
-     * (clusters of 6); 32 narrow tiles in two full rows with K and N tails (clusters of 3) */
+    /* the split-K form (r ≤ 16; tiles and splits as on an H200; a CTA finishes its share of the
+     * live rows): 64 tiles of 128 × 64 (pairs), 16 narrow ones of 77 tokens with K and N tails
+     * (clusters of 6), 51 tiles of 128 × 128 with an M tail (pairs), 112 wide ones of 100 tokens
+     * and a short K (one CTA a tile), 60 narrow ones of 90 tokens with an N tail (pairs), 32 narrow
+     * ones with a K tail (clusters of 3), 32 narrow ones in two full rows with K and N tails
+     * (clusters of 3); half-full rows: 17 wide tiles of 64 tokens (clusters of 6), 64 narrow ones
+     * of 192 tokens (pairs) */
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
     {{330, 520, 2056, 8, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
@@ -194,9 +197,11 @@ static const hopper_shape hopper_shapes[] = {
     {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
     {{100, 1032, 2048, 16, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
     {{256, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
+    {{64, 1032, 2056, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_MID},
+    {{192, 520, 2048, 8, 0, 0}, 1, 0, 2, LF_CUDA_HOPPER_MID},
     /* N ≢ 0 mod 8 with every stride padded to 16 bytes: the element-wise column tails of the store
-     * warps (beta 0) and of the split-K finish (beta 0.5: wide tiles in clusters of 8, narrow ones
-     * in clusters of 6) */
+     * warps (beta 0) and of the split-K finish (beta 0.5: narrow tiles in clusters of 6, a row of
+     * 120 tokens and a full one) */
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
     {{128, 1032, 1001, 16, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_MID},

@@ -356,28 +356,28 @@ static void heuristics_tests(void)
         LFT_CHECK(lf_cuda_hopper_mid_split(dt, LF_LAYOUT_PEFT, ok_flags, m, k, n, r, slots, &bn_) == (split)); \
         LFT_CHECK((split) == 0 || bn_ == (width));                                                   \
     } while (0)
-    /* 128 × 64 tiles where the rows of tiles are full and they still take a split of 2 or more on
-     * as many CTAs: 64 at M = 128, N = 4096 (2 × 64 = 128 CTAs in pairs, against 3 × 32 = 96 wide;
-     * 3 × 64 > 117), 64 at M = 256, N = 2048 (pairs, against 3 × 32), 16 at M = 128, N = 1024
-     * (clusters of 6: 8 × 16 > 120, 7 × 16 > 105; against 8 × 8 wide) */
+    /* 128 × 64 tiles where they take a split of 2 or more on as many CTAs: 64 at M = 128, N = 4096
+     * (2 × 64 = 128 CTAs in pairs, against 3 × 32 = 96 wide; 3 × 64 > 117), also with the row of
+     * tiles half full (M 64), 64 at M = 256, N = 2048 (pairs, against 3 × 32), 16 at N = 1024
+     * (clusters of 6: 8 × 16 > 120, 7 × 16 > 105; against 8 × 8 wide), 32 at M = 100, N = 2048
+     * (clusters of 3, against 6 × 16) */
     MID(LF_BF16, 128, 4096, 4096, 16, h200, 2, 64);
     MID(LF_BF16, 128, 4096, 4096, 16, pairs, 2, 64);
+    MID(LF_BF16, 64, 4096, 4096, 16, h200, 2, 64);
     MID(LF_BF16, 256, 4096, 2048, 16, h200, 2, 64);
     MID(LF_BF16, 128, 4096, 1024, 16, h200, 6, 64);
-    /* 128 × 128 tiles otherwise: the last row of tiles part empty (M 96, 100), fewer CTAs (M 128,
-     * N 2560: 2 × 40 narrow against 5 × 20 wide), no narrow split (M 256, N 4096: 128 narrow tiles
-     * would run one CTA each, 64 wide ones take pairs) */
-    MID(LF_BF16, 96, 4096, 1024, 16, h200, 8, 128);
-    MID(LF_BF16, 100, 1032, 2048, 16, h200, 6, 128);
+    MID(LF_BF16, 96, 4096, 1024, 16, h200, 6, 64);
+    MID(LF_BF16, 100, 1032, 2048, 16, h200, 3, 64);
+    /* 128 × 128 tiles otherwise: fewer narrow CTAs (M 128, N 2560: 2 × 40 narrow against 5 × 20
+     * wide), no narrow split (M 192 and 256, N 4096: 128 narrow tiles would run one CTA each, 64
+     * wide ones take pairs) */
     MID(LF_BF16, 128, 4096, 2560, 16, h200, 5, 128);
+    MID(LF_BF16, 192, 4096, 4096, 16, h200, 2, 128);
     MID(LF_F16, 256, 2048, 4096, 8, h200, 2, 128);
     /* one CTA a tile where one row of tiles fills a wave, or K holds one stage */
     MID(LF_BF16, 128, 4096, 14336, 16, h200, 1, 128);
     MID(LF_BF16, 100, 64, 4096, 16, h200, 1, 128);
-    /* the GEMM path: the last row of tiles half empty or less (M 64, 192), one CTA a tile in two
-     * rows (M 256, N 7168), more tiles than a wave, past r 16 */
-    MID(LF_BF16, 64, 4096, 4096, 16, h200, 0, 0);
-    MID(LF_BF16, 192, 4096, 4096, 16, h200, 0, 0);
+    /* the GEMM path: one CTA a tile in two rows (M 256, N 7168), more tiles than a wave, past r 16 */
     MID(LF_BF16, 256, 4096, 7168, 16, h200, 0, 0);
     MID(LF_BF16, 640, 4096, 4096, 16, h200, 0, 0);
     MID(LF_BF16, 128, 4096, 4096, 17, h200, 0, 0);

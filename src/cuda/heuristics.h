@@ -271,17 +271,18 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
  * (slots[s]: CTAs that do in clusters of s; the GPCs decide it: an H200 runs 132 in pairs but 120
  * in clusters of 4 or 8) and that leaves every CTA a K stage of 64. Measured with 128 columns
  * against the GEMM path (NOTES.md, "Few tiles", H200, bf16, r 16): faster by 7–18% with a split
- * and the last row of tiles more than half full (M 96, 128, 256 at N 4096; M 256 at 4096 → 2048
- * and 7168 → 4096) and with one CTA a tile in one row of tiles (M 128, 4096 → 14336: 42.6 against
- * 49.8 µs); slower by 3–12% where the last row of tiles is half empty (M 64, 192) and with one CTA
- * a tile in 2–4 rows (M 384, 512; even at M 256, 4096 → 7168). 64 columns where the rows of tiles
- * are full and they still take a split of 2 or more on at least as many CTAs: less of each CTA's
- * part goes through distributed shared memory, which bounds the finish. Measured against 128
- * columns in one call (H100, bf16, r 16, layer µs, NOTES.md "Fifteenth session"): M 128, 4096 →
- * 4096 19.41–19.50 → 18.73–18.77 (split 2 on 128 CTAs against 3 on 96); M 256, 4096 → 2048
- * 16.42–16.48 → 16.34–16.37; slower where the last row of tiles is part empty (M 96, 4096 → 4096:
- * 19.22–19.24 → 19.51) or the CTAs fewer (M 128, 4096 → 2560, 80 against 100: 15.27–15.31 →
- * 15.41). Returns the split (*bn set), 0 where the GEMM path is the better choice. */
+ * (M 96, 128, 256 at N 4096; M 256 at 4096 → 2048 and 7168 → 4096) and with one CTA a tile in one
+ * row of tiles (M 128, 4096 → 14336: 42.6 against 49.8 µs); slower with one CTA a tile in 2–4 rows
+ * (M 384, 512; even at M 256, 4096 → 7168). 64 columns where they take a split of 2 or more on at
+ * least as many CTAs: less of each CTA's part goes through distributed shared memory, which bounds
+ * the finish. Measured on an H100 (bf16, r 16, layer µs, NOTES.md "Fifteenth session"): 128 → 64
+ * columns at M 128, 4096 → 4096 19.41–19.50 → 18.73–18.77 (split 2 on 128 CTAs against 3 on 96),
+ * 256 × 4096 → 2048 16.42–16.48 → 16.34–16.37, and slower where the CTAs are fewer (128 × 4096 →
+ * 2560: 80 against 100, 15.27–15.31 → 15.41); with each CTA finishing its share of the live rows
+ * (a part-empty last row of tiles had left them all to the first CTAs), the rows part empty stopped
+ * losing: M 64 23.12 → 20.93–21.00 and M 192 25.78–25.81 → 25.31–25.35 against the GEMM path, M 96
+ * 19.18 → 18.96–18.98 with 64 columns. Returns the split (*bn set), 0 where the GEMM path is the
+ * better choice. */
 #define LF_CUDA_HOPPER_MID_MAX_RANK 16
 static inline int lf_cuda_hopper_mid_largest_split(int64_t tiles, int64_t k_tiles, const int slots[9])
 {
@@ -298,13 +299,10 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
           (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MID_MAX_RANK))
         return 0;
     const int64_t tiles_m = (m + 127) / 128, k_tiles = (k + 63) / 64;
-    const int64_t last_rows = m - 128 * (tiles_m - 1); /* live rows of the last row of tiles */
-    if (last_rows <= 64)
-        return 0;
     const int64_t narrow_tiles = tiles_m * ((n + 63) / 64), wide_tiles = tiles_m * ((n + 127) / 128);
     const int narrow = lf_cuda_hopper_mid_largest_split(narrow_tiles, k_tiles, slots);
     const int split = lf_cuda_hopper_mid_largest_split(wide_tiles, k_tiles, slots);
-    if (last_rows == 128 && narrow >= 2 && narrow * narrow_tiles >= split * wide_tiles) {
+    if (narrow >= 2 && narrow * narrow_tiles >= split * wide_tiles) {
         *bn = 64;
         return narrow;
     }

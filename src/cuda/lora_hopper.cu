@@ -470,8 +470,8 @@ __global__ void __launch_bounds__(THREADS, 1)
  * accumulating its part of x·Wᵀ (m64nBNk16) and of T = x·Aᵀ (m64n16k16 on the
  * same x slab) in registers, while the producer warpgroup's idle warps stage the tile's rows of B
  * and the bias in shared memory. Then every CTA writes both parts into its shared memory (the ring
- * is free by then), the cluster synchronizes, and CTA j finishes rows [j·128/split,
- * (j+1)·128/split) of the tile: it sums the parts of T and of the base from every CTA's shared
+ * is free by then), the cluster synchronizes, and CTA j finishes rows [j·live/split,
+ * (j+1)·live/split) of the tile's live rows: it sums the parts of T and of the base from every CTA's shared
  * memory (distributed shared memory, in cluster order), adds s·T·Bᵀ in fp32 (T never rounded),
  * bias and beta·y, and rounds once into y. One launch, no workspace, no flags; every sum in a fixed
  * order: bitwise reproducible. r ≤ 16. Launched with PDL: it releases the next kernel at its start
@@ -790,7 +790,11 @@ __global__ void __launch_bounds__(THREADS, 1)
         bias[2] = b4.z;
         bias[3] = b4.w;
         cluster_sync(); /* the parts are written */
-        const int r0 = j * BM / p.split, r1 = (j + 1) * BM / p.split;
+        /* CTA j finishes its share of the tile's live rows (rows past M have nothing to finish):
+         * with fixed slices of 128 / split rows, a part-empty last row of tiles left all its
+         * rows to the first CTAs of the cluster */
+        const int live_rows = min(BM, p.m - mb * BM);
+        const int r0 = j * live_rows / p.split, r1 = (j + 1) * live_rows / p.split;
         mid_finish<T, BN>(p, base, tp, tl, mb, nb, r0, r1 - r0, fc, bv, bias);
         __syncwarp(); /* the barrier is .aligned: the warp's lanes together again */
         cluster_sync_relaxed(); /* every CTA has read them */
