@@ -464,7 +464,8 @@ __global__ void __launch_bounds__(THREADS, 1)
  *
  * Below ~¾ of a round of 128×256 tiles (M up to a few hundred tokens at N = 4096) the kernel above
  * leaves most SMs idle, and the GEMM path pays three launches and an fp32 round trip. Here the
- * tiles are 128 × BN (BN 128, or 64 where that still takes a split of 2: mid_shape) and each
+ * tiles are 128 × BN (BN 128, or 64 where those take a split of 2 or more on as many CTAs:
+ * heuristics.h, lf_cuda_hopper_mid_split) and each
  * tile's K range is split over the `split` CTAs of a cluster (1..8), so that tiles × split CTAs
  * run in one wave. Each CTA streams its K slice of x, W and A through a 6- or 8-stage TMA ring,
  * accumulating its part of x·Wᵀ (m64nBNk16) and of T = x·Aᵀ (m64n16k16 on the
