@@ -12,14 +12,17 @@
 # (default: all), SANITIZE=those run under compute-sanitizer memcheck and racecheck, RACECHECK=
 # those under racecheck if not the same, MULTI_FILTER=the LF_TEST_FILTER of test_multi under the
 # sanitizers (default: its 16-bit cases on four shapes past 256 tokens, the tensor-core shrink and
-# expand; "" runs all of it, which racecheck does not finish in 560 s), BENCH=bench arguments
+# expand; "" runs all of it, which racecheck does not finish in 560 s), OPS_FILTER=the same for
+# test_ops (default "": all of it; '^test_ops hopper' keeps the Hopper kernels' cases), BENCH=bench arguments
 # (default none; e.g. "--suite"), BENCH_TIMEOUT=its limit in seconds (400), TEST_TIMEOUT=each
 # test's (300), SANITIZE_TIMEOUT=each sanitized run's (420).
 # The tests run all at once, then the sanitized runs all at once (never beside the tests: sharing
 # the GPU with them, sanitized runs timed out). On an H100 (2026-11-26) the tests took 3 minutes
 # (run with LF_TEST_BACKENDS=cuda), memcheck and racecheck of test_ops beside racecheck of
-# test_multi's filtered cases 6: the default set is about 9 of a call's 10 minutes (not timed
-# whole), so the suite needs a call of its own (BENCH=--suite TESTS= SANITIZE=).
+# test_multi's filtered cases 6: the default set took 562 s of a call's 600, so the suite needs a
+# call of its own (BENCH=--suite TESTS= SANITIZE=). TESTS="test_ops test_plan test_tp test_seed"
+# SANITIZE=test_ops with two suite cases took 584 s; with OPS_FILTER='^test_ops hopper' the
+# sanitized runs shrink to the Hopper kernels' ~100 cases.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 all_tests="test_ops test_seed test_bad_input test_plan test_multi test_safetensors test_peft test_tp"
@@ -27,6 +30,7 @@ export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this 
 tests=${TESTS-$all_tests}
 sanitize=${SANITIZE-test_seed test_ops test_multi}
 multi_filter=${MULTI_FILTER-'^multi cuda (bf16|f16) .* (520x264x264|300x1100x264|264x64x1032|4500x72x136) '}
+ops_filter=${OPS_FILTER-}
 bench_args=${BENCH-}
 pack=${PACK:-.device}
 
@@ -81,6 +85,7 @@ for tool in memcheck racecheck; do
   for t in $list; do
     filter=
     [ "$t" = test_multi ] && filter=$multi_filter
+    [ "$t" = test_ops ] && filter=$ops_filter
     LF_TEST_BACKENDS=cuda LF_TEST_FILTER=$filter run_logged "$logs/$tool-$t.log" "${SANITIZE_TIMEOUT:-420}" \
       compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/$t" &
   done
