@@ -700,10 +700,10 @@ lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on);
  *  stride N) in ctx's memory. On return (in stream order) every rank's y holds
  *      beta·y + Σ_p (x_p·W_pᵀ + scale·(x_p·A_pᵀ)·Bᵀ) + bias
  *  Rank 0 alone adds beta·y and bias; every rank's partial output is rounded to the dtype and the
- *  all-reduce sums them (as the TP base layer does; one rank needs none). From 4096 rows where the
- *  rank's K is at most 2048 the rows go in two chunks: the first chunk's all-reduce runs while the
- *  second is computed on all but 32 SMs (measured faster there on two H100s, slower elsewhere,
- *  where one chunk runs; the row chunks are the same on every rank). All ranks must pass
+ *  all-reduce sums them (as the TP base layer does; one rank needs none). The rows run in one chunk
+ *  (chunks whose all-reduce overlaps the next chunk's compute were measured: faster only for some
+ *  layers, told apart by the rank's K, which would differ between ranks of an uneven split). All
+ *  ranks must pass
  *  the same M, N, dtype and beta: unchecked (lf_tp_comm_set_checked), the ranks do not compare them
  *  (that would cost a collective), and NCCL may hang on a mismatch. Every rank checks beta and bias,
  *  so that a call rank 0 refuses is refused by all. Runs of the same inputs give bitwise the same y.
@@ -717,10 +717,8 @@ lf_status lf_tp_row_forward(lf_context *ctx, lf_tp_comm *comm, lf_layout layout,
 
 /*! lf_tp_row_forward_multi() :
  *  The per-token many-adapter form of lf_tp_row_forward: `set` holds each adapter's A shard (its
- *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi. Runs in one row chunk
- *  (the many-adapter kernels take every SM, so an all-reduce beside them would wait); ids that
- *  overlap y are refused (LF_ERR_ALIASING). Checked mode (lf_tp_comm_set_checked) as
- *  lf_tp_row_forward. */
+ *  slice of K, lf_tp_shard_lora) and whole B; ids as lf_lora_forward_multi; ids that overlap y are
+ *  refused (LF_ERR_ALIASING). Checked mode (lf_tp_comm_set_checked) as lf_tp_row_forward. */
 lf_status lf_tp_row_forward_multi(lf_context *ctx, lf_tp_comm *comm, const lf_adapter_set *set, lf_layout layout,
                                   const lf_matrix *x_p, const lf_matrix *w_p, const lf_matrix *bias,
                                   const int32_t *token_adapter, float beta, const lf_matrix *y);

@@ -87,14 +87,20 @@ lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int ind
  * 2/40 229.4, 2/48 234.8, 3/32 257.3, 4/32 268.9–269.3, 8/32 429.8 (the TP base layer, cuBLAS and
  * the all-reduce one after the other: 236.5–237.1); down_proj M = 4096 (K 7168) 1 chunk 475.6–480.3,
  * 2/32 491.9–492.9, 4/32 588.4–592.4; at M = 256 every chunked run lost (o_proj 44.8 → 56.0,
- * down_proj 68.0 → 92.8). Two chunks pay where the all-reduce of half the rows takes about as long
- * as the other half's compute: the second chunk's compute (256 tiles on 96 CTAs: three rounds
- * instead of two) hides the first chunk's sum. With K 7168 the compute is 3.5 times longer and the
- * rounds it loses cost more than the sum it hides; below 4096 rows it was not measured. */
-int lf_tp_row_chunks(int64_t m, int64_t k, int64_t n, int parts)
+ * down_proj 68.0 → 92.8). Two chunks paid where the all-reduce of half the rows takes about as long
+ * as the other half's compute (o_proj: the second chunk's 256 tiles on 96 CTAs, three rounds
+ * instead of two, hide the first chunk's sum); with K 7168 the compute is 3.5 times longer and
+ * the rounds it loses cost more than the sum hides. That tells the two layers apart only by the
+ * rank's K, and the rule must not read it: K splits unevenly (K/P or K/P + 1 a rank), so ranks on
+ * either side of any threshold would issue different all-reduces and NCCL would hang. From M, N
+ * and P alone two chunks at 4096 rows would trade o_proj's 16 µs for down_proj's 11–16: one chunk.
+ * (The many-adapter forms were never timed in chunks: their kernels size their grids to the whole
+ * GPU and would leave an all-reduce no SMs either.) Chunks stay reachable by lf_tp_comm_force_chunks
+ * (tests, the bench's sweep), with lf_tp_overlap_sms SMs left to each all-reduce. */
+int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
 {
-    (void)n;
-    return parts > 1 && m >= 4096 && k <= 2048 ? 2 : 1;
+    (void)m, (void)n, (void)parts;
+    return 1;
 }
 
 /* NCCL runs 24 channels on two NVLink H100s (its init log), yet leaving 24 SMs gave 264 µs where
@@ -304,13 +310,10 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     lf_status st = check_whole_call(ctx, y, g, fn);
     if (st == LF_OK && (m < 0 || y->rows != m))
         m = 0; /* the op reports the shapes */
-    /* The plan's chunks only for the single-adapter form, where they were measured: the
-     * many-adapter kernels size their grids to the whole GPU and leave an all-reduce no SMs. */
     const int forced = comm->forced_chunks > 0;
     int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
                  : forced                                ? comm->forced_chunks
-                 : g->form == ROW_SINGLE ? lf_tp_row_chunks(m, g->x ? g->x->cols : 0, y->cols, comm->size)
-                                         : 1;
+                                                         : lf_tp_row_chunks(m, y->cols, comm->size);
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */
     if (comm->checked) {

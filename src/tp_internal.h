@@ -53,8 +53,8 @@ void lf_tp_comm_force_overlap_sms(lf_tp_comm *comm, int sms);
 lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm, lf_tp_comm **out);
 
 /* Row chunks of a row-parallel layer: the all-reduce of chunk i overlaps the compute of chunk
- * i + 1. A pure function of (M, the rank's K, N, P). */
-int lf_tp_row_chunks(int64_t m, int64_t k, int64_t n, int parts);
+ * i + 1. A pure function of (M, N, P), the same on every rank (never of the rank's K: see tp.c). */
+int lf_tp_row_chunks(int64_t m, int64_t n, int parts);
 /* SMs the compute of chunk i + 1 leaves free for the all-reduce of chunk i (the persistent kernels
  * would otherwise hold every SM until they end, and the all-reduce's kernel could not start). */
 int lf_tp_overlap_sms(void);

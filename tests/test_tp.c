@@ -272,20 +272,6 @@ static void row_case(lf_context *ctx, const layer *l, int parts, row_form form, 
     lft_end();
 }
 
-/* The row chunks the plan picks (src/tp.c: measured on two H100s): two where the all-reduce of half
- * the rows is about as long as the other half's compute, one elsewhere and on one rank. */
-static void chunk_rule_cases(void)
-{
-    lft_begin("test_tp lf_tp_row_chunks: two chunks at 4096 rows and K 2048 a rank, one otherwise");
-    LFT_CHECK(lf_tp_row_chunks(4096, 2048, 4096, 2) == 2);
-    LFT_CHECK(lf_tp_row_chunks(8192, 1024, 4096, 4) == 2);
-    LFT_CHECK(lf_tp_row_chunks(4096, 7168, 4096, 2) == 1); /* down_proj: the compute is too long */
-    LFT_CHECK(lf_tp_row_chunks(256, 2048, 4096, 2) == 1);
-    LFT_CHECK(lf_tp_row_chunks(4096, 2048, 4096, 1) == 1); /* one rank: no all-reduce */
-    LFT_CHECK(lf_tp_overlap_sms() > 0);
-    lft_end();
-}
-
 static void cpu_cases(lf_context *ctx)
 {
     const struct {
@@ -990,7 +976,6 @@ int main(void)
         fprintf(stderr, "test_tp: no CPU context\n");
         return 1;
     }
-    chunk_rule_cases();
     cpu_cases(ctx);
     multi_chunk_cases(ctx);
     checked_cases();

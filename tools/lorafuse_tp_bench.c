@@ -728,7 +728,7 @@ static int run_case(tp_rank *rk, int64_t m, int *runtime)
     shard_of(b, rk->rank, &rk->sh);
     rk->next = 0;
     snprintf(r.name, sizeof r.name, "%s_m%lld", shape->name, (long long)m);
-    r.chunks = is_row(b) ? lf_tp_row_chunks(m, rk->sh.kc, shape->n, b->parts) : 1;
+    r.chunks = is_row(b) ? lf_tp_row_chunks(m, shape->n, b->parts) : 1;
     r.sets = b->sets;
     if (lead)
         printf("\n== %s: %s, bf16, %lld x %lld -> %lld, rank %d, P %d (%s %lld per rank on rank 0)%s; %d buffer set%s\n",
