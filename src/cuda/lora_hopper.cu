@@ -45,8 +45,9 @@
  * keeps the GEMM path), 16-byte aligned operands and strides (TMA), r ≤ 64.
  *
  * Two more forms of the layer follow, with the same building blocks: "few tiles" (each tile's K
- * split over a thread block cluster, for 65 to a few hundred tokens; lf_cuda_hopper_mid_split) and
- * "few tokens" (W streamed as the wgmma A operand, for up to 16; lf_cuda_hopper_decode_fits).
+ * split over a thread block cluster, for 17 to a few hundred tokens where the decode kernels do
+ * not take them; lf_cuda_hopper_mid_split) and "few tokens" (W streamed as the wgmma A operand,
+ * for up to 16; lf_cuda_hopper_decode_fits).
  */
 #include "common.cuh"
 #include "heuristics.h"
