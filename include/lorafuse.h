@@ -694,6 +694,22 @@ int lf_tp_comm_size(const lf_tp_comm *comm);
  *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (on not 0 or 1). */
 lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on);
 
+/*! lf_tp_comm_set_row_chunks() :
+ *  The row chunks of this communicator's row-parallel calls in the single-adapter and per-token
+ *  forms (the per-segment form always runs in one). 0, the default: the plan's choice, one chunk.
+ *  1..LF_TP_MAX_ROW_CHUNKS: that many chunks (one row each at least); each chunk's all-reduce then
+ *  runs while the next chunk is computed on all but a few of the GPU's SMs. Whether that pays
+ *  depends on the rank's K, which the plan must not read (ranks of an uneven split would choose
+ *  differently and hang NCCL), so the caller chooses, and every rank must choose the same (checked
+ *  mode compares the chunks). Measured on two H100s over NVLink (bf16, r 16, 4096 tokens): o_proj
+ *  (K 2048 a rank) 245 µs in one chunk, 229 in two, below the base layer's GEMM then all-reduce
+ *  (237–245); down_proj (K 7168 a rank) 476 in one, 487–492 in two; at 256 tokens two chunks lost
+ *  everywhere. Runs with the same setting give bitwise the same y; other chunk counts may differ
+ *  in the last bit (a chunk's rows may take another kernel).
+ *  @return LF_OK; LF_ERR_NULL_POINTER; LF_ERR_INVALID_VALUE (chunks outside 0..LF_TP_MAX_ROW_CHUNKS). */
+#define LF_TP_MAX_ROW_CHUNKS 64
+lf_status lf_tp_comm_set_row_chunks(lf_tp_comm *comm, int chunks);
+
 /*! lf_tp_row_forward() :
  *  Row-parallel layer, called by every rank with its shard: x_p [M, K_p], w_p (optional) and a_p
  *  split on K as lf_tp_shard_lora gives them, b and bias (optional) whole, y [M, N] dense (row

@@ -96,7 +96,8 @@ lf_status lf_tp_shard_lora(lf_tp_kind kind, lf_layout layout, int parts, int ind
  * and P alone two chunks at 4096 rows would trade o_proj's 16 µs for down_proj's 11–16: one chunk.
  * (The many-adapter forms were never timed in chunks: their kernels size their grids to the whole
  * GPU and would leave an all-reduce no SMs either.) Chunks stay reachable by lf_tp_comm_force_chunks
- * (tests, the bench's sweep), with lf_tp_overlap_sms SMs left to each all-reduce. */
+ * (tests, the bench's sweep) and by the caller's lf_tp_comm_set_row_chunks (who knows the layers and
+ * sets the same on every rank), with lf_tp_overlap_sms SMs left to each all-reduce. */
 int lf_tp_row_chunks(int64_t m, int64_t n, int parts)
 {
     (void)m, (void)n, (void)parts;
@@ -138,6 +139,17 @@ int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
 void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks) { comm->forced_chunks = chunks > 0 ? chunks : 0; }
 
 void lf_tp_comm_force_overlap_sms(lf_tp_comm *comm, int sms) { comm->overlap_sms = sms >= 0 ? sms : -1; }
+
+lf_status lf_tp_comm_set_row_chunks(lf_tp_comm *comm, int chunks)
+{
+    if (!comm)
+        return LF_ERR_NULL_POINTER;
+    if (chunks < 0 || chunks > LF_TP_MAX_ROW_CHUNKS)
+        return lf_fail(comm->ctx, LF_ERR_INVALID_VALUE, "lf_tp_comm_set_row_chunks: chunks is %d, not 0..%d", chunks,
+                       LF_TP_MAX_ROW_CHUNKS);
+    comm->row_chunks = chunks;
+    return LF_OK;
+}
 
 lf_status lf_tp_comm_set_checked(lf_tp_comm *comm, int on)
 {
@@ -313,6 +325,7 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     const int forced = comm->forced_chunks > 0;
     int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
                  : forced                                ? comm->forced_chunks
+                 : comm->row_chunks > 0                  ? comm->row_chunks
                                                          : lf_tp_row_chunks(m, y->cols, comm->size);
     if (chunks > m)
         chunks = m > 0 ? (int)m : 1; /* every chunk at least one row */

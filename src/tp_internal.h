@@ -38,6 +38,7 @@ struct lf_tp_comm {
     int forced_chunks; /* tests: lf_tp_comm_force_chunks; 0 otherwise */
     int checked;       /* lf_tp_comm_set_checked */
     int overlap_sms;   /* bench: lf_tp_comm_force_overlap_sms; -1: lf_tp_overlap_sms's */
+    int row_chunks;    /* lf_tp_comm_set_row_chunks; 0: the plan's */
 };
 
 /* Tests only: this communicator's row layers run in `chunks` row chunks (the per-segment form in

@@ -139,7 +139,7 @@ lf_status lf_tp_local_comm(lf_tp_local_group *group, lf_context *ctx, int index,
     if (ctx->ops->kind != LF_BACKEND_CPU)
         return lf_fail(ctx, LF_ERR_UNSUPPORTED, "local TP group: needs a CPU context (host memory)");
     local_rank *r = &group->ranks[index];
-    r->comm = (lf_tp_comm){&local_ops, ctx, index, group->parts, r, 0, 0, -1};
+    r->comm = (lf_tp_comm){&local_ops, ctx, index, group->parts, r, 0, 0, -1, 0};
     r->group = group;
     *out = &r->comm;
     return LF_OK;

@@ -170,13 +170,14 @@ static lf_lora_problem adapter_problem(lf_context *ctx, const layer *l, int i, c
 static int32_t adapter_of(int64_t t) { return t % 4 == 3 ? -1 : (int32_t)((t / 3) % ADAPTERS); }
 
 /* forced_chunks > 0: every rank's communicator is forced to that many row chunks and to issue its
- * all-reduces with one rank too (lf_tp_comm_force_chunks). */
-static void row_case(lf_context *ctx, const layer *l, int parts, row_form form, int forced_chunks)
+ * all-reduces with one rank too (lf_tp_comm_force_chunks). set_chunks > 0: every rank asks for that
+ * many through the API (lf_tp_comm_set_row_chunks). */
+static void row_case(lf_context *ctx, const layer *l, int parts, row_form form, int forced_chunks, int set_chunks)
 {
-    lft_begin("test_tp row %s %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g%s", form_name[form], lf_dtype_name(l->dtype),
+    lft_begin("test_tp row %s %s %s P=%d %lldx%lldx%lld r%lld%s beta=%g%s%s", form_name[form], lf_dtype_name(l->dtype),
               l->layout == LF_LAYOUT_PEFT ? "peft" : "kn", parts, (long long)l->m, (long long)l->k,
               (long long)l->n, (long long)l->r, l->has_bias ? " bias" : "", (double)l->beta,
-              forced_chunks ? " forced chunks" : "");
+              forced_chunks ? " forced chunks" : "", set_chunks ? " row chunks set" : "");
     const size_t cells = (size_t)(l->m * l->n);
     double *exact = malloc(cells * sizeof(double)), *mag = malloc(cells * sizeof(double));
     double *part = malloc(cells * sizeof(double)), *sum_abs = calloc(cells, sizeof(double));
@@ -222,6 +223,8 @@ static void row_case(lf_context *ctx, const layer *l, int parts, row_form form, 
         LFT_CHECK(lf_tp_local_comm(group, ctx, p, &comm) == LF_OK);
         if (comm)
             lf_tp_comm_force_chunks(comm, forced_chunks);
+        if (comm && set_chunks)
+            LFT_CHECK(lf_tp_comm_set_row_chunks(comm, set_chunks) == LF_OK);
         /* this rank's exact partial output, for the rounding it takes before the sum */
         const float beta_p = p == 0 ? l->beta : 0.0f;
         const lf_matrix *bias_rank = p == 0 ? bias : NULL;
@@ -292,7 +295,7 @@ static void cpu_cases(lf_context *ctx)
         for (int parts = 1; parts <= MAX_P; parts++) {
             column_case(ctx, &l, parts);
             for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
-                row_case(ctx, &l, parts, (row_form)form, 0);
+                row_case(ctx, &l, parts, (row_form)form, 0, 0);
         }
         layer_free(&l);
     }
@@ -306,7 +309,12 @@ static void cpu_cases(lf_context *ctx)
             layer_init(&l, LF_F32, LF_LAYOUT_PEFT, 37, 131, 67, 7, 1, 0.0f, lft_case_seed(41));
         for (int parts = 1; parts <= 2; parts++)
             for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
-                row_case(ctx, &l, parts, (row_form)form, s == 0 ? 4 : 5);
+                row_case(ctx, &l, parts, (row_form)form, s == 0 ? 4 : 5, 0);
+        /* the chunks asked for through the API, ragged (37 rows in 3) at P = 2 and 3 */
+        if (s == 1)
+            for (int parts = 2; parts <= 3; parts++)
+                for (int form = FORM_SINGLE; form <= FORM_SEGMENTS; form++)
+                    row_case(ctx, &l, parts, (row_form)form, 0, 3);
         layer_free(&l);
     }
 
@@ -597,7 +605,7 @@ static void checked_cases(void)
     free(unchecked);
     layer_free(&l);
 
-    lft_begin("test_tp lf_tp_comm_set_checked: bad input");
+    lft_begin("test_tp lf_tp_comm_set_checked, lf_tp_comm_set_row_chunks: bad input");
     lf_context *ctx = NULL;
     lf_tp_local_group *group = NULL;
     lf_tp_comm *comm = NULL;
@@ -606,6 +614,11 @@ static void checked_cases(void)
         LFT_CHECK(lf_tp_comm_set_checked(NULL, 1) == LF_ERR_NULL_POINTER);
         LFT_CHECK_STATUS(ctx, lf_tp_comm_set_checked(comm, 2), LF_ERR_INVALID_VALUE);
         LFT_CHECK_STATUS(ctx, lf_tp_comm_set_checked(comm, 1), LF_OK);
+        LFT_CHECK(lf_tp_comm_set_row_chunks(NULL, 2) == LF_ERR_NULL_POINTER);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_row_chunks(comm, -1), LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_row_chunks(comm, LF_TP_MAX_ROW_CHUNKS + 1), LF_ERR_INVALID_VALUE);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_row_chunks(comm, LF_TP_MAX_ROW_CHUNKS), LF_OK);
+        LFT_CHECK_STATUS(ctx, lf_tp_comm_set_row_chunks(comm, 0), LF_OK);
     }
     lf_tp_local_group_destroy(group);
     lf_context_destroy(ctx);

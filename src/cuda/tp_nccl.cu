@@ -149,7 +149,7 @@ extern "C" lf_status lf_tp_comm_from_nccl_impl(lf_context *ctx, void *nccl_comm,
     if (!s)
         return lf_fail(ctx, LF_ERR_OUT_OF_MEMORY, "lf_tp_comm_from_nccl: out of host memory");
     s->nccl = static_cast<ncclComm_t>(nccl_comm);
-    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0, 0, -1};
+    s->comm = lf_tp_comm{&nccl_ops, ctx, 0, 0, s, 0, 0, -1, 0};
     int comm_device = -1, current = -1;
     ncclResult_t r = ncclCommUserRank(s->nccl, &s->comm.rank);
     if (r == ncclSuccess)
