@@ -136,7 +136,11 @@ void lf_tp_comm_destroy(lf_tp_comm *comm)
 int lf_tp_comm_rank(const lf_tp_comm *comm) { return comm ? comm->rank : -1; }
 int lf_tp_comm_size(const lf_tp_comm *comm) { return comm ? comm->size : -1; }
 
-void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks) { comm->forced_chunks = chunks > 0 ? chunks : 0; }
+void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks)
+{
+    comm->row_chunks = chunks > 0 ? chunks : 0;
+    comm->reduce_alone = chunks > 0;
+}
 
 void lf_tp_comm_force_overlap_sms(lf_tp_comm *comm, int sms) { comm->overlap_sms = sms >= 0 ? sms : -1; }
 
@@ -322,9 +326,7 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
     lf_status st = check_whole_call(ctx, y, g, fn);
     if (st == LF_OK && (m < 0 || y->rows != m))
         m = 0; /* the op reports the shapes */
-    const int forced = comm->forced_chunks > 0;
     int chunks = st != LF_OK || g->form == ROW_SEGMENTS ? 1
-                 : forced                                ? comm->forced_chunks
                  : comm->row_chunks > 0                  ? comm->row_chunks
                                                          : lf_tp_row_chunks(m, y->cols, comm->size);
     if (chunks > m)
@@ -345,7 +347,7 @@ static lf_status row_forward(lf_context *ctx, lf_tp_comm *comm, const lf_matrix 
         st = name_failure(ctx, partial(ctx, g, r0, rows, comm->rank == 0, chunks > 1 ? &y_rows : y), fn);
         if (comm->checked)
             st = agree_computed(ctx, comm, st, c, fn);
-        if (st == LF_OK && rows > 0 && (comm->size > 1 || forced)) /* one rank: its partial output is the sum */
+        if (st == LF_OK && rows > 0 && (comm->size > 1 || comm->reduce_alone)) /* one rank: its partial output is the sum */
             st = name_failure(ctx, comm->ops->allreduce(comm, y_rows.data, (size_t)(rows * y->cols), y->dtype,
                                                         chunks > 1),
                               fn);

@@ -35,16 +35,17 @@ struct lf_tp_comm {
     lf_context *ctx;
     int rank, size;
     void *impl;        /* the implementation's state */
-    int forced_chunks; /* tests: lf_tp_comm_force_chunks; 0 otherwise */
+    int reduce_alone;  /* tests (lf_tp_comm_force_chunks): all-reduces with one rank too */
     int checked;       /* lf_tp_comm_set_checked */
     int overlap_sms;   /* bench: lf_tp_comm_force_overlap_sms; -1: lf_tp_overlap_sms's */
-    int row_chunks;    /* lf_tp_comm_set_row_chunks; 0: the plan's */
+    int row_chunks;    /* lf_tp_comm_set_row_chunks or _force_chunks; 0: the plan's */
 };
 
 /* Tests only: this communicator's row layers run in `chunks` row chunks (the per-segment form in
  * one) and issue every all-reduce even with one rank, so that a single GPU runs the communicator's
  * whole path — the fork onto its stream, the all-reduces, the join — which one rank otherwise skips
- * (a sum over one rank is the identity). 0 restores the plan's choice. */
+ * (a sum over one rank is the identity). 0 restores the plan's choice (and clears what
+ * lf_tp_comm_set_row_chunks set). */
 void lf_tp_comm_force_chunks(lf_tp_comm *comm, int chunks);
 
 /* Bench only: the SMs this communicator's chunked row layers leave to each all-reduce while the
