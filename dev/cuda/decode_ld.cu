@@ -1,0 +1,573 @@
+/*
+ * dev/cuda/decode_ld.cu — lab: the decode layer (M ≤ 16 tokens, bf16, r ≤ 16) with W streamed by
+ * plain 16-byte loads from many warps, for issue 3's last point (≥ 85% of the copy bandwidth at
+ * 1 and 16 × 4096 → 4096, i.e. ≤ ~13.2 µs).
+ *
+ * Why (dev/cuda/NOTES.md, "Read floor"): a launch that only reads 32 MiB takes 12.3–12.6 µs with
+ * 16-byte ld.global.nc from ~1024 threads an SM, but 14.1 with a one-CTA TMA ring, and the library's
+ * decode form (a TMA ring) sits at 14.0 / 14.7. Here one persistent block an SM (WARPS warps) owns
+ * 16-row tiles of W, each over all of K; warp w takes the tile's 32-wide K steps w, w + WARPS, ...
+ * (so a block's warps walk K side by side and every SM stays in step along K), each lane holds D
+ * steps of its two 16-byte W chunks (rows g and g + 8) in registers ahead of use, across tile ends,
+ * and feeds them to mma.sync with the decode kernels' K permutation (mma_sync.cuh: decode_step);
+ * x sits in shared memory once per block. At a tile's end the warps' partials meet in shared memory
+ * (fixed order) and a quarter of the threads finish the tile (bias, beta·y, s·T·Bᵀ, one rounding),
+ * their inputs loaded at the tile's start, while the loads already issued keep W streaming.
+ * T = x·Aᵀ: every block first streams A's 16 rows as one more tile (A tile), or takes s·T given
+ * (the variant that shows what the A tile costs). PDL: W is loaded before griddepcontrol.wait.
+ *
+ *   make -C dev/cuda decode-ld && dev/cuda/bin/decode_ld      (on the device)
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "cuda/launch.cuh"
+#include "cuda/mma_sync.cuh"
+#include "lab_check.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef __nv_bfloat16 bf16;
+enum { ROT = 8, LAUNCHES = 24, REPLAYS = 20, MAX_R = 16, X_PAD = 64 };
+
+struct dl_params {
+    int m, n, k, r;
+    const bf16 *x, *w, *a, *b, *bias;
+    bf16 *y;
+    float scale, beta;
+    const float *t_given; /* s·T [m][MAX_R] or NULL: the A tile */
+    int xs_stride;        /* bytes of a token's row of x in shared memory */
+};
+
+static __device__ __forceinline__ uint4 ld_nc(const void *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <int NT, int WARPS, int CL> struct dl_shape {
+    enum {
+        RED_FLOATS = 2 * WARPS * NT * 4 * 32,
+        T_FLOATS = 8 * NT * MAX_R,
+        PART_FLOATS = (CL > 1 ? CL : 1) * 8 * NT * MAX_R, /* the cluster's T partials, by rank */
+        B_BYTES = 2 * 16 * MAX_R * 2,
+        FIXED_BYTES = (RED_FLOATS + T_FLOATS + PART_FLOATS) * 4 + B_BYTES
+    };
+};
+
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_t src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(gmem), "r"(src_bytes)
+                 : "memory");
+}
+static __device__ __forceinline__ uint32_t cluster_rank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+static __device__ __forceinline__ void st_cluster(float *local, uint32_t cta, float v)
+{
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"((uint32_t)__cvta_generic_to_shared(local)), "r"(cta));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
+}
+
+/* CL > 1: T = x·Aᵀ shared in clusters of CL blocks — each block streams A over its CL-th of K
+ * (the "A tile", tile −1 here), writes its partial into slot [rank] of every block of the
+ * cluster (distributed shared memory) and arrives on the cluster barrier; before its first
+ * epilogue a block waits there and sums the CL slots in rank order. CL = 1: T given (p.t_given)
+ * or, without it, the A tile over all of K in every block. */
+template <int NT, int WARPS, int D, int BPS, int CL>
+__global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
+{
+    using shape = dl_shape<NT, WARPS, CL>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    float *red = (float *)smem;                   /* [2][WARPS][NT][4][32] */
+    float *t_s = red + shape::RED_FLOATS;         /* s·T [8·NT][MAX_R] */
+    float *t_part = t_s + shape::T_FLOATS;        /* [CL][8·NT][MAX_R] */
+    bf16 *b_s = (bf16 *)(t_part + shape::PART_FLOATS); /* the tile's B rows, [2][16·r] by tile parity */
+    unsigned char *x_s = (unsigned char *)b_s + shape::B_BYTES; /* [m][xs_stride] */
+    lf_pdl_release();
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int steps = (p.k + 31) / 32, w_tiles = (p.n + 15) / 16;
+    const bool a_tile = !p.t_given;
+    const int first = a_tile ? -1 : 0; /* tile −1: A's rows */
+    const int my_w = (int)blockIdx.x < w_tiles ? (w_tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int crank = CL > 1 ? (int)cluster_rank() : 0;
+    const int a_per = (steps + (CL > 1 ? CL : 1) - 1) / (CL > 1 ? CL : 1);
+    const int a_lo = min(steps, crank * a_per), a_cnt = min(steps, a_lo + a_per) - a_lo;
+    /* tile ti: its rows' base, how many are valid, its K steps [lo, lo + cnt), this warp's share */
+    auto tile_info = [&](int ti, const bf16 **base, int *valid, int *lo) {
+        if (ti < 0) {
+            *base = p.a, *valid = p.r, *lo = a_lo;
+            return warp < a_cnt ? (a_cnt - 1 - warp) / WARPS + 1 : 0;
+        }
+        const int n0 = ((int)blockIdx.x + ti * (int)gridDim.x) * 16;
+        *base = p.w + (int64_t)n0 * p.k, *valid = p.n - n0, *lo = 0;
+        return warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
+    };
+
+    int f_ti = first, f_j = 0; /* the next item to load */
+    const bf16 *f_base;
+    int f_valid, f_lo, f_cnt = tile_info(f_ti, &f_base, &f_valid, &f_lo);
+    auto fetch = [&](uint4(&dst)[2]) {
+        while (f_ti < my_w && f_j >= f_cnt) {
+            f_ti++, f_j = 0;
+            f_cnt = tile_info(f_ti, &f_base, &f_valid, &f_lo);
+        }
+        if (f_ti < my_w) {
+            const int kb = 32 * (f_lo + warp + f_j * WARPS) + 8 * q;
+            const bool kin = kb < p.k;
+            dst[0] = kin && g < f_valid ? ld_nc(f_base + (int64_t)g * p.k + kb) : make_uint4(0, 0, 0, 0);
+            dst[1] = kin && g + 8 < f_valid ? ld_nc(f_base + (int64_t)(g + 8) * p.k + kb) : make_uint4(0, 0, 0, 0);
+            f_j++;
+        }
+    };
+    uint4 wr[D][2];
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        fetch(wr[u]);
+    lf_pdl_wait(); /* x, y and (in a chain of layers) T come from the kernels before */
+
+    const int kpad8 = steps * 4; /* 8-element chunks of a padded row */
+    for (int i = threadIdx.x; i < p.m * kpad8; i += blockDim.x) {
+        const int row = i / kpad8, k0 = i % kpad8 * 8;
+        const uint4 v = k0 < p.k ? *(const uint4 *)(p.x + (int64_t)row * p.k + k0) : make_uint4(0, 0, 0, 0);
+        *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
+    }
+    if (p.t_given)
+        for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x)
+            t_s[i] = i / MAX_R < p.m ? p.t_given[i] : 0.0f;
+
+    /* the finishing threads: output (row rho, token tau) of a tile; its inputs loaded at the tile's start */
+    const int th = threadIdx.x, rho = th % 16, tau = th / 16;
+    const bool finisher = th < 16 * 8 * NT;
+    const int f_lane = (rho % 8) * 4 + (tau % 8) / 2, f_c = (rho / 8) * 2 + tau % 2, f_nt = tau / 8;
+    float e_bias = 0.0f, e_old = 0.0f;
+    /* B's rows of a W tile are 16·r contiguous elements (32·r bytes, 16-byte aligned): the first
+     * warp copies them into b_s[ti & 1] asynchronously, waited for before the tile's barrier */
+    auto load_epilogue = [&](int ti) {
+        if (ti < 0 || ti >= my_w)
+            return;
+        const int n0 = ((int)blockIdx.x + ti * (int)gridDim.x) * 16;
+        if (warp == 0) {
+            const int bytes = min(16, p.n - n0) * p.r * 2;
+            for (int c = lane; c * 16 < bytes; c += 32)
+                cp_async16((char *)(b_s + (ti & 1) * 16 * MAX_R) + 16 * c, (const char *)(p.b + (int64_t)n0 * p.r) + 16 * c,
+                           min(16, bytes - 16 * c));
+            asm volatile("cp.async.commit_group;" ::: "memory");
+        }
+        const int n = n0 + rho;
+        if (!finisher || n >= p.n || tau >= p.m)
+            return;
+        e_bias = p.bias ? __bfloat162float(p.bias[n]) : 0.0f;
+        e_old = p.beta != 0.0f ? __bfloat162float(p.y[(int64_t)tau * p.n + n]) : 0.0f;
+    };
+    load_epilogue(first);
+    if (CL > 1) /* every block of the cluster has started before any writes into its shared memory */
+        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+    __syncthreads();
+
+    float acc[1][NT][4] = {};
+    auto tile_end = [&](int ti) {
+        float *buf = red + (ti & 1) * WARPS * NT * 4 * 32;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                buf[((warp * NT + nt) * 4 + c) * 32 + lane] = acc[0][nt][c];
+                acc[0][nt][c] = 0.0f;
+            }
+        if (warp == 0)
+            asm volatile("cp.async.wait_all;" ::: "memory");
+        __syncthreads();
+        if (CL > 1 && ti < 0) /* phase 1: every block of the cluster runs */
+            asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+        if (CL > 1 && ti == 0) { /* every slot of the cluster's T partials has landed */
+            asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+            for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x) {
+                float t = 0.0f;
+                for (int c = 0; c < CL; c++)
+                    t += t_part[c * 8 * NT * MAX_R + i];
+                t_s[i] = p.scale * t;
+            }
+            __syncthreads();
+        }
+        if (finisher) {
+            float s = 0.0f;
+            for (int w = 0; w < WARPS; w++)
+                s += buf[((w * NT + f_nt) * 4 + f_c) * 32 + f_lane];
+            if (ti < 0) { /* rho is the rank here; rows past r read 0 */
+                if (CL > 1)
+                    for (int c = 0; c < CL; c++)
+                        st_cluster(t_part + (crank * 8 * NT + tau) * MAX_R + rho, c, s);
+                else
+                    t_s[tau * MAX_R + rho] = p.scale * s;
+            } else {
+                const int n = ((int)blockIdx.x + ti * (int)gridDim.x) * 16 + rho;
+                if (n < p.n && tau < p.m) {
+                    const bf16 *brow = b_s + (ti & 1) * 16 * MAX_R + rho * p.r;
+                    float l = 0.0f;
+                    for (int j = 0; j < p.r; j++)
+                        l = fmaf(__bfloat162float(brow[j]), t_s[tau * MAX_R + j], l);
+                    p.y[(int64_t)tau * p.n + n] = __float2bfloat16_rn(s + l + e_bias + p.beta * e_old);
+                }
+            }
+        }
+        if (CL > 1 && ti < 0)
+            asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+        load_epilogue(ti + 1);
+    };
+
+    int c_ti = first, c_j = 0;
+    const bf16 *c_base;
+    int c_valid, c_lo, c_cnt = tile_info(c_ti, &c_base, &c_valid, &c_lo);
+    while (c_ti < my_w) {
+#pragma unroll
+        for (int u = 0; u < D; u++) { /* slot u holds the next item: tiles this warp has no steps of take none */
+            while (c_ti < my_w && c_j >= c_cnt) {
+                tile_end(c_ti);
+                c_j = 0;
+                c_ti++;
+                c_cnt = tile_info(c_ti, &c_base, &c_valid, &c_lo);
+            }
+            if (c_ti < my_w) {
+                const int kb = 32 * (c_lo + warp + c_j * WARPS) + 8 * q;
+                uint4 xv[NT];
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    xv[nt] = nt * 8 + g < p.m ? *(const uint4 *)(x_s + (nt * 8 + g) * p.xs_stride + 2 * kb)
+                                              : make_uint4(0, 0, 0, 0);
+                const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
+                decode_step<bf16, NT, 1>(acc, wv, xv);
+                fetch(wr[u]);
+                c_j++;
+            }
+        }
+    }
+    if (CL > 1 && my_w == 0) /* no epilogue waited: the cluster barrier's phase still ends here */
+        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+/* ---- host ------------------------------------------------------------------------------------ */
+
+static float bf(bf16 v) { return __bfloat162float(v); }
+static double frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return ((*s >> 8) / 16777216.0) * 2.0 - 1.0;
+}
+
+struct layer {
+    int m, k, n, r;
+    float scale, beta;
+    bool bias;
+    bf16 *x, *w[ROT], *a, *b, *bi, *y;
+    float *t;     /* s·T on the device, [m][MAX_R] */
+    bf16 *h_x, *h_w, *h_a, *h_b, *h_bi, *h_y0;
+    float *h_t;
+};
+
+static void make_layer(layer *L, int m, int k, int n, int r, float scale, float beta, bool bias, int rot)
+{
+    *L = {};
+    L->m = m, L->k = k, L->n = n, L->r = r, L->scale = scale, L->beta = beta, L->bias = bias;
+    unsigned s = 12345u + m * 7 + k * 13 + n * 17 + r;
+    auto fill = [&](bf16 **h, size_t cnt, double amp) {
+        *h = (bf16 *)malloc(cnt * sizeof(bf16));
+        for (size_t i = 0; i < cnt; i++)
+            (*h)[i] = __float2bfloat16((float)(amp * frand(&s)));
+    };
+    fill(&L->h_x, (size_t)m * k, 1.0);
+    fill(&L->h_w, (size_t)n * k, 0.05);
+    fill(&L->h_a, (size_t)r * k, 0.05);
+    fill(&L->h_b, (size_t)n * r, 0.5); /* nonzero B (PEFT starts it at zero: a test must not) */
+    fill(&L->h_bi, (size_t)n, 1.0);
+    fill(&L->h_y0, (size_t)m * n, 1.0);
+    L->h_t = (float *)calloc((size_t)m * MAX_R, sizeof(float));
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < r; j++) {
+            double t = 0;
+            for (int kk = 0; kk < k; kk++)
+                t += (double)bf(L->h_x[(size_t)i * k + kk]) * bf(L->h_a[(size_t)j * k + kk]);
+            L->h_t[i * MAX_R + j] = (float)(scale * t);
+        }
+    auto up = [](void **d, const void *h, size_t bytes) {
+        CK(cudaMalloc(d, bytes));
+        CK(cudaMemcpy(*d, h, bytes, cudaMemcpyHostToDevice));
+    };
+    up((void **)&L->x, L->h_x, (size_t)m * k * 2);
+    for (int i = 0; i < rot; i++)
+        up((void **)&L->w[i], L->h_w, (size_t)n * k * 2);
+    up((void **)&L->a, L->h_a, (size_t)r * k * 2);
+    up((void **)&L->b, L->h_b, (size_t)n * r * 2);
+    up((void **)&L->bi, L->h_bi, (size_t)n * 2);
+    up((void **)&L->y, L->h_y0, (size_t)m * n * 2);
+    up((void **)&L->t, L->h_t, (size_t)m * MAX_R * 4);
+}
+
+static int g_sms;
+
+struct variant {
+    const char *name;
+    int nt, warps, d, bps, cl;
+    bool t_given, pdl;
+};
+
+template <int NT, int WARPS, int D, int BPS, int CL>
+static void launch_t(const dl_params &p, size_t smem, int grid, bool pdl, cudaStream_t st)
+{
+    static bool set = false;
+    if (!set) {
+        CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                200 * 1024 / BPS));
+        if (CL > 8)
+            CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, CL>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        set = true;
+    }
+    if (CL > 1) { /* every cluster resident at once: no more clusters than the GPU holds */
+        static int max_clusters = 0;
+        static size_t for_smem = 0;
+        if (for_smem != smem) {
+            for_smem = smem;
+            cudaLaunchConfig_t cfg = {};
+            cudaLaunchAttribute attr;
+            attr.id = cudaLaunchAttributeClusterDimension;
+            attr.val.clusterDim.x = CL, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+            cfg.gridDim = dim3(grid), cfg.blockDim = dim3(WARPS * 32), cfg.dynamicSmemBytes = smem;
+            cfg.attrs = &attr, cfg.numAttrs = 1;
+            CK(cudaOccupancyMaxActiveClusters(&max_clusters, decode_ld<NT, WARPS, D, BPS, CL>, &cfg));
+            printf("  (%d x %d warps, %d blocks a cluster: at most %d clusters resident)\n", BPS, WARPS, CL, max_clusters);
+        }
+        if (grid > max_clusters * CL)
+            grid = max_clusters * CL;
+    }
+    CK(lf_cuda_launch_clustered(decode_ld<NT, WARPS, D, BPS, CL>, dim3(grid), WARPS * 32, smem, pdl, CL, st, p));
+}
+
+static size_t smem_of(const variant &v, const layer &L)
+{
+    const int cl = v.cl > 1 ? v.cl : 1;
+    return (2 * v.warps * v.nt * 4 * 32 + 8 * v.nt * MAX_R + cl * 8 * v.nt * MAX_R) * 4 + 2 * 16 * MAX_R * 2 +
+           (size_t)L.m * (((L.k + 31) / 32) * 64 + X_PAD);
+}
+
+/* false where the variant's shared memory (x staged whole) does not fit BPS blocks an SM */
+static bool fits(const variant &v, const layer &L) { return smem_of(v, L) <= (size_t)200 * 1024 / v.bps; }
+
+static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t st)
+{
+    dl_params p = {};
+    p.m = L.m, p.n = L.n, p.k = L.k, p.r = L.r;
+    p.x = L.x, p.w = w, p.a = L.a, p.b = L.b, p.bias = L.bias ? L.bi : nullptr, p.y = L.y;
+    p.scale = L.scale, p.beta = L.beta, p.t_given = v.t_given ? L.t : nullptr;
+    p.xs_stride = (L.k + 31) / 32 * 64 + X_PAD;
+    const int tiles = (L.n + 15) / 16, cl = v.cl > 1 ? v.cl : 1;
+    int grid = tiles < v.bps * g_sms ? tiles : v.bps * g_sms;
+    grid = (grid + cl - 1) / cl * cl;
+#define DL(NT, W, D, BPS, CL)                                                                  \
+    if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && cl == CL)                    \
+        return launch_t<NT, W, D, BPS, CL>(p, smem_of(v, L), grid, v.pdl, st);
+    DL(1, 32, 4, 1, 1) DL(1, 16, 4, 2, 1) DL(1, 32, 4, 1, 8) DL(1, 16, 4, 2, 8) DL(1, 16, 4, 2, 4) DL(1, 16, 4, 2, 16)
+    DL(2, 32, 4, 1, 1) DL(2, 16, 4, 2, 1) DL(2, 32, 4, 1, 8) DL(2, 16, 4, 2, 8) DL(2, 16, 4, 2, 4) DL(2, 16, 4, 2, 16)
+#undef DL
+    fprintf(stderr, "no such variant\n");
+    exit(1);
+}
+
+/* Every element against a double reference; returns the worst error in units of the tolerance. */
+static double check(const variant &v, layer &L, cudaStream_t st)
+{
+    CK(cudaMemcpy(L.y, L.h_y0, (size_t)L.m * L.n * 2, cudaMemcpyHostToDevice));
+    launch(v, L, L.w[0], st);
+    CK(cudaStreamSynchronize(st));
+    bf16 *out = (bf16 *)malloc((size_t)L.m * L.n * 2);
+    CK(cudaMemcpy(out, L.y, (size_t)L.m * L.n * 2, cudaMemcpyDeviceToHost));
+    double worst = 0;
+    for (int i = 0; i < L.m; i++) {
+        double t[MAX_R] = {};
+        for (int tt = 0; tt < L.r; tt++)
+            for (int kk = 0; kk < L.k; kk++)
+                t[tt] += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_a[(size_t)tt * L.k + kk]);
+        for (int j = 0; j < L.n; j++) {
+            double acc = 0;
+            for (int kk = 0; kk < L.k; kk++)
+                acc += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_w[(size_t)j * L.k + kk]);
+            for (int tt = 0; tt < L.r; tt++)
+                acc += L.scale * t[tt] * bf(L.h_b[(size_t)j * L.r + tt]);
+            if (L.bias)
+                acc += bf(L.h_bi[j]);
+            acc += L.beta * bf(L.h_y0[(size_t)i * L.n + j]);
+            const double err = fabs(bf(out[(size_t)i * L.n + j]) - acc), tol = 1e-2 * fabs(acc) + 2e-3;
+            if (!(err / tol <= worst))
+                worst = err / tol; /* NaN sticks */
+        }
+    }
+    free(out);
+    return worst;
+}
+
+typedef void (*timed_fn)(const void *ctx, int i, cudaStream_t st);
+
+static double time_graph(timed_fn fn, const void *ctx, cudaStream_t st)
+{
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < LAUNCHES; ++i)
+        fn(ctx, i, st);
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int i = 0; i < 3; ++i)
+        CK(cudaGraphLaunch(ge, st));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    double best = 1e30;
+    for (int round = 0; round < 3; ++round) {
+        CK(cudaEventRecord(e0, st));
+        for (int i = 0; i < REPLAYS; ++i)
+            CK(cudaGraphLaunch(ge, st));
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        const double us = ms * 1e3 / (REPLAYS * LAUNCHES);
+        best = us < best ? us : best;
+    }
+    CK(cudaGetLastError());
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return best;
+}
+
+struct run_ctx {
+    const variant *v;
+    const layer *L;
+    cublasHandle_t h;
+    void *copy_dst;
+    size_t copy_bytes;
+};
+static void run_variant(const void *c, int i, cudaStream_t st)
+{
+    const run_ctx *r = (const run_ctx *)c;
+    launch(*r->v, *r->L, r->L->w[i % ROT], st);
+}
+static void run_cublas(const void *c, int i, cudaStream_t)
+{
+    const run_ctx *r = (const run_ctx *)c;
+    const float one = 1.0f, zero = 0.0f;
+    const layer &L = *r->L;
+    if (cublasGemmEx(r->h, CUBLAS_OP_T, CUBLAS_OP_N, L.n, L.m, L.k, &one, L.w[i % ROT], CUDA_R_16BF, L.k, L.x,
+                     CUDA_R_16BF, L.k, &zero, L.y, CUDA_R_16BF, L.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) !=
+        CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasGemmEx failed\n");
+        exit(1);
+    }
+}
+static void run_copy(const void *c, int i, cudaStream_t st)
+{
+    const run_ctx *r = (const run_ctx *)c;
+    CK(cudaMemcpyAsync(r->copy_dst, r->L->w[i % ROT], r->copy_bytes, cudaMemcpyDeviceToDevice, st));
+}
+
+int main(void)
+{
+    CK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, 0));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs\n", prop.name, g_sms);
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    const variant vars[] = {
+        {"W32 D4 T", 0, 32, 4, 1, 1, true, true},        {"2x W16 D4 T", 0, 16, 4, 2, 1, true, true},
+        {"W32 D4 cl8", 0, 32, 4, 1, 8, false, true},     {"2x W16 D4 cl4", 0, 16, 4, 2, 4, false, true},
+        {"2x W16 D4 cl8", 0, 16, 4, 2, 8, false, true},  {"2x W16 D4 cl16", 0, 16, 4, 2, 16, false, true},
+        {"2x W16 D4 A", 0, 16, 4, 2, 1, false, true},
+    };
+    const int nv = sizeof vars / sizeof vars[0];
+
+    /* correctness: awkward shapes, every element, every variant */
+    const struct { int m, k, n, r; float beta; bool bias; } shapes[] = {
+        {1, 4096, 4096, 16, 0.0f, false}, {16, 4096, 4096, 16, 0.5f, true}, {5, 1000, 1000, 7, 1.0f, true},
+        {13, 72, 24, 16, 0.0f, true},     {9, 4136, 130, 3, 0.0f, false},   {3, 8, 17, 1, -1.0f, true},
+    };
+    int bad = 0;
+    for (const auto &s : shapes) {
+        layer L;
+        make_layer(&L, s.m, s.k, s.n, s.r, 2.0f, s.beta, s.bias, 1);
+        for (int i = 0; i < nv; i++) {
+            variant v = vars[i];
+            v.nt = s.m <= 8 ? 1 : 2;
+            if (!fits(v, L))
+                continue;
+            const double e = check(v, L, st);
+            if (!(e <= 1.0)) {
+                printf("FAIL %-16s NT%d %d x %d -> %d r %d: worst error %.2f x tolerance\n", v.name, v.nt, s.m, s.k,
+                       s.n, s.r, e);
+                bad++;
+            }
+        }
+    }
+    printf("check: %s\n", bad ? "FAILED" : "every variant, every shape passed");
+    if (bad)
+        return 1;
+
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS)
+        return 1;
+    void *ws;
+    CK(cudaMalloc(&ws, 32 << 20));
+    cublasSetStream(h, st);
+    cublasSetWorkspace(h, ws, 32 << 20);
+    const size_t big = (size_t)256 << 20;
+    void *copy_dst;
+    CK(cudaMalloc(&copy_dst, big));
+    {
+        layer C; /* the copy bandwidth: device-to-device memcpy of 256 MiB, as bytes read + written */
+        C = {};
+        CK(cudaMalloc((void **)&C.w[0], big));
+        for (int i = 1; i < ROT; i++)
+            C.w[i] = C.w[0];
+        run_ctx rc = {nullptr, &C, h, copy_dst, big};
+        const double us = time_graph(run_copy, &rc, st);
+        printf("copy bandwidth (256 MiB memcpy): %.1f GB/s\n", 2.0 * big / (us * 1e3));
+        const double gbs = 2.0 * big / (us * 1e3);
+        const struct { int m, k, n; } tshapes[] = {{1, 4096, 4096}, {16, 4096, 4096}, {16, 4096, 14336}, {1, 4096, 14336}};
+        printf("%-18s %-18s %9s %9s %7s\n", "shape (r 16)", "variant", "us", "GB/s", "% copy");
+        for (const auto &t : tshapes) {
+            layer L;
+            make_layer(&L, t.m, t.k, t.n, 16, 2.0f, 0.0f, false, ROT);
+            const double bytes = 2.0 * ((double)t.n * t.k + (double)t.m * t.k + (double)t.m * t.n + 16.0 * (t.k + t.n));
+            char shape[32];
+            snprintf(shape, sizeof shape, "%d x %d -> %d", t.m, t.k, t.n);
+            run_ctx r = {nullptr, &L, h, nullptr, 0};
+            const double cb = time_graph(run_cublas, &r, st);
+            printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, "cuBLAS base GEMM", cb, bytes / (cb * 1e3),
+                   100.0 * bytes / (cb * 1e3) / gbs);
+            for (int i = 0; i < nv; i++) {
+                variant v = vars[i];
+                v.nt = t.m <= 8 ? 1 : 2;
+                if (!fits(v, L))
+                    continue;
+                r.v = &v;
+                const double us = time_graph(run_variant, &r, st);
+                printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, v.name, us, bytes / (us * 1e3),
+                       100.0 * bytes / (us * 1e3) / gbs);
+            }
+        }
+    }
+    return 0;
+}
