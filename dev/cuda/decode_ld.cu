@@ -5,16 +5,20 @@
  *
  * Why (dev/cuda/NOTES.md, "Read floor"): a launch that only reads 32 MiB takes 12.3–12.6 µs with
  * 16-byte ld.global.nc from ~1024 threads an SM, but 14.1 with a one-CTA TMA ring, and the library's
- * decode form (a TMA ring) sits at 14.0 / 14.7. Here one persistent block an SM (WARPS warps) owns
- * 16-row tiles of W, each over all of K; warp w takes the tile's 32-wide K steps w, w + WARPS, ...
+ * decode form (a TMA ring) sits at 14.0 / 14.7. Here a persistent grid of BPS blocks an SM (WARPS
+ * warps each) owns 16-row tiles of W, each over all of K; warp w takes the tile's 32-wide K steps w, w + WARPS, ...
  * (so a block's warps walk K side by side and every SM stays in step along K), each lane holds D
  * steps of its two 16-byte W chunks (rows g and g + 8) in registers ahead of use, across tile ends,
  * and feeds them to mma.sync with the decode kernels' K permutation (mma_sync.cuh: decode_step);
  * x sits in shared memory once per block. At a tile's end the warps' partials meet in shared memory
  * (fixed order) and a quarter of the threads finish the tile (bias, beta·y, s·T·Bᵀ, one rounding),
  * their inputs loaded at the tile's start, while the loads already issued keep W streaming.
- * T = x·Aᵀ: every block first streams A's 16 rows as one more tile (A tile), or takes s·T given
- * (the variant that shows what the A tile costs). PDL: W is loaded before griddepcontrol.wait.
+ * T = x·Aᵀ, four ways: s·T given (what the stream costs without T); every block streams A's 16
+ * rows over all K first (the A tile); clusters of CL blocks each stream A over a CL-th of K and
+ * share partials through distributed shared memory; or T workers (the lowest blocks) stream A's K
+ * slices into a global buffer and count them, the other blocks waiting at their first epilogue.
+ * PDL: W is loaded before griddepcontrol.wait. dev/cuda/NOTES.md, "Sixteenth session", has the
+ * runs.
  *
  *   make -C dev/cuda decode-ld && dev/cuda/bin/decode_ld      (on the device)
  */
@@ -40,6 +44,9 @@ struct dl_params {
     bf16 *y;
     float scale, beta;
     const float *t_given; /* s·T [m][MAX_R] or NULL: the A tile */
+    int t_workers;        /* > 0: blocks 0..t_workers-1 stream A's K slices into part, the rest wait on ctl */
+    float *part;          /* [t_workers][8·NT][MAX_R] */
+    unsigned *ctl;        /* [0] slices published, [1] blocks done (the last one zeroes both) */
     int xs_stride;        /* bytes of a token's row of x in shared memory */
 };
 
@@ -100,11 +107,14 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     const int steps = (p.k + 31) / 32, w_tiles = (p.n + 15) / 16;
-    const bool a_tile = !p.t_given;
+    const int tw = p.t_workers, wb = (int)blockIdx.x - tw, wg = (int)gridDim.x - tw; /* W blocks */
+    const bool t_worker = (int)blockIdx.x < tw;
+    const bool a_tile = !p.t_given && (tw == 0 || t_worker);
     const int first = a_tile ? -1 : 0; /* tile −1: A's rows */
-    const int my_w = (int)blockIdx.x < w_tiles ? (w_tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int crank = CL > 1 ? (int)cluster_rank() : 0;
-    const int a_per = (steps + (CL > 1 ? CL : 1) - 1) / (CL > 1 ? CL : 1);
+    const int my_w = !t_worker && wb < w_tiles ? (w_tiles - 1 - wb) / wg + 1 : 0;
+    const int crank = CL > 1 ? (int)cluster_rank() : t_worker ? (int)blockIdx.x : 0;
+    const int slices = CL > 1 ? CL : tw > 0 ? tw : 1;
+    const int a_per = (steps + slices - 1) / slices;
     const int a_lo = min(steps, crank * a_per), a_cnt = min(steps, a_lo + a_per) - a_lo;
     /* tile ti: its rows' base, how many are valid, its K steps [lo, lo + cnt), this warp's share */
     auto tile_info = [&](int ti, const bf16 **base, int *valid, int *lo) {
@@ -112,7 +122,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             *base = p.a, *valid = p.r, *lo = a_lo;
             return warp < a_cnt ? (a_cnt - 1 - warp) / WARPS + 1 : 0;
         }
-        const int n0 = ((int)blockIdx.x + ti * (int)gridDim.x) * 16;
+        const int n0 = (wb + ti * wg) * 16;
         *base = p.w + (int64_t)n0 * p.k, *valid = p.n - n0, *lo = 0;
         return warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
     };
@@ -159,7 +169,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
     auto load_epilogue = [&](int ti) {
         if (ti < 0 || ti >= my_w)
             return;
-        const int n0 = ((int)blockIdx.x + ti * (int)gridDim.x) * 16;
+        const int n0 = (wb + ti * wg) * 16;
         if (warp == 0) {
             const int bytes = min(16, p.n - n0) * p.r * 2;
             for (int c = lane; c * 16 < bytes; c += 32)
@@ -203,6 +213,20 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             }
             __syncthreads();
         }
+        if (tw > 0 && ti == 0) { /* before the first epilogue: every slice, summed in slice order */
+            if (threadIdx.x == 0)
+                while (*(volatile unsigned *)p.ctl < (unsigned)tw)
+                    ;
+            __syncthreads();
+            __threadfence();
+            for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x) {
+                float t = 0.0f;
+                for (int c = 0; c < tw; c++)
+                    t += __ldcg(p.part + c * 8 * NT * MAX_R + i);
+                t_s[i] = p.scale * t;
+            }
+            __syncthreads();
+        }
         if (finisher) {
             float s = 0.0f;
             for (int w = 0; w < WARPS; w++)
@@ -211,10 +235,12 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
                 if (CL > 1)
                     for (int c = 0; c < CL; c++)
                         st_cluster(t_part + (crank * 8 * NT + tau) * MAX_R + rho, c, s);
+                else if (tw > 0)
+                    p.part[(crank * 8 * NT + tau) * MAX_R + rho] = s;
                 else
                     t_s[tau * MAX_R + rho] = p.scale * s;
             } else {
-                const int n = ((int)blockIdx.x + ti * (int)gridDim.x) * 16 + rho;
+                const int n = (wb + ti * wg) * 16 + rho;
                 if (n < p.n && tau < p.m) {
                     const bf16 *brow = b_s + (ti & 1) * 16 * MAX_R + rho * p.r;
                     float l = 0.0f;
@@ -226,6 +252,13 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         }
         if (CL > 1 && ti < 0)
             asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+        if (tw > 0 && ti < 0) { /* every finisher's part is stored: publish the slice */
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence();
+                atomicAdd(p.ctl, 1u);
+            }
+        }
         load_epilogue(ti + 1);
     };
 
@@ -257,6 +290,17 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
     }
     if (CL > 1 && my_w == 0) /* no epilogue waited: the cluster barrier's phase still ends here */
         asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+    if (tw > 0) { /* the last block out zeroes the counters for the next launch (read after its PDL wait) */
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            if (atomicAdd(p.ctl + 1, 1u) == gridDim.x - 1) {
+                p.ctl[0] = 0;
+                p.ctl[1] = 0;
+                __threadfence();
+            }
+        }
+    }
 }
 
 /* ---- host ------------------------------------------------------------------------------------ */
@@ -322,7 +366,10 @@ struct variant {
     const char *name;
     int nt, warps, d, bps, cl;
     bool t_given, pdl;
+    int t_workers;
 };
+static float *g_part;
+static unsigned *g_ctl;
 
 template <int NT, int WARPS, int D, int BPS, int CL>
 static void launch_t(const dl_params &p, size_t smem, int grid, bool pdl, cudaStream_t st)
@@ -371,9 +418,11 @@ static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t
     p.m = L.m, p.n = L.n, p.k = L.k, p.r = L.r;
     p.x = L.x, p.w = w, p.a = L.a, p.b = L.b, p.bias = L.bias ? L.bi : nullptr, p.y = L.y;
     p.scale = L.scale, p.beta = L.beta, p.t_given = v.t_given ? L.t : nullptr;
+    p.t_workers = v.t_workers, p.part = g_part, p.ctl = g_ctl;
     p.xs_stride = (L.k + 31) / 32 * 64 + X_PAD;
     const int tiles = (L.n + 15) / 16, cl = v.cl > 1 ? v.cl : 1;
-    int grid = tiles < v.bps * g_sms ? tiles : v.bps * g_sms;
+    int grid = tiles < v.bps * g_sms - v.t_workers ? tiles : v.bps * g_sms - v.t_workers;
+    grid += v.t_workers; /* the T workers first: they wait for nothing */
     grid = (grid + cl - 1) / cl * cl;
 #define DL(NT, W, D, BPS, CL)                                                                  \
     if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && cl == CL)                    \
@@ -491,11 +540,14 @@ int main(void)
     printf("device: %s, %d SMs\n", prop.name, g_sms);
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
+    CK(cudaMalloc(&g_part, 64 * 16 * MAX_R * sizeof(float)));
+    CK(cudaMalloc(&g_ctl, 2 * sizeof(unsigned)));
+    CK(cudaMemset(g_ctl, 0, 2 * sizeof(unsigned)));
     const variant vars[] = {
-        {"W32 D4 T", 0, 32, 4, 1, 1, true, true},        {"2x W16 D4 T", 0, 16, 4, 2, 1, true, true},
-        {"W32 D4 cl8", 0, 32, 4, 1, 8, false, true},     {"2x W16 D4 cl4", 0, 16, 4, 2, 4, false, true},
-        {"2x W16 D4 cl8", 0, 16, 4, 2, 8, false, true},  {"2x W16 D4 cl16", 0, 16, 4, 2, 16, false, true},
-        {"2x W16 D4 A", 0, 16, 4, 2, 1, false, true},
+        {"W32 D4 T", 0, 32, 4, 1, 1, true, true, 0},       {"2x W16 D4 T", 0, 16, 4, 2, 1, true, true, 0},
+        {"W32 D4 tw4", 0, 32, 4, 1, 1, false, true, 4},    {"W32 D4 tw8", 0, 32, 4, 1, 1, false, true, 8},
+        {"2x W16 D4 tw8", 0, 16, 4, 2, 1, false, true, 8}, {"2x W16 D4 tw16", 0, 16, 4, 2, 1, false, true, 16},
+        {"2x W16 D4 tw32", 0, 16, 4, 2, 1, false, true, 32},
     };
     const int nv = sizeof vars / sizeof vars[0];
 
