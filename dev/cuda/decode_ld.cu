@@ -13,10 +13,10 @@
  * x sits in shared memory once per block. At a tile's end the warps' partials meet in shared memory
  * (fixed order) and a quarter of the threads finish the tile (bias, beta·y, s·T·Bᵀ, one rounding),
  * their inputs loaded at the tile's start, while the loads already issued keep W streaming.
- * T = x·Aᵀ, four ways: s·T given (what the stream costs without T); every block streams A's 16
- * rows over all K first (the A tile); clusters of CL blocks each stream A over a CL-th of K and
- * share partials through distributed shared memory; or T workers (the lowest blocks) stream A's K
- * slices into a global buffer and count them, the other blocks waiting at their first epilogue.
+ * T = x·Aᵀ, three ways (t_mode): s·T given (what the stream costs without T); every block streams
+ * A's 16 rows over all K first (the A tile); or T workers (the lowest blocks) stream A's K slices
+ * into a global buffer and count them, the other blocks waiting at their first epilogue. (T shared
+ * over thread block clusters was measured and dropped: NOTES.)
  * PDL: W is loaded before griddepcontrol.wait. dev/cuda/NOTES.md, "Sixteenth session", has the
  * runs.
  *
@@ -59,13 +59,12 @@ static __device__ __forceinline__ uint4 ld_nc(const void *p)
     return v;
 }
 
-template <int NT, int WARPS, int CL> struct dl_shape {
+template <int NT, int WARPS> struct dl_shape {
     enum {
         RED_FLOATS = 2 * WARPS * NT * 4 * 32,
         T_FLOATS = 8 * NT * MAX_R,
-        PART_FLOATS = (CL > 1 ? CL : 1) * 8 * NT * MAX_R, /* the cluster's T partials, by rank */
         B_BYTES = 2 * 16 * MAX_R * 2,
-        FIXED_BYTES = (RED_FLOATS + T_FLOATS + PART_FLOATS) * 4 + B_BYTES
+        FIXED_BYTES = (RED_FLOATS + T_FLOATS) * 4 + B_BYTES
     };
 };
 
@@ -75,72 +74,51 @@ static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, 
                  "l"(gmem), "r"(src_bytes)
                  : "memory");
 }
-static __device__ __forceinline__ uint32_t cluster_rank()
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-static __device__ __forceinline__ void st_cluster(float *local, uint32_t cta, float v)
-{
-    uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"((uint32_t)__cvta_generic_to_shared(local)), "r"(cta));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
-}
 
-/* CL > 1: T = x·Aᵀ shared in clusters of CL blocks — each block streams A over its CL-th of K
- * (the "A tile", tile −1 here), writes its partial into slot [rank] of every block of the
- * cluster (distributed shared memory) and arrives on the cluster barrier; before its first
- * epilogue a block waits there and sums the CL slots in rank order. CL = 1: T given (p.t_given)
- * or, without it, the A tile over all of K in every block. */
-template <int NT, int WARPS, int D, int BPS, int CL>
+/* How a block gets s·T: given (p.t_given), its own A tile over all K, or from the T workers. */
+enum t_mode { T_GIVEN, T_A_TILE, T_WORKERS };
+
+/* T_WORKERS: blocks 0..tw-1 stream A's rows over their tw-th of K (the A tile, tile −1) and
+ * store their partials; the other blocks stream W and, before their first epilogue, wait for the
+ * count of stored slices and sum them in slice order. Every block has one step count for all its
+ * tiles (a T worker has only its slice), so the loop needs no per-item tile lookup. */
+template <int NT, int WARPS, int D, int BPS, int TM>
 __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
 {
-    using shape = dl_shape<NT, WARPS, CL>;
+    using shape = dl_shape<NT, WARPS>;
     extern __shared__ __align__(16) unsigned char smem[];
-    float *red = (float *)smem;                   /* [2][WARPS][NT][4][32] */
-    float *t_s = red + shape::RED_FLOATS;         /* s·T [8·NT][MAX_R] */
-    float *t_part = t_s + shape::T_FLOATS;        /* [CL][8·NT][MAX_R] */
-    bf16 *b_s = (bf16 *)(t_part + shape::PART_FLOATS); /* the tile's B rows, [2][16·r] by tile parity */
+    float *red = (float *)smem;                                 /* [2][WARPS][NT][4][32] */
+    float *t_s = red + shape::RED_FLOATS;                       /* s·T [8·NT][MAX_R] */
+    bf16 *b_s = (bf16 *)(t_s + shape::T_FLOATS);                /* the tile's B rows, [2][16·r] by parity */
     unsigned char *x_s = (unsigned char *)b_s + shape::B_BYTES; /* [m][xs_stride] */
     lf_pdl_release();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     const int steps = (p.k + 31) / 32, w_tiles = (p.n + 15) / 16;
-    const int tw = p.t_workers, wb = (int)blockIdx.x - tw, wg = (int)gridDim.x - tw; /* W blocks */
-    const bool t_worker = (int)blockIdx.x < tw;
-    const bool a_tile = !p.t_given && (tw == 0 || t_worker);
-    const int first = a_tile ? -1 : 0; /* tile −1: A's rows */
-    const int my_w = !t_worker && wb < w_tiles ? (w_tiles - 1 - wb) / wg + 1 : 0;
-    const int crank = CL > 1 ? (int)cluster_rank() : t_worker ? (int)blockIdx.x : 0;
-    const int slices = CL > 1 ? CL : tw > 0 ? tw : 1;
-    const int a_per = (steps + slices - 1) / slices;
-    const int a_lo = min(steps, crank * a_per), a_cnt = min(steps, a_lo + a_per) - a_lo;
-    /* tile ti: its rows' base, how many are valid, its K steps [lo, lo + cnt), this warp's share */
-    auto tile_info = [&](int ti, const bf16 **base, int *valid, int *lo) {
-        if (ti < 0) {
-            *base = p.a, *valid = p.r, *lo = a_lo;
-            return warp < a_cnt ? (a_cnt - 1 - warp) / WARPS + 1 : 0;
-        }
-        const int n0 = (wb + ti * wg) * 16;
-        *base = p.w + (int64_t)n0 * p.k, *valid = p.n - n0, *lo = 0;
-        return warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
-    };
+    const int tw = TM == T_WORKERS ? p.t_workers : 0;
+    const int wb = (int)blockIdx.x - tw, wg = (int)gridDim.x - tw; /* this block among the W blocks */
+    const bool t_worker = TM == T_WORKERS && (int)blockIdx.x < tw;
+    const int first = TM == T_A_TILE || t_worker ? -1 : 0; /* tile −1: A's rows */
+    const int last = t_worker ? 0 : wb < w_tiles ? (w_tiles - 1 - wb) / wg + 1 : 0; /* tiles [first, last) */
+    /* the K steps of every tile of this block: [lo, lo + cnt); this warp's share of them, spw */
+    const int per = t_worker ? (steps + tw - 1) / tw : steps;
+    const int lo = t_worker ? min(steps, (int)blockIdx.x * per) : 0, cnt = min(steps, lo + per) - lo;
+    const int spw = warp < cnt ? (cnt - 1 - warp) / WARPS + 1 : 0;
 
     int f_ti = first, f_j = 0; /* the next item to load */
-    const bf16 *f_base;
-    int f_valid, f_lo, f_cnt = tile_info(f_ti, &f_base, &f_valid, &f_lo);
     auto fetch = [&](uint4(&dst)[2]) {
-        while (f_ti < my_w && f_j >= f_cnt) {
-            f_ti++, f_j = 0;
-            f_cnt = tile_info(f_ti, &f_base, &f_valid, &f_lo);
-        }
-        if (f_ti < my_w) {
-            const int kb = 32 * (f_lo + warp + f_j * WARPS) + 8 * q;
+        if (f_ti < last && spw > 0) {
+            const int n0 = (wb + f_ti * wg) * 16;
+            const bf16 *base = f_ti < 0 ? p.a : p.w + (int64_t)n0 * p.k;
+            const int valid = f_ti < 0 ? p.r : p.n - n0;
+            const int kb = 32 * (lo + warp + f_j * WARPS) + 8 * q;
             const bool kin = kb < p.k;
-            dst[0] = kin && g < f_valid ? ld_nc(f_base + (int64_t)g * p.k + kb) : make_uint4(0, 0, 0, 0);
-            dst[1] = kin && g + 8 < f_valid ? ld_nc(f_base + (int64_t)(g + 8) * p.k + kb) : make_uint4(0, 0, 0, 0);
-            f_j++;
+            dst[0] = kin && g < valid ? ld_nc(base + (int64_t)g * p.k + kb) : make_uint4(0, 0, 0, 0);
+            dst[1] = kin && g + 8 < valid ? ld_nc(base + (int64_t)(g + 8) * p.k + kb) : make_uint4(0, 0, 0, 0);
+            if (++f_j == spw) {
+                f_j = 0;
+                f_ti++;
+            }
         }
     };
     uint4 wr[D][2];
@@ -155,7 +133,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         const uint4 v = k0 < p.k ? *(const uint4 *)(p.x + (int64_t)row * p.k + k0) : make_uint4(0, 0, 0, 0);
         *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
     }
-    if (p.t_given)
+    if (TM == T_GIVEN)
         for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x)
             t_s[i] = i / MAX_R < p.m ? p.t_given[i] : 0.0f;
 
@@ -167,7 +145,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
     /* B's rows of a W tile are 16·r contiguous elements (32·r bytes, 16-byte aligned): the first
      * warp copies them into b_s[ti & 1] asynchronously, waited for before the tile's barrier */
     auto load_epilogue = [&](int ti) {
-        if (ti < 0 || ti >= my_w)
+        if (ti < 0 || ti >= last)
             return;
         const int n0 = (wb + ti * wg) * 16;
         if (warp == 0) {
@@ -184,8 +162,6 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         e_old = p.beta != 0.0f ? __bfloat162float(p.y[(int64_t)tau * p.n + n]) : 0.0f;
     };
     load_epilogue(first);
-    if (CL > 1) /* every block of the cluster has started before any writes into its shared memory */
-        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
     __syncthreads();
 
     float acc[1][NT][4] = {};
@@ -201,19 +177,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         if (warp == 0)
             asm volatile("cp.async.wait_all;" ::: "memory");
         __syncthreads();
-        if (CL > 1 && ti < 0) /* phase 1: every block of the cluster runs */
-            asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
-        if (CL > 1 && ti == 0) { /* every slot of the cluster's T partials has landed */
-            asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-            for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x) {
-                float t = 0.0f;
-                for (int c = 0; c < CL; c++)
-                    t += t_part[c * 8 * NT * MAX_R + i];
-                t_s[i] = p.scale * t;
-            }
-            __syncthreads();
-        }
-        if (tw > 0 && ti == 0) { /* before the first epilogue: every slice, summed in slice order */
+        if (TM == T_WORKERS && ti == 0) { /* every slice stored: sum them in slice order */
             if (threadIdx.x == 0)
                 while (*(volatile unsigned *)p.ctl < (unsigned)tw)
                     ;
@@ -232,11 +196,8 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             for (int w = 0; w < WARPS; w++)
                 s += buf[((w * NT + f_nt) * 4 + f_c) * 32 + f_lane];
             if (ti < 0) { /* rho is the rank here; rows past r read 0 */
-                if (CL > 1)
-                    for (int c = 0; c < CL; c++)
-                        st_cluster(t_part + (crank * 8 * NT + tau) * MAX_R + rho, c, s);
-                else if (tw > 0)
-                    p.part[(crank * 8 * NT + tau) * MAX_R + rho] = s;
+                if (TM == T_WORKERS)
+                    p.part[((int)blockIdx.x * 8 * NT + tau) * MAX_R + rho] = s;
                 else
                     t_s[tau * MAX_R + rho] = p.scale * s;
             } else {
@@ -250,9 +211,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
                 }
             }
         }
-        if (CL > 1 && ti < 0)
-            asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-        if (tw > 0 && ti < 0) { /* every finisher's part is stored: publish the slice */
+        if (TM == T_WORKERS && ti < 0) { /* every finisher's part is stored: count the slice */
             __syncthreads();
             if (threadIdx.x == 0) {
                 __threadfence();
@@ -263,34 +222,30 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
     };
 
     int c_ti = first, c_j = 0;
-    const bf16 *c_base;
-    int c_valid, c_lo, c_cnt = tile_info(c_ti, &c_base, &c_valid, &c_lo);
-    while (c_ti < my_w) {
+    while (c_ti < last) {
 #pragma unroll
-        for (int u = 0; u < D; u++) { /* slot u holds the next item: tiles this warp has no steps of take none */
-            while (c_ti < my_w && c_j >= c_cnt) {
-                tile_end(c_ti);
-                c_j = 0;
-                c_ti++;
-                c_cnt = tile_info(c_ti, &c_base, &c_valid, &c_lo);
-            }
-            if (c_ti < my_w) {
-                const int kb = 32 * (c_lo + warp + c_j * WARPS) + 8 * q;
-                uint4 xv[NT];
+        for (int u = 0; u < D; u++) {
+            if (c_ti < last) {
+                if (c_j < spw) {
+                    const int kb = 32 * (lo + warp + c_j * WARPS) + 8 * q;
+                    uint4 xv[NT];
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-                    xv[nt] = nt * 8 + g < p.m ? *(const uint4 *)(x_s + (nt * 8 + g) * p.xs_stride + 2 * kb)
-                                              : make_uint4(0, 0, 0, 0);
-                const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
-                decode_step<bf16, NT, 1>(acc, wv, xv);
-                fetch(wr[u]);
-                c_j++;
+                    for (int nt = 0; nt < NT; nt++)
+                        xv[nt] = nt * 8 + g < p.m ? *(const uint4 *)(x_s + (nt * 8 + g) * p.xs_stride + 2 * kb)
+                                                  : make_uint4(0, 0, 0, 0);
+                    const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
+                    decode_step<bf16, NT, 1>(acc, wv, xv);
+                    fetch(wr[u]);
+                }
+                if (++c_j >= spw) {
+                    tile_end(c_ti);
+                    c_j = 0;
+                    c_ti++;
+                }
             }
         }
     }
-    if (CL > 1 && my_w == 0) /* no epilogue waited: the cluster barrier's phase still ends here */
-        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-    if (tw > 0) { /* the last block out zeroes the counters for the next launch (read after its PDL wait) */
+    if (TM == T_WORKERS) { /* the last block out zeroes the counters for the next launch (read after its PDL wait) */
         __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
@@ -364,48 +319,28 @@ static int g_sms;
 
 struct variant {
     const char *name;
-    int nt, warps, d, bps, cl;
-    bool t_given, pdl;
+    int nt, warps, d, bps, tm;
+    bool pdl;
     int t_workers;
 };
 static float *g_part;
 static unsigned *g_ctl;
 
-template <int NT, int WARPS, int D, int BPS, int CL>
+template <int NT, int WARPS, int D, int BPS, int TM>
 static void launch_t(const dl_params &p, size_t smem, int grid, bool pdl, cudaStream_t st)
 {
     static bool set = false;
     if (!set) {
-        CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, TM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 200 * 1024 / BPS));
-        if (CL > 8)
-            CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, CL>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
         set = true;
     }
-    if (CL > 1) { /* every cluster resident at once: no more clusters than the GPU holds */
-        static int max_clusters = 0;
-        static size_t for_smem = 0;
-        if (for_smem != smem) {
-            for_smem = smem;
-            cudaLaunchConfig_t cfg = {};
-            cudaLaunchAttribute attr;
-            attr.id = cudaLaunchAttributeClusterDimension;
-            attr.val.clusterDim.x = CL, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
-            cfg.gridDim = dim3(grid), cfg.blockDim = dim3(WARPS * 32), cfg.dynamicSmemBytes = smem;
-            cfg.attrs = &attr, cfg.numAttrs = 1;
-            CK(cudaOccupancyMaxActiveClusters(&max_clusters, decode_ld<NT, WARPS, D, BPS, CL>, &cfg));
-            printf("  (%d x %d warps, %d blocks a cluster: at most %d clusters resident)\n", BPS, WARPS, CL, max_clusters);
-        }
-        if (grid > max_clusters * CL)
-            grid = max_clusters * CL;
-    }
-    CK(lf_cuda_launch_clustered(decode_ld<NT, WARPS, D, BPS, CL>, dim3(grid), WARPS * 32, smem, pdl, CL, st, p));
+    CK(lf_cuda_launch(decode_ld<NT, WARPS, D, BPS, TM>, dim3(grid), WARPS * 32, smem, pdl, st, p));
 }
 
 static size_t smem_of(const variant &v, const layer &L)
 {
-    const int cl = v.cl > 1 ? v.cl : 1;
-    return (2 * v.warps * v.nt * 4 * 32 + 8 * v.nt * MAX_R + cl * 8 * v.nt * MAX_R) * 4 + 2 * 16 * MAX_R * 2 +
+    return (2 * v.warps * v.nt * 4 * 32 + 8 * v.nt * MAX_R) * 4 + 2 * 16 * MAX_R * 2 +
            (size_t)L.m * (((L.k + 31) / 32) * 64 + X_PAD);
 }
 
@@ -417,18 +352,17 @@ static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t
     dl_params p = {};
     p.m = L.m, p.n = L.n, p.k = L.k, p.r = L.r;
     p.x = L.x, p.w = w, p.a = L.a, p.b = L.b, p.bias = L.bias ? L.bi : nullptr, p.y = L.y;
-    p.scale = L.scale, p.beta = L.beta, p.t_given = v.t_given ? L.t : nullptr;
-    p.t_workers = v.t_workers, p.part = g_part, p.ctl = g_ctl;
+    p.scale = L.scale, p.beta = L.beta, p.t_given = v.tm == T_GIVEN ? L.t : nullptr;
+    p.t_workers = v.tm == T_WORKERS ? v.t_workers : 0, p.part = g_part, p.ctl = g_ctl;
     p.xs_stride = (L.k + 31) / 32 * 64 + X_PAD;
-    const int tiles = (L.n + 15) / 16, cl = v.cl > 1 ? v.cl : 1;
-    int grid = tiles < v.bps * g_sms - v.t_workers ? tiles : v.bps * g_sms - v.t_workers;
-    grid += v.t_workers; /* the T workers first: they wait for nothing */
-    grid = (grid + cl - 1) / cl * cl;
-#define DL(NT, W, D, BPS, CL)                                                                  \
-    if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && cl == CL)                    \
-        return launch_t<NT, W, D, BPS, CL>(p, smem_of(v, L), grid, v.pdl, st);
-    DL(1, 32, 4, 1, 1) DL(1, 16, 4, 2, 1) DL(1, 32, 4, 1, 8) DL(1, 16, 4, 2, 8) DL(1, 16, 4, 2, 4) DL(1, 16, 4, 2, 16)
-    DL(2, 32, 4, 1, 1) DL(2, 16, 4, 2, 1) DL(2, 32, 4, 1, 8) DL(2, 16, 4, 2, 8) DL(2, 16, 4, 2, 4) DL(2, 16, 4, 2, 16)
+    const int tiles = (L.n + 15) / 16, slots = v.bps * g_sms - p.t_workers;
+    const int grid = (tiles < slots ? tiles : slots) + p.t_workers; /* the T workers first: they wait for nothing */
+#define DL(NT, W, D, BPS, TM)                                                          \
+    if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && v.tm == TM)          \
+        return launch_t<NT, W, D, BPS, TM>(p, smem_of(v, L), grid, v.pdl, st);
+    DL(1, 32, 4, 1, T_GIVEN) DL(1, 16, 4, 2, T_GIVEN) DL(1, 16, 4, 2, T_A_TILE) DL(1, 32, 4, 1, T_WORKERS)
+    DL(1, 16, 4, 2, T_WORKERS) DL(2, 32, 4, 1, T_GIVEN) DL(2, 16, 4, 2, T_GIVEN) DL(2, 16, 4, 2, T_A_TILE)
+    DL(2, 32, 4, 1, T_WORKERS) DL(2, 16, 4, 2, T_WORKERS)
 #undef DL
     fprintf(stderr, "no such variant\n");
     exit(1);
@@ -544,10 +478,10 @@ int main(void)
     CK(cudaMalloc(&g_ctl, 2 * sizeof(unsigned)));
     CK(cudaMemset(g_ctl, 0, 2 * sizeof(unsigned)));
     const variant vars[] = {
-        {"W32 D4 T", 0, 32, 4, 1, 1, true, true, 0},       {"2x W16 D4 T", 0, 16, 4, 2, 1, true, true, 0},
-        {"W32 D4 tw4", 0, 32, 4, 1, 1, false, true, 4},    {"W32 D4 tw8", 0, 32, 4, 1, 1, false, true, 8},
-        {"2x W16 D4 tw8", 0, 16, 4, 2, 1, false, true, 8}, {"2x W16 D4 tw16", 0, 16, 4, 2, 1, false, true, 16},
-        {"2x W16 D4 tw32", 0, 16, 4, 2, 1, false, true, 32},
+        {"W32 D4 T", 0, 32, 4, 1, T_GIVEN, true, 0},        {"2x W16 D4 T", 0, 16, 4, 2, T_GIVEN, true, 0},
+        {"2x W16 D4 A", 0, 16, 4, 2, T_A_TILE, true, 0},    {"W32 D4 tw4", 0, 32, 4, 1, T_WORKERS, true, 4},
+        {"W32 D4 tw8", 0, 32, 4, 1, T_WORKERS, true, 8},    {"2x W16 D4 tw4", 0, 16, 4, 2, T_WORKERS, true, 4},
+        {"2x W16 D4 tw8", 0, 16, 4, 2, T_WORKERS, true, 8}, {"W32 D4 T no PDL", 0, 32, 4, 1, T_GIVEN, false, 0},
     };
     const int nv = sizeof vars / sizeof vars[0];
 
