@@ -50,15 +50,6 @@ struct dl_params {
     int xs_stride;        /* bytes of a token's row of x in shared memory */
 };
 
-static __device__ __forceinline__ uint4 ld_nc(const void *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 template <int NT, int WARPS> struct dl_shape {
     enum {
         RED_FLOATS = 2 * WARPS * NT * 4 * 32,
@@ -400,40 +391,9 @@ static double check(const variant &v, layer &L, cudaStream_t st)
     return worst;
 }
 
-typedef void (*timed_fn)(const void *ctx, int i, cudaStream_t st);
-
-static double time_graph(timed_fn fn, const void *ctx, cudaStream_t st)
+static double time_graph(lab_record_fn fn, const void *ctx, cudaStream_t st)
 {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < LAUNCHES; ++i)
-        fn(ctx, i, st);
-    CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int i = 0; i < 3; ++i)
-        CK(cudaGraphLaunch(ge, st));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    double best = 1e30;
-    for (int round = 0; round < 3; ++round) {
-        CK(cudaEventRecord(e0, st));
-        for (int i = 0; i < REPLAYS; ++i)
-            CK(cudaGraphLaunch(ge, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        const double us = ms * 1e3 / (REPLAYS * LAUNCHES);
-        best = us < best ? us : best;
-    }
-    CK(cudaGetLastError());
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return best;
+    return lab_time_graph(fn, ctx, st, LAUNCHES, REPLAYS);
 }
 
 struct run_ctx {

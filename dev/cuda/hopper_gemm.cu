@@ -119,17 +119,8 @@ static __device__ __forceinline__ void wgmma_m64n256k16_rs(float *d, const uint3
 /* ---------------------------------------------------------------------------------------------- */
 /* The kernel                                                                                      */
 
-/* Cluster of kCluster CTAs along M (ranks take adjacent row blocks of the same column block). */
-static __device__ __forceinline__ uint32_t cluster_rank()
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-static __device__ __forceinline__ void cluster_sync()
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
+/* Cluster of kCluster CTAs along M (ranks take adjacent row blocks of the same column block);
+ * cluster_rank and cluster_sync come from hopper_ptx.cuh. */
 /* Arrival on the barrier at the same shared offset in CTA `rank` of the cluster (itself included).
  * Default semantics (release at CTA scope): what must be ordered before the peer's refill is the
  * completion of our wgmma reads, which wait_group already guarantees. v4's first form,

@@ -29,15 +29,6 @@
 
 enum { ROT = 8, LAUNCHES = 24, REPLAYS = 20 };
 
-static __device__ __forceinline__ uint4 ld_nc(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* A value that depends on every byte read, stored only if it matches a constant nobody chose:
  * the loads cannot be dropped and nothing is written in practice. */
 static __device__ __forceinline__ void keep(unsigned acc, unsigned *sink)
@@ -128,38 +119,21 @@ __global__ void empty_kernel(unsigned *sink) { keep(threadIdx.x, sink); }
 typedef void (*launch_fn)(const void *w, size_t bytes, unsigned *sink, cudaStream_t st);
 
 /* Per-launch µs by graph replay: LAUNCHES launches over the rotating buffers in one graph. */
+struct floor_run {
+    launch_fn fn;
+    void *const *bufs;
+    size_t bytes;
+    unsigned *sink;
+};
+static void record_floor(const void *ctx, int i, cudaStream_t st)
+{
+    const floor_run *r = (const floor_run *)ctx;
+    r->fn(r->bufs[i % ROT], r->bytes, r->sink, st);
+}
 static double time_graph(launch_fn fn, void *const *bufs, size_t bytes, unsigned *sink, cudaStream_t st)
 {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < LAUNCHES; ++i)
-        fn(bufs[i % ROT], bytes, sink, st);
-    CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int i = 0; i < 3; ++i)
-        CK(cudaGraphLaunch(ge, st));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    double best = 1e30;
-    for (int round = 0; round < 3; ++round) {
-        CK(cudaEventRecord(e0, st));
-        for (int i = 0; i < REPLAYS; ++i)
-            CK(cudaGraphLaunch(ge, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        const double us = ms * 1e3 / (REPLAYS * LAUNCHES);
-        best = us < best ? us : best;
-    }
-    CK(cudaGetLastError());
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return best;
+    const floor_run r = {fn, bufs, bytes, sink};
+    return lab_time_graph(record_floor, &r, st, LAUNCHES, REPLAYS);
 }
 
 static int g_blocks, g_threads;
