@@ -36,7 +36,7 @@
 #include <stdlib.h>
 
 typedef __nv_bfloat16 bf16;
-enum { ROT = 8, LAUNCHES = 24, REPLAYS = 20, MAX_R = 16, X_PAD = 64 };
+enum { ROT = 8, LAUNCHES = 24, REPLAYS = 20, MAX_R = 16, X_PAD = 64, MAX_TW = 4 };
 
 struct dl_params {
     int m, n, k, r;
@@ -45,17 +45,22 @@ struct dl_params {
     float scale, beta;
     const float *t_given; /* s·T [m][MAX_R] or NULL: the A tile */
     int t_workers;        /* > 0: blocks 0..t_workers-1 stream A's K slices into part, the rest wait on ctl */
-    float *part;          /* [t_workers][8·NT][MAX_R] */
-    unsigned *ctl;        /* [0] slices published, [1] blocks done (the last one zeroes both) */
+    unsigned long long *part; /* [t_workers][8·NT][MAX_R] pairs (value bits, epoch tag) */
+    unsigned *ctl;        /* the epoch word and the T workers' flags (epoch_of) */
+    unsigned long long *trace; /* NULL, or per block: %globaltimer at 4 points (the lab's timeline) */
     int xs_stride;        /* bytes of a token's row of x in shared memory */
 };
 
-template <int NT, int WARPS> struct dl_shape {
+/* How a block gets s·T: given (p.t_given), its own A tile over all K, or from the T workers. */
+enum t_mode { T_GIVEN, T_A_TILE, T_WORKERS, T_CONTROL };
+
+template <int NT, int WARPS, int TM> struct dl_shape {
     enum {
         RED_FLOATS = 2 * WARPS * NT * 4 * 32,
         T_FLOATS = 8 * NT * MAX_R,
+        PART_FLOATS = TM >= T_WORKERS ? MAX_TW * 8 * NT * MAX_R : 0, /* T workers' slices, copied in */
         B_BYTES = 2 * 16 * MAX_R * 2,
-        FIXED_BYTES = (RED_FLOATS + T_FLOATS) * 4 + B_BYTES
+        FIXED_BYTES = (RED_FLOATS + T_FLOATS + PART_FLOATS) * 4 + B_BYTES
     };
 };
 
@@ -66,35 +71,116 @@ static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, 
                  : "memory");
 }
 
-/* How a block gets s·T: given (p.t_given), its own A tile over all K, or from the T workers. */
-enum t_mode { T_GIVEN, T_A_TILE, T_WORKERS };
+/* The launch's epoch without a count at exit (T_WORKERS). ctl[0..1] is one 64-bit word: the epoch
+ * above, this launch's arrivals below. Every block takes a ticket after its PDL wait (so after
+ * every ticket of the launch before); the last to arrive rolls the word to (epoch + 1, 0). A T
+ * worker stores each value of its slice with the tag epoch + 1 in one 8-byte store; a W block
+ * reads each pair until its tag is its epoch + 1: one round trip, no flag, nothing reset, nothing
+ * waiting at exit. */
+static __device__ __forceinline__ unsigned long long take_ticket(unsigned *ctl)
+{
+    return atomicAdd((unsigned long long *)ctl, 1ull);
+}
+static __device__ __forceinline__ unsigned epoch_of(unsigned *ctl, unsigned long long ticket)
+{
+    if ((unsigned)ticket + 1u == gridDim.x)
+        atomicAdd((unsigned long long *)ctl, (1ull << 32) - gridDim.x);
+    return (unsigned)(ticket >> 32);
+}
 
-/* T_WORKERS: blocks 0..tw-1 stream A's rows over their tw-th of K (the A tile, tile −1) and
- * store their partials; the other blocks stream W and, before their first epilogue, wait for the
- * count of stored slices and sum them in slice order. Every block has one step count for all its
- * tiles (a T worker has only its slice), so the loop needs no per-item tile lookup. */
-template <int NT, int WARPS, int D, int BPS, int TM>
+static __device__ __forceinline__ void stamp(const dl_params &p, int k)
+{
+#ifdef DL_TRACE
+    if (p.trace && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        p.trace[blockIdx.x * 4 + k] = t;
+    }
+#else
+    (void)p, (void)k;
+#endif
+}
+
+/* A T worker: s·T's partial over its tw-th of K (A's rows and x straight from global memory,
+ * every load of a warp issued before its MMAs), its warps' parts summed in a fixed order. */
+template <int NT, int WARPS>
+__device__ void t_slice(const dl_params &p, float *red)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int steps = (p.k + 31) / 32, tw = p.t_workers, per = (steps + tw - 1) / tw;
+    const int lo = min(steps, (int)blockIdx.x * per), cnt = min(steps, lo + per) - lo;
+    stamp(p, 0);
+    lf_pdl_wait();
+    stamp(p, 1);
+    unsigned long long ticket = 0;
+    if (threadIdx.x == 0)
+        ticket = take_ticket(p.ctl);
+    float acc[1][NT][4] = {};
+    for (int j = warp; j < cnt; j += WARPS) {
+        const int kb = 32 * (lo + j) + 8 * q;
+        const bool kin = kb < p.k;
+        uint4 wv[1][2], xv[NT];
+        wv[0][0] = kin && g < p.r ? ld_nc(p.a + (int64_t)g * p.k + kb) : make_uint4(0, 0, 0, 0);
+        wv[0][1] = kin && g + 8 < p.r ? ld_nc(p.a + (int64_t)(g + 8) * p.k + kb) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+            xv[nt] = kin && nt * 8 + g < p.m ? *(const uint4 *)(p.x + (int64_t)(nt * 8 + g) * p.k + kb)
+                                             : make_uint4(0, 0, 0, 0);
+        decode_step<bf16, NT, 1>(acc, wv, xv);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            red[((warp * NT + nt) * 4 + c) * 32 + lane] = acc[0][nt][c];
+    __syncthreads();
+    const int rho = threadIdx.x % 16, tau = threadIdx.x / 16; /* rank rho, token tau */
+    if (threadIdx.x < 16 * 8 * NT) {
+        float s = 0.0f;
+        for (int w = 0; w < WARPS; w++)
+            s += red[((w * NT + tau / 8) * 4 + (rho / 8) * 2 + tau % 2) * 32 + (rho % 8) * 4 + (tau % 8) / 2];
+        red[WARPS * NT * 4 * 32 + threadIdx.x] = s;
+    }
+    __shared__ unsigned tag;
+    if (threadIdx.x == 0)
+        tag = epoch_of(p.ctl, ticket) + 1u;
+    __syncthreads();
+    if (threadIdx.x < 16 * 8 * NT)
+        *(volatile unsigned long long *)(p.part + ((int)blockIdx.x * 8 * NT + tau) * MAX_R + rho) =
+            (unsigned long long)tag << 32 | __float_as_uint(red[WARPS * NT * 4 * 32 + threadIdx.x]);
+    stamp(p, 2);
+}
+
+/* XR: x is not staged whole; each lane copies (cp.async) the x chunks of each item it loads into
+ * its warp's ring of D slots in shared memory, beside its W loads, so x's reads spread over the
+ * stream instead of a burst at the start, and no register holds them. */
+template <int NT, int WARPS, int D, int BPS, int TM, bool XR>
 __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
 {
-    using shape = dl_shape<NT, WARPS>;
+    using shape = dl_shape<NT, WARPS, TM>;
     extern __shared__ __align__(16) unsigned char smem[];
     float *red = (float *)smem;                                 /* [2][WARPS][NT][4][32] */
     float *t_s = red + shape::RED_FLOATS;                       /* s·T [8·NT][MAX_R] */
-    bf16 *b_s = (bf16 *)(t_s + shape::T_FLOATS);                /* the tile's B rows, [2][16·r] by parity */
+    float *t_part = t_s + shape::T_FLOATS;                      /* T_WORKERS: [tw][8·NT][MAX_R] */
+    bf16 *b_s = (bf16 *)(t_part + shape::PART_FLOATS);          /* the tile's B rows, [2][16·r] by parity */
     unsigned char *x_s = (unsigned char *)b_s + shape::B_BYTES; /* [m][xs_stride] */
     lf_pdl_release();
+    /* T_CONTROL: T workers as for T_WORKERS, and in every W block its last warp only takes the
+     * ticket and waits for T's slices, while the other SW warps stream W */
+    constexpr bool WORKERS = TM == T_WORKERS || TM == T_CONTROL;
+    constexpr int SW = TM == T_CONTROL ? WARPS - 1 : WARPS; /* warps that stream W */
+    const int tw = WORKERS ? p.t_workers : 0;
+    if (WORKERS && (int)blockIdx.x < tw) {
+        t_slice<NT, WARPS>(p, red);
+        return;
+    }
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     const int steps = (p.k + 31) / 32, w_tiles = (p.n + 15) / 16;
-    const int tw = TM == T_WORKERS ? p.t_workers : 0;
     const int wb = (int)blockIdx.x - tw, wg = (int)gridDim.x - tw; /* this block among the W blocks */
-    const bool t_worker = TM == T_WORKERS && (int)blockIdx.x < tw;
-    const int first = TM == T_A_TILE || t_worker ? -1 : 0; /* tile −1: A's rows */
-    const int last = t_worker ? 0 : wb < w_tiles ? (w_tiles - 1 - wb) / wg + 1 : 0; /* tiles [first, last) */
-    /* the K steps of every tile of this block: [lo, lo + cnt); this warp's share of them, spw */
-    const int per = t_worker ? (steps + tw - 1) / tw : steps;
-    const int lo = t_worker ? min(steps, (int)blockIdx.x * per) : 0, cnt = min(steps, lo + per) - lo;
-    const int spw = warp < cnt ? (cnt - 1 - warp) / WARPS + 1 : 0;
+    const int first = TM == T_A_TILE ? -1 : 0;                      /* tile −1: A's rows */
+    const int last = wb < w_tiles ? (w_tiles - 1 - wb) / wg + 1 : 0; /* tiles [first, last) */
+    const int spw = warp < min(steps, SW) ? (steps - 1 - warp) / SW + 1 : 0; /* this warp's K steps of a tile */
 
     int f_ti = first, f_j = 0; /* the next item to load */
     auto fetch = [&](uint4(&dst)[2]) {
@@ -102,7 +188,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             const int n0 = (wb + f_ti * wg) * 16;
             const bf16 *base = f_ti < 0 ? p.a : p.w + (int64_t)n0 * p.k;
             const int valid = f_ti < 0 ? p.r : p.n - n0;
-            const int kb = 32 * (lo + warp + f_j * WARPS) + 8 * q;
+            const int kb = 32 * (warp + f_j * SW) + 8 * q;
             const bool kin = kb < p.k;
             dst[0] = kin && g < valid ? ld_nc(base + (int64_t)g * p.k + kb) : make_uint4(0, 0, 0, 0);
             dst[1] = kin && g + 8 < valid ? ld_nc(base + (int64_t)(g + 8) * p.k + kb) : make_uint4(0, 0, 0, 0);
@@ -112,14 +198,42 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             }
         }
     };
+    uint4 *x_ring = (uint4 *)x_s + (size_t)warp * D * NT * 32 + lane; /* XR: [warp][slot][nt][lane] */
+    int xf_ti = first, xf_j = 0;
+    auto fetch_x = [&](int slot) {
+        if (XR && xf_ti < last && spw > 0) {
+            const int kb = 32 * (warp + xf_j * SW) + 8 * q;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const int tok = nt * 8 + g;
+                const bool ok = tok < p.m && kb < p.k;
+                cp_async16(x_ring + (slot * NT + nt) * 32, ok ? p.x + (int64_t)tok * p.k + kb : p.x, ok ? 16 : 0);
+            }
+            if (++xf_j == spw) {
+                xf_j = 0;
+                xf_ti++;
+            }
+        }
+        if (XR)
+            asm volatile("cp.async.commit_group;" ::: "memory");
+    };
     uint4 wr[D][2];
+    stamp(p, 0);
 #pragma unroll
     for (int u = 0; u < D; u++)
         fetch(wr[u]);
     lf_pdl_wait(); /* x, y and (in a chain of layers) T come from the kernels before */
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        fetch_x(u);
+    stamp(p, 1);
+    __shared__ unsigned w_tag;
+    unsigned long long ticket = 0; /* T_WORKERS: its round trip beside x's, its epoch kept in shared memory */
+    if (TM == T_WORKERS && threadIdx.x == 0)
+        ticket = take_ticket(p.ctl);
 
     const int kpad8 = steps * 4; /* 8-element chunks of a padded row */
-    for (int i = threadIdx.x; i < p.m * kpad8; i += blockDim.x) {
+    for (int i = threadIdx.x; !XR && i < p.m * kpad8; i += blockDim.x) {
         const int row = i / kpad8, k0 = i % kpad8 * 8;
         const uint4 v = k0 < p.k ? *(const uint4 *)(p.x + (int64_t)row * p.k + k0) : make_uint4(0, 0, 0, 0);
         *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
@@ -153,10 +267,51 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         e_old = p.beta != 0.0f ? __bfloat162float(p.y[(int64_t)tau * p.n + n]) : 0.0f;
     };
     load_epilogue(first);
+    if (TM == T_WORKERS && threadIdx.x == 0)
+        w_tag = epoch_of(p.ctl, ticket) + 1u;
     __syncthreads();
 
+    constexpr int STREAM_THREADS = SW * 32;
+    if (TM == T_CONTROL && warp == SW) { /* the control warp: ticket, then T's slices into t_s */
+        unsigned e = 0;
+        if (lane == 0)
+            e = epoch_of(p.ctl, take_ticket(p.ctl)) + 1u;
+        e = __shfl_sync(0xffffffffu, e, 0);
+        const int pairs = tw * 8 * NT * MAX_R;
+        for (int i = lane; i < pairs && last > 0; i += 32) {
+            unsigned long long pair = *(volatile const unsigned long long *)(p.part + i);
+            while ((unsigned)(pair >> 32) != e) {
+                __nanosleep(256);
+                pair = *(volatile const unsigned long long *)(p.part + i);
+            }
+            t_part[i] = __uint_as_float((unsigned)pair);
+        }
+        __syncwarp();
+        for (int i = lane; i < 8 * NT * MAX_R; i += 32) {
+            float t = 0.0f;
+            for (int c = 0; c < tw; c++)
+                t += t_part[c * 8 * NT * MAX_R + i];
+            t_s[i] = p.scale * t;
+        }
+        if (last > 0) /* t_s is ready for the first epilogue */
+            asm volatile("bar.arrive 2, %0;" ::"n"(WARPS * 32) : "memory");
+        return;
+    }
+    /* the streaming warps' barrier: all threads, or all but the control warp */
+    auto stream_sync = [&]() {
+        if (TM == T_CONTROL)
+            asm volatile("bar.sync 1, %0;" ::"n"(STREAM_THREADS) : "memory");
+        else
+            __syncthreads();
+    };
+
+    /* T_WORKERS: this thread's pair of the slices, loaded two items before its first tile's end */
+    const int pairs = tw * 8 * NT * MAX_R;
+    unsigned long long pair = 0;
     float acc[1][NT][4] = {};
     auto tile_end = [&](int ti) {
+        if (ti == 0)
+            stamp(p, 2);
         float *buf = red + (ti & 1) * WARPS * NT * 4 * 32;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
@@ -167,30 +322,36 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             }
         if (warp == 0)
             asm volatile("cp.async.wait_all;" ::: "memory");
-        __syncthreads();
-        if (TM == T_WORKERS && ti == 0) { /* every slice stored: sum them in slice order */
-            if (threadIdx.x == 0)
-                while (*(volatile unsigned *)p.ctl < (unsigned)tw)
-                    ;
+        if (TM == T_WORKERS && ti == 0 && spw < 2 && (int)threadIdx.x < pairs)
+            pair = *(volatile const unsigned long long *)(p.part + threadIdx.x);
+        stream_sync();
+        if (TM == T_CONTROL && ti == 0) /* the control warp has put s·T in t_s */
+            asm volatile("bar.sync 2, %0;" ::"n"(WARPS * 32) : "memory");
+        if (ti == 0 && warp == 0)
+            stamp(p, 3);
+        if (TM == T_WORKERS && ti == 0) { /* the slices, summed in slice order */
+            for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+                if (i != (int)threadIdx.x)
+                    pair = *(volatile const unsigned long long *)(p.part + i);
+                while ((unsigned)(pair >> 32) != w_tag)
+                    pair = *(volatile const unsigned long long *)(p.part + i);
+                t_part[i] = __uint_as_float((unsigned)pair);
+            }
             __syncthreads();
-            __threadfence();
             for (int i = threadIdx.x; i < 8 * NT * MAX_R; i += blockDim.x) {
                 float t = 0.0f;
                 for (int c = 0; c < tw; c++)
-                    t += __ldcg(p.part + c * 8 * NT * MAX_R + i);
+                    t += t_part[c * 8 * NT * MAX_R + i];
                 t_s[i] = p.scale * t;
             }
             __syncthreads();
         }
         if (finisher) {
             float s = 0.0f;
-            for (int w = 0; w < WARPS; w++)
+            for (int w = 0; w < SW; w++)
                 s += buf[((w * NT + f_nt) * 4 + f_c) * 32 + f_lane];
-            if (ti < 0) { /* rho is the rank here; rows past r read 0 */
-                if (TM == T_WORKERS)
-                    p.part[((int)blockIdx.x * 8 * NT + tau) * MAX_R + rho] = s;
-                else
-                    t_s[tau * MAX_R + rho] = p.scale * s;
+            if (ti < 0) {
+                t_s[tau * MAX_R + rho] = p.scale * s; /* rho is the rank here; rows past r read 0 */
             } else {
                 const int n = (wb + ti * wg) * 16 + rho;
                 if (n < p.n && tau < p.m) {
@@ -202,13 +363,6 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
                 }
             }
         }
-        if (TM == T_WORKERS && ti < 0) { /* every finisher's part is stored: count the slice */
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                __threadfence();
-                atomicAdd(p.ctl, 1u);
-            }
-        }
         load_epilogue(ti + 1);
     };
 
@@ -218,15 +372,21 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         for (int u = 0; u < D; u++) {
             if (c_ti < last) {
                 if (c_j < spw) {
-                    const int kb = 32 * (lo + warp + c_j * WARPS) + 8 * q;
+                    const int kb = 32 * (warp + c_j * SW) + 8 * q;
                     uint4 xv[NT];
+                    if (XR)
+                        asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++)
-                        xv[nt] = nt * 8 + g < p.m ? *(const uint4 *)(x_s + (nt * 8 + g) * p.xs_stride + 2 * kb)
-                                                  : make_uint4(0, 0, 0, 0);
+                        xv[nt] = XR ? x_ring[(u * NT + nt) * 32]
+                                 : nt * 8 + g < p.m ? *(const uint4 *)(x_s + (nt * 8 + g) * p.xs_stride + 2 * kb)
+                                                    : make_uint4(0, 0, 0, 0);
                     const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
                     decode_step<bf16, NT, 1>(acc, wv, xv);
                     fetch(wr[u]);
+                    fetch_x(u);
+                    if (TM == T_WORKERS && c_ti == 0 && c_j == spw - 2 && (int)threadIdx.x < pairs)
+                        pair = *(volatile const unsigned long long *)(p.part + threadIdx.x);
                 }
                 if (++c_j >= spw) {
                     tile_end(c_ti);
@@ -236,17 +396,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             }
         }
     }
-    if (TM == T_WORKERS) { /* the last block out zeroes the counters for the next launch (read after its PDL wait) */
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();
-            if (atomicAdd(p.ctl + 1, 1u) == gridDim.x - 1) {
-                p.ctl[0] = 0;
-                p.ctl[1] = 0;
-                __threadfence();
-            }
-        }
-    }
+
 }
 
 /* ---- host ------------------------------------------------------------------------------------ */
@@ -313,30 +463,32 @@ struct variant {
     int nt, warps, d, bps, tm;
     bool pdl;
     int t_workers;
+    bool xr;
 };
-static float *g_part;
+static unsigned long long *g_part, *g_trace;
 static unsigned *g_ctl;
 
-template <int NT, int WARPS, int D, int BPS, int TM>
+template <int NT, int WARPS, int D, int BPS, int TM, bool XR>
 static void launch_t(const dl_params &p, size_t smem, int grid, bool pdl, cudaStream_t st)
 {
     static bool set = false;
     if (!set) {
-        CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, TM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                200 * 1024 / BPS));
+        CK(cudaFuncSetAttribute(decode_ld<NT, WARPS, D, BPS, TM, XR>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                224 * 1024 / BPS));
         set = true;
     }
-    CK(lf_cuda_launch(decode_ld<NT, WARPS, D, BPS, TM>, dim3(grid), WARPS * 32, smem, pdl, st, p));
+    CK(lf_cuda_launch(decode_ld<NT, WARPS, D, BPS, TM, XR>, dim3(grid), WARPS * 32, smem, pdl, st, p));
 }
 
 static size_t smem_of(const variant &v, const layer &L)
 {
-    return (2 * v.warps * v.nt * 4 * 32 + 8 * v.nt * MAX_R) * 4 + 2 * 16 * MAX_R * 2 +
-           (size_t)L.m * (((L.k + 31) / 32) * 64 + X_PAD);
+    return (2 * v.warps * v.nt * 4 * 32 + 8 * v.nt * MAX_R + (v.tm >= T_WORKERS ? MAX_TW * 8 * v.nt * MAX_R : 0)) * 4 +
+           2 * 16 * MAX_R * 2 +
+           (v.xr ? (size_t)v.warps * v.d * v.nt * 32 * 16 : (size_t)L.m * (((L.k + 31) / 32) * 64 + X_PAD));
 }
 
 /* false where the variant's shared memory (x staged whole) does not fit BPS blocks an SM */
-static bool fits(const variant &v, const layer &L) { return smem_of(v, L) <= (size_t)200 * 1024 / v.bps; }
+static bool fits(const variant &v, const layer &L) { return smem_of(v, L) <= (size_t)224 * 1024 / v.bps; }
 
 static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t st)
 {
@@ -344,16 +496,18 @@ static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t
     p.m = L.m, p.n = L.n, p.k = L.k, p.r = L.r;
     p.x = L.x, p.w = w, p.a = L.a, p.b = L.b, p.bias = L.bias ? L.bi : nullptr, p.y = L.y;
     p.scale = L.scale, p.beta = L.beta, p.t_given = v.tm == T_GIVEN ? L.t : nullptr;
-    p.t_workers = v.tm == T_WORKERS ? v.t_workers : 0, p.part = g_part, p.ctl = g_ctl;
+    p.t_workers = v.tm == T_WORKERS || v.tm == T_CONTROL ? v.t_workers : 0, p.part = g_part, p.ctl = g_ctl;
+    p.trace = g_trace;
     p.xs_stride = (L.k + 31) / 32 * 64 + X_PAD;
     const int tiles = (L.n + 15) / 16, slots = v.bps * g_sms - p.t_workers;
     const int grid = (tiles < slots ? tiles : slots) + p.t_workers; /* the T workers first: they wait for nothing */
-#define DL(NT, W, D, BPS, TM)                                                          \
-    if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && v.tm == TM)          \
-        return launch_t<NT, W, D, BPS, TM>(p, smem_of(v, L), grid, v.pdl, st);
-    DL(1, 32, 4, 1, T_GIVEN) DL(1, 16, 4, 2, T_GIVEN) DL(1, 16, 4, 2, T_A_TILE) DL(1, 32, 4, 1, T_WORKERS)
-    DL(1, 16, 4, 2, T_WORKERS) DL(2, 32, 4, 1, T_GIVEN) DL(2, 16, 4, 2, T_GIVEN) DL(2, 16, 4, 2, T_A_TILE)
-    DL(2, 32, 4, 1, T_WORKERS) DL(2, 16, 4, 2, T_WORKERS)
+#define DL(NT, W, D, BPS, TM, XR)                                                                \
+    if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && v.tm == TM && v.xr == XR)      \
+        return launch_t<NT, W, D, BPS, TM, XR>(p, smem_of(v, L), grid, v.pdl, st);
+    DL(1, 16, 4, 2, T_GIVEN, false) DL(1, 16, 4, 2, T_WORKERS, false) DL(1, 16, 4, 2, T_GIVEN, true)
+    DL(1, 16, 4, 2, T_WORKERS, true) DL(1, 32, 4, 1, T_GIVEN, true) DL(1, 32, 4, 1, T_GIVEN, false)
+    DL(2, 16, 4, 2, T_GIVEN, false) DL(2, 16, 4, 2, T_WORKERS, false) DL(2, 16, 4, 2, T_GIVEN, true)
+    DL(2, 16, 4, 2, T_WORKERS, true) DL(2, 32, 4, 1, T_GIVEN, true) DL(2, 32, 4, 1, T_GIVEN, false)
 #undef DL
     fprintf(stderr, "no such variant\n");
     exit(1);
@@ -426,6 +580,56 @@ static void run_copy(const void *c, int i, cudaStream_t st)
     CK(cudaMemcpyAsync(r->copy_dst, r->L->w[i % ROT], r->copy_bytes, cudaMemcpyDeviceToDevice, st));
 }
 
+/* The timeline of one launch in the middle of 8 back-to-back ones (PDL on): per block, when it
+ * started, passed its PDL wait, reached its first tile's end (T workers: stored their slice) and
+ * had T; µs from the first block's start, min / median / max over the W blocks. */
+static int cmp_u64(const void *a, const void *b)
+{
+    const unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? -1 : x > y;
+}
+static void timeline(const variant &v, const layer &L, cudaStream_t st)
+{
+    const int blocks = 2 * g_sms + 64;
+    unsigned long long *d;
+    CK(cudaMalloc(&d, blocks * 4 * sizeof(unsigned long long)));
+    CK(cudaMemset(d, 0, blocks * 4 * sizeof(unsigned long long)));
+    for (int i = 0; i < 8; i++) {
+        g_trace = i == 5 ? d : nullptr;
+        launch(v, L, L.w[i % ROT], st);
+    }
+    g_trace = nullptr;
+    CK(cudaStreamSynchronize(st));
+    unsigned long long h[(2 * 132 + 64) * 4];
+    const int nb = blocks <= (int)(sizeof h / sizeof h[0] / 4) ? blocks : (int)(sizeof h / sizeof h[0] / 4);
+    CK(cudaMemcpy(h, d, nb * 4 * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    CK(cudaFree(d));
+    unsigned long long t0 = ~0ull;
+    int used = 0;
+    for (int b = 0; b < nb; b++)
+        if (h[b * 4]) {
+            used = b + 1;
+            t0 = h[b * 4] < t0 ? h[b * 4] : t0;
+        }
+    const int tw = v.tm == T_WORKERS || v.tm == T_CONTROL ? v.t_workers : 0;
+    printf("  timeline %s, %d x %d -> %d (µs from the first block's start)\n", v.name, L.m, L.k, L.n);
+    for (int b = 0; b < tw; b++)
+        printf("    T worker %d: start %.2f, past wait %.2f, slice stored %.2f\n", b, (h[b * 4] - t0) / 1e3,
+               (h[b * 4 + 1] - t0) / 1e3, (h[b * 4 + 2] - t0) / 1e3);
+    const char *what[4] = {"start", "past wait", "first tile end", "T in hand"};
+    for (int k = 0; k < 4; k++) {
+        unsigned long long col[2 * 132 + 64];
+        int n = 0;
+        for (int b = tw; b < used; b++)
+            if (h[b * 4 + k])
+                col[n++] = h[b * 4 + k] - t0;
+        if (!n)
+            continue;
+        qsort(col, n, sizeof col[0], cmp_u64);
+        printf("    W blocks, %-15s %6.2f / %6.2f / %6.2f\n", what[k], col[0] / 1e3, col[n / 2] / 1e3, col[n - 1] / 1e3);
+    }
+}
+
 int main(void)
 {
     CK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, 0));
@@ -434,14 +638,14 @@ int main(void)
     printf("device: %s, %d SMs\n", prop.name, g_sms);
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
-    CK(cudaMalloc(&g_part, 64 * 16 * MAX_R * sizeof(float)));
+    CK(cudaMalloc(&g_part, MAX_TW * 16 * MAX_R * sizeof(unsigned long long)));
+    CK(cudaMemset(g_part, 0, MAX_TW * 16 * MAX_R * sizeof(unsigned long long)));
     CK(cudaMalloc(&g_ctl, 2 * sizeof(unsigned)));
     CK(cudaMemset(g_ctl, 0, 2 * sizeof(unsigned)));
     const variant vars[] = {
-        {"W32 D4 T", 0, 32, 4, 1, T_GIVEN, true, 0},        {"2x W16 D4 T", 0, 16, 4, 2, T_GIVEN, true, 0},
-        {"2x W16 D4 A", 0, 16, 4, 2, T_A_TILE, true, 0},    {"W32 D4 tw4", 0, 32, 4, 1, T_WORKERS, true, 4},
-        {"W32 D4 tw8", 0, 32, 4, 1, T_WORKERS, true, 8},    {"2x W16 D4 tw4", 0, 16, 4, 2, T_WORKERS, true, 4},
-        {"2x W16 D4 tw8", 0, 16, 4, 2, T_WORKERS, true, 8}, {"W32 D4 T no PDL", 0, 32, 4, 1, T_GIVEN, false, 0},
+        {"2x W16 D4 T", 0, 16, 4, 2, T_GIVEN, true, 0, false},    {"2x W16 D4 tw2", 0, 16, 4, 2, T_WORKERS, true, 2, false},
+        {"2x W16 D4 XR T", 0, 16, 4, 2, T_GIVEN, true, 0, true},  {"2x W16 D4 XR tw2", 0, 16, 4, 2, T_WORKERS, true, 2, true},
+        {"W32 D4 T", 0, 32, 4, 1, T_GIVEN, true, 0, false},       {"W32 D4 XR T", 0, 32, 4, 1, T_GIVEN, true, 0, true},
     };
     const int nv = sizeof vars / sizeof vars[0];
 
@@ -503,6 +707,11 @@ int main(void)
             const double cb = time_graph(run_cublas, &r, st);
             printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, "cuBLAS base GEMM", cb, bytes / (cb * 1e3),
                    100.0 * bytes / (cb * 1e3) / gbs);
+            for (int i = 0; i < nv && t.m == 1 && t.n == 4096; i++) {
+                variant v = vars[i];
+                v.nt = 1;
+                timeline(v, L, st);
+            }
             for (int i = 0; i < nv; i++) {
                 variant v = vars[i];
                 v.nt = t.m <= 8 ? 1 : 2;
