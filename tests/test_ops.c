@@ -223,6 +223,18 @@ static const hopper_shape hopper_shapes[] = {
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
+    /* the plain-load stream (M ≤ 8, r ≤ 16, 132 to 262 tiles of 16 rows on an H100's or H200's 132
+     * SMs, one a block): one token on 256 tiles; 8 tokens with K and N tails, r 7 and strides
+     * padded to 16 bytes; K under one step a warp (most warps stream nothing, T's values loaded
+     * after the loop); one step in all on exactly 132 tiles, r 1; a K tail on 188 tiles with r 12
+     * (B's rows padded to 16 bytes: the stream needs 16-byte strides); the most
+     * tiles (262) with 7 tokens of the longest x the block holds nearly */
+    {{1, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_STREAM},
+    {{8, 1000, 4100, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_STREAM},
+    {{5, 72, 2200, 16, 0, 0}, 2, 1, 2, LF_CUDA_STREAM},
+    {{3, 8, 2112, 1, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_STREAM},
+    {{2, 4104, 3000, 12, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_STREAM},
+    {{7, 6000, 4192, 16, 0, 0}, 2, 0, 1, LF_CUDA_STREAM},
 };
 #define N_HOPPER (sizeof hopper_shapes / sizeof hopper_shapes[0])
 /* Cases a shape runs: the layer, and for the Hopper kernel also its own base GEMM. */
@@ -424,7 +436,16 @@ static void hopper(lf_context *ctx, void *arg)
  * capture, with its workspace bound to the capturing stream), with bias and beta 0.5. */
 static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
 static const shape gemm_graph_shape = {100, 520, 1000, 16, 0, 0};
-#define N_GRAPH_CASES 5
+#define N_GRAPH_CASES 6
+
+/* The first shape of hopper_shapes with m tokens and n outputs (the list's order is free to change). */
+static const hopper_shape *hopper_shape_of(int64_t m, int64_t n)
+{
+    for (size_t i = 0; i < N_HOPPER; i++)
+        if (hopper_shapes[i].s.m == m && hopper_shapes[i].s.n == n)
+            return &hopper_shapes[i];
+    return &hopper_shapes[0];
+}
 
 static void graphs(lf_context *ctx, void *arg)
 {
@@ -432,11 +453,12 @@ static void graphs(lf_context *ctx, void *arg)
     const lft_case cases[N_GRAPH_CASES] = {hopper_case(&hopper_shapes[0], 310000),
                                            make_case(&decode_graph_shape, 2, 0, 1, 0, 0, 310001),
                                            make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
-                                           hopper_case(&hopper_shapes[7], 310003),
-                                           hopper_case(&hopper_shapes[N_HOPPER - 7], 310004)}; /* 16 × 13000 */
-    const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode"};
-    const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER, LF_CUDA_DECODE, LF_CUDA_GEMM, LF_CUDA_HOPPER_MID,
-                                      LF_CUDA_HOPPER_DECODE};
+                                           hopper_case(hopper_shape_of(128, 4096), 310003),
+                                           hopper_case(hopper_shape_of(16, 13000), 310004),
+                                           hopper_case(hopper_shape_of(8, 4100), 310005)};
+    const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode", "stream"};
+    const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER, LF_CUDA_DECODE,        LF_CUDA_GEMM,
+                                      LF_CUDA_HOPPER_MID, LF_CUDA_HOPPER_DECODE, LF_CUDA_STREAM};
     for (int i = 0; i < N_GRAPH_CASES; i++) {
         char name[256];
         if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
@@ -474,6 +496,7 @@ static const chain_shape chain_shapes[] = {
     {{77, 4104, 4104, 8, 0, 0}, LF_CUDA_HOPPER_MID, 0},     /* ~21 K stages a CTA: past the W filled early */
     {{16, 8448, 8448, 16, 0, 0}, LF_CUDA_HOPPER_DECODE, 0}, /* one round of 132 tiles */
     {{16, 4096, 4096, 16, 0, 0}, LF_CUDA_HOPPER_DECODE, 0}, /* 128 tiles of 32 rows: T in the wgmma */
+    {{4, 4096, 4096, 16, 0, 0}, LF_CUDA_STREAM, 0},         /* the T workers' epochs, call after call */
 };
 #define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
 

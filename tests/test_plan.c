@@ -346,6 +346,34 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 16, 14336, 16, 132));
     lft_end();
 
+    lft_begin("test_plan cuda heuristics: the plain-load stream for 1-8 tokens, one 16-row tile a block");
+    /* two blocks an SM less the two T workers: 132 to 262 tiles of 16 rows on 132 SMs */
+    LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4096, 16, 132)); /* 256 tiles */
+    LFT_CHECK(lf_cuda_stream_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 8, 4096, 4096, 1, 132));
+    LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 2112, 16, 132));  /* 132 */
+    LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4192, 16, 132));  /* 262 */
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 2096, 16, 132)); /* 131 */
+    LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 2097, 16, 132));  /* 132, the last 1 row */
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4193, 16, 132)); /* 263 */
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 9, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 0, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4096, 17, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4096, 0, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_KN, ok_flags, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_F32, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 1, 4096, 4096, 16, 132));
+    /* x staged whole: 8 tokens of K 14336 do not fit a block's shared memory, one token does */
+    LFT_CHECK(lf_cuda_stream_smem(1, 4096) == LF_CUDA_STREAM_FIXED_SMEM + 128 * 64 + 64);
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 14336, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 14336, 4096, 16, 132));
+    for (int64_t m = 1; m <= LF_CUDA_STREAM_MAX_M; m++) /* the largest K that fits, and one step more */
+        for (int64_t k = 8; k < 60000; k += 8)
+            if (lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, m, k, 4096, 16, 132))
+                LFT_CHECKF(lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM, "M %lld K %lld", (long long)m,
+                           (long long)k);
+    lft_end();
+
     lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");
     /* an H200's slots (dev/cuda/cluster_slots.cu and the library's own count agree: 132 CTAs in
      * clusters of 1 and 2, 117 of 3, 120 of 4, 110 of 5, 102 of 6, 105 of 7, 120 of 8) */

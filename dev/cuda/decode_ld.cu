@@ -13,10 +13,12 @@
  * x sits in shared memory once per block. At a tile's end the warps' partials meet in shared memory
  * (fixed order) and a quarter of the threads finish the tile (bias, beta·y, s·T·Bᵀ, one rounding),
  * their inputs loaded at the tile's start, while the loads already issued keep W streaming.
- * T = x·Aᵀ, three ways (t_mode): s·T given (what the stream costs without T); every block streams
- * A's 16 rows over all K first (the A tile); or T workers (the lowest blocks) stream A's K slices
- * into a global buffer and count them, the other blocks waiting at their first epilogue. (T shared
- * over thread block clusters was measured and dropped: NOTES.)
+ * T = x·Aᵀ (t_mode): s·T given (what the stream costs without T); every block streams A's 16 rows
+ * over all K first (the A tile); T workers (the lowest blocks) stream A's K slices and store them
+ * tagged with the launch's epoch, the other blocks checking the tags at their tile's end; or the
+ * same with a control warp per block waiting for them. (T shared over thread block clusters was
+ * measured and dropped: NOTES.) The library's kernel (src/cuda/lora_stream.cu) came out of this
+ * lab and is timed beside its variants as "library".
  * PDL: W is loaded before griddepcontrol.wait. dev/cuda/NOTES.md, "Sixteenth session", has the
  * runs.
  *
@@ -27,6 +29,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/launch.cuh"
+#include "cuda/lora_stream.cuh" /* the library's kernel, timed beside the lab's as "library" */
 #include "cuda/mma_sync.cuh"
 #include "lab_check.h"
 
@@ -64,7 +67,7 @@ template <int NT, int WARPS, int TM> struct dl_shape {
     };
 };
 
-static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_t src_bytes)
+static __device__ __forceinline__ void lab_cp_async16(void *smem, const void *gmem, uint32_t src_bytes)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
                  "l"(gmem), "r"(src_bytes)
@@ -207,7 +210,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
             for (int nt = 0; nt < NT; nt++) {
                 const int tok = nt * 8 + g;
                 const bool ok = tok < p.m && kb < p.k;
-                cp_async16(x_ring + (slot * NT + nt) * 32, ok ? p.x + (int64_t)tok * p.k + kb : p.x, ok ? 16 : 0);
+                lab_cp_async16(x_ring + (slot * NT + nt) * 32, ok ? p.x + (int64_t)tok * p.k + kb : p.x, ok ? 16 : 0);
             }
             if (++xf_j == spw) {
                 xf_j = 0;
@@ -256,7 +259,7 @@ __global__ void __launch_bounds__(WARPS * 32, BPS) decode_ld(dl_params p)
         if (warp == 0) {
             const int bytes = min(16, p.n - n0) * p.r * 2;
             for (int c = lane; c * 16 < bytes; c += 32)
-                cp_async16((char *)(b_s + (ti & 1) * 16 * MAX_R) + 16 * c, (const char *)(p.b + (int64_t)n0 * p.r) + 16 * c,
+                lab_cp_async16((char *)(b_s + (ti & 1) * 16 * MAX_R) + 16 * c, (const char *)(p.b + (int64_t)n0 * p.r) + 16 * c,
                            min(16, bytes - 16 * c));
             asm volatile("cp.async.commit_group;" ::: "memory");
         }
@@ -413,6 +416,7 @@ struct layer {
     float scale, beta;
     bool bias;
     bf16 *x, *w[ROT], *a, *b, *bi, *y;
+    bf16 *xr[ROT], *ar[ROT], *br[ROT], *yr[ROT]; /* cold sets: every operand rotates, as the bench does */
     float *t;     /* s·T on the device, [m][MAX_R] */
     bf16 *h_x, *h_w, *h_a, *h_b, *h_bi, *h_y0;
     float *h_t;
@@ -454,6 +458,12 @@ static void make_layer(layer *L, int m, int k, int n, int r, float scale, float 
     up((void **)&L->bi, L->h_bi, (size_t)n * 2);
     up((void **)&L->y, L->h_y0, (size_t)m * n * 2);
     up((void **)&L->t, L->h_t, (size_t)m * MAX_R * 4);
+    for (int i = 0; i < rot; i++) {
+        up((void **)&L->xr[i], L->h_x, (size_t)m * k * 2);
+        up((void **)&L->ar[i], L->h_a, (size_t)r * k * 2);
+        up((void **)&L->br[i], L->h_b, (size_t)n * r * 2);
+        up((void **)&L->yr[i], L->h_y0, (size_t)m * n * 2);
+    }
 }
 
 static int g_sms;
@@ -488,13 +498,32 @@ static size_t smem_of(const variant &v, const layer &L)
 }
 
 /* false where the variant's shared memory (x staged whole) does not fit BPS blocks an SM */
-static bool fits(const variant &v, const layer &L) { return smem_of(v, L) <= (size_t)224 * 1024 / v.bps; }
-
-static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t st)
+static bool fits(const variant &v, const layer &L)
 {
+    if (v.warps == 0) /* the library's kernel: its limits (16-byte rows, one tile a block) */
+        return L.m <= 8 && L.r <= 16 && L.r * 2 % 16 == 0 && L.k * 2 % 16 == 0 && (L.n + 15) / 16 <= 2 * g_sms - 2;
+    return smem_of(v, L) <= (size_t)224 * 1024 / v.bps;
+}
+
+static bool g_cold; /* timed launches rotate every operand, not W alone */
+static unsigned *g_lib_ctl;
+static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t st, int set = -1)
+{
+    if (v.warps == 0) { /* the library's lf_stream_launch */
+        lf_lora_problem q = {};
+        q.layout = LF_LAYOUT_PEFT, q.dtype = LF_BF16, q.m = L.m, q.k = L.k, q.n = L.n, q.rank = L.r;
+        q.x = set >= 0 && g_cold ? L.xr[set] : L.x, q.ldx = L.k, q.w = w, q.ldw = L.k;
+        q.bias = L.bias ? L.bi : nullptr, q.a = set >= 0 && g_cold ? L.ar[set] : L.a, q.lda = L.k;
+        q.b = set >= 0 && g_cold ? L.br[set] : L.b, q.ldb = L.r, q.scale = L.scale, q.beta = L.beta;
+        q.y = set >= 0 && g_cold ? L.yr[set] : L.y, q.ldy = L.n;
+        CK(lf_stream_launch(&q, g_lib_ctl, g_sms, v.pdl, st));
+        return;
+    }
     dl_params p = {};
     p.m = L.m, p.n = L.n, p.k = L.k, p.r = L.r;
     p.x = L.x, p.w = w, p.a = L.a, p.b = L.b, p.bias = L.bias ? L.bi : nullptr, p.y = L.y;
+    if (set >= 0 && g_cold)
+        p.x = L.xr[set], p.a = L.ar[set], p.b = L.br[set], p.y = L.yr[set];
     p.scale = L.scale, p.beta = L.beta, p.t_given = v.tm == T_GIVEN ? L.t : nullptr;
     p.t_workers = v.tm == T_WORKERS || v.tm == T_CONTROL ? v.t_workers : 0, p.part = g_part, p.ctl = g_ctl;
     p.trace = g_trace;
@@ -504,8 +533,10 @@ static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t
 #define DL(NT, W, D, BPS, TM, XR)                                                                \
     if (v.nt == NT && v.warps == W && v.d == D && v.bps == BPS && v.tm == TM && v.xr == XR)      \
         return launch_t<NT, W, D, BPS, TM, XR>(p, smem_of(v, L), grid, v.pdl, st);
+    DL(1, 16, 3, 2, T_GIVEN, false) DL(1, 16, 3, 2, T_WORKERS, false) DL(1, 16, 5, 2, T_GIVEN, false)
     DL(1, 16, 4, 2, T_GIVEN, false) DL(1, 16, 4, 2, T_WORKERS, false) DL(1, 16, 4, 2, T_GIVEN, true)
     DL(1, 16, 4, 2, T_WORKERS, true) DL(1, 32, 4, 1, T_GIVEN, true) DL(1, 32, 4, 1, T_GIVEN, false)
+    DL(2, 16, 3, 2, T_GIVEN, false) DL(2, 16, 3, 2, T_WORKERS, false) DL(2, 16, 5, 2, T_GIVEN, false)
     DL(2, 16, 4, 2, T_GIVEN, false) DL(2, 16, 4, 2, T_WORKERS, false) DL(2, 16, 4, 2, T_GIVEN, true)
     DL(2, 16, 4, 2, T_WORKERS, true) DL(2, 32, 4, 1, T_GIVEN, true) DL(2, 32, 4, 1, T_GIVEN, false)
 #undef DL
@@ -560,7 +591,7 @@ struct run_ctx {
 static void run_variant(const void *c, int i, cudaStream_t st)
 {
     const run_ctx *r = (const run_ctx *)c;
-    launch(*r->v, *r->L, r->L->w[i % ROT], st);
+    launch(*r->v, *r->L, r->L->w[i % ROT], st, i % ROT);
 }
 static void run_cublas(const void *c, int i, cudaStream_t)
 {
@@ -611,7 +642,7 @@ static void timeline(const variant &v, const layer &L, cudaStream_t st)
             used = b + 1;
             t0 = h[b * 4] < t0 ? h[b * 4] : t0;
         }
-    const int tw = v.tm == T_WORKERS || v.tm == T_CONTROL ? v.t_workers : 0;
+    const int tw = v.warps == 0 ? 2 : v.tm == T_WORKERS || v.tm == T_CONTROL ? v.t_workers : 0;
     printf("  timeline %s, %d x %d -> %d (µs from the first block's start)\n", v.name, L.m, L.k, L.n);
     for (int b = 0; b < tw; b++)
         printf("    T worker %d: start %.2f, past wait %.2f, slice stored %.2f\n", b, (h[b * 4] - t0) / 1e3,
@@ -641,11 +672,17 @@ int main(void)
     CK(cudaMalloc(&g_part, MAX_TW * 16 * MAX_R * sizeof(unsigned long long)));
     CK(cudaMemset(g_part, 0, MAX_TW * 16 * MAX_R * sizeof(unsigned long long)));
     CK(cudaMalloc(&g_ctl, 2 * sizeof(unsigned)));
+    CK(cudaMalloc(&g_lib_ctl, LF_STREAM_CTL_WORDS * sizeof(unsigned)));
+    CK(cudaMemset(g_lib_ctl, 0, LF_STREAM_CTL_WORDS * sizeof(unsigned)));
+    if (!lf_stream_setup()) {
+        fprintf(stderr, "lf_stream_setup failed\n");
+        return 1;
+    }
     CK(cudaMemset(g_ctl, 0, 2 * sizeof(unsigned)));
     const variant vars[] = {
-        {"2x W16 D4 T", 0, 16, 4, 2, T_GIVEN, true, 0, false},    {"2x W16 D4 tw2", 0, 16, 4, 2, T_WORKERS, true, 2, false},
-        {"2x W16 D4 XR T", 0, 16, 4, 2, T_GIVEN, true, 0, true},  {"2x W16 D4 XR tw2", 0, 16, 4, 2, T_WORKERS, true, 2, true},
-        {"W32 D4 T", 0, 32, 4, 1, T_GIVEN, true, 0, false},       {"W32 D4 XR T", 0, 32, 4, 1, T_GIVEN, true, 0, true},
+        {"2x W16 D3 T", 0, 16, 3, 2, T_GIVEN, true, 0, false}, {"2x W16 D3 tw2", 0, 16, 3, 2, T_WORKERS, true, 2, false},
+        {"library", 0, 0, 0, 2, 0, true, 0, false},     {"library no PDL", 0, 0, 0, 2, 0, false, 0, false},
+        {"2x W16 D3 tw2 no PDL", 0, 16, 3, 2, T_WORKERS, false, 2, false},
     };
     const int nv = sizeof vars / sizeof vars[0];
 
@@ -695,7 +732,7 @@ int main(void)
         const double us = time_graph(run_copy, &rc, st);
         printf("copy bandwidth (256 MiB memcpy): %.1f GB/s\n", 2.0 * big / (us * 1e3));
         const double gbs = 2.0 * big / (us * 1e3);
-        const struct { int m, k, n; } tshapes[] = {{1, 4096, 4096}, {16, 4096, 4096}, {16, 4096, 14336}, {1, 4096, 14336}};
+        const struct { int m, k, n; } tshapes[] = {{1, 4096, 4096}, {8, 4096, 4096}, {1, 4096, 3072}};
         printf("%-18s %-18s %9s %9s %7s\n", "shape (r 16)", "variant", "us", "GB/s", "% copy");
         for (const auto &t : tshapes) {
             layer L;
@@ -707,7 +744,7 @@ int main(void)
             const double cb = time_graph(run_cublas, &r, st);
             printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, "cuBLAS base GEMM", cb, bytes / (cb * 1e3),
                    100.0 * bytes / (cb * 1e3) / gbs);
-            for (int i = 0; i < nv && t.m == 1 && t.n == 4096; i++) {
+            for (int i = 0; i < nv && t.m == 0; i++) {
                 variant v = vars[i];
                 v.nt = 1;
                 timeline(v, L, st);
@@ -718,9 +755,15 @@ int main(void)
                 if (!fits(v, L))
                     continue;
                 r.v = &v;
-                const double us = time_graph(run_variant, &r, st);
-                printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, v.name, us, bytes / (us * 1e3),
-                       100.0 * bytes / (us * 1e3) / gbs);
+                for (int cold = 0; cold < 2; cold++) {
+                    g_cold = cold;
+                    const double us = time_graph(run_variant, &r, st);
+                    char name[48];
+                    snprintf(name, sizeof name, "%s%s", v.name, cold ? " cold" : "");
+                    printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, name, us, bytes / (us * 1e3),
+                           100.0 * bytes / (us * 1e3) / gbs);
+                }
+                g_cold = false;
             }
         }
     }

@@ -27,6 +27,8 @@ typedef struct lf_cuda_state {
     int hopper_ok; /* lora_hopper.cu's kernel runs on this device and hopper_ctl is ready */
     unsigned *hopper_ctl; /* its control words: the tail of cublas_ws, which cuBLAS is not given */
     int hopper_mid_slots[9]; /* its split-K form: [s] CTAs that run at once in clusters of s (1..8) */
+    int stream_ok;           /* lora_stream.cu's kernel runs here (with hopper_ok: where it was measured) */
+    unsigned *stream_ctl;    /* its control words, after hopper_ctl's */
     int multi_grid_cap;      /* LF_CUDA_MULTI_GRID_Y (tests): the many-adapter kernels' tile groups, 0: none */
     /* SMs the compute kernels leave free while a row-parallel layer's all-reduce runs beside them
      * (tp_nccl.cu sets it from a chunk's all-reduce to the layer's join); 0 otherwise. The

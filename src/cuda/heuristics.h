@@ -21,7 +21,8 @@ enum {
     LF_CUDA_DELTA_TSPLIT = 6, /* delta, T by cuBLAS in K-slices (workspace), then the GEMM epilogue */
     LF_CUDA_HOPPER = 7,       /* layer on sm_90a: one launch, T by worker CTAs, LoRA as one more K slab */
     LF_CUDA_HOPPER_MID = 8,   /* layer on sm_90a, few tiles: each tile's K split over a thread block cluster (PDL) */
-    LF_CUDA_HOPPER_DECODE = 9 /* layer on sm_90a, few tokens: W streamed by TMA, T beside it, one launch (PDL) */
+    LF_CUDA_HOPPER_DECODE = 9, /* layer on sm_90a, few tokens: W streamed by TMA, T beside it, one launch (PDL) */
+    LF_CUDA_STREAM = 10        /* layer, 1-8 tokens: W by plain loads from 32 warps an SM, T by worker blocks (PDL) */
 };
 
 /* Threads of every lorafuse CUDA kernel. */
@@ -344,6 +345,33 @@ static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, u
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_HOPPER_DECODE_MAX_M && r >= 1 &&
            r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && lf_cuda_hopper_decode_rows(n, sm_count) != 0;
+}
+
+/* The plain-load stream (lora_stream.cu): M ≤ 8, r ≤ 16, two blocks of 16 warps an SM, each W
+ * block one 16-row tile over all K, two T-worker blocks. `lorafuse bench` against the decode form
+ * in one call (H100, bf16, r 16, µs; bench/results/cuda-h100-2026-11-26-stream-ab.json): 1 × 4096
+ * → 4096 13.9–14.0 → 12.3–12.4, 4 × 4096 → 4096 14.3 → 12.6, 8 × 4096 → 4096 14.3 → 13.4, 1 × 4096
+ * → 3072 12.1 → 9.7, 1 × 8192 → 4096 25.2 → 23.6. With more tiles than blocks (4096 → 6144 and up)
+ * a block would stream two tiles, which the lab measured slower than the decode form's rounds. So:
+ * one tile a block, and at least as many tiles as SMs (with fewer, half the SMs would stream
+ * alone). x is staged whole in shared memory: M rows of K, each padded. */
+#define LF_CUDA_STREAM_MAX_M 8
+#define LF_CUDA_STREAM_MAX_RANK 16
+#define LF_CUDA_STREAM_T_WORKERS 2
+#define LF_CUDA_STREAM_FIXED_SMEM 10240        /* lora_stream.cu's shared memory before x */
+#define LF_CUDA_STREAM_BLOCK_SMEM (110 * 1024) /* two blocks an SM (228 KB on sm_90, 1 KB of it per block reserved) */
+static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k)
+{
+    return LF_CUDA_STREAM_FIXED_SMEM + m * ((k + 31) / 32 * 64 + 64);
+}
+static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
+                                      int64_t n, int64_t r, int sm_count)
+{
+    const int64_t tiles = (n + 15) / 16;
+    return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
+           (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && r >= 1 &&
+           r <= LF_CUDA_STREAM_MAX_RANK && k < (1 << 24) && lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
+           tiles >= sm_count && tiles <= 2 * (int64_t)sm_count - LF_CUDA_STREAM_T_WORKERS;
 }
 
 #endif /* LF_CUDA_HEURISTICS_H */

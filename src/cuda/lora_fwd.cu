@@ -18,6 +18,8 @@
  *                       with PDL) before its one rounding.
  *   Hopper path         lora_hopper.cu: the layer in one sm_90a launch (PEFT, 16-bit, r ≤ 64, enough
  *                       tiles to fill the GPU); this file only plans and dispatches it.
+ *   Stream path         lora_stream.cu: the layer for 1-8 tokens with W by plain loads (PEFT,
+ *                       16-bit, r ≤ 16, one 16-row tile a block); planned and dispatched here.
  *   GEMM path           cuBLAS writes T = x·Aᵀ (K-slice partials, one strided-batched call) and
  *                       x·Wᵀ in fp32 (into the workspace for 16-bit dtypes, into y for f32), then
  *                       lora_epilogue_kernel adds s·T·Bᵀ, bias and beta·y and rounds once: one read
@@ -31,6 +33,7 @@
 #include "heuristics.h"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
+#include "lora_stream.cuh"
 #include "mma_sync.cuh"
 #include "token_map.cuh"
 
@@ -1186,8 +1189,12 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
      * calls. They are carved off the end of the context's cuBLAS workspace (cuBLAS is bound to the
      * rest: cublas_bind) and zeroed once here, so the first launch finds a consistent generation. */
     static_assert(LF_CUDA_HOPPER_MAX_M == LF_HOPPER_MAX_M, "heuristics.h and lora_hopper.cuh agree on M");
-    const size_t ctl_bytes = (LF_HOPPER_CTL_WORDS * sizeof(unsigned) + 255) / 256 * 256;
+    /* The plain-load stream's control words (its launches' epoch, its T workers' values) follow,
+     * for the same reasons. */
+    const size_t hopper_bytes = (LF_HOPPER_CTL_WORDS * sizeof(unsigned) + 255) / 256 * 256;
+    const size_t ctl_bytes = hopper_bytes + (LF_STREAM_CTL_WORDS * sizeof(unsigned) + 255) / 256 * 256;
     state->hopper_ok = 0;
+    state->stream_ok = 0;
     if (state->cublas_ws && state->cublas_ws_bytes >= 16 * ctl_bytes && lf_hopper_setup()) {
         unsigned *ctl = (unsigned *)((char *)state->cublas_ws + state->cublas_ws_bytes - ctl_bytes);
         if (cudaMemsetAsync(ctl, 0, ctl_bytes, state->own_stream) == cudaSuccess &&
@@ -1195,6 +1202,8 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
             state->cublas_ws_bytes -= ctl_bytes;
             state->hopper_ctl = ctl;
             state->hopper_ok = 1;
+            state->stream_ctl = (unsigned *)((char *)ctl + hopper_bytes);
+            state->stream_ok = lf_stream_setup();
             for (int split = 1; split <= 8; split++)
                 state->hopper_mid_slots[split] = lf_hopper_mid_slots(split);
         } else {
@@ -1209,6 +1218,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
  *   HOPPER_MID: {split, PDL, tile width}
  *   HOPPER_DECODE: none (PDL always: sm_90a)
+ *   STREAM: {PDL}
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1223,6 +1233,9 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
     if (!(key->flags & LF_PLAN_HAS_W)) {
         ws = plan_delta(*key, cs, plan->param);
         plan->impl = (int)plan->param[0];
+    } else if (cs->stream_ok && lf_cuda_stream_fits(key->dtype, key->layout, key->flags, m, k, n, r, cs->sm_count)) {
+        plan->impl = LF_CUDA_STREAM;
+        plan->param[0] = cs->cc_major >= 9;
     } else if (cs->hopper_ok && lf_cuda_hopper_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_HOPPER_DECODE;
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
@@ -1282,6 +1295,11 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
     case LF_CUDA_HOPPER_MID:
         LF_CUDA_CHECK(ctx, lf_hopper_mid_launch(p, (int)plan->param[0], (int)plan->param[2], plan->param[1] != 0, st));
         return LF_OK;
+    case LF_CUDA_STREAM: {
+        const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+        LF_CUDA_CHECK(ctx, lf_stream_launch(p, cs->stream_ctl, cs->sm_count, plan->param[0] != 0, st));
+        return LF_OK;
+    }
     case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
         LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, lf_cuda_state_of(ctx)->sm_count, true, st));
         return LF_OK;

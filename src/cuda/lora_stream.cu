@@ -1,0 +1,322 @@
+/*
+ * lora_stream.cu — the whole LoRA layer for one to eight tokens in one launch, PEFT layout, bf16 or
+ * f16, W streamed by plain 16-byte loads from 32 warps an SM:
+ *
+ *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], M ≤ 8, r ≤ 16
+ *
+ * Why plain loads (dev/cuda/NOTES.md, "Read floor" and "Sixteenth session"): a launch that only
+ * reads W runs at ~92% of the copy bandwidth with 16-byte ld.global.nc from ~1024 threads an SM,
+ * where a one-CTA TMA ring (the decode form of lora_hopper.cu) stays near 85%. `lorafuse bench`
+ * on an H100 against the decode form in the same call (bench/results/cuda-h100-2026-11-26-stream-
+ * ab.json): 1 × 4096 → 4096 13.9–14.0 → 12.3–12.4 µs (91% of the copy bandwidth), 8 × 4096 → 4096
+ * 14.3 → 13.4. The kernel came out of the lab dev/cuda/decode_ld.cu, which times it beside its
+ * variants.
+ *
+ * Grid: two blocks of 16 warps an SM. Blocks 0 and 1 are T workers; every other block owns one
+ * 16-row tile of W (the plan keeps N to one tile a block) over all of K:
+ *  - W block: warp w takes the tile's 32-wide K steps w, w + 16, ... (the block's warps walk K
+ *    side by side, and every SM stays in step along K, which is how HBM serves W fastest); each
+ *    lane keeps the next D steps of its two 16-byte chunks (rows g and g + 8) in registers and
+ *    feeds them to mma.sync with the decode kernels' K permutation (mma_sync.cuh); x sits in shared
+ *    memory, staged once. The first D steps of W are loaded before the PDL wait (W is no kernel's
+ *    output). A slot past the warp's last step is not written at all: a fetch that always
+ *    assigned its slot (zeros past the end) ran 14.2 µs against 12.3 at 1 × 4096 → 4096 in the
+ *    lab, and gained nothing from PDL; why is not known. At the end the warps' partial sums meet in shared memory in a fixed order, and 128
+ *    threads finish the tile's 16 × 8 outputs: s·T·Bᵀ over the rank in order, bias, beta·y, one
+ *    rounding. B's rows come by cp.async, bias and y by loads issued before the stream.
+ *  - T worker b: s·T's partial over its half of K (A's rows and x from global memory), stored as
+ *    values tagged with the launch's epoch, each value and its tag in one 8-byte store, so that a
+ *    reader sees both or neither. A W block loads these pairs two steps before its tile's end and
+ *    sums them in worker order (checking the tags, reloading any that were not yet stored):
+ *    T costs the stream nothing.
+ * The epoch without a count at exit: ctl's first 64-bit word holds the epoch above and this
+ * launch's arrivals below. Every block takes a ticket after its PDL wait — after every ticket of
+ * the launch before — and the last to arrive rolls the word to (epoch + 1, 0). Nothing is reset,
+ * nothing waits at exit, and graph replay needs no host value. The tags are 32 bits: a stale pair
+ * could match only after 2^32 launches of this context, and every launch overwrites all pairs.
+ * Progress: W blocks wait only for the T workers, which have the lowest block indices and wait for
+ * nothing, so the grid need not be resident at once.
+ * Every sum has a fixed order: no float atomics, results are bitwise identical run to run.
+ */
+#include "common.cuh"
+#include "heuristics.h"
+#include "launch.cuh"
+#include "lora_stream.cuh"
+#include "mma_sync.cuh"
+
+#include <limits.h>
+
+namespace {
+
+enum {
+    WARPS = 16,
+    THREADS = 32 * WARPS,
+    D = 3,         /* K steps a lane holds in flight: 3 keeps the loop at 64 registers without spills */
+    TW = LF_CUDA_STREAM_T_WORKERS,
+    MAX_M = LF_CUDA_STREAM_MAX_M,    /* token columns: one m16n8k16 per step */
+    MAX_R = LF_CUDA_STREAM_MAX_RANK, /* A's rows in one 16-row MMA tile */
+    X_PAD = 64,    /* bytes after each row of x in shared memory: tokens 2i and 2i + 1 on other banks */
+    RED_FLOATS = WARPS * 4 * 32,
+    OUT = 16 * MAX_M, /* a tile's outputs, one finishing thread each */
+    PAIRS = TW * OUT, /* the T workers' values */
+    CTL_PAIRS = 64    /* ctl[0..1]: the epoch word; the pairs from ctl[64], off the epoch word's line,
+                       * which every block's ticket hits with an atomic */
+};
+static_assert(CTL_PAIRS + 2 * PAIRS <= LF_STREAM_CTL_WORDS, "control words");
+/* shared memory before x: the partial sums, s·T, the T workers' values, B's rows */
+static_assert((RED_FLOATS + MAX_M * MAX_R + PAIRS) * 4 + 16 * MAX_R * 2 == LF_CUDA_STREAM_FIXED_SMEM,
+              "heuristics.h's shared-memory rule");
+static_assert(X_PAD == 64 && MAX_M == 8 && MAX_R == 16 && OUT == MAX_M * MAX_R, "the layout the rule counts");
+
+struct sparams {
+    int m, n, k, r;
+    const void *x, *w, *a, *b, *bias;
+    void *y;
+    long long ldx, ldw, lda, ldb, ldy;
+    float scale, beta;
+    int xs_stride; /* bytes of a token's row of x in shared memory */
+    unsigned *ctl;
+};
+
+__device__ __forceinline__ uint4 ld_stream(const void *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_t src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(gmem), "r"(src_bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ unsigned long long take_ticket(unsigned *ctl)
+{
+    return atomicAdd((unsigned long long *)ctl, 1ull);
+}
+/* The ticket's epoch; the launch's last arrival rolls the word to the next epoch. */
+__device__ __forceinline__ unsigned epoch_of(unsigned *ctl, unsigned long long ticket)
+{
+    if ((unsigned)ticket + 1u == gridDim.x)
+        atomicAdd((unsigned long long *)ctl, (1ull << 32) - gridDim.x);
+    return (unsigned)(ticket >> 32);
+}
+__device__ __forceinline__ unsigned long long *pairs_of(unsigned *ctl)
+{
+    return (unsigned long long *)(ctl + CTL_PAIRS);
+}
+
+/* Output (row rho, token tau) of a 16 × 8 tile in the m16n8k16 accumulators: lane, register. */
+__device__ __forceinline__ int acc_lane(int rho, int tau) { return (rho % 8) * 4 + tau / 2; }
+__device__ __forceinline__ int acc_reg(int rho, int tau) { return (rho / 8) * 2 + tau % 2; }
+
+/* A T worker: s·T's partial over its half of K, A's rows (zero past r) against x's tokens (zero
+ * past m), every load of a step issued before its MMA; the warps' partials summed in warp order. */
+template <typename T> __device__ void t_worker(const sparams &p, float *red)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int steps = (p.k + 31) / 32, per = (steps + TW - 1) / TW;
+    const int lo = min(steps, (int)blockIdx.x * per), cnt = min(steps, lo + per) - lo;
+    const T *A = (const T *)p.a, *X = (const T *)p.x;
+    lf_pdl_wait(); /* x comes from the kernels before */
+    unsigned long long ticket = 0;
+    if (threadIdx.x == 0)
+        ticket = take_ticket(p.ctl);
+    float acc[1][1][4] = {};
+    for (int j = warp; j < cnt; j += WARPS) {
+        const int kb = 32 * (lo + j) + 8 * q;
+        const bool kin = kb < p.k;
+        uint4 wv[1][2], xv[1];
+        wv[0][0] = kin && g < p.r ? ld_stream(A + (int64_t)g * p.lda + kb) : make_uint4(0, 0, 0, 0);
+        wv[0][1] = kin && g + 8 < p.r ? ld_stream(A + (int64_t)(g + 8) * p.lda + kb) : make_uint4(0, 0, 0, 0);
+        xv[0] = kin && g < p.m ? *(const uint4 *)(X + (int64_t)g * p.ldx + kb) : make_uint4(0, 0, 0, 0);
+        decode_step<T, 1, 1>(acc, wv, xv);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    __shared__ unsigned tag;
+    if (threadIdx.x == 0)
+        tag = epoch_of(p.ctl, ticket) + 1u;
+    __syncthreads();
+    if (threadIdx.x < OUT) {
+        const int rho = threadIdx.x % 16, tau = threadIdx.x / 16; /* rank rho, token tau */
+        float s = 0.0f;
+        for (int w = 0; w < WARPS; w++)
+            s += red[(w * 4 + acc_reg(rho, tau)) * 32 + acc_lane(rho, tau)];
+        *(volatile unsigned long long *)(pairs_of(p.ctl) + blockIdx.x * OUT + tau * MAX_R + rho) =
+            (unsigned long long)tag << 32 | __float_as_uint(s);
+    }
+}
+
+template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_kernel(sparams p)
+{
+    extern __shared__ __align__(16) unsigned char smem[];
+    float *red = (float *)smem;             /* [WARPS][4][32]: the warps' partial sums */
+    float *t_s = red + RED_FLOATS;          /* s·T [MAX_M][MAX_R] */
+    float *t_part = t_s + MAX_M * MAX_R;    /* the T workers' values, [TW][MAX_M][MAX_R] */
+    T *b_s = (T *)(t_part + PAIRS);         /* the tile's B rows, [16][MAX_R] */
+    unsigned char *x_s = (unsigned char *)(b_s + 16 * MAX_R); /* [m][xs_stride] */
+    lf_pdl_release(); /* the next kernel may start: before its own wait it reads only W */
+    if ((int)blockIdx.x < TW) {
+        t_worker<T>(p, red);
+        return;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
+    const int steps = (p.k + 31) / 32, spw = warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
+    const int n0 = ((int)blockIdx.x - TW) * 16, valid = p.n - n0;
+    const T *W = (const T *)p.w + (int64_t)n0 * p.ldw;
+
+    /* The next item this warp loads: K step warp + 16·f_j, rows g and g + 8 of the tile; past the
+     * warp's last item nothing is loaded (a slot not refilled is never read again). */
+    int f_j = 0;
+    auto fetch = [&](uint4(&dst)[2]) {
+        if (f_j < spw) {
+            const int kb = 32 * (warp + f_j * WARPS) + 8 * q;
+            const bool kin = kb < p.k;
+            dst[0] = kin && g < valid ? ld_stream(W + (int64_t)g * p.ldw + kb) : make_uint4(0, 0, 0, 0);
+            dst[1] = kin && g + 8 < valid ? ld_stream(W + (int64_t)(g + 8) * p.ldw + kb) : make_uint4(0, 0, 0, 0);
+            f_j++;
+        }
+    };
+    uint4 wr[D][2];
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        fetch(wr[u]);
+    lf_pdl_wait(); /* x, y (and in a chain of layers B's neighbours) come from the kernels before */
+
+    __shared__ unsigned w_tag;
+    unsigned long long ticket = 0; /* its round trip beside x's loads; its epoch kept in shared memory */
+    if (threadIdx.x == 0)
+        ticket = take_ticket(p.ctl);
+    const T *X = (const T *)p.x;
+    const int kpad8 = steps * 4; /* 8-element chunks of a row padded to whole steps (zeros) */
+    for (int i = threadIdx.x; i < p.m * kpad8; i += THREADS) {
+        const int row = i / kpad8, k0 = i % kpad8 * 8;
+        const uint4 v = k0 < p.k ? *(const uint4 *)(X + (int64_t)row * p.ldx + k0) : make_uint4(0, 0, 0, 0);
+        *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
+    }
+    /* B's rows of the tile: ceil(r / 8) 16-byte chunks each, rows past N zero-filled; only the
+     * first r values of a row are read */
+    if (warp == 0) {
+        const int chunks = (p.r + 7) / 8;
+        for (int c = lane; c < 16 * chunks; c += 32) {
+            const int row = c / chunks, part = c % chunks;
+            const bool in = row < valid;
+            cp_async16(b_s + row * MAX_R + 8 * part, in ? (const T *)p.b + (int64_t)(n0 + row) * p.ldb + 8 * part : p.b,
+                       in ? 16 : 0);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    if (threadIdx.x == 0)
+        w_tag = epoch_of(p.ctl, ticket) + 1u;
+    __syncthreads();
+
+    const unsigned long long *pairs = pairs_of(p.ctl);
+    unsigned long long pair = 0; /* this thread's value of T, loaded two steps before the end */
+    float acc[1][1][4] = {};
+    for (int j0 = 0; j0 < spw; j0 += D) {
+#pragma unroll
+        for (int u = 0; u < D; u++) {
+            const int j = j0 + u;
+            if (j < spw) {
+                const int kb = 32 * (warp + j * WARPS) + 8 * q;
+                uint4 xv[1] = {g < p.m ? *(const uint4 *)(x_s + g * p.xs_stride + 2 * kb) : make_uint4(0, 0, 0, 0)};
+                const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
+                decode_step<T, 1, 1>(acc, wv, xv);
+                fetch(wr[u]);
+                if (j == spw - 2 && threadIdx.x < PAIRS)
+                    pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
+            }
+        }
+    }
+    /* this thread's output when it is one of the finishing threads: its bias and old y, loaded
+     * while the block meets (registers held through the loop would spill) */
+    const int rho = threadIdx.x % 16, tau = threadIdx.x / 16, n = n0 + rho;
+    const bool live_out = threadIdx.x < OUT && n < p.n && tau < p.m;
+    float e_bias = 0.0f, e_old = 0.0f;
+    if (live_out) {
+        if (p.bias)
+            e_bias = lf_dt<T>::load((const T *)p.bias + n);
+        if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
+            e_old = lf_dt<T>::load((const T *)p.y + (int64_t)tau * p.ldy + n);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    if (spw < 2 && threadIdx.x < PAIRS) /* no step two before the end: load it now */
+        pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
+    if (warp == 0)
+        asm volatile("cp.async.wait_all;" ::: "memory");
+    if (threadIdx.x < PAIRS) { /* a value stored before this launch's worker stored it: reload */
+        while ((unsigned)(pair >> 32) != w_tag)
+            pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
+        t_part[threadIdx.x] = __uint_as_float((unsigned)pair);
+    }
+    __syncthreads();
+    if (threadIdx.x < OUT) { /* the workers' values in worker order */
+        float t = 0.0f;
+#pragma unroll
+        for (int c = 0; c < TW; c++)
+            t += t_part[c * OUT + threadIdx.x];
+        t_s[threadIdx.x] = p.scale * t;
+    }
+    __syncthreads();
+    if (live_out) {
+        float s = 0.0f;
+        for (int w = 0; w < WARPS; w++)
+            s += red[(w * 4 + acc_reg(rho, tau)) * 32 + acc_lane(rho, tau)];
+        float l = 0.0f;
+        for (int j = 0; j < p.r; j++)
+            l = fmaf(lf_dt<T>::to_f32(b_s[rho * MAX_R + j]), t_s[tau * MAX_R + j], l);
+        ((T *)p.y)[(int64_t)tau * p.ldy + n] = lf_dt<T>::from_f32(s + l + e_bias + p.beta * e_old);
+    }
+}
+
+template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
+{
+    sparams s;
+    s.m = (int)p->m, s.n = (int)p->n, s.k = (int)p->k, s.r = (int)p->rank;
+    s.x = p->x, s.w = p->w, s.a = p->a, s.b = p->b, s.bias = p->bias, s.y = p->y;
+    s.ldx = p->ldx, s.ldw = p->ldw, s.lda = p->lda, s.ldb = p->ldb, s.ldy = p->ldy;
+    s.scale = p->scale, s.beta = p->beta;
+    s.xs_stride = (int)((p->k + 31) / 32) * 64 + X_PAD;
+    s.ctl = ctl;
+    const int tiles = (int)((p->n + 15) / 16);
+    if (tiles > 2 * sm_count - TW)
+        return cudaErrorInvalidValue; /* one tile a block: the plan's rule */
+    return lf_cuda_launch(lora_stream_kernel<T>, dim3(tiles + TW), THREADS, (size_t)lf_cuda_stream_smem(p->m, p->k), pdl, st, s);
+}
+
+} /* namespace */
+
+int lf_stream_setup(void)
+{
+    int dev = 0, major = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e == cudaSuccess && major >= 8)
+        e = cudaFuncSetAttribute(lora_stream_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 LF_CUDA_STREAM_BLOCK_SMEM);
+    if (e == cudaSuccess && major >= 8)
+        e = cudaFuncSetAttribute(lora_stream_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 LF_CUDA_STREAM_BLOCK_SMEM);
+    if (e != cudaSuccess)
+        cudaGetLastError();
+    return e == cudaSuccess && major >= 8;
+}
+
+cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
+{
+    if (p->m < 1 || p->m > MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX / 2 || p->rank < 1 ||
+        p->rank > MAX_R || (p->dtype != LF_BF16 && p->dtype != LF_F16) || p->layout != LF_LAYOUT_PEFT || !p->x ||
+        !p->w || !p->a || !p->b || !p->y || !ctl || sm_count < 1 ||
+        lf_cuda_stream_smem(p->m, p->k) > LF_CUDA_STREAM_BLOCK_SMEM)
+        return cudaErrorInvalidValue;
+    return p->dtype == LF_F16 ? launch_typed<__half>(p, ctl, sm_count, pdl, st)
+                              : launch_typed<__nv_bfloat16>(p, ctl, sm_count, pdl, st);
+}

@@ -1,0 +1,30 @@
+/*
+ * lora_stream.cuh — the layer for one to eight tokens with W streamed by plain loads
+ * (lora_stream.cu), for the backend (lora_fwd.cu's plan and dispatch). No lf_context: errors come
+ * back as cudaError_t.
+ */
+#ifndef LF_CUDA_LORA_STREAM_CUH
+#define LF_CUDA_LORA_STREAM_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../lf_internal.h" /* lf_lora_problem */
+
+/* Control words of one context (lf_stream_launch's ctl), 256-byte aligned: the launches' epoch and
+ * the T workers' tagged values. Zero them once; every launch leaves them consistent. */
+#define LF_STREAM_CTL_WORDS 1024
+
+/* Once per context on the current device: raises the kernel's shared-memory limit; 1 when it can
+ * run here (compute capability 8.0 or later), else 0. */
+int lf_stream_setup(void);
+
+/* y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ for p in the PEFT layout, bf16 or f16, 1 ≤ m ≤ 8,
+ * 1 ≤ rank ≤ 16; x, W, A, B, y and their strides 16-byte aligned (bias: any). The plan's rule
+ * (heuristics.h: lf_cuda_stream_fits) keeps N to one 16-row tile a block: ceil(n / 16) ≤
+ * sm_count · 2 − 2. One launch on st, with programmatic dependent launch when pdl: no allocation,
+ * no host synchronization (capture-safe). ctl: this context's LF_STREAM_CTL_WORDS control words (no
+ * two launches that share them may run at the same time). */
+cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st);
+
+#endif /* LF_CUDA_LORA_STREAM_CUH */
