@@ -363,6 +363,8 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_stream_fits(LF_F32, LF_LAYOUT_PEFT, ok_flags, 1, 4096, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_HAS_W, 1, 4096, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, LF_PLAN_ALIGNED16, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4097, 4096, 16, 132)); /* K tail under 8 */
+    LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 3, 1001, 4096, 16, 132));
     /* x staged whole: 8 tokens of K 14336 do not fit a block's shared memory, one token does */
     LFT_CHECK(lf_cuda_stream_smem(1, 4096) == LF_CUDA_STREAM_FIXED_SMEM + 128 * 64 + 64);
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 14336, 4096, 16, 132));

@@ -354,7 +354,9 @@ static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, u
  * → 3072 12.1 → 9.7, 1 × 8192 → 4096 25.2 → 23.6. With more tiles than blocks (4096 → 6144 and up)
  * a block would stream two tiles, which the lab measured slower than the decode form's rounds. So:
  * one tile a block, and at least as many tiles as SMs (with fewer, half the SMs would stream
- * alone). x is staged whole in shared memory: M rows of K, each padded. */
+ * alone). x is staged whole in shared memory: M rows of K, each padded. K a multiple of 8: every
+ * 16-byte chunk of x, W and A it loads lies inside K (the others zero-fill a K tail by TMA or
+ * masked loads). */
 #define LF_CUDA_STREAM_MAX_M 8
 #define LF_CUDA_STREAM_MAX_RANK 16
 #define LF_CUDA_STREAM_T_WORKERS 2
@@ -370,7 +372,8 @@ static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t
     const int64_t tiles = (n + 15) / 16;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && r >= 1 &&
-           r <= LF_CUDA_STREAM_MAX_RANK && k < (1 << 24) && lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
+           r <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 && k < (1 << 24) &&
+           lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
            tiles >= sm_count && tiles <= 2 * (int64_t)sm_count - LF_CUDA_STREAM_T_WORKERS;
 }
 

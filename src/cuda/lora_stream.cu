@@ -199,15 +199,15 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
         const uint4 v = k0 < p.k ? *(const uint4 *)(X + (int64_t)row * p.ldx + k0) : make_uint4(0, 0, 0, 0);
         *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
     }
-    /* B's rows of the tile: ceil(r / 8) 16-byte chunks each, rows past N zero-filled; only the
-     * first r values of a row are read */
-    if (warp == 0) {
-        const int chunks = (p.r + 7) / 8;
-        for (int c = lane; c < 16 * chunks; c += 32) {
-            const int row = c / chunks, part = c % chunks;
-            const bool in = row < valid;
+    /* B's rows of the tile: ceil(r / 8) 16-byte chunks each, the bytes past r and the rows past N
+     * zero-filled (nothing read outside B's r columns) */
+    if (warp == 0) { /* a lane a chunk: 16 rows of at most two chunks */
+        const int part = p.r > 8 ? lane & 1 : 0, row = p.r > 8 ? lane >> 1 : lane;
+        if (row < 16) {
+            const int left = 2 * (p.r - 8 * part); /* bytes of the row from this chunk on */
+            const bool in = row < valid && left > 0;
             cp_async16(b_s + row * MAX_R + 8 * part, in ? (const T *)p.b + (int64_t)(n0 + row) * p.ldb + 8 * part : p.b,
-                       in ? 16 : 0);
+                       in ? (uint32_t)min(16, left) : 0u);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
@@ -312,7 +312,7 @@ int lf_stream_setup(void)
 
 cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
 {
-    if (p->m < 1 || p->m > MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX / 2 || p->rank < 1 ||
+    if (p->m < 1 || p->m > MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k % 8 || p->k >= INT_MAX / 2 || p->rank < 1 ||
         p->rank > MAX_R || (p->dtype != LF_BF16 && p->dtype != LF_F16) || p->layout != LF_LAYOUT_PEFT || !p->x ||
         !p->w || !p->a || !p->b || !p->y || !ctl || sm_count < 1 ||
         lf_cuda_stream_smem(p->m, p->k) > LF_CUDA_STREAM_BLOCK_SMEM)

@@ -20,7 +20,7 @@
 int lf_stream_setup(void);
 
 /* y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ for p in the PEFT layout, bf16 or f16, 1 ≤ m ≤ 8,
- * 1 ≤ rank ≤ 16; x, W, A, B, y and their strides 16-byte aligned (bias: any). The plan's rule
+ * 1 ≤ rank ≤ 16, k a multiple of 8; x, W, A, B, y and their strides 16-byte aligned (bias: any). The plan's rule
  * (heuristics.h: lf_cuda_stream_fits) keeps N to one 16-row tile a block: ceil(n / 16) ≤
  * sm_count · 2 − 2. One launch on st, with programmatic dependent launch when pdl: no allocation,
  * no host synchronization (capture-safe). ctl: this context's LF_STREAM_CTL_WORDS control words (no
