@@ -21,9 +21,10 @@
  *    memory, staged once. The first D steps of W are loaded before the PDL wait (W is no kernel's
  *    output). A slot past the warp's last step is not written at all: a fetch that always
  *    assigned its slot (zeros past the end) ran 14.2 µs against 12.3 at 1 × 4096 → 4096 in the
- *    lab, and gained nothing from PDL; why is not known. At the end the warps' partial sums meet in shared memory in a fixed order, and 128
- *    threads finish the tile's 16 × 8 outputs: s·T·Bᵀ over the rank in order, bias, beta·y, one
- *    rounding. B's rows come by cp.async, bias and y by loads issued before the stream.
+ *    lab, and gained nothing from PDL; why is not known. At the end the warps' partial sums meet
+ *    in shared memory in a fixed order, and 128 threads finish the tile's 16 × 8 outputs: s·T·Bᵀ
+ *    over the rank in order, bias, beta·y, one rounding. B's rows come by cp.async at the start,
+ *    bias and y by loads issued as the block meets (held through the loop they would spill).
  *  - T worker b: s·T's partial over its half of K (A's rows and x from global memory), stored as
  *    values tagged with the launch's epoch, each value and its tag in one 8-byte store, so that a
  *    reader sees both or neither. A W block loads these pairs two steps before its tile's end and
