@@ -235,6 +235,7 @@ static const hopper_shape hopper_shapes[] = {
     {{3, 8, 2112, 1, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_STREAM},
     {{2, 4104, 3000, 12, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_STREAM},
     {{7, 6000, 4192, 16, 0, 0}, 2, 0, 1, LF_CUDA_STREAM},
+    {{8, 6368, 4096, 16, 0, 0}, 2, 1, 0, LF_CUDA_STREAM}, /* x of 8 tokens at the block's shared-memory limit */
     /* a K tail of less than 8 (rows padded to 16 bytes, the padding not zero): not the stream's */
     {{3, 1001, 4096, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
 };
