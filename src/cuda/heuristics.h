@@ -372,8 +372,7 @@ static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t
     const int64_t tiles = (n + 15) / 16;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && r >= 1 &&
-           r <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 && k < (1 << 24) &&
-           lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
+           r <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 && lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
            tiles >= sm_count && tiles <= 2 * (int64_t)sm_count - LF_CUDA_STREAM_T_WORKERS;
 }
 

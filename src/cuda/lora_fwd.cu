@@ -1218,7 +1218,7 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state)
  *   HOPPER: none (lora_hopper.cu sizes its grid per call)
  *   HOPPER_MID: {split, PDL, tile width}
  *   HOPPER_DECODE: none (PDL always: sm_90a)
- *   STREAM: {PDL}
+ *   STREAM: none (PDL always: it runs where hopper_ok, compute capability 9.0)
  *   GEMM:   {chunk rows, PDL, K-slices of T, f32 with the small delta kernel as epilogue} */
 lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *plan)
 {
@@ -1235,7 +1235,6 @@ lf_status lf_cuda_lora_plan(lf_context *ctx, const lf_lora_problem *p, lf_plan *
         plan->impl = (int)plan->param[0];
     } else if (cs->stream_ok && lf_cuda_stream_fits(key->dtype, key->layout, key->flags, m, k, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_STREAM;
-        plan->param[0] = cs->cc_major >= 9;
     } else if (cs->hopper_ok && lf_cuda_hopper_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
         plan->impl = LF_CUDA_HOPPER_DECODE;
     } else if (cs->decode_ok && lf_cuda_decode_fits(key->dtype, key->layout, key->flags, m, n, r, cs->sm_count)) {
@@ -1297,7 +1296,7 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         return LF_OK;
     case LF_CUDA_STREAM: {
         const lf_cuda_state *cs = lf_cuda_state_of(ctx);
-        LF_CUDA_CHECK(ctx, lf_stream_launch(p, cs->stream_ctl, cs->sm_count, plan->param[0] != 0, st));
+        LF_CUDA_CHECK(ctx, lf_stream_launch(p, cs->stream_ctl, cs->sm_count, true, st));
         return LF_OK;
     }
     case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
