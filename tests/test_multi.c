@@ -328,7 +328,12 @@ static const shape shapes[] = {
     /* the decode kernels' many-adapter form on CUDA (16-bit, PEFT, aligned, M <= 4): */
     {1, 256, 136, 3, 16, 0, 0},   /* one token */
     {2, 1024, 8200, 4, 16, 0, 0}, /* 32-row tiles (on 132 SMs), N % 16 = 8 */
-    {3, 1024, 4100, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
+    {3, 1024, 8196, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
+    /* the plain-load stream's many-adapter form (16-bit, PEFT, aligned, M <= 8, max rank <= 16,
+     * K % 8 = 0, 132 to 264 - M tiles of 16 rows on 132 SMs): */
+    {1, 1024, 4096, 4, 16, 0, 0},   /* one token */
+    {5, 1000, 2120, 6, 12, 0, 0},   /* K % 32 = 8, N % 16 = 8, rank 12 */
+    {8, 4104, 4000, 9, 16, 0, 0},   /* eight tokens, a K tail */
     {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
     {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
     /* the fused kernel's bucketing by warp votes (CUDA, M <= 32): */
@@ -354,7 +359,7 @@ static const shape shapes[] = {
     {5000, 64, 64, 300, 2, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
     {4500, 200, 200, 4, 200, 1, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
 };
-#define FIRST_UNFUSED_SHAPE 11 /* shapes from here on are past the fused kernel's sizes */
+#define FIRST_UNFUSED_SHAPE 14 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the
@@ -392,17 +397,18 @@ static void sweep(lf_context *ctx, void *arg)
 /* Hot swap: slot 1 replaced between calls (a smaller rank, so that its storage keeps rows of the
  * old adapter past it; from host, then from device), slot 0 unchanged; each call checked against
  * the reference of the adapters it should see. 4 tokens take the CUDA decode kernels' MULTI form,
- * 24 the side stream. */
+ * 24 the side stream, 2 at N 2120 the plain-load stream's many-adapter form. */
+#define HOT_SWAP_CASES 6
 static void hot_swap(lf_context *ctx, void *arg)
 {
     (void)arg;
-    for (int form = 0; form < 4; form++) {
+    for (int form = 0; form < HOT_SWAP_CASES; form++) {
         const int from_device = form % 2;
-        const int64_t m = form < 2 ? 24 : 4;
+        const int64_t m = form < 2 ? 24 : form < 4 ? 4 : 2;
         lft_begin("multi %s hot swap (%s, M=%lld)", lf_backend_name(lf_context_backend(ctx)),
                   from_device ? "device" : "host", (long long)m);
-        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = m, .k = 192, .n = 160, .capacity = 3,
-                   .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + form)};
+        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = m, .k = 192, .n = m == 2 ? 2120 : 160,
+                   .capacity = 3, .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + form)};
         mprob p;
         if (LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
             for (int64_t t = 0; t < c.m; t++) /* both slots used */
@@ -428,7 +434,6 @@ static void hot_swap(lf_context *ctx, void *arg)
         lft_end();
     }
 }
-#define HOT_SWAP_CASES 4
 
 /* Bad input: a status, a message, and y untouched. */
 static void bad_input(lf_context *ctx, void *arg)

@@ -372,6 +372,19 @@ static void heuristics_tests(void)
     /* the longest x of 8 tokens: 199 steps of 32 (10240 + 8 · (199 · 64 + 64) = 112640 bytes) */
     LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 6368, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 6376, 4096, 16, 132));
+    /* many adapters: one T worker a token takes a block slot each, and every token's B rows 3584
+     * bytes more (8 tokens: 10240 + 3584 + 8 · (192 · 64 + 64) = 112640 at K 6144) */
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_F16, 8, 4096, 4096, 16, 132));   /* 256 tiles + 8 workers */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 8, 4096, 4112, 16, 132)); /* 257 + 8 */
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4192, 16, 132));  /* 262 + 1 */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 2096, 16, 132)); /* 131 tiles */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 9, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4096, 17, 132)); /* the set's max rank */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_F32, 1, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4100, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 8, 6144, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 8, 6152, 4096, 16, 132));
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");

@@ -127,6 +127,10 @@ void lf_cuda_lora_fwd_setup(lf_cuda_state *state);
 bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q);
 size_t lf_cuda_decode_multi_workspace(const lf_multi_problem *q);
 lf_status lf_cuda_decode_multi(lf_context *ctx, const lf_multi_problem *q, float *t_ws);
+/* lora_fwd.cu: the same on the plain-load stream (lora_stream.cu), taken before the decode kernels
+ * where it fits; no workspace. */
+bool lf_cuda_multi_stream_fits(lf_context *ctx, const lf_multi_problem *q);
+lf_status lf_cuda_multi_stream(lf_context *ctx, const lf_multi_problem *q);
 
 static inline cudaDataType_t lf_cuda_data_type(lf_dtype d)
 {

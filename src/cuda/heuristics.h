@@ -366,6 +366,21 @@ static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k)
 {
     return LF_CUDA_STREAM_FIXED_SMEM + m * ((k + 31) / 32 * 64 + 64);
 }
+/* Many adapters (lf_stream_multi_launch): every token's B rows of a tile, 8 × 16 × 16 × 2 bytes
+ * where one adapter has 16 × 16 × 2, and one T-worker block a token (its own A). Taken before the
+ * decode kernels' MULTI form (lf_cuda_multi_decode_wins) where it fits: 1 × 4096 → 4096, L 1, 8
+ * and 64, 17.1 → 13.4–13.5 µs in one call (H100, bf16, r 16; bench/results/cuda-h100-2026-11-26-
+ * multi-stream-ab.json), as the one-adapter stream beats the decode form. */
+#define LF_CUDA_STREAM_MULTI_SMEM 3584
+static inline int lf_cuda_stream_multi_fits(lf_dtype dtype, int64_t m, int64_t k, int64_t n, int64_t max_rank,
+                                            int sm_count)
+{
+    const int64_t tiles = (n + 15) / 16;
+    return (dtype == LF_BF16 || dtype == LF_F16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && max_rank >= 1 &&
+           max_rank <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 &&
+           lf_cuda_stream_smem(m, k) + LF_CUDA_STREAM_MULTI_SMEM <= LF_CUDA_STREAM_BLOCK_SMEM && tiles >= sm_count &&
+           tiles <= 2 * (int64_t)sm_count - m;
+}
 static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
                                       int64_t n, int64_t r, int sm_count)
 {

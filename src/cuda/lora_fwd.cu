@@ -1399,6 +1399,22 @@ bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
                                lf_cuda_state_of(ctx)->sm_count);
 }
 
+bool lf_cuda_multi_stream_fits(lf_context *ctx, const lf_multi_problem *q)
+{
+    const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+    const size_t es = lf_dtype_size(q->dtype);
+    return q->w && q->layout == LF_LAYOUT_PEFT && cs->stream_ok && (uintptr_t)q->x % 16 == 0 &&
+           (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 && (q->ldw * es) % 16 == 0 &&
+           lf_cuda_stream_multi_fits(q->dtype, q->m, q->k, q->n, q->set->max_rank, cs->sm_count);
+}
+
+lf_status lf_cuda_multi_stream(lf_context *ctx, const lf_multi_problem *q)
+{
+    const lf_cuda_state *cs = lf_cuda_state_of(ctx);
+    LF_CUDA_CHECK(ctx, lf_stream_multi_launch(q, cs->stream_ctl, cs->sm_count, true, lf_cuda_stream(ctx)));
+    return LF_OK;
+}
+
 size_t lf_cuda_decode_multi_workspace(const lf_multi_problem *q)
 {
     return align256((size_t)lf_cuda_decode_t_slices(q->k) * q->m * q->set->max_rank * 4);

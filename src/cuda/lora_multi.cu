@@ -3,9 +3,11 @@
  * loads from device memory, and the unfused per-adapter loop the bench compares with.
  *
  * No host work that needs device data (capture-safe, no synchronization, no allocation once the
- * workspace is sized). A layer of a few tokens (heuristics.h: lf_cuda_multi_decode_wins; 16-bit,
- * PEFT, aligned) is the decode kernels of lora_fwd.cu in their MULTI form: one stream of W, each
- * token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
+ * workspace is sized). A layer of one to eight tokens where N fills the GPU with 16-row tiles
+ * (heuristics.h: lf_cuda_stream_multi_fits; 16-bit, PEFT, aligned, max rank ≤ 16) is the
+ * plain-load stream of lora_stream.cu in its many-adapter form; else a layer of a few tokens
+ * (lf_cuda_multi_decode_wins) is the decode kernels of lora_fwd.cu in their MULTI form: one stream
+ * of W, each token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one launch,
  * multi_fused_kernel (thread block clusters; see its comment), and a layer is the cuBLAS base GEMM
  * beside that kernel on a side stream (it writes the LoRA term in fp32) and multi_finish_kernel,
  * which adds both and rounds y once. Otherwise a call is two kernels, chained with programmatic
@@ -1628,6 +1630,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
         return lf_fail(ctx, LF_ERR_UNSUPPORTED, "lf_lora_forward_multi (cuda): sizes and strides beyond 2^30 are "
                        "not supported (M %lld, K %lld, N %lld)", (long long)q->m, (long long)q->k, (long long)q->n);
     /* Layer at decode sizes: one stream of W with every token's LoRA term in its epilogue. */
+    if (lf_cuda_multi_stream_fits(ctx, q))
+        return lf_cuda_multi_stream(ctx, q);
     if (lf_cuda_decode_multi_fits(ctx, q)) {
         const lf_status s = lf_workspace_reserve(ctx, lf_cuda_decode_multi_workspace(q));
         return s != LF_OK ? s : lf_cuda_decode_multi(ctx, q, (float *)ctx->workspace);

@@ -1,6 +1,6 @@
 /*
- * lora_stream.cu — the whole LoRA layer for one to eight tokens in one launch, PEFT layout, bf16 or
- * f16, W streamed by plain 16-byte loads from 32 warps an SM:
+ * lora_stream.cu — the whole LoRA layer for one to eight tokens in one launch, one adapter or one
+ * per token, PEFT layout, bf16 or f16, W streamed by plain 16-byte loads from 32 warps an SM:
  *
  *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], M ≤ 8, r ≤ 16
  *
@@ -12,8 +12,9 @@
  * 14.3 → 13.4. The kernel came out of the lab dev/cuda/decode_ld.cu, which times it beside its
  * variants.
  *
- * Grid: two blocks of 16 warps an SM. Blocks 0 and 1 are T workers; every other block owns one
- * 16-row tile of W (the plan keeps N to one tile a block) over all of K:
+ * Grid: two blocks of 16 warps an SM. The first blocks are T workers (two; many adapters: one a
+ * token); every other block owns one 16-row tile of W (the plan keeps N to one tile a block) over
+ * all of K:
  *  - W block: warp w takes the tile's 32-wide K steps w, w + 16, ... (the block's warps walk K
  *    side by side, and every SM stays in step along K, which is how HBM serves W fastest); each
  *    lane keeps the next D steps of its two 16-byte chunks (rows g and g + 8) in registers and
@@ -30,6 +31,13 @@
  *    reader sees both or neither. A W block loads these pairs two steps before its tile's end and
  *    sums them in worker order (checking the tags, reloading any that were not yet stored):
  *    T costs the stream nothing.
+ * Many adapters (lf_lora_forward_multi, MULTI): token t's term s_t·(x_t·A_tᵀ)·B_tᵀ comes from the
+ * slot its id names (token_map.cuh), none without one. T worker b is token b's, over all of K
+ * against its own slot's A (the token in the MMA's first column); a W block stages every token's
+ * B rows of its tile from the set's storage (B kept transposed there: rows along N), zero past
+ * each slot's rank, and scales each token's T by its slot's scale. 1 × 4096 → 4096 with 1, 8 or 64
+ * adapters: 17.1 → 13.4–13.5 µs against the decode kernels' MULTI form in the same call
+ * (bench/results/cuda-h100-2026-11-26-multi-stream-ab.json; cuBLAS's base GEMM alone 15.4–15.6).
  * The epoch without a count at exit: ctl's first 64-bit word holds the epoch above and this
  * launch's arrivals below. Every block takes a ticket after its PDL wait — after every ticket of
  * the launch before — and the last to arrive rolls the word to (epoch + 1, 0). Nothing is reset,
@@ -44,6 +52,7 @@
 #include "launch.cuh"
 #include "lora_stream.cuh"
 #include "mma_sync.cuh"
+#include "token_map.cuh"
 
 #include <limits.h>
 
@@ -68,6 +77,8 @@ static_assert(CTL_PAIRS + 2 * PAIRS <= LF_STREAM_CTL_WORDS, "control words");
 static_assert((RED_FLOATS + MAX_M * MAX_R + PAIRS) * 4 + 16 * MAX_R * 2 == LF_CUDA_STREAM_FIXED_SMEM,
               "heuristics.h's shared-memory rule");
 static_assert(X_PAD == 64 && MAX_M == 8 && MAX_R == 16 && OUT == MAX_M * MAX_R, "the layout the rule counts");
+/* many adapters: every token's B rows of the tile, [MAX_M][MAX_R][16], where one adapter has [16][MAX_R] */
+static_assert((MAX_M - 1) * 16 * MAX_R * 2 == LF_CUDA_STREAM_MULTI_SMEM, "heuristics.h's shared-memory rule");
 
 struct sparams {
     int m, n, k, r;
@@ -77,6 +88,9 @@ struct sparams {
     float scale, beta;
     int xs_stride; /* bytes of a token's row of x in shared memory */
     unsigned *ctl;
+    int workers;       /* T-worker blocks: TW, or one a token with many adapters */
+    lf_token_map map;  /* many adapters: each token's slot; a and b are the set's storage */
+    int max_rank;      /* many adapters: rows a slot in a and b */
 };
 
 __device__ __forceinline__ uint4 ld_stream(const void *p)
@@ -153,22 +167,65 @@ template <typename T> __device__ void t_worker(const sparams &p, float *red)
     }
 }
 
-template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_kernel(sparams p)
+/* Many adapters: T worker b computes token b's T over all of K against its own slot's A (token b
+ * in the MMA's first column, zeros in the others), unscaled; no adapter: zeros. */
+template <typename T> __device__ void t_worker_multi(const sparams &p, float *red)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3, tok = blockIdx.x;
+    lf_pdl_wait(); /* x, the ids and the set's slots come from the kernels before */
+    unsigned long long ticket = 0;
+    if (threadIdx.x == 0)
+        ticket = take_ticket(p.ctl);
+    const int slot = lf_token_slot(p.map, tok), rank = slot < 0 ? 0 : p.map.slots[slot].rank;
+    const T *A = (const T *)p.a + (int64_t)max(slot, 0) * p.max_rank * p.lda, *X = (const T *)p.x + (int64_t)tok * p.ldx;
+    const int steps = rank > 0 ? (p.k + 31) / 32 : 0;
+    float acc[1][1][4] = {};
+    for (int j = warp; j < steps; j += WARPS) {
+        const int kb = 32 * j + 8 * q;
+        const bool kin = kb < p.k;
+        uint4 wv[1][2], xv[1];
+        wv[0][0] = kin && g < rank ? ld_stream(A + (int64_t)g * p.lda + kb) : make_uint4(0, 0, 0, 0);
+        wv[0][1] = kin && g + 8 < rank ? ld_stream(A + (int64_t)(g + 8) * p.lda + kb) : make_uint4(0, 0, 0, 0);
+        xv[0] = kin && g == 0 ? *(const uint4 *)(X + kb) : make_uint4(0, 0, 0, 0);
+        decode_step<T, 1, 1>(acc, wv, xv);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    __shared__ unsigned tag;
+    if (threadIdx.x == 0)
+        tag = epoch_of(p.ctl, ticket) + 1u;
+    __syncthreads();
+    if (threadIdx.x < MAX_R) {
+        const int rho = threadIdx.x; /* rank rho of the token, column 0 */
+        float s = 0.0f;
+        for (int w = 0; w < WARPS; w++)
+            s += red[(w * 4 + acc_reg(rho, 0)) * 32 + acc_lane(rho, 0)];
+        *(volatile unsigned long long *)(pairs_of(p.ctl) + tok * MAX_R + rho) =
+            (unsigned long long)tag << 32 | __float_as_uint(s);
+    }
+}
+
+template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) lora_stream_kernel(sparams p)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     float *red = (float *)smem;             /* [WARPS][4][32]: the warps' partial sums */
     float *t_s = red + RED_FLOATS;          /* s·T [MAX_M][MAX_R] */
     float *t_part = t_s + MAX_M * MAX_R;    /* the T workers' values, [TW][MAX_M][MAX_R] */
-    T *b_s = (T *)(t_part + PAIRS);         /* the tile's B rows, [16][MAX_R] */
-    unsigned char *x_s = (unsigned char *)(b_s + 16 * MAX_R); /* [m][xs_stride] */
+    T *b_s = (T *)(t_part + PAIRS);         /* the tile's B rows, [16][MAX_R]; MULTI: [MAX_M][MAX_R][16] */
+    unsigned char *x_s = (unsigned char *)(b_s + (MULTI ? MAX_M : 1) * 16 * MAX_R); /* [m][xs_stride] */
+    __shared__ float tok_scale[MAX_M]; /* MULTI: each token's slot scale, 0 without an adapter */
     lf_pdl_release(); /* the next kernel may start: before its own wait it reads only W */
-    if ((int)blockIdx.x < TW) {
-        t_worker<T>(p, red);
+    if ((int)blockIdx.x < p.workers) {
+        if (MULTI)
+            t_worker_multi<T>(p, red);
+        else
+            t_worker<T>(p, red);
         return;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     const int steps = (p.k + 31) / 32, spw = warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
-    const int n0 = ((int)blockIdx.x - TW) * 16, valid = p.n - n0;
+    const int n0 = ((int)blockIdx.x - p.workers) * 16, valid = p.n - n0;
     const T *W = (const T *)p.w + (int64_t)n0 * p.ldw;
 
     /* The next item this warp loads: K step warp + 16·f_j, rows g and g + 8 of the tile; past the
@@ -200,9 +257,23 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
         const uint4 v = k0 < p.k ? *(const uint4 *)(X + (int64_t)row * p.ldx + k0) : make_uint4(0, 0, 0, 0);
         *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
     }
-    /* B's rows of the tile: ceil(r / 8) 16-byte chunks each, the bytes past r and the rows past N
-     * zero-filled (nothing read outside B's r columns) */
-    if (warp == 0) { /* a lane a chunk: 16 rows of at most two chunks */
+    if (MULTI) {
+        /* every token's B rows of the tile from its slot (the set keeps B transposed: rank j's row
+         * runs along N), two 16-byte chunks a (token, rank), zero past the slot's rank, past N and
+         * without an adapter; the set's rows are N rounded up to 16 bytes */
+        if (threadIdx.x < p.m * 2 * MAX_R) {
+            const int tau = threadIdx.x / (2 * MAX_R), j = threadIdx.x / 2 % MAX_R, h = threadIdx.x % 2;
+            const int slot = lf_token_slot(p.map, tau), rank = slot < 0 ? 0 : p.map.slots[slot].rank;
+            const bool in = j < rank && n0 + 8 * h < p.n;
+            cp_async16(b_s + (tau * MAX_R + j) * 16 + 8 * h,
+                       in ? (const T *)p.b + ((int64_t)slot * p.max_rank + j) * p.ldb + n0 + 8 * h : p.b, in ? 16u : 0u);
+            if (j == 0 && h == 0)
+                tok_scale[tau] = slot < 0 ? 0.0f : p.map.slots[slot].scale;
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    } else if (warp == 0) { /* B's rows of the tile: ceil(r / 8) 16-byte chunks each, the bytes past r
+                             * and the rows past N zero-filled (nothing read outside B's r columns);
+                             * a lane a chunk: 16 rows of at most two chunks */
         const int part = p.r > 8 ? lane & 1 : 0, row = p.r > 8 ? lane >> 1 : lane;
         if (row < 16) {
             const int left = 2 * (p.r - 8 * part); /* bytes of the row from this chunk on */
@@ -217,6 +288,7 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
     __syncthreads();
 
     const unsigned long long *pairs = pairs_of(p.ctl);
+    const bool pair_thread = threadIdx.x < (MULTI ? p.m * MAX_R : PAIRS); /* MULTI: [token][rank] */
     unsigned long long pair = 0; /* this thread's value of T, loaded two steps before the end */
     float acc[1][1][4] = {};
     for (int j0 = 0; j0 < spw; j0 += D) {
@@ -229,7 +301,7 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
                 const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
                 decode_step<T, 1, 1>(acc, wv, xv);
                 fetch(wr[u]);
-                if (j == spw - 2 && threadIdx.x < PAIRS)
+                if (j == spw - 2 && pair_thread)
                     pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
             }
         }
@@ -248,17 +320,20 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
 #pragma unroll
     for (int c = 0; c < 4; c++)
         red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
-    if (spw < 2 && threadIdx.x < PAIRS) /* no step two before the end: load it now */
+    if (spw < 2 && pair_thread) /* no step two before the end: load it now */
         pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
-    if (warp == 0)
+    if (MULTI || warp == 0)
         asm volatile("cp.async.wait_all;" ::: "memory");
-    if (threadIdx.x < PAIRS) { /* a value stored before this launch's worker stored it: reload */
+    if (pair_thread) { /* a value stored before this launch's worker stored it: reload */
         while ((unsigned)(pair >> 32) != w_tag)
             pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
         t_part[threadIdx.x] = __uint_as_float((unsigned)pair);
     }
     __syncthreads();
-    if (threadIdx.x < OUT) { /* the workers' values in worker order */
+    if (MULTI && threadIdx.x < OUT) { /* token tau's T, from its own worker, by its slot's scale */
+        const int t_tok = threadIdx.x / MAX_R;
+        t_s[threadIdx.x] = t_tok < p.m ? tok_scale[t_tok] * t_part[threadIdx.x] : 0.0f;
+    } else if (threadIdx.x < OUT) { /* the workers' values in worker order */
         float t = 0.0f;
 #pragma unroll
         for (int c = 0; c < TW; c++)
@@ -271,25 +346,31 @@ template <typename T> __global__ void __launch_bounds__(THREADS, 2) lora_stream_
         for (int w = 0; w < WARPS; w++)
             s += red[(w * 4 + acc_reg(rho, tau)) * 32 + acc_lane(rho, tau)];
         float l = 0.0f;
-        for (int j = 0; j < p.r; j++)
-            l = fmaf(lf_dt<T>::to_f32(b_s[rho * MAX_R + j]), t_s[tau * MAX_R + j], l);
+        if (MULTI) /* zeros past the slot's rank */
+            for (int j = 0; j < MAX_R; j++)
+                l = fmaf(lf_dt<T>::to_f32(b_s[(tau * MAX_R + j) * 16 + rho]), t_s[tau * MAX_R + j], l);
+        else
+            for (int j = 0; j < p.r; j++)
+                l = fmaf(lf_dt<T>::to_f32(b_s[rho * MAX_R + j]), t_s[tau * MAX_R + j], l);
         ((T *)p.y)[(int64_t)tau * p.ldy + n] = lf_dt<T>::from_f32(s + l + e_bias + p.beta * e_old);
     }
 }
 
-template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
+/* One launch: the grid is the workers and one block a tile. */
+template <typename T, bool MULTI> cudaError_t launch_typed(sparams s, int sm_count, bool pdl, cudaStream_t st)
 {
-    sparams s;
-    s.m = (int)p->m, s.n = (int)p->n, s.k = (int)p->k, s.r = (int)p->rank;
-    s.x = p->x, s.w = p->w, s.a = p->a, s.b = p->b, s.bias = p->bias, s.y = p->y;
-    s.ldx = p->ldx, s.ldw = p->ldw, s.lda = p->lda, s.ldb = p->ldb, s.ldy = p->ldy;
-    s.scale = p->scale, s.beta = p->beta;
-    s.xs_stride = (int)((p->k + 31) / 32) * 64 + X_PAD;
-    s.ctl = ctl;
-    const int tiles = (int)((p->n + 15) / 16);
-    if (tiles > 2 * sm_count - TW)
+    s.xs_stride = (s.k + 31) / 32 * 64 + X_PAD;
+    const int tiles = (s.n + 15) / 16;
+    if (tiles > 2 * sm_count - s.workers)
         return cudaErrorInvalidValue; /* one tile a block: the plan's rule */
-    return lf_cuda_launch(lora_stream_kernel<T>, dim3(tiles + TW), THREADS, (size_t)lf_cuda_stream_smem(p->m, p->k), pdl, st, s);
+    const size_t smem = (size_t)lf_cuda_stream_smem(s.m, s.k) + (MULTI ? LF_CUDA_STREAM_MULTI_SMEM : 0);
+    return lf_cuda_launch(lora_stream_kernel<T, MULTI>, dim3(tiles + s.workers), THREADS, smem, pdl, st, s);
+}
+
+template <typename T, bool MULTI> cudaError_t set_smem_limit()
+{
+    return cudaFuncSetAttribute(lora_stream_kernel<T, MULTI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                LF_CUDA_STREAM_BLOCK_SMEM);
 }
 
 } /* namespace */
@@ -301,11 +382,13 @@ int lf_stream_setup(void)
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     if (e == cudaSuccess && major >= 8)
-        e = cudaFuncSetAttribute(lora_stream_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 LF_CUDA_STREAM_BLOCK_SMEM);
+        e = set_smem_limit<__nv_bfloat16, false>();
     if (e == cudaSuccess && major >= 8)
-        e = cudaFuncSetAttribute(lora_stream_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 LF_CUDA_STREAM_BLOCK_SMEM);
+        e = set_smem_limit<__half, false>();
+    if (e == cudaSuccess && major >= 8)
+        e = set_smem_limit<__nv_bfloat16, true>();
+    if (e == cudaSuccess && major >= 8)
+        e = set_smem_limit<__half, true>();
     if (e != cudaSuccess)
         cudaGetLastError();
     return e == cudaSuccess && major >= 8;
@@ -318,6 +401,33 @@ cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_cou
         !p->w || !p->a || !p->b || !p->y || !ctl || sm_count < 1 ||
         lf_cuda_stream_smem(p->m, p->k) > LF_CUDA_STREAM_BLOCK_SMEM)
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? launch_typed<__half>(p, ctl, sm_count, pdl, st)
-                              : launch_typed<__nv_bfloat16>(p, ctl, sm_count, pdl, st);
+    sparams s = {};
+    s.m = (int)p->m, s.n = (int)p->n, s.k = (int)p->k, s.r = (int)p->rank;
+    s.x = p->x, s.w = p->w, s.a = p->a, s.b = p->b, s.bias = p->bias, s.y = p->y;
+    s.ldx = p->ldx, s.ldw = p->ldw, s.lda = p->lda, s.ldb = p->ldb, s.ldy = p->ldy;
+    s.scale = p->scale, s.beta = p->beta;
+    s.ctl = ctl, s.workers = TW;
+    return p->dtype == LF_F16 ? launch_typed<__half, false>(s, sm_count, pdl, st)
+                              : launch_typed<__nv_bfloat16, false>(s, sm_count, pdl, st);
+}
+
+cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
+{
+    const lf_adapter_set *set = q->set;
+    if (q->m < 1 || q->m > MAX_M || q->n < 1 || q->n >= INT_MAX || q->k < 1 || q->k % 8 || q->k >= INT_MAX / 2 ||
+        !set || set->max_rank < 1 || set->max_rank > MAX_R || (q->dtype != LF_BF16 && q->dtype != LF_F16) ||
+        q->layout != LF_LAYOUT_PEFT || !q->x || !q->w || !q->y || !ctl || sm_count < 1 ||
+        lf_cuda_stream_smem(q->m, q->k) + LF_CUDA_STREAM_MULTI_SMEM > LF_CUDA_STREAM_BLOCK_SMEM)
+        return cudaErrorInvalidValue;
+    sparams s = {};
+    s.m = (int)q->m, s.n = (int)q->n, s.k = (int)q->k, s.r = (int)set->max_rank;
+    s.x = q->x, s.w = q->w, s.a = set->a, s.b = set->b, s.bias = q->bias, s.y = q->y;
+    s.ldx = q->ldx, s.ldw = q->ldw, s.lda = set->lda, s.ldb = set->ldb, s.ldy = q->ldy;
+    s.beta = q->beta;
+    s.ctl = ctl, s.workers = (int)q->m;
+    s.map.ids = q->token_adapter, s.map.seg_starts = q->seg_starts, s.map.seg_adapter = q->seg_adapter;
+    s.map.segments = (int)q->segments, s.map.slots = set->slots, s.map.capacity = set->capacity;
+    s.max_rank = (int)set->max_rank;
+    return q->dtype == LF_F16 ? launch_typed<__half, true>(s, sm_count, pdl, st)
+                              : launch_typed<__nv_bfloat16, true>(s, sm_count, pdl, st);
 }

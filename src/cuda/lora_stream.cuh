@@ -1,7 +1,7 @@
 /*
  * lora_stream.cuh — the layer for one to eight tokens with W streamed by plain loads
- * (lora_stream.cu), for the backend (lora_fwd.cu's plan and dispatch). No lf_context: errors come
- * back as cudaError_t.
+ * (lora_stream.cu), one adapter or one a token, for the backend (lora_fwd.cu's plan and dispatch,
+ * lora_multi.cu's many-adapter layer). No lf_context: errors come back as cudaError_t.
  */
 #ifndef LF_CUDA_LORA_STREAM_CUH
 #define LF_CUDA_LORA_STREAM_CUH
@@ -9,7 +9,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../lf_internal.h" /* lf_lora_problem */
+#include "../lf_internal.h" /* lf_lora_problem, lf_multi_problem */
 
 /* Control words of one context (lf_stream_launch's ctl), 256-byte aligned: the launches' epoch and
  * the T workers' tagged values. Zero them once; every launch leaves them consistent. */
@@ -26,5 +26,11 @@ int lf_stream_setup(void);
  * no host synchronization (capture-safe). ctl: this context's LF_STREAM_CTL_WORDS control words (no
  * two launches that share them may run at the same time). */
 cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st);
+
+/* The same layer with many adapters (lf_lora_forward_multi, per-token or segment form): each
+ * token's LoRA term from its own slot of q->set (max_rank ≤ 16), none for a token without one.
+ * One T-worker block a token, so the rule is lf_cuda_stream_multi_fits: ceil(n / 16) ≤ sm_count · 2
+ * − m. x, W and their strides 16-byte aligned (the set's storage is by construction). */
+cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st);
 
 #endif /* LF_CUDA_LORA_STREAM_CUH */
