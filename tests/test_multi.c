@@ -334,6 +334,11 @@ static const shape shapes[] = {
     {1, 1024, 4096, 4, 16, 0, 0},   /* one token */
     {5, 1000, 2120, 6, 12, 0, 0},   /* K % 32 = 8, N % 16 = 8, rank 12 */
     {8, 4104, 4000, 9, 16, 0, 0},   /* eight tokens, a K tail */
+    {3, 1024, 4100, 8, 16, 0, 0},   /* N % 8 = 4: a B chunk runs past N into the set's row padding */
+    /* ... past 8 tokens, K halves over the two blocks of a cluster: */
+    {16, 1000, 4096, 5, 16, 0, 0},  /* 16 tokens, K % 32 = 8 */
+    {13, 520, 2210, 4, 12, 0, 0},   /* 139 tiles: the last cluster's second tile empty; rank 12 */
+    {9, 8, 2112, 3, 16, 0, 0},      /* one K step: the second half of K empty */
     {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
     {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
     /* the fused kernel's bucketing by warp votes (CUDA, M <= 32): */
@@ -359,7 +364,7 @@ static const shape shapes[] = {
     {5000, 64, 64, 300, 2, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
     {4500, 200, 200, 4, 200, 1, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
 };
-#define FIRST_UNFUSED_SHAPE 14 /* shapes from here on are past the fused kernel's sizes */
+#define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the
@@ -397,17 +402,17 @@ static void sweep(lf_context *ctx, void *arg)
 /* Hot swap: slot 1 replaced between calls (a smaller rank, so that its storage keeps rows of the
  * old adapter past it; from host, then from device), slot 0 unchanged; each call checked against
  * the reference of the adapters it should see. 4 tokens take the CUDA decode kernels' MULTI form,
- * 24 the side stream, 2 at N 2120 the plain-load stream's many-adapter form. */
-#define HOT_SWAP_CASES 6
+ * 24 the side stream, 2 and 12 at N 2120 the plain-load stream's many-adapter form (12: K halves). */
+#define HOT_SWAP_CASES 8
 static void hot_swap(lf_context *ctx, void *arg)
 {
     (void)arg;
     for (int form = 0; form < HOT_SWAP_CASES; form++) {
         const int from_device = form % 2;
-        const int64_t m = form < 2 ? 24 : form < 4 ? 4 : 2;
+        const int64_t m = form < 2 ? 24 : form < 4 ? 4 : form < 6 ? 2 : 12;
         lft_begin("multi %s hot swap (%s, M=%lld)", lf_backend_name(lf_context_backend(ctx)),
                   from_device ? "device" : "host", (long long)m);
-        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = m, .k = 192, .n = m == 2 ? 2120 : 160,
+        mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = m, .k = 192, .n = m == 2 || m == 12 ? 2120 : 160,
                    .capacity = 3, .max_rank = 16, .has_w = 1, .beta = 0.0f, .map = MAP_RANDOM, .seed = lft_case_seed(900 + form)};
         mprob p;
         if (LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {

@@ -366,25 +366,37 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 4097, 4096, 16, 132)); /* K tail under 8 */
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 3, 1001, 4096, 16, 132));
     /* x staged whole: 8 tokens of K 14336 do not fit a block's shared memory, one token does */
-    LFT_CHECK(lf_cuda_stream_smem(1, 4096) == LF_CUDA_STREAM_FIXED_SMEM + 128 * 64 + 64);
+    LFT_CHECK(lf_cuda_stream_smem(1, 4096, 0) == LF_CUDA_STREAM_FIXED_SMEM(1, 1, 0) + 128 * 64 + 64);
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 14336, 4096, 16, 132));
     LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 14336, 4096, 16, 132));
     /* the longest x of 8 tokens: 199 steps of 32 (10240 + 8 · (199 · 64 + 64) = 112640 bytes) */
     LFT_CHECK(lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 6368, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 8, 6376, 4096, 16, 132));
-    /* many adapters: one T worker a token takes a block slot each, and every token's B rows 3584
-     * bytes more (8 tokens: 10240 + 3584 + 8 · (192 · 64 + 64) = 112640 at K 6144) */
+    /* many adapters: one T worker a token (up to 8) takes a block slot each, and every token's B
+     * rows 3072 bytes more (8 tokens: 13312 + 8 · (193 · 64 + 64) = 112640 at K 6176) */
+    LFT_CHECK(LF_CUDA_STREAM_FIXED_SMEM(1, 1, 0) == 10240 && LF_CUDA_STREAM_FIXED_SMEM(1, 1, 1) == 13312);
     LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4096, 16, 132));
     LFT_CHECK(lf_cuda_stream_multi_fits(LF_F16, 8, 4096, 4096, 16, 132));   /* 256 tiles + 8 workers */
     LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 8, 4096, 4112, 16, 132)); /* 257 + 8 */
-    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4192, 16, 132));  /* 262 + 1 */
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4208, 16, 132));  /* 263 + 1 */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4224, 16, 132)); /* 264 + 1 */
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 2112, 16, 132));  /* 132 tiles */
     LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 2096, 16, 132)); /* 131 tiles */
-    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 9, 4096, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 17, 4096, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4096, 4096, 17, 132)); /* the set's max rank */
     LFT_CHECK(!lf_cuda_stream_multi_fits(LF_F32, 1, 4096, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 1, 4100, 4096, 16, 132));
-    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 8, 6144, 4096, 16, 132));
-    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 8, 6152, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 8, 6176, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 8, 6184, 4096, 16, 132));
+    /* 9–16 tokens: K halves over a cluster's two blocks, whole clusters of tiles after 8 workers;
+     * 16 tokens of K 5184 (81 steps a half): 28672 + 16 · (81 · 64 + 64) = 112640 */
+    LFT_CHECK(lf_cuda_stream_split(8) == 1 && lf_cuda_stream_split(9) == 2 && lf_cuda_stream_multi_workers(16) == 8);
+    LFT_CHECK(LF_CUDA_STREAM_FIXED_SMEM(2, 2, 1) == 28672);
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 16, 4096, 4096, 16, 132)); /* 8 + 256 */
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 16, 4096, 4097, 16, 132)); /* 8 + 258 */
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 9, 4096, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_stream_multi_fits(LF_BF16, 16, 5184, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_stream_multi_fits(LF_BF16, 16, 5192, 4096, 16, 132));
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel's split-K form covers the SMs in one wave");

@@ -360,26 +360,53 @@ static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, u
 #define LF_CUDA_STREAM_MAX_M 8
 #define LF_CUDA_STREAM_MAX_RANK 16
 #define LF_CUDA_STREAM_T_WORKERS 2
-#define LF_CUDA_STREAM_FIXED_SMEM 10240        /* lora_stream.cu's shared memory before x */
+/* lora_stream.cu's shared memory before x, with nt = ceil(M / 8) groups of 8 token columns, K split
+ * over s blocks and many adapters or one: the warps' partial sums (16 warps × 128 floats a group),
+ * s·T (8 tokens × 16 ranks a group), the T workers' values (many: [token][rank]; one: two
+ * workers' [token][rank]), the finishing tile's sums a K half (s > 1), the tile's B rows (many:
+ * every token's, 16 × 16 bf16 each; one: 16 × 16). */
+#define LF_CUDA_STREAM_FIXED_SMEM(nt, s, multi)                                                             \
+    (4 * (nt) * (16 * 128 + 128 + ((multi) ? 128 : 2 * 128) + ((s) > 1 ? (s) * 128 : 0)) +                  \
+     ((multi) ? 8 * (nt) * 512 : 512))
 #define LF_CUDA_STREAM_BLOCK_SMEM (110 * 1024) /* two blocks an SM (228 KB on sm_90, 1 KB of it per block reserved) */
-static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k)
+/* K split: up to 8 tokens a block streams one 16-row tile over all of K. Past 8 tokens (many
+ * adapters) x whole would not fit two blocks an SM, so consecutive blocks pair up in a two-CTA
+ * cluster: each streams two tiles over its half of K, stages that half of x, and the pair swaps
+ * the halves' sums through distributed shared memory (16 × 4096 → 4096 with one adapter: 15.1–15.7
+ * µs against the decode form's 14.6, so the one-adapter plan keeps the decode form there;
+ * dev/cuda/NOTES.md, seventeenth session). */
+static inline int lf_cuda_stream_split(int64_t m)
 {
-    return LF_CUDA_STREAM_FIXED_SMEM + m * ((k + 31) / 32 * 64 + 64);
+    return m > 8 ? 2 : 1;
 }
-/* Many adapters (lf_stream_multi_launch): every token's B rows of a tile, 8 × 16 × 16 × 2 bytes
- * where one adapter has 16 × 16 × 2, and one T-worker block a token (its own A). Taken before the
- * decode kernels' MULTI form (lf_cuda_multi_decode_wins) where it fits: 1 × 4096 → 4096, L 1, 8
- * and 64, 17.1 → 13.4–13.5 µs in one call (H100, bf16, r 16; bench/results/cuda-h100-2026-11-26-
- * multi-stream-ab.json), as the one-adapter stream beats the decode form. */
-#define LF_CUDA_STREAM_MULTI_SMEM 3584
+static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k, int multi)
+{
+    const int split = lf_cuda_stream_split(m);
+    const int64_t steps = ((k + 31) / 32 + split - 1) / split; /* 32-wide K steps a block */
+    return LF_CUDA_STREAM_FIXED_SMEM((m + 7) / 8, split, multi) + m * (steps * 64 + 64);
+}
+/* Many adapters (lf_stream_multi_launch), 1–16 tokens: T workers each take tokens b, b + 8 (their
+ * own slots' A), so up to 8 of them hold block slots; a W block stages every token's B rows. Taken
+ * before the decode kernels' MULTI form and the side stream where it fits: 1 × 4096 → 4096, L 1, 8
+ * and 64, 17.1 → 13.4–13.5 µs, 8 × 4096 → 4096 19.0 → 14.4 in one call (H100, bf16, r 16;
+ * bench/results/cuda-h100-2026-11-26-multi-stream-ab.json, -multi-stream-tokens-ab.json), as the
+ * one-adapter stream beats the decode form; past 8 tokens against the side stream (cuBLAS beside
+ * the fused delta), 16 × 4096 → 4096 with 1 / 8 / 64 adapters 18.4 / 19.1 / 24.7 → 17.4 / 18.3 /
+ * 19.3, 12 tokens 18.8 → 18.6 (-multi-stream-16tok-ab.json). */
+#define LF_CUDA_STREAM_MULTI_MAX_M 16
+static inline int lf_cuda_stream_multi_workers(int64_t m)
+{
+    return m < 8 ? (int)m : 8;
+}
 static inline int lf_cuda_stream_multi_fits(lf_dtype dtype, int64_t m, int64_t k, int64_t n, int64_t max_rank,
                                             int sm_count)
 {
-    const int64_t tiles = (n + 15) / 16;
-    return (dtype == LF_BF16 || dtype == LF_F16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && max_rank >= 1 &&
+    const int split = lf_cuda_stream_split(m);
+    const int64_t tiles = (n + 15) / 16, w_blocks = (tiles + split - 1) / split * split;
+    return (dtype == LF_BF16 || dtype == LF_F16) && m >= 1 && m <= LF_CUDA_STREAM_MULTI_MAX_M && max_rank >= 1 &&
            max_rank <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 &&
-           lf_cuda_stream_smem(m, k) + LF_CUDA_STREAM_MULTI_SMEM <= LF_CUDA_STREAM_BLOCK_SMEM && tiles >= sm_count &&
-           tiles <= 2 * (int64_t)sm_count - m;
+           lf_cuda_stream_smem(m, k, 1) <= LF_CUDA_STREAM_BLOCK_SMEM && tiles >= sm_count &&
+           lf_cuda_stream_multi_workers(m) + w_blocks <= 2 * (int64_t)sm_count;
 }
 static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t k,
                                       int64_t n, int64_t r, int sm_count)
@@ -387,7 +414,7 @@ static inline int lf_cuda_stream_fits(lf_dtype dtype, lf_layout layout, uint32_t
     const int64_t tiles = (n + 15) / 16;
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_STREAM_MAX_M && r >= 1 &&
-           r <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 && lf_cuda_stream_smem(m, k) <= LF_CUDA_STREAM_BLOCK_SMEM &&
+           r <= LF_CUDA_STREAM_MAX_RANK && k % 8 == 0 && lf_cuda_stream_smem(m, k, 0) <= LF_CUDA_STREAM_BLOCK_SMEM &&
            tiles >= sm_count && tiles <= 2 * (int64_t)sm_count - LF_CUDA_STREAM_T_WORKERS;
 }
 

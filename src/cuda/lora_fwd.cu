@@ -1403,8 +1403,11 @@ bool lf_cuda_multi_stream_fits(lf_context *ctx, const lf_multi_problem *q)
 {
     const lf_cuda_state *cs = lf_cuda_state_of(ctx);
     const size_t es = lf_dtype_size(q->dtype);
+    const lf_adapter_set *set = q->set; /* 16-byte rows by construction; checked as the decode form does */
     return q->w && q->layout == LF_LAYOUT_PEFT && cs->stream_ok && (uintptr_t)q->x % 16 == 0 &&
            (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 && (q->ldw * es) % 16 == 0 &&
+           (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 && (set->lda * es) % 16 == 0 &&
+           (set->ldb * es) % 16 == 0 &&
            lf_cuda_stream_multi_fits(q->dtype, q->m, q->k, q->n, q->set->max_rank, cs->sm_count);
 }
 

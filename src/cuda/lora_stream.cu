@@ -1,8 +1,8 @@
 /*
- * lora_stream.cu — the whole LoRA layer for one to eight tokens in one launch, one adapter or one
- * per token, PEFT layout, bf16 or f16, W streamed by plain 16-byte loads from 32 warps an SM:
+ * lora_stream.cu — the whole LoRA layer for 1–8 tokens with one adapter, 1–16 with one a token, in
+ * one launch, PEFT layout, bf16 or f16, W streamed by plain 16-byte loads from 32 warps an SM:
  *
- *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], M ≤ 8, r ≤ 16
+ *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], r ≤ 16
  *
  * Why plain loads (dev/cuda/NOTES.md, "Read floor" and "Sixteenth session"): a launch that only
  * reads W runs at ~92% of the copy bandwidth with 16-byte ld.global.nc from ~1024 threads an SM,
@@ -13,38 +13,47 @@
  * variants.
  *
  * Grid: two blocks of 16 warps an SM. The first blocks are T workers (two; many adapters: one a
- * token); every other block owns one 16-row tile of W (the plan keeps N to one tile a block) over
- * all of K:
- *  - W block: warp w takes the tile's 32-wide K steps w, w + 16, ... (the block's warps walk K
- *    side by side, and every SM stays in step along K, which is how HBM serves W fastest); each
- *    lane keeps the next D steps of its two 16-byte chunks (rows g and g + 8) in registers and
- *    feeds them to mma.sync with the decode kernels' K permutation (mma_sync.cuh); x sits in shared
- *    memory, staged once. The first D steps of W are loaded before the PDL wait (W is no kernel's
- *    output). A slot past the warp's last step is not written at all: a fetch that always
- *    assigned its slot (zeros past the end) ran 14.2 µs against 12.3 at 1 × 4096 → 4096 in the
- *    lab, and gained nothing from PDL; why is not known. At the end the warps' partial sums meet
- *    in shared memory in a fixed order, and 128 threads finish the tile's 16 × 8 outputs: s·T·Bᵀ
+ * token, up to 8); every other block streams one 16-row tile's worth of W (the plan keeps N to that):
+ *  - K split S = 1 (up to 8 tokens): a W block owns one tile over all of K. S = 2 (9–16 tokens,
+ *    many adapters): consecutive W blocks pair up in a two-CTA cluster that owns two tiles; each
+ *    block streams both over its half of K (warps 0–7 the first tile, 8–15 the second), so it
+ *    stages only its half of x — x whole at 16 tokens would not fit two blocks an SM. Each block
+ *    finishes one of the two tiles: it sends its sums of the other into its partner's shared memory
+ *    and, one cluster barrier later, adds the two halves in K order.
+ *  - The warps of a tile take its 32-wide K steps in turn (the block's warps walk K side by side,
+ *    and every SM stays in step along K, which is how HBM serves W fastest); each lane keeps the
+ *    next D steps of its two 16-byte chunks (rows g and g + 8) in registers and feeds them to
+ *    mma.sync with the decode kernels' K permutation (mma_sync.cuh), one m16n8k16 per 8 tokens; x
+ *    sits in shared memory, staged once. The first D steps of W are loaded before the PDL wait (W
+ *    is no kernel's output). A slot past the warp's last step is not written at all: a fetch that
+ *    always assigned its slot (zeros past the end) ran 14.2 µs against 12.3 at 1 × 4096 → 4096 in
+ *    the lab, and gained nothing from PDL; why is not known. At the end the warps' partial sums
+ *    meet in shared memory in a fixed order, and one thread an output finishes the tile: s·T·Bᵀ
  *    over the rank in order, bias, beta·y, one rounding. B's rows come by cp.async at the start,
  *    bias and y by loads issued as the block meets (held through the loop they would spill).
  *  - T worker b: s·T's partial over its half of K (A's rows and x from global memory), stored as
  *    values tagged with the launch's epoch, each value and its tag in one 8-byte store, so that a
- *    reader sees both or neither. A W block loads these pairs two steps before its tile's end and
- *    sums them in worker order (checking the tags, reloading any that were not yet stored):
- *    T costs the stream nothing.
+ *    reader sees both or neither. A W block loads these pairs two steps before its last and sums
+ *    them in worker order (checking the tags, reloading any that were not yet stored): T costs
+ *    the stream nothing.
  * Many adapters (lf_lora_forward_multi, MULTI): token t's term s_t·(x_t·A_tᵀ)·B_tᵀ comes from the
- * slot its id names (token_map.cuh), none without one. T worker b is token b's, over all of K
- * against its own slot's A (the token in the MMA's first column); a W block stages every token's
- * B rows of its tile from the set's storage (B kept transposed there: rows along N), zero past
- * each slot's rank, and scales each token's T by its slot's scale. 1 × 4096 → 4096 with 1, 8 or 64
- * adapters: 17.1 → 13.4–13.5 µs against the decode kernels' MULTI form in the same call
- * (bench/results/cuda-h100-2026-11-26-multi-stream-ab.json; cuBLAS's base GEMM alone 15.4–15.6).
+ * slot its id names (token_map.cuh), none without one. T worker b takes tokens b and b + 8, each
+ * over all of K against its own slot's A (the token in the MMA's first column); a W block stages
+ * every token's B rows of its tile from the set's storage (B kept transposed there: rows along N),
+ * zero past each slot's rank, and scales each token's T by its slot's scale. 1 × 4096 → 4096 with
+ * 1, 8 or 64 adapters: 17.1 → 13.4–13.5 µs against the decode kernels' MULTI form in the same call
+ * (bench/results/cuda-h100-2026-11-26-multi-stream-ab.json; cuBLAS's base GEMM alone 15.4–15.6);
+ * 16 tokens, 8 adapters: 19.1 → 18.3 against cuBLAS beside the fused delta (-multi-stream-16tok-
+ * ab.json). With one adapter the K halves lose to the decode form at 16 tokens (15.1–15.7 against
+ * 14.6; NOTES, seventeenth session), so the one-adapter plan stops at 8 tokens.
  * The epoch without a count at exit: ctl's first 64-bit word holds the epoch above and this
  * launch's arrivals below. Every block takes a ticket after its PDL wait — after every ticket of
  * the launch before — and the last to arrive rolls the word to (epoch + 1, 0). Nothing is reset,
  * nothing waits at exit, and graph replay needs no host value. The tags are 32 bits: a stale pair
  * could match only after 2^32 launches of this context, and every launch overwrites all pairs.
  * Progress: W blocks wait only for the T workers, which have the lowest block indices and wait for
- * nothing, so the grid need not be resident at once.
+ * nothing, and for their cluster partner, which runs beside them; the grid need not be resident at
+ * once.
  * Every sum has a fixed order: no float atomics, results are bitwise identical run to run.
  */
 #include "common.cuh"
@@ -61,24 +70,32 @@ namespace {
 enum {
     WARPS = 16,
     THREADS = 32 * WARPS,
-    D = 3,         /* K steps a lane holds in flight: 3 keeps the loop at 64 registers without spills */
+    D = 3,      /* K steps a lane holds in flight: 3 keeps the loop at 64 registers without spills */
     TW = LF_CUDA_STREAM_T_WORKERS,
-    MAX_M = LF_CUDA_STREAM_MAX_M,    /* token columns: one m16n8k16 per step */
     MAX_R = LF_CUDA_STREAM_MAX_RANK, /* A's rows in one 16-row MMA tile */
-    X_PAD = 64,    /* bytes after each row of x in shared memory: tokens 2i and 2i + 1 on other banks */
-    RED_FLOATS = WARPS * 4 * 32,
-    OUT = 16 * MAX_M, /* a tile's outputs, one finishing thread each */
-    PAIRS = TW * OUT, /* the T workers' values */
-    CTL_PAIRS = 64    /* ctl[0..1]: the epoch word; the pairs from ctl[64], off the epoch word's line,
-                       * which every block's ticket hits with an atomic */
+    X_PAD = 64, /* bytes after each row of x in shared memory: tokens 2i and 2i + 1 on other banks */
+    CTL_PAIRS = 64 /* ctl[0..1]: the epoch word; the pairs from ctl[64], off the epoch word's line,
+                    * which every block's ticket hits with an atomic */
 };
-static_assert(CTL_PAIRS + 2 * PAIRS <= LF_STREAM_CTL_WORDS, "control words");
-/* shared memory before x: the partial sums, s·T, the T workers' values, B's rows */
-static_assert((RED_FLOATS + MAX_M * MAX_R + PAIRS) * 4 + 16 * MAX_R * 2 == LF_CUDA_STREAM_FIXED_SMEM,
-              "heuristics.h's shared-memory rule");
-static_assert(X_PAD == 64 && MAX_M == 8 && MAX_R == 16 && OUT == MAX_M * MAX_R, "the layout the rule counts");
-/* many adapters: every token's B rows of the tile, [MAX_M][MAX_R][16], where one adapter has [16][MAX_R] */
-static_assert((MAX_M - 1) * 16 * MAX_R * 2 == LF_CUDA_STREAM_MULTI_SMEM, "heuristics.h's shared-memory rule");
+
+/* The sizes that follow from NT groups of 8 token columns, a K split of S and the adapter form. */
+template <int NT, int S, bool MULTI> struct shape {
+    enum {
+        M = 8 * NT,                  /* token columns */
+        OUT = 16 * M,                /* a tile's outputs, one finishing thread each */
+        PAIRS = MULTI ? M * MAX_R : TW * OUT, /* the T workers' values: [token][rank] or [worker][token][rank] */
+        RED = WARPS * NT * 4 * 32,   /* the warps' accumulators */
+        HALVES = S > 1 ? S * OUT : 0, /* the finishing tile's sums a K half */
+        B_ROWS = (MULTI ? M : 1) * 16 * MAX_R, /* B's elements of the tile: every token's with MULTI */
+        TILE_WARPS = WARPS / S,      /* the warps that stream one tile */
+        FIXED_SMEM = (RED + M * MAX_R + PAIRS + HALVES) * 4 + B_ROWS * 2
+    };
+    static_assert(CTL_PAIRS + 2 * PAIRS <= LF_STREAM_CTL_WORDS, "control words");
+    static_assert(OUT <= THREADS && S * OUT <= THREADS && (!MULTI || 2 * M * MAX_R <= THREADS), "a thread each");
+    static_assert(TW % S == 0, "the W blocks' clusters start after the T workers");
+    static_assert(FIXED_SMEM == LF_CUDA_STREAM_FIXED_SMEM(NT, S, MULTI) && MAX_R == 16 && X_PAD == 64,
+                  "heuristics.h's shared-memory rule");
+};
 
 struct sparams {
     int m, n, k, r;
@@ -86,11 +103,11 @@ struct sparams {
     void *y;
     long long ldx, ldw, lda, ldb, ldy;
     float scale, beta;
-    int xs_stride; /* bytes of a token's row of x in shared memory */
+    int xs_stride;    /* bytes of a token's row of x in shared memory */
     unsigned *ctl;
-    int workers;       /* T-worker blocks: TW, or one a token with many adapters */
-    lf_token_map map;  /* many adapters: each token's slot; a and b are the set's storage */
-    int max_rank;      /* many adapters: rows a slot in a and b */
+    int workers;      /* T-worker blocks: TW, or one a token (up to 8) with many adapters */
+    lf_token_map map; /* many adapters: each token's slot; a and b are the set's storage */
+    int max_rank;     /* many adapters: rows a slot in a and b */
 };
 
 __device__ __forceinline__ uint4 ld_stream(const void *p)
@@ -106,6 +123,42 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, uint32_
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
                  "l"(gmem), "r"(src_bytes)
                  : "memory");
+}
+
+/* Thread block clusters of two (the K split; sm_90, where the plan takes this kernel): `v` into
+ * `dst` of CTA `rank`, and the cluster barrier in its two halves — every thread of both CTAs
+ * arrives, then waits until all have; shared-memory stores before a release arrival are seen
+ * after an acquire wait. */
+__device__ __forceinline__ void st_cluster_f32(float *dst, unsigned rank, float v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t a;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"((uint32_t)__cvta_generic_to_shared(dst)), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(a), "f"(v) : "memory");
+#else
+    (void)dst, (void)rank, (void)v;
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_arrive(bool release)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (release)
+        asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    else
+        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#else
+    (void)release;
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+    __trap();
+#endif
 }
 
 __device__ __forceinline__ unsigned long long take_ticket(unsigned *ctl)
@@ -124,14 +177,27 @@ __device__ __forceinline__ unsigned long long *pairs_of(unsigned *ctl)
     return (unsigned long long *)(ctl + CTL_PAIRS);
 }
 
-/* Output (row rho, token tau) of a 16 × 8 tile in the m16n8k16 accumulators: lane, register. */
-__device__ __forceinline__ int acc_lane(int rho, int tau) { return (rho % 8) * 4 + tau / 2; }
-__device__ __forceinline__ int acc_reg(int rho, int tau) { return (rho / 8) * 2 + tau % 2; }
+/* Output (row rho, token tau) of a 16 × 8·NT tile in the m16n8k16 accumulators of warp w, as
+ * store_acc lays them out in `red` ([WARPS][NT][4][32]). */
+template <int NT> __device__ __forceinline__ int red_index(int w, int rho, int tau)
+{
+    const int t8 = tau % 8;
+    return ((w * NT + tau / 8) * 4 + (rho / 8) * 2 + t8 % 2) * 32 + (rho % 8) * 4 + t8 / 2;
+}
+template <int NT> __device__ __forceinline__ void store_acc(float *red, const float (&acc)[1][NT][4], int warp, int lane)
+{
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            red[((warp * NT + nt) * 4 + c) * 32 + lane] = acc[0][nt][c];
+}
 
 /* A T worker: s·T's partial over its half of K, A's rows (zero past r) against x's tokens (zero
  * past m), every load of a step issued before its MMA; the warps' partials summed in warp order. */
 template <typename T> __device__ void t_worker(const sparams &p, float *red)
 {
+    using Sh = shape<1, 1, false>;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     const int steps = (p.k + 31) / 32, per = (steps + TW - 1) / TW;
     const int lo = min(steps, (int)blockIdx.x * per), cnt = min(steps, lo + per) - lo;
@@ -150,93 +216,112 @@ template <typename T> __device__ void t_worker(const sparams &p, float *red)
         xv[0] = kin && g < p.m ? *(const uint4 *)(X + (int64_t)g * p.ldx + kb) : make_uint4(0, 0, 0, 0);
         decode_step<T, 1, 1>(acc, wv, xv);
     }
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    store_acc<1>(red, acc, warp, lane);
     __shared__ unsigned tag;
     if (threadIdx.x == 0)
         tag = epoch_of(p.ctl, ticket) + 1u;
     __syncthreads();
-    if (threadIdx.x < OUT) {
+    if (threadIdx.x < Sh::OUT) {
         const int rho = threadIdx.x % 16, tau = threadIdx.x / 16; /* rank rho, token tau */
         float s = 0.0f;
         for (int w = 0; w < WARPS; w++)
-            s += red[(w * 4 + acc_reg(rho, tau)) * 32 + acc_lane(rho, tau)];
-        *(volatile unsigned long long *)(pairs_of(p.ctl) + blockIdx.x * OUT + tau * MAX_R + rho) =
+            s += red[red_index<1>(w, rho, tau)];
+        *(volatile unsigned long long *)(pairs_of(p.ctl) + blockIdx.x * Sh::OUT + threadIdx.x) =
             (unsigned long long)tag << 32 | __float_as_uint(s);
     }
 }
 
-/* Many adapters: T worker b computes token b's T over all of K against its own slot's A (token b
- * in the MMA's first column, zeros in the others), unscaled; no adapter: zeros. */
-template <typename T> __device__ void t_worker_multi(const sparams &p, float *red)
+/* Many adapters: T worker b computes the T of tokens b, b + 8, ... (< m) over all of K, each against
+ * its own slot's A (the token in the MMA's first column, zeros in the others), unscaled; no
+ * adapter: zeros. Pass i's accumulators go to red's i-th [WARPS][4][32]. */
+template <typename T, int NT> __device__ void t_worker_multi(const sparams &p, float *red)
 {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3, tok = blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
     lf_pdl_wait(); /* x, the ids and the set's slots come from the kernels before */
     unsigned long long ticket = 0;
     if (threadIdx.x == 0)
         ticket = take_ticket(p.ctl);
-    const int slot = lf_token_slot(p.map, tok), rank = slot < 0 ? 0 : p.map.slots[slot].rank;
-    const T *A = (const T *)p.a + (int64_t)max(slot, 0) * p.max_rank * p.lda, *X = (const T *)p.x + (int64_t)tok * p.ldx;
-    const int steps = rank > 0 ? (p.k + 31) / 32 : 0;
-    float acc[1][1][4] = {};
-    for (int j = warp; j < steps; j += WARPS) {
-        const int kb = 32 * j + 8 * q;
-        const bool kin = kb < p.k;
-        uint4 wv[1][2], xv[1];
-        wv[0][0] = kin && g < rank ? ld_stream(A + (int64_t)g * p.lda + kb) : make_uint4(0, 0, 0, 0);
-        wv[0][1] = kin && g + 8 < rank ? ld_stream(A + (int64_t)(g + 8) * p.lda + kb) : make_uint4(0, 0, 0, 0);
-        xv[0] = kin && g == 0 ? *(const uint4 *)(X + kb) : make_uint4(0, 0, 0, 0);
-        decode_step<T, 1, 1>(acc, wv, xv);
-    }
 #pragma unroll
-    for (int c = 0; c < 4; c++)
-        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    for (int pass = 0; pass < NT; pass++) {
+        const int tok = (int)blockIdx.x + 8 * pass; /* pass 0: b < m, the grid's workers */
+        const int slot = pass == 0 || tok < p.m ? lf_token_slot(p.map, tok) : -1;
+        const int rank = slot < 0 ? 0 : p.map.slots[slot].rank;
+        const T *A = (const T *)p.a + (int64_t)max(slot, 0) * p.max_rank * p.lda, *X = (const T *)p.x + (int64_t)tok * p.ldx;
+        const int steps = rank > 0 ? (p.k + 31) / 32 : 0; /* X is read only for a token with an adapter */
+        float acc[1][1][4] = {};
+        for (int j = warp; j < steps; j += WARPS) {
+            const int kb = 32 * j + 8 * q;
+            const bool kin = kb < p.k;
+            uint4 wv[1][2], xv[1];
+            wv[0][0] = kin && g < rank ? ld_stream(A + (int64_t)g * p.lda + kb) : make_uint4(0, 0, 0, 0);
+            wv[0][1] = kin && g + 8 < rank ? ld_stream(A + (int64_t)(g + 8) * p.lda + kb) : make_uint4(0, 0, 0, 0);
+            xv[0] = kin && g == 0 ? *(const uint4 *)(X + kb) : make_uint4(0, 0, 0, 0);
+            decode_step<T, 1, 1>(acc, wv, xv);
+        }
+        store_acc<1>(red + pass * WARPS * 4 * 32, acc, warp, lane);
+    }
     __shared__ unsigned tag;
     if (threadIdx.x == 0)
         tag = epoch_of(p.ctl, ticket) + 1u;
     __syncthreads();
     if (threadIdx.x < MAX_R) {
-        const int rho = threadIdx.x; /* rank rho of the token, column 0 */
-        float s = 0.0f;
-        for (int w = 0; w < WARPS; w++)
-            s += red[(w * 4 + acc_reg(rho, 0)) * 32 + acc_lane(rho, 0)];
-        *(volatile unsigned long long *)(pairs_of(p.ctl) + tok * MAX_R + rho) =
-            (unsigned long long)tag << 32 | __float_as_uint(s);
+        const int rho = threadIdx.x; /* rank rho of each pass's token, column 0 */
+#pragma unroll
+        for (int pass = 0; pass < NT; pass++) {
+            const int tok = (int)blockIdx.x + 8 * pass;
+            if (pass == 0 || tok < p.m) {
+                float s = 0.0f;
+                for (int w = 0; w < WARPS; w++)
+                    s += red[pass * WARPS * 4 * 32 + red_index<1>(w, rho, 0)];
+                *(volatile unsigned long long *)(pairs_of(p.ctl) + tok * MAX_R + rho) =
+                    (unsigned long long)tag << 32 | __float_as_uint(s);
+            }
+        }
     }
 }
 
-template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) lora_stream_kernel(sparams p)
+template <typename T, int NT, int S, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) lora_stream_kernel(sparams p)
 {
+    using Sh = shape<NT, S, MULTI>;
     extern __shared__ __align__(16) unsigned char smem[];
-    float *red = (float *)smem;             /* [WARPS][4][32]: the warps' partial sums */
-    float *t_s = red + RED_FLOATS;          /* s·T [MAX_M][MAX_R] */
-    float *t_part = t_s + MAX_M * MAX_R;    /* the T workers' values, [TW][MAX_M][MAX_R] */
-    T *b_s = (T *)(t_part + PAIRS);         /* the tile's B rows, [16][MAX_R]; MULTI: [MAX_M][MAX_R][16] */
-    unsigned char *x_s = (unsigned char *)(b_s + (MULTI ? MAX_M : 1) * 16 * MAX_R); /* [m][xs_stride] */
-    __shared__ float tok_scale[MAX_M]; /* MULTI: each token's slot scale, 0 without an adapter */
+    float *red = (float *)smem;          /* [WARPS][NT][4][32]: the warps' partial sums */
+    float *t_s = red + Sh::RED;          /* s·T [M][MAX_R] */
+    float *t_part = t_s + Sh::M * MAX_R; /* the T workers' values, as the pairs */
+    float *halves = t_part + Sh::PAIRS;  /* S > 1: the finishing tile's sums a K half, [S][OUT] */
+    T *b_s = (T *)(halves + Sh::HALVES); /* the finishing tile's B rows, [16][MAX_R]; MULTI: [M][MAX_R][16] */
+    unsigned char *x_s = (unsigned char *)(b_s + Sh::B_ROWS); /* [m][xs_stride]: the block's K range */
+    __shared__ float tok_scale[Sh::M];   /* MULTI: each token's slot scale, 0 without an adapter */
     lf_pdl_release(); /* the next kernel may start: before its own wait it reads only W */
     if ((int)blockIdx.x < p.workers) {
         if (MULTI)
-            t_worker_multi<T>(p, red);
+            t_worker_multi<T, NT>(p, red);
         else
             t_worker<T>(p, red);
         return;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
-    const int steps = (p.k + 31) / 32, spw = warp < steps ? (steps - 1 - warp) / WARPS + 1 : 0;
-    const int n0 = ((int)blockIdx.x - p.workers) * 16, valid = p.n - n0;
-    const T *W = (const T *)p.w + (int64_t)n0 * p.ldw;
+    /* The block's K range: steps [lo, lo + cnt) of 32; its tiles: S from tile `first` on, of which
+     * it finishes first + half (half = its rank in the cluster). */
+    const int wb = (int)blockIdx.x - p.workers, half = wb % S, first = wb - half;
+    const int steps = (p.k + 31) / 32, per = (steps + S - 1) / S;
+    const int lo = min(steps, half * per), cnt = min(steps, lo + per) - lo;
+    /* This warp: tile first + wt, its steps wi, wi + TILE_WARPS, ... of the block's range. */
+    const int wt = S > 1 ? warp / Sh::TILE_WARPS : 0, wi = S > 1 ? warp % Sh::TILE_WARPS : warp;
+    const int spw = wi < cnt ? (cnt - 1 - wi) / Sh::TILE_WARPS + 1 : 0;
+    const int n0 = (first + wt) * 16, valid = p.n - n0;
+    /* rows past N (a cluster's empty second tile) are never read; clamping n0 here instead cost
+     * 0.7 µs at 1 × 4096 → 4096 (lab, H100) */
+    const T *W = (const T *)p.w + (int64_t)n0 * p.ldw + 32 * lo;
 
-    /* The next item this warp loads: K step warp + 16·f_j, rows g and g + 8 of the tile; past the
-     * warp's last item nothing is loaded (a slot not refilled is never read again). */
+    /* The next item this warp loads: step wi + TILE_WARPS·f_j of the range, rows g and g + 8 of the
+     * tile; past the warp's last item nothing is loaded (a slot not refilled is never read again). */
     int f_j = 0;
     auto fetch = [&](uint4(&dst)[2]) {
         if (f_j < spw) {
-            const int kb = 32 * (warp + f_j * WARPS) + 8 * q;
-            const bool kin = kb < p.k;
-            dst[0] = kin && g < valid ? ld_stream(W + (int64_t)g * p.ldw + kb) : make_uint4(0, 0, 0, 0);
-            dst[1] = kin && g + 8 < valid ? ld_stream(W + (int64_t)(g + 8) * p.ldw + kb) : make_uint4(0, 0, 0, 0);
+            const int kl = 32 * (wi + f_j * Sh::TILE_WARPS) + 8 * q;
+            const bool kin = 32 * lo + kl < p.k;
+            dst[0] = kin && g < valid ? ld_stream(W + (int64_t)g * p.ldw + kl) : make_uint4(0, 0, 0, 0);
+            dst[1] = kin && g + 8 < valid ? ld_stream(W + (int64_t)(g + 8) * p.ldw + kl) : make_uint4(0, 0, 0, 0);
             f_j++;
         }
     };
@@ -244,19 +329,22 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
 #pragma unroll
     for (int u = 0; u < D; u++)
         fetch(wr[u]);
+    if (S > 1) /* "this CTA has started": its partner stores into its shared memory only after the wait */
+        cluster_arrive(false);
     lf_pdl_wait(); /* x, y (and in a chain of layers B's neighbours) come from the kernels before */
 
     __shared__ unsigned w_tag;
     unsigned long long ticket = 0; /* its round trip beside x's loads; its epoch kept in shared memory */
     if (threadIdx.x == 0)
         ticket = take_ticket(p.ctl);
-    const T *X = (const T *)p.x;
-    const int kpad8 = steps * 4; /* 8-element chunks of a row padded to whole steps (zeros) */
+    const T *X = (const T *)p.x + 32 * lo;
+    const int kpad8 = cnt * 4; /* 8-element chunks of the range, padded to whole steps (zeros) */
     for (int i = threadIdx.x; i < p.m * kpad8; i += THREADS) {
         const int row = i / kpad8, k0 = i % kpad8 * 8;
-        const uint4 v = k0 < p.k ? *(const uint4 *)(X + (int64_t)row * p.ldx + k0) : make_uint4(0, 0, 0, 0);
+        const uint4 v = 32 * lo + k0 < p.k ? *(const uint4 *)(X + (int64_t)row * p.ldx + k0) : make_uint4(0, 0, 0, 0);
         *(uint4 *)(x_s + row * p.xs_stride + 2 * k0) = v;
     }
+    const int fin0 = (first + half) * 16; /* the tile this block finishes */
     if (MULTI) {
         /* every token's B rows of the tile from its slot (the set keeps B transposed: rank j's row
          * runs along N), two 16-byte chunks a (token, rank), zero past the slot's rank, past N and
@@ -264,9 +352,10 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
         if (threadIdx.x < p.m * 2 * MAX_R) {
             const int tau = threadIdx.x / (2 * MAX_R), j = threadIdx.x / 2 % MAX_R, h = threadIdx.x % 2;
             const int slot = lf_token_slot(p.map, tau), rank = slot < 0 ? 0 : p.map.slots[slot].rank;
-            const bool in = j < rank && n0 + 8 * h < p.n;
+            const bool in = j < rank && fin0 + 8 * h < p.n;
             cp_async16(b_s + (tau * MAX_R + j) * 16 + 8 * h,
-                       in ? (const T *)p.b + ((int64_t)slot * p.max_rank + j) * p.ldb + n0 + 8 * h : p.b, in ? 16u : 0u);
+                       in ? (const T *)p.b + ((int64_t)slot * p.max_rank + j) * p.ldb + fin0 + 8 * h : p.b,
+                       in ? 16u : 0u);
             if (j == 0 && h == 0)
                 tok_scale[tau] = slot < 0 ? 0.0f : p.map.slots[slot].scale;
         }
@@ -277,8 +366,8 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
         const int part = p.r > 8 ? lane & 1 : 0, row = p.r > 8 ? lane >> 1 : lane;
         if (row < 16) {
             const int left = 2 * (p.r - 8 * part); /* bytes of the row from this chunk on */
-            const bool in = row < valid && left > 0;
-            cp_async16(b_s + row * MAX_R + 8 * part, in ? (const T *)p.b + (int64_t)(n0 + row) * p.ldb + 8 * part : p.b,
+            const bool in = fin0 + row < p.n && left > 0;
+            cp_async16(b_s + row * MAX_R + 8 * part, in ? (const T *)p.b + (int64_t)(fin0 + row) * p.ldb + 8 * part : p.b,
                        in ? (uint32_t)min(16, left) : 0u);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
@@ -288,18 +377,22 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
     __syncthreads();
 
     const unsigned long long *pairs = pairs_of(p.ctl);
-    const bool pair_thread = threadIdx.x < (MULTI ? p.m * MAX_R : PAIRS); /* MULTI: [token][rank] */
+    const bool pair_thread = threadIdx.x < (MULTI ? p.m * MAX_R : Sh::PAIRS);
     unsigned long long pair = 0; /* this thread's value of T, loaded two steps before the end */
-    float acc[1][1][4] = {};
+    float acc[1][NT][4] = {};
     for (int j0 = 0; j0 < spw; j0 += D) {
 #pragma unroll
         for (int u = 0; u < D; u++) {
             const int j = j0 + u;
             if (j < spw) {
-                const int kb = 32 * (warp + j * WARPS) + 8 * q;
-                uint4 xv[1] = {g < p.m ? *(const uint4 *)(x_s + g * p.xs_stride + 2 * kb) : make_uint4(0, 0, 0, 0)};
+                const int kl = 32 * (wi + j * Sh::TILE_WARPS) + 8 * q;
+                uint4 xv[NT]; /* tokens g + 8·nt, zero past m */
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    xv[nt] = g + 8 * nt < p.m ? *(const uint4 *)(x_s + (g + 8 * nt) * p.xs_stride + 2 * kl)
+                                              : make_uint4(0, 0, 0, 0);
                 const uint4 wv[1][2] = {{wr[u][0], wr[u][1]}};
-                decode_step<T, 1, 1>(acc, wv, xv);
+                decode_step<T, NT, 1>(acc, wv, xv);
                 fetch(wr[u]);
                 if (j == spw - 2 && pair_thread)
                     pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
@@ -308,8 +401,8 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
     }
     /* this thread's output when it is one of the finishing threads: its bias and old y, loaded
      * while the block meets (registers held through the loop would spill) */
-    const int rho = threadIdx.x % 16, tau = threadIdx.x / 16, n = n0 + rho;
-    const bool live_out = threadIdx.x < OUT && n < p.n && tau < p.m;
+    const int rho = threadIdx.x % 16, tau = threadIdx.x / 16, n = fin0 + rho;
+    const bool live_out = threadIdx.x < Sh::OUT && n < p.n && tau < p.m;
     float e_bias = 0.0f, e_old = 0.0f;
     if (live_out) {
         if (p.bias)
@@ -317,9 +410,7 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
         if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
             e_old = lf_dt<T>::load((const T *)p.y + (int64_t)tau * p.ldy + n);
     }
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-        red[(warp * 4 + c) * 32 + lane] = acc[0][0][c];
+    store_acc<NT>(red, acc, warp, lane);
     if (spw < 2 && pair_thread) /* no step two before the end: load it now */
         pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
     if (MULTI || warp == 0)
@@ -329,22 +420,40 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
             pair = *(volatile const unsigned long long *)(pairs + threadIdx.x);
         t_part[threadIdx.x] = __uint_as_float((unsigned)pair);
     }
+    if (S > 1)
+        cluster_wait(); /* the partner has started (it arrived before its loop) */
     __syncthreads();
-    if (MULTI && threadIdx.x < OUT) { /* token tau's T, from its own worker, by its slot's scale */
+    if (S > 1 && threadIdx.x < S * Sh::OUT) { /* this half's sums of tile u, into the CTA that finishes it */
+        const int u = threadIdx.x / Sh::OUT, o = threadIdx.x % Sh::OUT;
+        float s = 0.0f;
+        for (int w = u * Sh::TILE_WARPS; w < (u + 1) * Sh::TILE_WARPS; w++)
+            s += red[red_index<NT>(w, o % 16, o / 16)];
+        st_cluster_f32(halves + half * Sh::OUT + o, (unsigned)u, s);
+    }
+    if (MULTI && threadIdx.x < Sh::OUT) { /* token tau's T, from its worker, by its slot's scale */
         const int t_tok = threadIdx.x / MAX_R;
         t_s[threadIdx.x] = t_tok < p.m ? tok_scale[t_tok] * t_part[threadIdx.x] : 0.0f;
-    } else if (threadIdx.x < OUT) { /* the workers' values in worker order */
+    } else if (threadIdx.x < Sh::OUT) { /* the workers' values in worker order */
         float t = 0.0f;
 #pragma unroll
         for (int c = 0; c < TW; c++)
-            t += t_part[c * OUT + threadIdx.x];
+            t += t_part[c * Sh::OUT + threadIdx.x];
         t_s[threadIdx.x] = p.scale * t;
     }
-    __syncthreads();
+    if (S > 1) { /* also this CTA's barrier: t_s and both halves' sums are in place */
+        cluster_arrive(true);
+        cluster_wait();
+    } else {
+        __syncthreads();
+    }
     if (live_out) {
         float s = 0.0f;
-        for (int w = 0; w < WARPS; w++)
-            s += red[(w * 4 + acc_reg(rho, tau)) * 32 + acc_lane(rho, tau)];
+        if (S > 1) /* the halves in K order */
+            for (int h = 0; h < S; h++)
+                s += halves[h * Sh::OUT + threadIdx.x];
+        else
+            for (int w = 0; w < WARPS; w++)
+                s += red[red_index<NT>(w, rho, tau)];
         float l = 0.0f;
         if (MULTI) /* zeros past the slot's rank */
             for (int j = 0; j < MAX_R; j++)
@@ -356,21 +465,30 @@ template <typename T, bool MULTI> __global__ void __launch_bounds__(THREADS, 2) 
     }
 }
 
-/* One launch: the grid is the workers and one block a tile. */
-template <typename T, bool MULTI> cudaError_t launch_typed(sparams s, int sm_count, bool pdl, cudaStream_t st)
+/* One launch: the grid is the workers, then the tiles (rounded up to whole clusters of S). */
+template <typename T, int NT, int S, bool MULTI> cudaError_t launch_typed(sparams s, int sm_count, bool pdl, cudaStream_t st)
 {
-    s.xs_stride = (s.k + 31) / 32 * 64 + X_PAD;
-    const int tiles = (s.n + 15) / 16;
-    if (tiles > 2 * sm_count - s.workers)
-        return cudaErrorInvalidValue; /* one tile a block: the plan's rule */
-    const size_t smem = (size_t)lf_cuda_stream_smem(s.m, s.k) + (MULTI ? LF_CUDA_STREAM_MULTI_SMEM : 0);
-    return lf_cuda_launch(lora_stream_kernel<T, MULTI>, dim3(tiles + s.workers), THREADS, smem, pdl, st, s);
+    s.xs_stride = ((s.k + 31) / 32 + S - 1) / S * 64 + X_PAD;
+    const int tiles = (s.n + 15) / 16, w_blocks = (tiles + S - 1) / S * S;
+    if (s.workers + w_blocks > 2 * sm_count)
+        return cudaErrorInvalidValue; /* one tile's worth a block: the plan's rule */
+    return lf_cuda_launch_clustered(lora_stream_kernel<T, NT, S, MULTI>, dim3(s.workers + w_blocks), THREADS,
+                                    (size_t)lf_cuda_stream_smem(s.m, s.k, MULTI), pdl, (unsigned)S, st, s);
 }
 
-template <typename T, bool MULTI> cudaError_t set_smem_limit()
+template <typename T, int NT, int S, bool MULTI> cudaError_t set_smem_limit()
 {
-    return cudaFuncSetAttribute(lora_stream_kernel<T, MULTI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    return cudaFuncSetAttribute(lora_stream_kernel<T, NT, S, MULTI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 LF_CUDA_STREAM_BLOCK_SMEM);
+}
+template <typename T> cudaError_t set_smem_limits()
+{
+    cudaError_t e = set_smem_limit<T, 1, 1, false>();
+    if (e == cudaSuccess)
+        e = set_smem_limit<T, 1, 1, true>();
+    if (e == cudaSuccess)
+        e = set_smem_limit<T, 2, 2, true>();
+    return e;
 }
 
 } /* namespace */
@@ -381,25 +499,21 @@ int lf_stream_setup(void)
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (e == cudaSuccess && major >= 8)
-        e = set_smem_limit<__nv_bfloat16, false>();
-    if (e == cudaSuccess && major >= 8)
-        e = set_smem_limit<__half, false>();
-    if (e == cudaSuccess && major >= 8)
-        e = set_smem_limit<__nv_bfloat16, true>();
-    if (e == cudaSuccess && major >= 8)
-        e = set_smem_limit<__half, true>();
+    if (e == cudaSuccess && major >= 9)
+        e = set_smem_limits<__nv_bfloat16>();
+    if (e == cudaSuccess && major >= 9)
+        e = set_smem_limits<__half>();
     if (e != cudaSuccess)
         cudaGetLastError();
-    return e == cudaSuccess && major >= 8;
+    return e == cudaSuccess && major >= 9;
 }
 
 cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
 {
-    if (p->m < 1 || p->m > MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k % 8 || p->k >= INT_MAX / 2 || p->rank < 1 ||
-        p->rank > MAX_R || (p->dtype != LF_BF16 && p->dtype != LF_F16) || p->layout != LF_LAYOUT_PEFT || !p->x ||
-        !p->w || !p->a || !p->b || !p->y || !ctl || sm_count < 1 ||
-        lf_cuda_stream_smem(p->m, p->k) > LF_CUDA_STREAM_BLOCK_SMEM)
+    if (p->m < 1 || p->m > LF_CUDA_STREAM_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k % 8 ||
+        p->k >= INT_MAX / 2 || p->rank < 1 || p->rank > MAX_R || (p->dtype != LF_BF16 && p->dtype != LF_F16) ||
+        p->layout != LF_LAYOUT_PEFT || !p->x || !p->w || !p->a || !p->b || !p->y || !ctl || sm_count < 1 ||
+        lf_cuda_stream_smem(p->m, p->k, 0) > LF_CUDA_STREAM_BLOCK_SMEM)
         return cudaErrorInvalidValue;
     sparams s = {};
     s.m = (int)p->m, s.n = (int)p->n, s.k = (int)p->k, s.r = (int)p->rank;
@@ -407,27 +521,30 @@ cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_cou
     s.ldx = p->ldx, s.ldw = p->ldw, s.lda = p->lda, s.ldb = p->ldb, s.ldy = p->ldy;
     s.scale = p->scale, s.beta = p->beta;
     s.ctl = ctl, s.workers = TW;
-    return p->dtype == LF_F16 ? launch_typed<__half, false>(s, sm_count, pdl, st)
-                              : launch_typed<__nv_bfloat16, false>(s, sm_count, pdl, st);
+    return p->dtype == LF_F16 ? launch_typed<__half, 1, 1, false>(s, sm_count, pdl, st)
+                              : launch_typed<__nv_bfloat16, 1, 1, false>(s, sm_count, pdl, st);
 }
 
 cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st)
 {
     const lf_adapter_set *set = q->set;
-    if (q->m < 1 || q->m > MAX_M || q->n < 1 || q->n >= INT_MAX || q->k < 1 || q->k % 8 || q->k >= INT_MAX / 2 ||
-        !set || set->max_rank < 1 || set->max_rank > MAX_R || (q->dtype != LF_BF16 && q->dtype != LF_F16) ||
-        q->layout != LF_LAYOUT_PEFT || !q->x || !q->w || !q->y || !ctl || sm_count < 1 ||
-        lf_cuda_stream_smem(q->m, q->k) + LF_CUDA_STREAM_MULTI_SMEM > LF_CUDA_STREAM_BLOCK_SMEM)
+    if (q->m < 1 || q->m > LF_CUDA_STREAM_MULTI_MAX_M || q->n < 1 || q->n >= INT_MAX || q->k < 1 || q->k % 8 ||
+        q->k >= INT_MAX / 2 || !set || set->max_rank < 1 || set->max_rank > MAX_R ||
+        (q->dtype != LF_BF16 && q->dtype != LF_F16) || q->layout != LF_LAYOUT_PEFT || !q->x || !q->w || !q->y ||
+        !ctl || sm_count < 1 || lf_cuda_stream_smem(q->m, q->k, 1) > LF_CUDA_STREAM_BLOCK_SMEM)
         return cudaErrorInvalidValue;
     sparams s = {};
     s.m = (int)q->m, s.n = (int)q->n, s.k = (int)q->k, s.r = (int)set->max_rank;
     s.x = q->x, s.w = q->w, s.a = set->a, s.b = set->b, s.bias = q->bias, s.y = q->y;
     s.ldx = q->ldx, s.ldw = q->ldw, s.lda = set->lda, s.ldb = set->ldb, s.ldy = q->ldy;
     s.beta = q->beta;
-    s.ctl = ctl, s.workers = (int)q->m;
+    s.ctl = ctl, s.workers = lf_cuda_stream_multi_workers(q->m);
     s.map.ids = q->token_adapter, s.map.seg_starts = q->seg_starts, s.map.seg_adapter = q->seg_adapter;
     s.map.segments = (int)q->segments, s.map.slots = set->slots, s.map.capacity = set->capacity;
     s.max_rank = (int)set->max_rank;
-    return q->dtype == LF_F16 ? launch_typed<__half, true>(s, sm_count, pdl, st)
-                              : launch_typed<__nv_bfloat16, true>(s, sm_count, pdl, st);
+    if (q->m > 8) /* 16 token columns, K halves: lf_cuda_stream_split */
+        return q->dtype == LF_F16 ? launch_typed<__half, 2, 2, true>(s, sm_count, pdl, st)
+                                  : launch_typed<__nv_bfloat16, 2, 2, true>(s, sm_count, pdl, st);
+    return q->dtype == LF_F16 ? launch_typed<__half, 1, 1, true>(s, sm_count, pdl, st)
+                              : launch_typed<__nv_bfloat16, 1, 1, true>(s, sm_count, pdl, st);
 }

@@ -27,10 +27,11 @@ int lf_stream_setup(void);
  * two launches that share them may run at the same time). */
 cudaError_t lf_stream_launch(const lf_lora_problem *p, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st);
 
-/* The same layer with many adapters (lf_lora_forward_multi, per-token or segment form): each
- * token's LoRA term from its own slot of q->set (max_rank ≤ 16), none for a token without one.
- * One T-worker block a token, so the rule is lf_cuda_stream_multi_fits: ceil(n / 16) ≤ sm_count · 2
- * − m. x, W and their strides 16-byte aligned (the set's storage is by construction). */
+/* The same layer with many adapters (lf_lora_forward_multi, per-token or segment form), 1 ≤ m ≤
+ * 16: each token's LoRA term from its own slot of q->set (max_rank ≤ 16), none for a token without
+ * one. Up to 8 T-worker blocks (lf_cuda_stream_multi_workers), and past 8 tokens K split over the
+ * two blocks of a cluster, so the rule is lf_cuda_stream_multi_fits. x, W and their strides
+ * 16-byte aligned (the set's storage is by construction). */
 cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int sm_count, bool pdl, cudaStream_t st);
 
 #endif /* LF_CUDA_LORA_STREAM_CUH */
