@@ -392,7 +392,8 @@ static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k, int multi)
  * bench/results/cuda-h100-2026-11-26-multi-stream-ab.json, -multi-stream-tokens-ab.json), as the
  * one-adapter stream beats the decode form; past 8 tokens against the side stream (cuBLAS beside
  * the fused delta), 16 × 4096 → 4096 with 1 / 8 / 64 adapters 18.4 / 19.1 / 24.7 → 17.4 / 18.3 /
- * 19.3, 12 tokens 18.8 → 18.6 (-multi-stream-16tok-ab.json). */
+ * 19.3, 12 tokens 18.8 → 18.6 (-multi-stream-16tok-ab.json); with both tokens of a T worker in one
+ * loop 17.4 / 18.0 / 18.8 → 16.4 / 16.9 / 17.7 (base GEMM 16.1; -multi-stream-tworker-ab.json). */
 #define LF_CUDA_STREAM_MULTI_MAX_M 16
 static inline int lf_cuda_stream_multi_workers(int64_t m)
 {

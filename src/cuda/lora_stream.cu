@@ -43,8 +43,8 @@
  * zero past each slot's rank, and scales each token's T by its slot's scale. 1 × 4096 → 4096 with
  * 1, 8 or 64 adapters: 17.1 → 13.4–13.5 µs against the decode kernels' MULTI form in the same call
  * (bench/results/cuda-h100-2026-11-26-multi-stream-ab.json; cuBLAS's base GEMM alone 15.4–15.6);
- * 16 tokens, 8 adapters: 19.1 → 18.3 against cuBLAS beside the fused delta (-multi-stream-16tok-
- * ab.json). With one adapter the K halves lose to the decode form at 16 tokens (15.1–15.7 against
+ * 16 tokens, 8 adapters: 19.1 → 16.9 against cuBLAS beside the fused delta (-multi-stream-16tok-
+ * ab.json, -multi-stream-tworker-ab.json). With one adapter the K halves lose to the decode form at 16 tokens (15.1–15.7 against
  * 14.6; NOTES, seventeenth session), so the one-adapter plan stops at 8 tokens.
  * The epoch without a count at exit: ctl's first 64-bit word holds the epoch above and this
  * launch's arrivals below. Every block takes a ticket after its PDL wait — after every ticket of
@@ -233,7 +233,8 @@ template <typename T> __device__ void t_worker(const sparams &p, float *red)
 
 /* Many adapters: T worker b computes the T of tokens b, b + 8, ... (< m) over all of K, each against
  * its own slot's A (the token in the MMA's first column, zeros in the others), unscaled; no
- * adapter: zeros. Pass i's accumulators go to red's i-th [WARPS][4][32]. */
+ * adapter: zeros. The tokens share one loop, so that all their loads of a step are in flight
+ * together; token i's accumulators go to red's i-th [WARPS][4][32]. */
 template <typename T, int NT> __device__ void t_worker_multi(const sparams &p, float *red)
 {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, q = lane & 3;
@@ -241,25 +242,38 @@ template <typename T, int NT> __device__ void t_worker_multi(const sparams &p, f
     unsigned long long ticket = 0;
     if (threadIdx.x == 0)
         ticket = take_ticket(p.ctl);
+    int rank[NT], arow[NT]; /* token i's rank and its slot's first row in the set's A */
+    bool any = false;
 #pragma unroll
-    for (int pass = 0; pass < NT; pass++) {
-        const int tok = (int)blockIdx.x + 8 * pass; /* pass 0: b < m, the grid's workers */
-        const int slot = pass == 0 || tok < p.m ? lf_token_slot(p.map, tok) : -1;
-        const int rank = slot < 0 ? 0 : p.map.slots[slot].rank;
-        const T *A = (const T *)p.a + (int64_t)max(slot, 0) * p.max_rank * p.lda, *X = (const T *)p.x + (int64_t)tok * p.ldx;
-        const int steps = rank > 0 ? (p.k + 31) / 32 : 0; /* X is read only for a token with an adapter */
-        float acc[1][1][4] = {};
-        for (int j = warp; j < steps; j += WARPS) {
-            const int kb = 32 * j + 8 * q;
-            const bool kin = kb < p.k;
-            uint4 wv[1][2], xv[1];
-            wv[0][0] = kin && g < rank ? ld_stream(A + (int64_t)g * p.lda + kb) : make_uint4(0, 0, 0, 0);
-            wv[0][1] = kin && g + 8 < rank ? ld_stream(A + (int64_t)(g + 8) * p.lda + kb) : make_uint4(0, 0, 0, 0);
-            xv[0] = kin && g == 0 ? *(const uint4 *)(X + kb) : make_uint4(0, 0, 0, 0);
-            decode_step<T, 1, 1>(acc, wv, xv);
-        }
-        store_acc<1>(red + pass * WARPS * 4 * 32, acc, warp, lane);
+    for (int i = 0; i < NT; i++) {
+        const int tok = (int)blockIdx.x + 8 * i; /* token 0: b < m, the grid's workers */
+        const int slot = i == 0 || tok < p.m ? lf_token_slot(p.map, tok) : -1;
+        rank[i] = slot < 0 ? 0 : p.map.slots[slot].rank;
+        arow[i] = max(slot, 0) * p.max_rank;
+        any = any || rank[i] > 0;
     }
+    const int steps = any ? (p.k + 31) / 32 : 0;
+    float acc[NT][1][1][4] = {};
+    for (int j = warp; j < steps; j += WARPS) {
+        const int kb = 32 * j + 8 * q;
+        const bool kin = kb < p.k;
+        uint4 wv[NT][1][2], xv[NT][1];
+#pragma unroll
+        for (int i = 0; i < NT; i++) {
+            const T *a = (const T *)p.a + (int64_t)(arow[i] + g) * p.lda + kb; /* rows g and g + 8 */
+            wv[i][0][0] = kin && g < rank[i] ? ld_stream(a) : make_uint4(0, 0, 0, 0);
+            wv[i][0][1] = kin && g + 8 < rank[i] ? ld_stream(a + 8 * p.lda) : make_uint4(0, 0, 0, 0);
+            xv[i][0] = kin && g == 0 && rank[i] > 0 /* x read only for a token with an adapter */
+                           ? *(const uint4 *)((const T *)p.x + (int64_t)((int)blockIdx.x + 8 * i) * p.ldx + kb)
+                           : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < NT; i++)
+            decode_step<T, 1, 1>(acc[i], wv[i], xv[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < NT; i++)
+        store_acc<1>(red + i * WARPS * 4 * 32, acc[i], warp, lane);
     __shared__ unsigned tag;
     if (threadIdx.x == 0)
         tag = epoch_of(p.ctl, ticket) + 1u;
