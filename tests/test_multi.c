@@ -329,8 +329,9 @@ static const shape shapes[] = {
     {1, 256, 136, 3, 16, 0, 0},   /* one token */
     {2, 1024, 8200, 4, 16, 0, 0}, /* 32-row tiles (on 132 SMs), N % 16 = 8 */
     {3, 1024, 8196, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
-    /* the plain-load stream's many-adapter form (16-bit, PEFT, aligned, M <= 8, max rank <= 16,
-     * K % 8 = 0, 132 to 264 - M tiles of 16 rows on 132 SMs): */
+    /* the plain-load stream's many-adapter form (16-bit, PEFT, aligned, M <= 16, max rank <= 16,
+     * K % 8 = 0, at least 132 tiles of 16 rows and min(M, 8) workers + the tiles <= 264 on 132
+     * SMs): */
     {1, 1024, 4096, 4, 16, 0, 0},   /* one token */
     {5, 1000, 2120, 6, 12, 0, 0},   /* K % 32 = 8, N % 16 = 8, rank 12 */
     {8, 4104, 4000, 9, 16, 0, 0},   /* eight tokens, a K tail */

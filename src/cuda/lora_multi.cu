@@ -3,7 +3,7 @@
  * loads from device memory, and the unfused per-adapter loop the bench compares with.
  *
  * No host work that needs device data (capture-safe, no synchronization, no allocation once the
- * workspace is sized). A layer of one to eight tokens where N fills the GPU with 16-row tiles
+ * workspace is sized). A layer of 1–16 tokens where N fills the GPU with 16-row tiles
  * (heuristics.h: lf_cuda_stream_multi_fits; 16-bit, PEFT, aligned, max rank ≤ 16) is the
  * plain-load stream of lora_stream.cu in its many-adapter form; else a layer of a few tokens
  * (lf_cuda_multi_decode_wins) is the decode kernels of lora_fwd.cu in their MULTI form: one stream

@@ -44,8 +44,9 @@
  * 1, 8 or 64 adapters: 17.1 → 13.4–13.5 µs against the decode kernels' MULTI form in the same call
  * (bench/results/cuda-h100-2026-11-26-multi-stream-ab.json; cuBLAS's base GEMM alone 15.4–15.6);
  * 16 tokens, 8 adapters: 19.1 → 16.9 against cuBLAS beside the fused delta (-multi-stream-16tok-
- * ab.json, -multi-stream-tworker-ab.json). With one adapter the K halves lose to the decode form at 16 tokens (15.1–15.7 against
- * 14.6; NOTES, seventeenth session), so the one-adapter plan stops at 8 tokens.
+ * ab.json, -multi-stream-tworker-ab.json). With one adapter the K halves lose to the decode form
+ * at 16 tokens (15.1–15.7 against 14.6; NOTES, seventeenth session), so the one-adapter plan stops
+ * at 8 tokens.
  * The epoch without a count at exit: ctl's first 64-bit word holds the epoch above and this
  * launch's arrivals below. Every block takes a ticket after its PDL wait — after every ticket of
  * the launch before — and the last to arrive rolls the word to (epoch + 1, 0). Nothing is reset,
@@ -93,6 +94,7 @@ template <int NT, int S, bool MULTI> struct shape {
     static_assert(CTL_PAIRS + 2 * PAIRS <= LF_STREAM_CTL_WORDS, "control words");
     static_assert(OUT <= THREADS && S * OUT <= THREADS && (!MULTI || 2 * M * MAX_R <= THREADS), "a thread each");
     static_assert(TW % S == 0, "the W blocks' clusters start after the T workers");
+    static_assert(LF_CUDA_STREAM_MAX_M <= 8 && LF_CUDA_STREAM_MULTI_MAX_M <= 16, "token columns: NT ≤ 2");
     static_assert(FIXED_SMEM == LF_CUDA_STREAM_FIXED_SMEM(NT, S, MULTI) && MAX_R == 16 && X_PAD == 64,
                   "heuristics.h's shared-memory rule");
 };
@@ -556,7 +558,12 @@ cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int
     s.map.ids = q->token_adapter, s.map.seg_starts = q->seg_starts, s.map.seg_adapter = q->seg_adapter;
     s.map.segments = (int)q->segments, s.map.slots = set->slots, s.map.capacity = set->capacity;
     s.max_rank = (int)set->max_rank;
-    if (q->m > 8) /* 16 token columns, K halves: lf_cuda_stream_split */
+    const int split = lf_cuda_stream_split(q->m);
+    /* the kernel's assumptions: token b + 8 is worker b's (8 workers past 8 tokens), and the W
+     * blocks' clusters start after the workers (a W block's rank in its cluster = its K half) */
+    if (s.workers != (q->m < 8 ? q->m : 8) || s.workers % split)
+        return cudaErrorInvalidValue;
+    if (split == 2) /* 16 token columns, K halves */
         return q->dtype == LF_F16 ? launch_typed<__half, 2, 2, true>(s, sm_count, pdl, st)
                                   : launch_typed<__nv_bfloat16, 2, 2, true>(s, sm_count, pdl, st);
     return q->dtype == LF_F16 ? launch_typed<__half, 1, 1, true>(s, sm_count, pdl, st)

@@ -1,6 +1,6 @@
 /*
- * lora_stream.cuh — the layer for one to eight tokens with W streamed by plain loads
- * (lora_stream.cu), one adapter or one a token, for the backend (lora_fwd.cu's plan and dispatch,
+ * lora_stream.cuh — the layer for 1–8 tokens with one adapter, 1–16 with one a token, W streamed
+ * by plain loads (lora_stream.cu), for the backend (lora_fwd.cu's plan and dispatch,
  * lora_multi.cu's many-adapter layer). No lf_context: errors come back as cudaError_t.
  */
 #ifndef LF_CUDA_LORA_STREAM_CUH
@@ -15,8 +15,8 @@
  * the T workers' tagged values. Zero them once; every launch leaves them consistent. */
 #define LF_STREAM_CTL_WORDS 1024
 
-/* Once per context on the current device: raises the kernel's shared-memory limit; 1 when it can
- * run here (compute capability 8.0 or later), else 0. */
+/* Once per context on the current device: raises the kernels' shared-memory limit; 1 when they can
+ * run here (compute capability 9.0 or later: the K split runs in thread block clusters), else 0. */
 int lf_stream_setup(void);
 
 /* y = beta·y + x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ for p in the PEFT layout, bf16 or f16, 1 ≤ m ≤ 8,
