@@ -441,6 +441,44 @@ static void hot_swap(lf_context *ctx, void *arg)
     }
 }
 
+/* One adapter and many on one context, queued with no synchronization between them: on CUDA the
+ * plain-load stream's launches share the context's control words (the epoch word, the T workers'
+ * tagged values) while their grids differ — 16 tokens in clusters with 8 T workers, one adapter's
+ * 2 workers, 5 tokens' 5 — and each starts while the one before still runs (PDL). A value or an
+ * epoch taken from the wrong launch shows as a wrong y. One synchronize, then every y checked. */
+static void mixed_queue(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    lft_begin("multi %s mixed queue (16 tokens, one adapter, 5 tokens)", lf_backend_name(lf_context_backend(ctx)));
+    const mcase c16 = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 16, .k = 1024, .n = 4096, .capacity = 4,
+                       .max_rank = 16, .has_w = 1, .has_bias = 1, .beta = 0.5f, .map = MAP_RANDOM,
+                       .seed = lft_case_seed(910)};
+    mcase c5 = c16;
+    c5.m = 5, c5.n = 2120, c5.has_bias = 0, c5.beta = 0.0f, c5.seed = lft_case_seed(911);
+    const lft_case one = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 4, .k = 2048, .n = 4096, .rank = 16,
+                          .has_w = 1, .has_bias = 1, .scale = 0.5f, .beta = 1.0f, .seed = lft_case_seed(912)};
+    mprob p16, p5;
+    lft_problem q;
+    const int ok16 = LFT_CHECK_STATUS(ctx, mprob_init(&p16, ctx, &c16), LF_OK);
+    const int ok5 = ok16 && LFT_CHECK_STATUS(ctx, mprob_init(&p5, ctx, &c5), LF_OK);
+    const int okq = ok5 && LFT_CHECK(lft_problem_init(&q, ctx, &one) == LF_OK);
+    if (okq && LFT_CHECK_STATUS(ctx, run_tokens(&p16), LF_OK) && LFT_CHECK_STATUS(ctx, lft_problem_run(&q), LF_OK) &&
+        LFT_CHECK_STATUS(ctx, run_tokens(&p5), LF_OK) && LFT_CHECK_STATUS(ctx, lf_synchronize(ctx), LF_OK)) {
+        check_y(&p16, NULL);
+        lft_problem_reference(&q);
+        lft_problem_check(&q, NULL, NULL);
+        check_y(&p5, NULL);
+    }
+    if (okq)
+        lft_problem_free(&q);
+    if (ok5)
+        mprob_free(&p5);
+    if (ok16)
+        mprob_free(&p16);
+    lft_end();
+}
+#define MIXED_QUEUE_CASES 1
+
 /* Bad input: a status, a message, and y untouched. */
 static void bad_input(lf_context *ctx, void *arg)
 {
@@ -536,6 +574,7 @@ int main(void)
                          (void *)&unfused);
     unsetenv("LF_CUDA_MULTI_GRID_Y");
     lft_for_each_backend("multi hot swap", HOT_SWAP_CASES, hot_swap, NULL);
+    lft_for_each_backend("multi mixed queue", MIXED_QUEUE_CASES, mixed_queue, NULL);
     lft_for_each_backend("multi bad input", BAD_INPUT_CASES, bad_input, NULL);
     return lft_summary("test_multi");
 }
