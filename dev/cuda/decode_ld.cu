@@ -18,9 +18,11 @@
  * tagged with the launch's epoch, the other blocks checking the tags at their tile's end; or the
  * same with a control warp per block waiting for them. (T shared over thread block clusters was
  * measured and dropped: NOTES.) The library's kernel (src/cuda/lora_stream.cu) came out of this
- * lab and is timed beside its variants as "library".
- * PDL: W is loaded before griddepcontrol.wait. dev/cuda/NOTES.md, "Sixteenth session", has the
- * runs.
+ * lab and is timed beside its variants as "library"; its many-adapter form (lf_stream_multi_launch,
+ * 1–16 tokens, L adapters of ranks 1–16, each token's slot drawn at random) is checked against a
+ * double reference on five shapes and timed as "library multi" beside cuBLAS's base GEMM.
+ * PDL: W is loaded before griddepcontrol.wait. dev/cuda/NOTES.md, "Sixteenth session" and
+ * "Seventeenth session", has the runs.
  *
  *   make -C dev/cuda decode-ld && dev/cuda/bin/decode_ld      (on the device)
  */
@@ -28,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "cuda/heuristics.h" /* the library kernel's rules */
 #include "cuda/launch.cuh"
 #include "cuda/lora_stream.cuh" /* the library's kernel, timed beside the lab's as "library" */
 #include "cuda/mma_sync.cuh"
@@ -576,6 +579,87 @@ static double check(const variant &v, layer &L, cudaStream_t st)
     return worst;
 }
 
+/* ---- the library's many-adapter form (lf_stream_multi_launch) --------------------------------- */
+
+/* L adapters of ranks 1..16 (slot s: 16 − s % 16, scale 0.5 + s / 16) in the set's layout (A rows
+ * of K, B transposed: rows of N rounded to 8), each token's slot drawn from −1 .. L − 1 (−1: none). */
+struct mset {
+    int adapters, m, k, n;
+    int64_t ldb;
+    bf16 *h_a, *h_b;
+    lf_adapter_slot *h_slots;
+    int32_t *h_ids, *ids;
+    lf_adapter_set set;
+};
+static void make_mset(mset *S, const layer &L, int adapters)
+{
+    *S = {};
+    S->adapters = adapters, S->m = L.m, S->k = L.k, S->n = L.n, S->ldb = (L.n + 7) / 8 * 8;
+    unsigned s = 777u + adapters * 31 + L.m;
+    const size_t a_el = (size_t)adapters * MAX_R * L.k, b_el = (size_t)adapters * MAX_R * S->ldb;
+    S->h_a = (bf16 *)malloc(a_el * 2), S->h_b = (bf16 *)malloc(b_el * 2);
+    for (size_t i = 0; i < a_el; i++)
+        S->h_a[i] = __float2bfloat16((float)(0.05 * frand(&s)));
+    for (size_t i = 0; i < b_el; i++)
+        S->h_b[i] = __float2bfloat16((float)(0.5 * frand(&s))); /* nonzero B */
+    S->h_slots = (lf_adapter_slot *)malloc(adapters * sizeof(lf_adapter_slot));
+    for (int i = 0; i < adapters; i++)
+        S->h_slots[i] = {16 - i % 16, 0.5f + i / 16.0f};
+    S->h_ids = (int32_t *)malloc(L.m * sizeof(int32_t));
+    for (int t = 0; t < L.m; t++)
+        S->h_ids[t] = (int32_t)((frand(&s) * 0.5 + 0.5) * (adapters + 1)) - 1;
+    S->set.dtype = LF_BF16, S->set.k = L.k, S->set.n = L.n, S->set.max_rank = MAX_R;
+    S->set.capacity = adapters, S->set.lda = L.k, S->set.ldb = S->ldb;
+    CK(cudaMalloc(&S->set.a, a_el * 2));
+    CK(cudaMemcpy(S->set.a, S->h_a, a_el * 2, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&S->set.b, b_el * 2));
+    CK(cudaMemcpy(S->set.b, S->h_b, b_el * 2, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&S->set.slots, adapters * sizeof(lf_adapter_slot)));
+    CK(cudaMemcpy(S->set.slots, S->h_slots, adapters * sizeof(lf_adapter_slot), cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&S->ids, L.m * sizeof(int32_t)));
+    CK(cudaMemcpy(S->ids, S->h_ids, L.m * sizeof(int32_t), cudaMemcpyHostToDevice));
+}
+static void launch_multi(const mset &S, const layer &L, const bf16 *w, bool pdl, cudaStream_t st)
+{
+    lf_multi_problem q = {};
+    q.layout = LF_LAYOUT_PEFT, q.dtype = LF_BF16, q.m = L.m, q.k = L.k, q.n = L.n;
+    q.x = L.x, q.ldx = L.k, q.w = w, q.ldw = L.k, q.bias = L.bias ? L.bi : nullptr, q.beta = L.beta;
+    q.y = L.y, q.ldy = L.n, q.token_adapter = S.ids, q.set = &S.set;
+    CK(lf_stream_multi_launch(&q, g_lib_ctl, g_sms, pdl, st));
+}
+/* Every element against a double reference; the worst error in units of the tolerance. */
+static double check_multi(const mset &S, layer &L, cudaStream_t st)
+{
+    CK(cudaMemcpy(L.y, L.h_y0, (size_t)L.m * L.n * 2, cudaMemcpyHostToDevice));
+    launch_multi(S, L, L.w[0], true, st);
+    CK(cudaStreamSynchronize(st));
+    bf16 *out = (bf16 *)malloc((size_t)L.m * L.n * 2);
+    CK(cudaMemcpy(out, L.y, (size_t)L.m * L.n * 2, cudaMemcpyDeviceToHost));
+    double worst = 0;
+    for (int i = 0; i < L.m; i++) {
+        const int slot = S.h_ids[i], rank = slot < 0 ? 0 : S.h_slots[slot].rank;
+        double t[MAX_R] = {};
+        for (int j = 0; j < rank; j++)
+            for (int kk = 0; kk < L.k; kk++)
+                t[j] += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(S.h_a[((size_t)slot * MAX_R + j) * L.k + kk]);
+        for (int c = 0; c < L.n; c++) {
+            double acc = 0;
+            for (int kk = 0; kk < L.k; kk++)
+                acc += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_w[(size_t)c * L.k + kk]);
+            for (int j = 0; j < rank; j++)
+                acc += S.h_slots[slot].scale * t[j] * bf(S.h_b[((size_t)slot * MAX_R + j) * S.ldb + c]);
+            if (L.bias)
+                acc += bf(L.h_bi[c]);
+            acc += L.beta * bf(L.h_y0[(size_t)i * L.n + c]);
+            const double err = fabs(bf(out[(size_t)i * L.n + c]) - acc), tol = 1e-2 * fabs(acc) + 2e-3;
+            if (!(err / tol <= worst))
+                worst = err / tol; /* NaN sticks */
+        }
+    }
+    free(out);
+    return worst;
+}
+
 static double time_graph(lab_record_fn fn, const void *ctx, cudaStream_t st)
 {
     return lab_time_graph(fn, ctx, st, LAUNCHES, REPLAYS);
@@ -592,6 +676,15 @@ static void run_variant(const void *c, int i, cudaStream_t st)
 {
     const run_ctx *r = (const run_ctx *)c;
     launch(*r->v, *r->L, r->L->w[i % ROT], st, i % ROT);
+}
+struct multi_ctx {
+    const mset *S;
+    const layer *L;
+};
+static void run_multi(const void *c, int i, cudaStream_t st)
+{
+    const multi_ctx *r = (const multi_ctx *)c;
+    launch_multi(*r->S, *r->L, r->L->w[i % ROT], true, st);
 }
 static void run_cublas(const void *c, int i, cudaStream_t)
 {
@@ -708,6 +801,25 @@ int main(void)
             }
         }
     }
+    /* the library's many-adapter form: 1–8 tokens K whole, 9–16 K halves (empty tiles, K tails) */
+    const struct { int m, k, n, adapters; float beta; bool bias; } mshapes[] = {
+        {1, 4096, 4096, 8, 0.0f, false}, {8, 1000, 2120, 5, 1.0f, true}, {16, 4096, 4096, 8, 0.5f, true},
+        {13, 520, 2210, 20, 0.0f, false}, {9, 8, 2112, 3, -1.0f, true},
+    };
+    for (const auto &ms : mshapes) {
+        layer L;
+        make_layer(&L, ms.m, ms.k, ms.n, 16, 1.0f, ms.beta, ms.bias, 1);
+        mset S;
+        make_mset(&S, L, ms.adapters);
+        if (!lf_cuda_stream_multi_fits(LF_BF16, ms.m, ms.k, ms.n, MAX_R, g_sms))
+            continue;
+        const double e = check_multi(S, L, st);
+        if (!(e <= 1.0)) {
+            printf("FAIL library multi %d x %d -> %d, %d adapters: worst error %.2f x tolerance\n", ms.m, ms.k, ms.n,
+                   ms.adapters, e);
+            bad++;
+        }
+    }
     printf("check: %s\n", bad ? "FAILED" : "every variant, every shape passed");
     if (bad)
         return 1;
@@ -765,6 +877,25 @@ int main(void)
                 }
                 g_cold = false;
             }
+        }
+        /* the library's many-adapter form beside cuBLAS's base GEMM */
+        const struct { int m, adapters; } mt[] = {{1, 8}, {8, 8}, {12, 8}, {16, 8}, {16, 64}};
+        for (const auto &t : mt) {
+            layer L;
+            make_layer(&L, t.m, 4096, 4096, 16, 1.0f, 0.0f, false, ROT);
+            mset S;
+            make_mset(&S, L, t.adapters);
+            const double bytes = 2.0 * (4096.0 * 4096 + 2.0 * t.m * 4096);
+            char shape[40];
+            snprintf(shape, sizeof shape, "%d x 4096 -> 4096 L%d", t.m, t.adapters);
+            run_ctx r = {nullptr, &L, h, nullptr, 0};
+            const double cb = time_graph(run_cublas, &r, st);
+            multi_ctx mc = {&S, &L};
+            const double us = time_graph(run_multi, &mc, st);
+            printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, "cuBLAS base GEMM", cb, bytes / (cb * 1e3),
+                   100.0 * bytes / (cb * 1e3) / gbs);
+            printf("%-18s %-18s %9.2f %9.1f %6.1f%%\n", shape, "library multi", us, bytes / (us * 1e3),
+                   100.0 * bytes / (us * 1e3) / gbs);
         }
     }
     return 0;
