@@ -547,36 +547,52 @@ static void launch(const variant &v, const layer &L, const bf16 *w, cudaStream_t
     exit(1);
 }
 
-/* Every element against a double reference; returns the worst error in units of the tolerance. */
-static double check(const variant &v, layer &L, cudaStream_t st)
+/* One token's LoRA term as the reference reads it: rank rows of A (K apart) and B's element
+ * (rank j, column c) at b[j·b_j + c·b_c], times scale. */
+struct lora_ref {
+    const bf16 *a, *b;
+    size_t b_j, b_c;
+    int rank;
+    double scale;
+};
+/* y as the launch left it on the device against a double reference, every element; term(i) gives
+ * token i's LoRA term. The worst error in units of the tolerance. */
+template <typename F> static double worst_error(const layer &L, F term)
 {
-    CK(cudaMemcpy(L.y, L.h_y0, (size_t)L.m * L.n * 2, cudaMemcpyHostToDevice));
-    launch(v, L, L.w[0], st);
-    CK(cudaStreamSynchronize(st));
     bf16 *out = (bf16 *)malloc((size_t)L.m * L.n * 2);
     CK(cudaMemcpy(out, L.y, (size_t)L.m * L.n * 2, cudaMemcpyDeviceToHost));
     double worst = 0;
     for (int i = 0; i < L.m; i++) {
+        const lora_ref lr = term(i);
         double t[MAX_R] = {};
-        for (int tt = 0; tt < L.r; tt++)
+        for (int j = 0; j < lr.rank; j++)
             for (int kk = 0; kk < L.k; kk++)
-                t[tt] += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_a[(size_t)tt * L.k + kk]);
-        for (int j = 0; j < L.n; j++) {
+                t[j] += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(lr.a[(size_t)j * L.k + kk]);
+        for (int c = 0; c < L.n; c++) {
             double acc = 0;
             for (int kk = 0; kk < L.k; kk++)
-                acc += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_w[(size_t)j * L.k + kk]);
-            for (int tt = 0; tt < L.r; tt++)
-                acc += L.scale * t[tt] * bf(L.h_b[(size_t)j * L.r + tt]);
+                acc += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_w[(size_t)c * L.k + kk]);
+            for (int j = 0; j < lr.rank; j++)
+                acc += lr.scale * t[j] * bf(lr.b[j * lr.b_j + c * lr.b_c]);
             if (L.bias)
-                acc += bf(L.h_bi[j]);
-            acc += L.beta * bf(L.h_y0[(size_t)i * L.n + j]);
-            const double err = fabs(bf(out[(size_t)i * L.n + j]) - acc), tol = 1e-2 * fabs(acc) + 2e-3;
+                acc += bf(L.h_bi[c]);
+            acc += L.beta * bf(L.h_y0[(size_t)i * L.n + c]);
+            const double err = fabs(bf(out[(size_t)i * L.n + c]) - acc), tol = 1e-2 * fabs(acc) + 2e-3;
             if (!(err / tol <= worst))
                 worst = err / tol; /* NaN sticks */
         }
     }
     free(out);
     return worst;
+}
+
+/* One variant on y reset to its initial values, checked (worst_error). */
+static double check(const variant &v, layer &L, cudaStream_t st)
+{
+    CK(cudaMemcpy(L.y, L.h_y0, (size_t)L.m * L.n * 2, cudaMemcpyHostToDevice));
+    launch(v, L, L.w[0], st);
+    CK(cudaStreamSynchronize(st));
+    return worst_error(L, [&](int) { return lora_ref{L.h_a, L.h_b, 1, (size_t)L.r, L.r, L.scale}; });
 }
 
 /* ---- the library's many-adapter form (lf_stream_multi_launch) --------------------------------- */
@@ -627,37 +643,19 @@ static void launch_multi(const mset &S, const layer &L, const bf16 *w, bool pdl,
     q.y = L.y, q.ldy = L.n, q.token_adapter = S.ids, q.set = &S.set;
     CK(lf_stream_multi_launch(&q, g_lib_ctl, g_sms, pdl, st));
 }
-/* Every element against a double reference; the worst error in units of the tolerance. */
+/* The many-adapter launch on y reset to its initial values, checked (worst_error). */
 static double check_multi(const mset &S, layer &L, cudaStream_t st)
 {
     CK(cudaMemcpy(L.y, L.h_y0, (size_t)L.m * L.n * 2, cudaMemcpyHostToDevice));
     launch_multi(S, L, L.w[0], true, st);
     CK(cudaStreamSynchronize(st));
-    bf16 *out = (bf16 *)malloc((size_t)L.m * L.n * 2);
-    CK(cudaMemcpy(out, L.y, (size_t)L.m * L.n * 2, cudaMemcpyDeviceToHost));
-    double worst = 0;
-    for (int i = 0; i < L.m; i++) {
-        const int slot = S.h_ids[i], rank = slot < 0 ? 0 : S.h_slots[slot].rank;
-        double t[MAX_R] = {};
-        for (int j = 0; j < rank; j++)
-            for (int kk = 0; kk < L.k; kk++)
-                t[j] += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(S.h_a[((size_t)slot * MAX_R + j) * L.k + kk]);
-        for (int c = 0; c < L.n; c++) {
-            double acc = 0;
-            for (int kk = 0; kk < L.k; kk++)
-                acc += (double)bf(L.h_x[(size_t)i * L.k + kk]) * bf(L.h_w[(size_t)c * L.k + kk]);
-            for (int j = 0; j < rank; j++)
-                acc += S.h_slots[slot].scale * t[j] * bf(S.h_b[((size_t)slot * MAX_R + j) * S.ldb + c]);
-            if (L.bias)
-                acc += bf(L.h_bi[c]);
-            acc += L.beta * bf(L.h_y0[(size_t)i * L.n + c]);
-            const double err = fabs(bf(out[(size_t)i * L.n + c]) - acc), tol = 1e-2 * fabs(acc) + 2e-3;
-            if (!(err / tol <= worst))
-                worst = err / tol; /* NaN sticks */
-        }
-    }
-    free(out);
-    return worst;
+    return worst_error(L, [&](int i) {
+        const int slot = S.h_ids[i];
+        if (slot < 0)
+            return lora_ref{S.h_a, S.h_b, 0, 0, 0, 0.0};
+        return lora_ref{S.h_a + (size_t)slot * MAX_R * L.k, S.h_b + (size_t)slot * MAX_R * S.ldb, (size_t)S.ldb, 1,
+                        S.h_slots[slot].rank, S.h_slots[slot].scale};
+    });
 }
 
 static double time_graph(lab_record_fn fn, const void *ctx, cudaStream_t st)
