@@ -379,11 +379,16 @@ static inline int lf_cuda_stream_split(int64_t m)
 {
     return m > 8 ? 2 : 1;
 }
+/* Bytes of a token's row of x in a block's shared memory: its K range (whole 32-wide steps of
+ * bf16/f16) and 64 bytes of padding (tokens 2i and 2i + 1 on other banks). */
+static inline int64_t lf_cuda_stream_x_row(int64_t k, int split)
+{
+    return ((k + 31) / 32 + split - 1) / split * 64 + 64;
+}
 static inline int64_t lf_cuda_stream_smem(int64_t m, int64_t k, int multi)
 {
     const int split = lf_cuda_stream_split(m);
-    const int64_t steps = ((k + 31) / 32 + split - 1) / split; /* 32-wide K steps a block */
-    return LF_CUDA_STREAM_FIXED_SMEM((m + 7) / 8, split, multi) + m * (steps * 64 + 64);
+    return LF_CUDA_STREAM_FIXED_SMEM((m + 7) / 8, split, multi) + m * lf_cuda_stream_x_row(k, split);
 }
 /* Many adapters (lf_stream_multi_launch), 1–16 tokens: T workers each take tokens b, b + 8 (their
  * own slots' A), so up to 8 of them hold block slots; a W block stages every token's B rows. Taken

@@ -1385,16 +1385,22 @@ lf_status lf_cuda_own_base_gemm(lf_context *ctx, const lf_lora_problem *p)
     return LF_OK;
 }
 
-/* The many-adapter layer at decode sizes (lora_multi.cu): the decode kernels' MULTI form. The set's
- * storage is 16-byte aligned with 16-byte rows by construction; x and W must be too. */
-bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
+/* A many-adapter layer whose x, W and set rows the decode-size forms read in 16-byte chunks: the
+ * set's storage is 16-byte aligned with 16-byte rows by construction; x and W must be too. */
+static bool multi_layer_aligned16(const lf_multi_problem *q)
 {
     const size_t es = lf_dtype_size(q->dtype);
     const lf_adapter_set *set = q->set;
-    const bool aligned = (uintptr_t)q->x % 16 == 0 && (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 &&
-                         (q->ldw * es) % 16 == 0 && (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 &&
-                         (set->lda * es) % 16 == 0 && (set->ldb * es) % 16 == 0;
-    return q->w && aligned && lf_cuda_state_of(ctx)->decode_ok && lf_cuda_multi_decode_wins(q->m) &&
+    return q->w && (uintptr_t)q->x % 16 == 0 && (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 &&
+           (q->ldw * es) % 16 == 0 && (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 &&
+           (set->lda * es) % 16 == 0 && (set->ldb * es) % 16 == 0;
+}
+
+/* The many-adapter layer at decode sizes (lora_multi.cu): the decode kernels' MULTI form. */
+bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
+{
+    const lf_adapter_set *set = q->set;
+    return multi_layer_aligned16(q) && lf_cuda_state_of(ctx)->decode_ok && lf_cuda_multi_decode_wins(q->m) &&
            lf_cuda_decode_fits(q->dtype, q->layout, LF_PLAN_ALIGNED16, q->m, q->n, set->max_rank,
                                lf_cuda_state_of(ctx)->sm_count);
 }
@@ -1402,12 +1408,7 @@ bool lf_cuda_decode_multi_fits(lf_context *ctx, const lf_multi_problem *q)
 bool lf_cuda_multi_stream_fits(lf_context *ctx, const lf_multi_problem *q)
 {
     const lf_cuda_state *cs = lf_cuda_state_of(ctx);
-    const size_t es = lf_dtype_size(q->dtype);
-    const lf_adapter_set *set = q->set; /* 16-byte rows by construction; checked as the decode form does */
-    return q->w && q->layout == LF_LAYOUT_PEFT && cs->stream_ok && (uintptr_t)q->x % 16 == 0 &&
-           (uintptr_t)q->w % 16 == 0 && (q->ldx * es) % 16 == 0 && (q->ldw * es) % 16 == 0 &&
-           (uintptr_t)set->a % 16 == 0 && (uintptr_t)set->b % 16 == 0 && (set->lda * es) % 16 == 0 &&
-           (set->ldb * es) % 16 == 0 &&
+    return multi_layer_aligned16(q) && q->layout == LF_LAYOUT_PEFT && cs->stream_ok &&
            lf_cuda_stream_multi_fits(q->dtype, q->m, q->k, q->n, q->set->max_rank, cs->sm_count);
 }
 

@@ -74,7 +74,6 @@ enum {
     D = 3,      /* K steps a lane holds in flight: 3 keeps the loop at 64 registers without spills */
     TW = LF_CUDA_STREAM_T_WORKERS,
     MAX_R = LF_CUDA_STREAM_MAX_RANK, /* A's rows in one 16-row MMA tile */
-    X_PAD = 64, /* bytes after each row of x in shared memory: tokens 2i and 2i + 1 on other banks */
     CTL_PAIRS = 64 /* ctl[0..1]: the epoch word; the pairs from ctl[64], off the epoch word's line,
                     * which every block's ticket hits with an atomic */
 };
@@ -95,7 +94,7 @@ template <int NT, int S, bool MULTI> struct shape {
     static_assert(OUT <= THREADS && S * OUT <= THREADS && (!MULTI || 2 * M * MAX_R <= THREADS), "a thread each");
     static_assert(TW % S == 0, "the W blocks' clusters start after the T workers");
     static_assert(LF_CUDA_STREAM_MAX_M <= 8 && LF_CUDA_STREAM_MULTI_MAX_M <= 16, "token columns: NT ≤ 2");
-    static_assert(FIXED_SMEM == LF_CUDA_STREAM_FIXED_SMEM(NT, S, MULTI) && MAX_R == 16 && X_PAD == 64,
+    static_assert(FIXED_SMEM == LF_CUDA_STREAM_FIXED_SMEM(NT, S, MULTI) && MAX_R == 16,
                   "heuristics.h's shared-memory rule");
 };
 
@@ -484,7 +483,7 @@ template <typename T, int NT, int S, bool MULTI> __global__ void __launch_bounds
 /* One launch: the grid is the workers, then the tiles (rounded up to whole clusters of S). */
 template <typename T, int NT, int S, bool MULTI> cudaError_t launch_typed(sparams s, int sm_count, bool pdl, cudaStream_t st)
 {
-    s.xs_stride = ((s.k + 31) / 32 + S - 1) / S * 64 + X_PAD;
+    s.xs_stride = (int)lf_cuda_stream_x_row(s.k, S);
     const int tiles = (s.n + 15) / 16, w_blocks = (tiles + S - 1) / S * S;
     if (s.workers + w_blocks > 2 * sm_count)
         return cudaErrorInvalidValue; /* one tile's worth a block: the plan's rule */
@@ -559,9 +558,10 @@ cudaError_t lf_stream_multi_launch(const lf_multi_problem *q, unsigned *ctl, int
     s.map.segments = (int)q->segments, s.map.slots = set->slots, s.map.capacity = set->capacity;
     s.max_rank = (int)set->max_rank;
     const int split = lf_cuda_stream_split(q->m);
-    /* the kernel's assumptions: token b + 8 is worker b's (8 workers past 8 tokens), and the W
-     * blocks' clusters start after the workers (a W block's rank in its cluster = its K half) */
-    if (s.workers != (q->m < 8 ? q->m : 8) || s.workers % split)
+    /* the kernel's assumptions: a worker for each of the first min(m, 8) tokens, token b + 8 being
+     * worker b's, and the W blocks' clusters starting after the workers (a W block's rank in its
+     * cluster = its K half) */
+    if (s.workers < (q->m < 8 ? q->m : 8) || (q->m > 8 && s.workers != 8) || s.workers % split)
         return cudaErrorInvalidValue;
     if (split == 2) /* 16 token columns, K halves */
         return q->dtype == LF_F16 ? launch_typed<__half, 2, 2, true>(s, sm_count, pdl, st)
