@@ -364,6 +364,14 @@ static const shape shapes[] = {
     {4500, 72, 136, 5, 16, 0, 0},  /* three rounds, the last partial; tiles across round boundaries */
     {5000, 64, 64, 300, 2, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
     {4500, 200, 200, 4, 200, 1, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
+    /* the token-ordered shrink on CUDA (16-bit, at most 8 slots loaded, max rank <= 16, 16-byte rows,
+     * K % 8 = 0): */
+    {300, 2312, 24, 6, 16, 0, 0},  /* 10 K slices of 256 (few tiles), the last of 8 elements */
+    {700, 2600, 24, 2, 12, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
+                                    * of 40 elements; a part-full last tile; rank <= 12 */
+    {500, 600, 72, 4, 16, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
+    {2100, 72, 136, 2, 16, 0, 0},  /* one K slice; two bucketing rounds for the expand (the count
+                                    * kernel first) */
 };
 #define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])

@@ -21,7 +21,9 @@
  *   shrink      multi_shrink_kernel, blocks (K slice q, tile group g): for its tiles, stage the
  *               tile's x rows and A_slot's [rank chunk][K slice] in shared memory (cp.async) and
  *               compute the partial T[pos][j] = Σ_{k in slice} x[token]·A[j] (tensor cores for
- *               16-bit types, shrink_slice) into the workspace, [q][pos][j].
+ *               16-bit types, shrink_slice) into the workspace, [q][pos][j]. Where at most 8
+ *               adapters are loaded (one in the layer), multi_shrink_ordered_kernel instead:
+ *               tokens in order, no bucketing, partial T [q][token][j] (t_by_token).
  *   expand      blocks (N slice, tile group g): for its tiles, T = scale·Σ_q partials (fixed
  *               order) into shared memory, then y[token][cols] = Σ_j T·B_slot[j] [+ bias] [+ base]
  *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
@@ -77,9 +79,10 @@ struct multi_args : lf_token_map {
     int max_rank;
     int tb, ks, kslices, bn;
     int none_tiles;  /* the expand visits tokens without an adapter */
-    float *tpart;    /* [kslices][m][max_rank] */
+    float *tpart;    /* [kslices][position or token][max_rank] */
+    bool t_by_token; /* tpart's rows are tokens (multi_shrink_ordered_kernel), else positions */
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
-    bool vec_x, vec_a, vec_b; /* fused: 16-byte copies of x, A and B rows */
+    bool vec_x, vec_a, vec_b; /* 16-byte copies of x, A and B rows (loads: the ordered shrink) */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
     int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
     /* M past one bucketing round: [chunks][capacity + 1] tokens of each bin in each round's span of
@@ -514,6 +517,128 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_shrink_kernel(multi_ar
     }
 }
 
+/* The shrink in token order, where few adapters are loaded (plan_of: ordered_shrink_fits): no
+ * bucketing before x's stream starts. Block (K slice q of p.ks, tile of LF_ORDERED_TOKENS
+ * consecutive tokens): the tile's tokens grouped by slot in shared memory (stable, one thread a
+ * token counting the tokens that sort before it), each group cut into sub-tiles of up to 16; the
+ * warps take (sub-tile, K half) items in turn, so that a tile of one adapter (4 sub-tiles) keeps
+ * all 8 warps busy and one of several adapters (5–10) a few rounds of half the steps. An item
+ * loads x's rows (two tokens a lane) and the slot's A rows (ranks g, g + 8) by 16-byte loads
+ * straight from global memory, D K-steps in flight, and leaves its accumulators in shared memory;
+ * the two halves are added in order and stored as the token's partial T [q][token][j]. A's rows
+ * are read once per sub-tile (from L2). A token's sums never depend on its tile-mates (the mma's
+ * rows are independent). 16-bit types, max_rank ≤ 16, x and A rows 16-byte aligned, K a multiple
+ * of 8, ks a multiple of 32. */
+#define LF_ORDERED_TOKENS 64 /* tokens a tile */
+#define LF_ORDERED_WARPS 8
+#define LF_ORDERED_D 4       /* K steps of 32 a lane holds in flight (8 measured no faster) */
+template <typename T>
+__global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
+{
+    constexpr int TT = LF_ORDERED_TOKENS, NONE = INT_MAX, THREADS = 32 * LF_ORDERED_WARPS;
+    static_assert(TT <= 2 * 32 && THREADS >= TT, "a thread a token, two warps of them");
+    __shared__ int slot_of[TT];   /* a token's slot, NONE without one or past m */
+    __shared__ int order[TT];     /* position in slot order -> token offset in the tile */
+    __shared__ int sub_pos[TT], sub_slot[TT], sub_cnt[TT]; /* sub-tiles: first position, slot, tokens */
+    __shared__ int heads[2];      /* sub-tiles headed in each of the first two warps */
+    __shared__ float2 red[2][TT][8]; /* the K halves' sums: [half][position][rank pair] */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int t0 = (int)blockIdx.y * TT;
+    lf_pdl_wait(); /* x and the ids come from before; releasing after it lets the expand's prologue
+                    * read the ids before its own wait, as after multi_shrink_kernel */
+    lf_pdl_release();
+    int mine = NONE; /* thread t < TT: token t's slot */
+    if (threadIdx.x < TT && t0 + (int)threadIdx.x < p.m) {
+        const int s = lf_token_slot(p, t0 + (int)threadIdx.x);
+        mine = s < 0 ? NONE : s;
+    }
+    if (threadIdx.x < TT)
+        slot_of[threadIdx.x] = mine;
+    const int nvalid = __syncthreads_count(mine != NONE); /* positions [0, nvalid) hold tokens */
+    /* thread t < TT: token t's position in slot order (stable); a sub-tile starts at every 16th
+     * token of a slot's group */
+    int pos = -1, cnt = 0;
+    if (mine != NONE) {
+        const int me = (int)threadIdx.x;
+        int before = 0, same_before = 0, same = 0;
+        for (int u = 0; u < TT; u++) {
+            const int su = slot_of[u];
+            before += su < mine;
+            same_before += su == mine && u < me;
+            same += su == mine;
+        }
+        pos = before + same_before;
+        order[pos] = me;
+        if (same_before % 16 == 0)
+            cnt = min(16, same - same_before);
+    }
+    /* the heads numbered in token order (any fixed order would do: a sub-tile's tokens are its own) */
+    const unsigned ball = __ballot_sync(0xffffffffu, cnt > 0);
+    if (lane == 0 && warp < 2)
+        heads[warp] = __popc(ball);
+    __syncthreads();
+    if (cnt > 0) {
+        const int idx = __popc(ball & ((1u << lane) - 1u)) + (warp == 1 ? heads[0] : 0);
+        sub_pos[idx] = pos, sub_slot[idx] = mine, sub_cnt[idx] = cnt;
+    }
+    __syncthreads();
+    const int nsub = heads[0] + heads[1];
+
+    const int k0 = (int)blockIdx.x * p.ks, steps = (min(p.ks, p.k - k0) + 31) / 32, per = (steps + 1) / 2;
+    const T *x = (const T *)p.x + k0;
+    for (int it = warp; it < 2 * nsub; it += LF_ORDERED_WARPS) {
+        const int sb = it >> 1, h = it & 1, lo = min(steps, h * per), n_steps = min(steps, lo + per) - lo;
+        const int slot = sub_slot[sb], n_tok = sub_cnt[sb], rank = p.slots[slot].rank;
+        const int pos0 = sub_pos[sb] + g, pos1 = pos0 + 8;
+        const int tok0 = g < n_tok ? t0 + order[pos0] : -1, tok1 = g + 8 < n_tok ? t0 + order[pos1] : -1;
+        const T *x0 = x + (int64_t)max(tok0, 0) * p.ldx + 32 * lo, *x1 = x + (int64_t)max(tok1, 0) * p.ldx + 32 * lo;
+        const T *a0 = (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo, *a1 = a0 + 8 * p.lda;
+        /* step j's loads: x rows (tokens g, g + 8: the mma's A operand), A rows g and g + 8 (its B
+         * operand, one n8 each), chunk q of the 32-wide step; zeros past K, the tokens and the rank */
+        int f_j = 0;
+        auto fetch = [&](uint4 (&xv)[1][2], uint4 (&av)[2]) {
+            if (f_j < n_steps) {
+                const int kl = 32 * f_j + 8 * q;
+                const bool kin = k0 + 32 * lo + kl < p.k;
+                xv[0][0] = kin && tok0 >= 0 ? ld_stream(x0 + kl) : make_uint4(0, 0, 0, 0);
+                xv[0][1] = kin && tok1 >= 0 ? ld_stream(x1 + kl) : make_uint4(0, 0, 0, 0);
+                av[0] = kin && g < rank ? *(const uint4 *)(a0 + kl) : make_uint4(0, 0, 0, 0);
+                av[1] = kin && g + 8 < rank ? *(const uint4 *)(a1 + kl) : make_uint4(0, 0, 0, 0);
+                f_j++;
+            }
+        };
+        uint4 xr[LF_ORDERED_D][1][2], ar[LF_ORDERED_D][2];
+#pragma unroll
+        for (int u = 0; u < LF_ORDERED_D; u++)
+            fetch(xr[u], ar[u]);
+        float acc[1][2][4] = {};
+        for (int j0 = 0; j0 < n_steps; j0 += LF_ORDERED_D) {
+#pragma unroll
+            for (int u = 0; u < LF_ORDERED_D; u++)
+                if (j0 + u < n_steps) {
+                    decode_step<T, 2, 1>(acc, xr[u], ar[u]);
+                    fetch(xr[u], ar[u]);
+                }
+        }
+        /* acc[0][nt][c]: token row g + 8·(c / 2), ranks 8·nt + 2q + {0, 1} (zero past the rank) */
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            if (tok0 >= 0)
+                red[h][pos0][4 * nt + q] = make_float2(acc[0][nt][0], acc[0][nt][1]);
+            if (tok1 >= 0)
+                red[h][pos1][4 * nt + q] = make_float2(acc[0][nt][2], acc[0][nt][3]);
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nvalid * 16; i += THREADS) { /* a position's 16 ranks */
+        const int pr = i >> 4, j = i & 15;
+        if (j < p.max_rank) {
+            const float *h0 = (const float *)red[0][pr], *h1 = (const float *)red[1][pr];
+            p.tpart[((int64_t)blockIdx.x * p.m + t0 + order[pr]) * p.max_rank + j] = h0[j] + h1[j];
+        }
+    }
+}
+
 /* ---- expand ----------------------------------------------------------------------------------- */
 
 __device__ __forceinline__ void fma4(float t, const float4 &b, float4 &acc)
@@ -580,11 +705,11 @@ __device__ __forceinline__ void finish8(float (&v)[8], const T *bias, const floa
     *(uint4 *)yr = out;
 }
 
-/* T[pos][j] before the scale: the shrink's K-slice partials added in slice order (the loads issued
- * ahead). */
-__device__ __forceinline__ float t_partials(const multi_args &p, int pos, int j)
+/* T[row][j] before the scale: the shrink's K-slice partials added in slice order (the loads issued
+ * ahead); row: the token's position in the grouping, or the token (t_by_token). */
+__device__ __forceinline__ float t_partials(const multi_args &p, int row, int j)
 {
-    const float *src = p.tpart + (int64_t)pos * p.max_rank + j;
+    const float *src = p.tpart + (int64_t)row * p.max_rank + j;
     float s = 0.0f;
 #pragma unroll 8
     for (int q = 0; q < p.kslices; q++)
@@ -639,7 +764,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_expand_kernel(multi_ar
         __syncthreads(); /* ts is free */
         for (int idx = threadIdx.x; idx < tile.z * rank; idx += LF_MULTI_THREADS) {
             const int u = idx / rank, j = idx % rank;
-            ts[idx] = scale * t_partials(p, tile.y + u, j);
+            ts[idx] = scale * t_partials(p, p.t_by_token ? tok[u] : tile.y + u, j);
         }
         __syncthreads();
         if (valid <= 0)
@@ -761,7 +886,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
             __syncthreads(); /* ts is free */
             for (int idx = threadIdx.x; idx < prows * kc * 16; idx += LF_MULTI_THREADS) {
                 const int u = idx / (kc * 16), j = idx - u * kc * 16;
-                ts[u * ldt + j] = j < rank ? scale * t_partials(p, tile.y + p0 + u, j) : 0.0f;
+                ts[u * ldt + j] =
+                    j < rank ? scale * t_partials(p, p.t_by_token ? tok[p0 + u] : tile.y + p0 + u, j) : 0.0f;
             }
             __syncthreads();
             if (cw >= p.n)
@@ -1285,6 +1411,7 @@ struct cuda_set_state {
 /* Blocking and workspace of one call. */
 struct multi_plan {
     bool fused;   /* multi_fused_kernel (else the shrink and the expand) */
+    bool ordered; /* the shrink is multi_shrink_ordered_kernel */
     bool expand_mma; /* multi_expand_mma_kernel (else multi_expand_kernel) */
     int max_tiles;
     dim3 shrink_grid, expand_grid, fused_grid;
@@ -1352,12 +1479,26 @@ size_t expand_smem_bytes(int max_rank, bool mma)
                : (size_t)tile_tokens(max_rank, false) * max_rank * sizeof(float);
 }
 
-/* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
- * live: at most this many adapters are used (adapters_at_most), for the tile estimate. */
-multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
-                   bool with_base, size_t es, bool vec16_y)
+/* The token-ordered shrink reads a slot's A once per sub-tile of up to 16 tokens, so it is taken
+ * where few adapters are loaded (LF_ORDERED_MAX_LOADED; dev/cuda/NOTES.md, eighteenth session)
+ * and its loads fit: 16-bit, max_rank ≤ 16, x's and A's rows in 16-byte vectors, K a multiple of 8.
+ * The loaded slots, not the adapters a call may use: both forms of one call (per-token ids,
+ * segments) must take the same kernels, so that their results agree bitwise. */
+#define LF_ORDERED_MAX_LOADED 8
+#define LF_ORDERED_MAX_LOADED_LAYER 1 /* beside the layer's GEMM: 8 adapters × 8192 tokens lost 3% */
+bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base)
 {
-    multi_plan pl;
+    return es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
+           set->loaded <= (with_base ? LF_ORDERED_MAX_LOADED_LAYER : LF_ORDERED_MAX_LOADED);
+}
+
+/* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
+ * live: at most this many adapters are used (adapters_at_most), for the tile estimate.
+ * ordered_ok: ordered_shrink_fits. */
+multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
+                   bool with_base, size_t es, bool vec16_y, bool ordered_ok)
+{
+    multi_plan pl = {};
     a.tb = LF_MULTI_TB;
     pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
     pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && fused_blocking(a, pl.max_tiles, sms, es, !with_base);
@@ -1365,8 +1506,15 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
     if (!pl.fused) {
         a.tb = tile_tokens(a.max_rank, pl.expand_mma);
         pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
-        a.ks = shrink_ks(es, a.m);
+        pl.ordered = ordered_ok;
+        /* the ordered shrink's K slices: 512 (16 steps a warp), 256 where its blocks would not
+         * cover half the SMs (1 adapter: 512 tokens gained 3 µs with 256; 1024 tokens lost 1.2
+         * with it, the expand then adding 16 partials a value) */
+        const int ordered_tiles = (a.m + LF_ORDERED_TOKENS - 1) / LF_ORDERED_TOKENS;
+        a.ks = !pl.ordered ? shrink_ks(es, a.m) : 2 * ordered_tiles * ((a.k + 511) / 512) >= sms ? 512 : 256;
         a.kslices = (a.k + a.ks - 1) / a.ks;
+        if (pl.ordered) /* a block a (K slice, tile) */
+            pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)ordered_tiles);
         a.bn = pl.expand_mma ? LF_MULTI_WARPS * LF_EXPAND_GROUPS * 32 : 256;
         a.expand_rows = expand_rows(a.max_rank);
     }
@@ -1388,16 +1536,18 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
          * lay out from the round counts, cheaply). */
         const int shrink_wave = ss.shrink_per_sm[a.ks > 256] * sms / a.kslices;
         const int expand_wave = ss.expand_per_sm[pl.expand_mma] * sms / nslices;
-        const int wave = std::min(shrink_wave, expand_wave); /* 0: the occupancy is not known */
+        /* 0: the occupancy is not known; the ordered shrink does no bucketing */
+        const int wave = pl.ordered ? expand_wave : std::min(shrink_wave, expand_wave);
         const int tiles_est = (a.m + a.tb - 1) / a.tb + (std::min(live, a.m) + 1) / 2;
         const bool one_wave =
             wave > 0 && a.m <= LF_BUCKET_SPAN && tiles_est > wave + wave / 4 && tiles_est <= 2 * wave;
         const int cap = grid_cap > 0 ? grid_cap : INT_MAX;
         const int shrink_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / a.kslices);
         const int expand_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / nslices);
-        pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(shrink_groups, cap)));
+        if (!pl.ordered)
+            pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(shrink_groups, cap)));
         pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
-        pl.shrink_smem = shrink_smem_bytes(a.ks, es);
+        pl.shrink_smem = pl.ordered ? 0 : shrink_smem_bytes(a.ks, es);
         pl.expand_smem = expand_smem_bytes(a.max_rank, pl.expand_mma);
     }
     size_t at = 0; /* the fused kernel needs no partials */
@@ -1422,6 +1572,9 @@ cudaError_t launch_expand_r(const multi_args &a, const multi_plan &pl, bool vecy
 template <typename T>
 cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vecy, bool pdl, int which, cudaStream_t st)
 {
+    if constexpr (sizeof(T) == 2)
+        if (which == 0 && pl.ordered)
+            return lf_cuda_launch(multi_shrink_ordered_kernel<T>, pl.shrink_grid, 32 * LF_ORDERED_WARPS, 0, pdl, st, a);
     if (which == 0)
         return lf_cuda_launch(multi_shrink_kernel<T>, pl.shrink_grid, LF_MULTI_THREADS, pl.shrink_smem, pdl, st, a);
     if constexpr (sizeof(T) == 2)
@@ -1652,22 +1805,23 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
                          (!q->bias || aligned(q->bias, 16));
+    a.vec_x = aligned(q->x, 16) && (q->ldx * es) % 16 == 0;
+    a.vec_a = aligned(set->a, 16) && (set->lda * es) % 16 == 0;
+    a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     multi_plan pl =
         plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
-                vec16_y);
+                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL));
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
     char *ws = (char *)ctx->workspace;
     a.tpart = (float *)(ws + pl.tpart);
+    a.t_by_token = pl.ordered;
     a.chunk_counts = a.chunks > 0 ? (const int *)(ws + pl.counts) : NULL;
     a.base = q->w ? (const float *)(ws + pl.base) : NULL;
     a.none_tiles = q->w || q->beta != 1.0f || q->bias;
 
     const bool vecy = q->n % 4 == 0 && q->ldy % 4 == 0 && aligned(q->y, 4 * es) && (!q->bias || aligned(q->bias, 4 * es));
-    a.vec_x = aligned(q->x, 16) && (q->ldx * es) % 16 == 0;
-    a.vec_a = aligned(set->a, 16) && (set->lda * es) % 16 == 0;
-    a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     const cudaDataType_t in = lf_cuda_data_type(q->dtype);
     const int w_nk = q->layout == LF_LAYOUT_PEFT;
     /* cuBLAS takes ints, and a single row's stride is never used: pass the smallest valid one. */

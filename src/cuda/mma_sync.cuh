@@ -1,6 +1,7 @@
 /*
  * mma_sync.cuh — the warp-level tensor-core step (mma.sync m16n8k16, fp32 accumulation) the decode
- * kernels share: lora_fwd.cu's W stream and lora_hopper.cu's T = x·Aᵀ beside its TMA stream.
+ * kernels share: lora_fwd.cu's W stream and lora_hopper.cu's T = x·Aᵀ beside its TMA stream; also
+ * lora_stream.cu's and lora_multi.cu's loops that feed it from global memory with 16-byte loads.
  */
 #ifndef LF_CUDA_MMA_SYNC_CUH
 #define LF_CUDA_MMA_SYNC_CUH
@@ -26,6 +27,16 @@ template <> __device__ __forceinline__ void mma16816<__half>(float c[4], uint32_
                  "{%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* A 16-byte read of data no kernel of the launch writes, kept out of L1 (read once by this SM). */
+__device__ __forceinline__ uint4 ld_stream(const void *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
 }
 
 /* One 32-wide K step of a warp. The sum over k does not care which k sits where in the MMA, so
