@@ -1489,7 +1489,8 @@ size_t expand_smem_bytes(int max_rank, bool mma)
 bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base)
 {
     return es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
-           set->loaded <= (with_base ? LF_ORDERED_MAX_LOADED_LAYER : LF_ORDERED_MAX_LOADED);
+           set->loaded <= (with_base ? LF_ORDERED_MAX_LOADED_LAYER : LF_ORDERED_MAX_LOADED) &&
+           a.m <= 65535 * LF_ORDERED_TOKENS; /* a block a tile: grid rows stay within CUDA's limit */
 }
 
 /* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
