@@ -370,8 +370,15 @@ static const shape shapes[] = {
     {700, 2600, 24, 2, 12, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
                                     * of 40 elements; a part-full last tile; rank <= 12 */
     {500, 600, 72, 4, 16, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
-    {2100, 72, 136, 2, 16, 0, 0},  /* one K slice; two bucketing rounds for the expand (the count
+    {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
+                                    * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */
+    /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0) and at most 2 slots
+     * are loaded (700 x 2600 x 24 above, and): */
+    {600, 64, 1032, 2, 16, 0, 0},  /* one adapter (the layer's too): three column slices, the last
+                                    * of 8 columns; a part-full last tile */
+    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters: B reloaded where the slot changes; the last slice
+                                    * of 72 columns; rank <= 11 */
 };
 #define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])

@@ -29,7 +29,9 @@
  *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
  *               accesses; tensor cores, T and an f16 B as two bf16 terms each) or
  *               multi_expand_kernel (CUDA cores). Its prologue (bucketing) runs before it waits
- *               for the shrink.
+ *               for the shrink. After the ordered shrink with at most 2 adapters loaded,
+ *               multi_expand_ordered_kernel instead: blocks (N slice, 64 consecutive tokens),
+ *               the tile grouped by slot in its prologue.
  *
  * Each adapter's A and B are read once per tile of tokens that use it (per K slice and per N slice
  * respectively), using the slot's own rank. Tokens without an adapter are in no shrink tile; the
@@ -517,80 +519,103 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_shrink_kernel(multi_ar
     }
 }
 
+/* ---- token order: a tile's tokens grouped in shared memory (the ordered shrink and expand) ---- */
+
+/* Where few adapters are loaded, the shrink and the expand take LF_ORDERED_TOKENS consecutive
+ * tokens a block and group them by slot there (ordered_group), instead of bucketing the whole
+ * batch in every block: stable, one thread a token counting the tokens that sort before it, each
+ * group cut into sub-tiles of up to 16 tokens (the mma's rows). Tokens without an adapter sort
+ * last, as the "slot" p.capacity, and are grouped only where the kernel must visit them (the
+ * expand with none_tiles); tokens past m never. */
+#define LF_ORDERED_TOKENS 64 /* tokens a tile */
+struct ordered_groups {
+    int key[LF_ORDERED_TOKENS];   /* a token's slot, p.capacity without one, INT_MAX when left out */
+    int order[LF_ORDERED_TOKENS]; /* position in slot order -> token offset in the tile */
+    int sub_pos[LF_ORDERED_TOKENS], sub_slot[LF_ORDERED_TOKENS], sub_cnt[LF_ORDERED_TOKENS]; /* sub-tiles:
+                                                                        * first position, key, tokens */
+    int heads[2];                 /* sub-tiles headed in each of the first two warps */
+};
+
+/* Groups the tile of tokens t0 .. t0 + LF_ORDERED_TOKENS - 1 (every thread of the block calls it;
+ * at least LF_ORDERED_TOKENS of them). Returns the sub-tiles; *ngrouped gets the tokens grouped
+ * (positions [0, *ngrouped)). with_none: tokens without an adapter are grouped too. */
+__device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordered_groups &og, int *ngrouped)
+{
+    constexpr int TT = LF_ORDERED_TOKENS, LEFT_OUT = INT_MAX;
+    static_assert(TT <= 2 * 32, "a thread a token, two warps of them");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int mine = LEFT_OUT; /* thread t < TT: token t's key */
+    if (threadIdx.x < TT && t0 + (int)threadIdx.x < p.m) {
+        const int s = lf_token_slot(p, t0 + (int)threadIdx.x);
+        mine = s >= 0 ? s : with_none ? p.capacity : LEFT_OUT;
+    }
+    if (threadIdx.x < TT)
+        og.key[threadIdx.x] = mine;
+    *ngrouped = __syncthreads_count(mine != LEFT_OUT);
+    /* thread t < TT: token t's position in key order (stable); a sub-tile starts at every 16th
+     * token of a key's group */
+    int cnt = 0, pos = -1;
+    if (mine != LEFT_OUT) {
+        const int me = (int)threadIdx.x;
+        int before = 0, same_before = 0, same = 0;
+        for (int u = 0; u < TT; u++) {
+            const int ku = og.key[u];
+            before += ku < mine;
+            same_before += ku == mine && u < me;
+            same += ku == mine;
+        }
+        pos = before + same_before;
+        og.order[pos] = me;
+        if (same_before % LF_MULTI_TB == 0)
+            cnt = min(LF_MULTI_TB, same - same_before);
+    }
+    /* the heads numbered in token order (any fixed order would do: a sub-tile's tokens are its own) */
+    const unsigned ball = __ballot_sync(0xffffffffu, cnt > 0);
+    if (lane == 0 && warp < 2)
+        og.heads[warp] = __popc(ball);
+    __syncthreads();
+    if (cnt > 0) {
+        const int idx = __popc(ball & ((1u << lane) - 1u)) + (warp == 1 ? og.heads[0] : 0);
+        og.sub_pos[idx] = pos, og.sub_slot[idx] = mine, og.sub_cnt[idx] = cnt;
+    }
+    __syncthreads();
+    return og.heads[0] + og.heads[1];
+}
+
 /* The shrink in token order, where few adapters are loaded (plan_of: ordered_shrink_fits): no
  * bucketing before x's stream starts. Block (K slice q of p.ks, tile of LF_ORDERED_TOKENS
- * consecutive tokens): the tile's tokens grouped by slot in shared memory (stable, one thread a
- * token counting the tokens that sort before it), each group cut into sub-tiles of up to 16; the
- * warps take (sub-tile, K half) items in turn, so that a tile of one adapter (4 sub-tiles) keeps
- * all 8 warps busy and one of several adapters (5–10) a few rounds of half the steps. An item
- * loads x's rows (two tokens a lane) and the slot's A rows (ranks g, g + 8) by 16-byte loads
- * straight from global memory, D K-steps in flight, and leaves its accumulators in shared memory;
- * the two halves are added in order and stored as the token's partial T [q][token][j]. A's rows
- * are read once per sub-tile (from L2). A token's sums never depend on its tile-mates (the mma's
- * rows are independent). 16-bit types, max_rank ≤ 16, x and A rows 16-byte aligned, K a multiple
- * of 8, ks a multiple of 32. */
-#define LF_ORDERED_TOKENS 64 /* tokens a tile */
+ * consecutive tokens, grouped by slot: ordered_group); the warps take (sub-tile, K half) items in
+ * turn, so that a tile of one adapter (4 sub-tiles) keeps all 8 warps busy and one of several
+ * adapters (5–10) a few rounds of half the steps. An item loads x's rows (two tokens a lane) and
+ * the slot's A rows (ranks g, g + 8) by 16-byte loads straight from global memory, D K-steps in
+ * flight, and leaves its accumulators in shared memory; the two halves are added in order and
+ * stored as the token's partial T [q][token][j]. A's rows are read once per sub-tile (from L2). A
+ * token's sums never depend on its tile-mates (the mma's rows are independent). 16-bit types,
+ * max_rank ≤ 16, x and A rows 16-byte aligned, K a multiple of 8, ks a multiple of 32. */
 #define LF_ORDERED_WARPS 8
 #define LF_ORDERED_D 4       /* K steps of 32 a lane holds in flight (8 measured no faster) */
 template <typename T>
 __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
 {
-    constexpr int TT = LF_ORDERED_TOKENS, NONE = INT_MAX, THREADS = 32 * LF_ORDERED_WARPS;
-    static_assert(TT <= 2 * 32 && THREADS >= TT, "a thread a token, two warps of them");
-    __shared__ int slot_of[TT];   /* a token's slot, NONE without one or past m */
-    __shared__ int order[TT];     /* position in slot order -> token offset in the tile */
-    __shared__ int sub_pos[TT], sub_slot[TT], sub_cnt[TT]; /* sub-tiles: first position, slot, tokens */
-    __shared__ int heads[2];      /* sub-tiles headed in each of the first two warps */
+    constexpr int TT = LF_ORDERED_TOKENS, THREADS = 32 * LF_ORDERED_WARPS;
+    static_assert(THREADS >= TT, "ordered_group: a thread a token");
+    __shared__ ordered_groups og;
     __shared__ float2 red[2][TT][8]; /* the K halves' sums: [half][position][rank pair] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int t0 = (int)blockIdx.y * TT;
     lf_pdl_wait(); /* x and the ids come from before; releasing after it lets the expand's prologue
                     * read the ids before its own wait, as after multi_shrink_kernel */
     lf_pdl_release();
-    int mine = NONE; /* thread t < TT: token t's slot */
-    if (threadIdx.x < TT && t0 + (int)threadIdx.x < p.m) {
-        const int s = lf_token_slot(p, t0 + (int)threadIdx.x);
-        mine = s < 0 ? NONE : s;
-    }
-    if (threadIdx.x < TT)
-        slot_of[threadIdx.x] = mine;
-    const int nvalid = __syncthreads_count(mine != NONE); /* positions [0, nvalid) hold tokens */
-    /* thread t < TT: token t's position in slot order (stable); a sub-tile starts at every 16th
-     * token of a slot's group */
-    int pos = -1, cnt = 0;
-    if (mine != NONE) {
-        const int me = (int)threadIdx.x;
-        int before = 0, same_before = 0, same = 0;
-        for (int u = 0; u < TT; u++) {
-            const int su = slot_of[u];
-            before += su < mine;
-            same_before += su == mine && u < me;
-            same += su == mine;
-        }
-        pos = before + same_before;
-        order[pos] = me;
-        if (same_before % 16 == 0)
-            cnt = min(16, same - same_before);
-    }
-    /* the heads numbered in token order (any fixed order would do: a sub-tile's tokens are its own) */
-    const unsigned ball = __ballot_sync(0xffffffffu, cnt > 0);
-    if (lane == 0 && warp < 2)
-        heads[warp] = __popc(ball);
-    __syncthreads();
-    if (cnt > 0) {
-        const int idx = __popc(ball & ((1u << lane) - 1u)) + (warp == 1 ? heads[0] : 0);
-        sub_pos[idx] = pos, sub_slot[idx] = mine, sub_cnt[idx] = cnt;
-    }
-    __syncthreads();
-    const int nsub = heads[0] + heads[1];
+    int nvalid;
+    const int nsub = ordered_group(p, t0, false, og, &nvalid);
 
     const int k0 = (int)blockIdx.x * p.ks, steps = (min(p.ks, p.k - k0) + 31) / 32, per = (steps + 1) / 2;
     const T *x = (const T *)p.x + k0;
     for (int it = warp; it < 2 * nsub; it += LF_ORDERED_WARPS) {
         const int sb = it >> 1, h = it & 1, lo = min(steps, h * per), n_steps = min(steps, lo + per) - lo;
-        const int slot = sub_slot[sb], n_tok = sub_cnt[sb], rank = p.slots[slot].rank;
-        const int pos0 = sub_pos[sb] + g, pos1 = pos0 + 8;
-        const int tok0 = g < n_tok ? t0 + order[pos0] : -1, tok1 = g + 8 < n_tok ? t0 + order[pos1] : -1;
+        const int slot = og.sub_slot[sb], n_tok = og.sub_cnt[sb], rank = p.slots[slot].rank;
+        const int pos0 = og.sub_pos[sb] + g, pos1 = pos0 + 8;
+        const int tok0 = g < n_tok ? t0 + og.order[pos0] : -1, tok1 = g + 8 < n_tok ? t0 + og.order[pos1] : -1;
         const T *x0 = x + (int64_t)max(tok0, 0) * p.ldx + 32 * lo, *x1 = x + (int64_t)max(tok1, 0) * p.ldx + 32 * lo;
         const T *a0 = (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo, *a1 = a0 + 8 * p.lda;
         /* step j's loads: x rows (tokens g, g + 8: the mma's A operand), A rows g and g + 8 (its B
@@ -634,7 +659,7 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
         const int pr = i >> 4, j = i & 15;
         if (j < p.max_rank) {
             const float *h0 = (const float *)red[0][pr], *h1 = (const float *)red[1][pr];
-            p.tpart[((int64_t)blockIdx.x * p.m + t0 + order[pr]) * p.max_rank + j] = h0[j] + h1[j];
+            p.tpart[((int64_t)blockIdx.x * p.m + t0 + og.order[pr]) * p.max_rank + j] = h0[j] + h1[j];
         }
     }
 }
@@ -854,10 +879,81 @@ __device__ __forceinline__ void load_b_chunk(uint32_t (&bh)[G][4][2], uint32_t (
  * reads in distinct bank pairs. */
 __host__ __device__ inline int expand_ldt(int max_rank) { return (max_rank + 15) / 16 * 16 + 8; }
 
+/* T's fragment of one rank chunk as hi and lo bf16 terms: rows g (row_g) and g + 8 (row_g8), each
+ * pointing at the chunk's first rank in shared memory; ranks 2q + {0, 1, 8, 9}. */
+__device__ __forceinline__ void t_fragment(const float *row_g, const float *row_g8, int q, uint32_t (&ah)[4],
+                                           uint32_t (&al)[4])
+{
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        const float2 v = *(const float2 *)&((h & 1) ? row_g8 : row_g)[2 * q + 8 * (h >> 1)];
+        split_bf16(v.x, v.y, ah[h], al[h]);
+    }
+}
+
+/* acc += T·B over one rank chunk, all bf16 mmas: T's hi and lo terms times B's hi term, and for an
+ * f16 B its lo term times T's hi term. */
+template <typename T, int G>
+__device__ __forceinline__ void mma_t_b(float (&acc)[G][4][4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+                                        const uint32_t (&bh)[G][4][2], const uint32_t (&bl)[G][4][2])
+{
+#pragma unroll
+    for (int i = 0; i < G; i++)
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+            mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bh[i][st][0], bh[i][st][1]);
+            mma16816<__nv_bfloat16>(acc[i][st], al[0], al[1], al[2], al[3], bh[i][st][0], bh[i][st][1]);
+            if (std::is_same<T, __half>::value) /* bf16's B is one bf16 term */
+                mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bl[i][st][0], bl[i][st][1]);
+        }
+}
+
+/* The old y a sub-tile's rows need (beta ≠ 0): rows row_tok (-1: none), lane q's 8 columns of
+ * each of the warp's G groups from cw on. */
+template <typename T, int G>
+__device__ __forceinline__ void load_old_y(uint4 (&yv)[2][G], const multi_args &p, const int (&row_tok)[2], int cw,
+                                           int q)
+{
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int i = 0; i < G; i++) {
+            const int col = cw + i * 32 + 8 * q;
+            yv[r][i] = row_tok[r] >= 0 && col < p.n && p.beta != 0.0f
+                           ? *(const uint4 *)((const T *)p.y + (int64_t)row_tok[r] * p.ldy + col)
+                           : make_uint4(0u, 0u, 0u, 0u);
+        }
+}
+
+/* y of a sub-tile's rows row_tok from the accumulators (finish8: bias, base, beta·y, rounded once).
+ * Lane (g, q)'s accumulators of one row are the 8 consecutive columns 8q .. 8q + 7 of a group. */
+template <typename T, int G>
+__device__ __forceinline__ void store_rows(const float (&acc)[G][4][4], const multi_args &p, const int (&row_tok)[2],
+                                           const uint4 (&yv)[2][G], int cw, int q)
+{
+    const T *bias = (const T *)p.bias;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (row_tok[r] < 0)
+            continue;
+#pragma unroll
+        for (int i = 0; i < G; i++) {
+            const int col = cw + i * 32 + 8 * q;
+            if (col >= p.n)
+                continue;
+            float v[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                v[e] = acc[i][e >> 1][2 * r + (e & 1)];
+            finish8<T>(v, bias ? bias + col : NULL, p.base ? p.base + (int64_t)row_tok[r] * p.n + col : NULL, p.beta,
+                       yv[r][i], (T *)p.y + (int64_t)row_tok[r] * p.ldy + col);
+        }
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(multi_args p)
 {
-    constexpr bool SPLIT_B = std::is_same<T, __half>::value; /* bf16's B is one bf16 term */
     constexpr int G = LF_EXPAND_GROUPS;
     __shared__ bucket_tables bt;
     __shared__ int tok[LF_MULTI_TB_MAX];
@@ -867,8 +963,6 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int ldt = expand_ldt(p.max_rank);
     const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
-    const T *bias = (const T *)p.bias;
-    T *y = (T *)p.y;
     for (int ti = blockIdx.y; ti < ntiles; ti += gridDim.y) {
         const int4 tile = expand_tile(p, bt, ti, tok, first);
         if (tile.x < 0 && !p.none_tiles)
@@ -898,57 +992,99 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
                 const int row_tok[2] = {u0 + g < prows ? tok[p0 + u0 + g] : -1,
                                         u0 + g + 8 < prows ? tok[p0 + u0 + g + 8] : -1};
                 uint4 yv[2][G];
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-#pragma unroll
-                    for (int i = 0; i < G; i++) {
-                        const int col = cw + i * 32 + 8 * q;
-                        yv[r][i] = row_tok[r] >= 0 && col < p.n && p.beta != 0.0f
-                                       ? *(const uint4 *)(y + (int64_t)row_tok[r] * p.ldy + col)
-                                       : make_uint4(0u, 0u, 0u, 0u);
-                    }
+                load_old_y<T, G>(yv, p, row_tok, cw, q);
                 float acc[G][4][4] = {};
                 for (int c = 0; c < kc; c++) {
-                    /* T's fragment (rows g, g + 8; ranks 16c + 2q + {0, 1, 8, 9}) as hi and lo terms */
                     uint32_t ah[4], al[4];
-#pragma unroll
-                    for (int h = 0; h < 4; h++) {
-                        const float2 v =
-                            *(const float2 *)&ts[(u0 + g + 8 * (h & 1)) * ldt + 16 * c + 2 * q + 8 * (h >> 1)];
-                        split_bf16(v.x, v.y, ah[h], al[h]);
-                    }
+                    t_fragment(&ts[(u0 + g) * ldt + 16 * c], &ts[(u0 + g + 8) * ldt + 16 * c], q, ah, al);
                     if (kc > 1)
                         load_b_chunk<T, G>(bh, bl, b, p.ldb, c, rank, cw, p.n, g, q);
-#pragma unroll
-                    for (int i = 0; i < G; i++)
-#pragma unroll
-                        for (int st = 0; st < 4; st++) {
-                            mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bh[i][st][0], bh[i][st][1]);
-                            mma16816<__nv_bfloat16>(acc[i][st], al[0], al[1], al[2], al[3], bh[i][st][0], bh[i][st][1]);
-                            if (SPLIT_B)
-                                mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bl[i][st][0],
-                                                        bl[i][st][1]);
-                        }
+                    mma_t_b<T, G>(acc, ah, al, bh, bl);
                 }
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    if (row_tok[r] < 0)
-                        continue;
-#pragma unroll
-                    for (int i = 0; i < G; i++) {
-                        const int col = cw + i * 32 + 8 * q;
-                        if (col >= p.n)
-                            continue;
-                        float v[8];
-#pragma unroll
-                        for (int e = 0; e < 8; e++)
-                            v[e] = acc[i][e >> 1][2 * r + (e & 1)];
-                        finish8<T>(v, bias ? bias + col : NULL, p.base ? p.base + (int64_t)row_tok[r] * p.n + col : NULL,
-                                   p.beta, yv[r][i], y + (int64_t)row_tok[r] * p.ldy + col);
-                    }
-                }
+                store_rows<T, G>(acc, p, row_tok, yv, cw, q);
             }
         }
+    }
+}
+
+/* The expand in token order, after multi_shrink_ordered_kernel where y's rows take 16-byte
+ * accesses (16-bit; plan_of). Block (N slice of bn = WARPS · EXPAND_GROUPS · 32 columns, tile of
+ * LF_ORDERED_TOKENS consecutive tokens): the prologue, before the wait for the shrink, groups the
+ * tile's tokens by slot (ordered_group; the ids come from before the shrink, which waits before it
+ * releases) and loads the first sub-tile's B fragments (B is no kernel's output), so that no
+ * bucketing stands between the two kernels. After the wait, T = scale·Σ_q partials (by token, fixed
+ * order) for the tile's positions into shared memory; then warp w takes every sub-tile for its
+ * columns, as multi_expand_mma_kernel does (two bf16 terms, finish8's 16-byte stores), reloading
+ * B's fragments only where the slot changes: with one adapter B is read once a block. Tokens
+ * without an adapter are visited where y changes (none_tiles), with no LoRA term. max_rank ≤ 16
+ * (one rank chunk). */
+template <typename T>
+__global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kernel(multi_args p)
+{
+    constexpr int G = LF_EXPAND_GROUPS, TT = LF_ORDERED_TOKENS, LDT = 16 + 8; /* + 8: see expand_ldt */
+    constexpr int PER_THREAD = TT * 16 / LF_MULTI_THREADS; /* T values a thread sums */
+    static_assert(LF_MULTI_THREADS >= TT && TT * 16 % LF_MULTI_THREADS == 0, "ordered_group; T's staging");
+    __shared__ ordered_groups og;
+    __shared__ float ts[TT][LDT]; /* T of the tile's positions, scaled; zero past the slot's rank */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int t0 = (int)blockIdx.y * TT;
+    const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
+    int ngrouped;
+    const int nsub = ordered_group(p, t0, p.none_tiles, og, &ngrouped);
+    uint32_t bh[G][4][2], bl[G][4][2];
+    int held = -1; /* the slot whose fragments bh, bl hold */
+    auto hold_b = [&](int slot) {
+        if (slot != held && slot < p.capacity)
+            load_b_chunk<T, G>(bh, bl, (const T *)p.b + (int64_t)slot * p.max_rank * p.ldb, p.ldb, 0,
+                               p.slots[slot].rank, cw, p.n, g, q);
+        held = slot;
+    };
+    if (nsub > 0 && cw < p.n)
+        hold_b(og.sub_slot[0]);
+    lf_pdl_wait();
+    lf_pdl_release();
+
+    /* T: thread i sums rank i % 16 of positions i / 16, i / 16 + 16, ...; the partials of the
+     * positions it holds are loaded together, slice by slice */
+    float tv[PER_THREAD] = {};
+    const int j = threadIdx.x & 15;
+    int ranks[PER_THREAD];
+    const float *src[PER_THREAD];
+#pragma unroll
+    for (int r = 0; r < PER_THREAD; r++) {
+        const int pr = (int)threadIdx.x / 16 + r * (LF_MULTI_THREADS / 16);
+        const int key = pr < ngrouped ? og.key[og.order[pr]] : p.capacity;
+        ranks[r] = key < p.capacity ? p.slots[key].rank : 0;
+        src[r] = p.tpart + (int64_t)(t0 + (pr < ngrouped ? og.order[pr] : 0)) * p.max_rank + j;
+    }
+    const int64_t slice = (int64_t)p.m * p.max_rank;
+    for (int qs = 0; qs < p.kslices; qs++)
+#pragma unroll
+        for (int r = 0; r < PER_THREAD; r++)
+            if (j < ranks[r])
+                tv[r] += src[r][qs * slice];
+#pragma unroll
+    for (int r = 0; r < PER_THREAD; r++) {
+        const int pr = (int)threadIdx.x / 16 + r * (LF_MULTI_THREADS / 16);
+        ts[pr][j] = j < ranks[r] ? p.slots[og.key[og.order[pr]]].scale * tv[r] : 0.0f;
+    }
+    __syncthreads();
+    if (cw >= p.n)
+        return;
+    for (int sb = 0; sb < nsub; sb++) {
+        const int slot = og.sub_slot[sb], n_tok = og.sub_cnt[sb], pos0 = og.sub_pos[sb] + g;
+        const int row_tok[2] = {g < n_tok ? t0 + og.order[pos0] : -1, g + 8 < n_tok ? t0 + og.order[pos0 + 8] : -1};
+        uint4 yv[2][G];
+        load_old_y<T, G>(yv, p, row_tok, cw, q);
+        float acc[G][4][4] = {};
+        if (slot < p.capacity) {
+            hold_b(slot);
+            /* rows past the sub-tile belong to the next one (or to no token) and are not stored */
+            uint32_t ah[4], al[4];
+            t_fragment(ts[min(pos0, TT - 1)], ts[min(pos0 + 8, TT - 1)], q, ah, al);
+            mma_t_b<T, G>(acc, ah, al, bh, bl);
+        }
+        store_rows<T, G>(acc, p, row_tok, yv, cw, q);
     }
 }
 
@@ -1413,6 +1549,7 @@ struct multi_plan {
     bool fused;   /* multi_fused_kernel (else the shrink and the expand) */
     bool ordered; /* the shrink is multi_shrink_ordered_kernel */
     bool expand_mma; /* multi_expand_mma_kernel (else multi_expand_kernel) */
+    bool expand_ordered; /* multi_expand_ordered_kernel (after the ordered shrink, in expand_mma's place) */
     int max_tiles;
     dim3 shrink_grid, expand_grid, fused_grid;
     size_t shrink_smem, expand_smem, fused_smem;
@@ -1493,11 +1630,18 @@ bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *s
            a.m <= 65535 * LF_ORDERED_TOKENS; /* a block a tile: grid rows stay within CUDA's limit */
 }
 
+/* The token-ordered expand (after the ordered shrink, where y takes multi_expand_mma_kernel's
+ * 16-byte rows) reloads B's fragments at every slot change within a tile: with 1 adapter it read
+ * B once a block and gained 5 µs at 2048 tokens, with 8 a tile's ~10 sub-tiles each waited for
+ * their B (8 × 2048 41.4 → 47.0 µs, 8 × 8192 121 → 161; dev/cuda/NOTES.md, nineteenth session). */
+#define LF_ORDERED_EXPAND_MAX_LOADED 1
+bool ordered_expand_fits(const lf_adapter_set *set) { return set->loaded <= LF_ORDERED_EXPAND_MAX_LOADED; }
+
 /* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
  * live: at most this many adapters are used (adapters_at_most), for the tile estimate.
- * ordered_ok: ordered_shrink_fits. */
+ * ordered_ok: ordered_shrink_fits; ordered_expand_ok: ordered_expand_fits. */
 multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
-                   bool with_base, size_t es, bool vec16_y, bool ordered_ok)
+                   bool with_base, size_t es, bool vec16_y, bool ordered_ok, bool ordered_expand_ok)
 {
     multi_plan pl = {};
     a.tb = LF_MULTI_TB;
@@ -1516,6 +1660,7 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
         a.kslices = (a.k + a.ks - 1) / a.ks;
         if (pl.ordered) /* a block a (K slice, tile) */
             pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)ordered_tiles);
+        pl.expand_ordered = pl.ordered && pl.expand_mma && ordered_expand_ok;
         a.bn = pl.expand_mma ? LF_MULTI_WARPS * LF_EXPAND_GROUPS * 32 : 256;
         a.expand_rows = expand_rows(a.max_rank);
     }
@@ -1547,15 +1692,19 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
         const int expand_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / nslices);
         if (!pl.ordered)
             pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(shrink_groups, cap)));
-        pl.expand_grid = dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
+        pl.expand_grid = pl.expand_ordered /* a block a (N slice, tile) */
+                             ? dim3((unsigned)nslices, (unsigned)((a.m + LF_ORDERED_TOKENS - 1) / LF_ORDERED_TOKENS))
+                             : dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
         pl.shrink_smem = pl.ordered ? 0 : shrink_smem_bytes(a.ks, es);
-        pl.expand_smem = expand_smem_bytes(a.max_rank, pl.expand_mma);
+        pl.expand_smem = pl.expand_ordered ? 0 : expand_smem_bytes(a.max_rank, pl.expand_mma);
     }
     size_t at = 0; /* the fused kernel needs no partials */
     pl.tpart = at, at += pl.fused ? 0 : align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
     pl.base = at, at += with_base ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
     pl.dout = at, at += with_dout ? align256((size_t)a.m * a.n * sizeof(float)) : 0;
-    a.chunks = pl.fused || a.m <= LF_BUCKET_SPAN ? 0 : (a.m + LF_BUCKET_SPAN - 1) / LF_BUCKET_SPAN;
+    /* round counts for the kernels that bucket past one round */
+    const bool buckets = !pl.fused && !pl.expand_ordered;
+    a.chunks = !buckets || a.m <= LF_BUCKET_SPAN ? 0 : (a.m + LF_BUCKET_SPAN - 1) / LF_BUCKET_SPAN;
     pl.counts = at, at += align256((size_t)a.chunks * (a.capacity + 1) * sizeof(int));
     pl.total = at;
     return pl;
@@ -1578,6 +1727,9 @@ cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vec
             return lf_cuda_launch(multi_shrink_ordered_kernel<T>, pl.shrink_grid, 32 * LF_ORDERED_WARPS, 0, pdl, st, a);
     if (which == 0)
         return lf_cuda_launch(multi_shrink_kernel<T>, pl.shrink_grid, LF_MULTI_THREADS, pl.shrink_smem, pdl, st, a);
+    if constexpr (sizeof(T) == 2)
+        if (pl.expand_ordered)
+            return lf_cuda_launch(multi_expand_ordered_kernel<T>, pl.expand_grid, LF_MULTI_THREADS, 0, pdl, st, a);
     if constexpr (sizeof(T) == 2)
         if (pl.expand_mma)
             return lf_cuda_launch(multi_expand_mma_kernel<T>, pl.expand_grid, LF_MULTI_THREADS, pl.expand_smem, pdl, st,
@@ -1811,7 +1963,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     multi_plan pl =
         plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
-                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL));
+                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL), ordered_expand_fits(set));
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
