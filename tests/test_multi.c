@@ -373,12 +373,14 @@ static const shape shapes[] = {
     {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
                                     * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */
-    /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0) and at most 2 slots
-     * are loaded (700 x 2600 x 24 above, and): */
-    {600, 64, 1032, 2, 16, 0, 0},  /* one adapter (the layer's too): three column slices, the last
-                                    * of 8 columns; a part-full last tile */
-    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters: B reloaded where the slot changes; the last slice
-                                    * of 72 columns; rank <= 11 */
+    /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0) and one slot is
+     * loaded (700 x 2600 x 24 above, and): */
+    {600, 64, 1032, 2, 16, 0, 0},  /* the layer's too: three column slices, the last of 8 columns; a
+                                    * part-full last tile */
+    {2100, 72, 136, 2, 16, 0, 0},  /* past one bucketing round with no kernel bucketing: no count
+                                    * kernel */
+    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters: the ordered shrink, then the tensor-core bucketed
+                                    * expand reading T by token; the last slice of 72 columns */
 };
 #define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])

@@ -29,7 +29,7 @@
  *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
  *               accesses; tensor cores, T and an f16 B as two bf16 terms each) or
  *               multi_expand_kernel (CUDA cores). Its prologue (bucketing) runs before it waits
- *               for the shrink. After the ordered shrink with at most 2 adapters loaded,
+ *               for the shrink. After the ordered shrink with one adapter loaded,
  *               multi_expand_ordered_kernel instead: blocks (N slice, 64 consecutive tokens),
  *               the tile grouped by slot in its prologue.
  *
@@ -87,8 +87,8 @@ struct multi_args : lf_token_map {
     bool vec_x, vec_a, vec_b; /* 16-byte copies of x, A and B rows (loads: the ordered shrink) */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
     int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
-    /* M past one bucketing round: [chunks][capacity + 1] tokens of each bin in each round's span of
-     * the token order (multi_count_kernel); NULL otherwise */
+    /* M past one bucketing round, where a kernel buckets: [chunks][capacity + 1] tokens of each bin
+     * in each round's span of the token order (multi_count_kernel); NULL otherwise */
     const int *chunk_counts;
     int chunks;
 };
@@ -1017,7 +1017,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
  * columns, as multi_expand_mma_kernel does (two bf16 terms, finish8's 16-byte stores), reloading
  * B's fragments only where the slot changes: with one adapter B is read once a block. Tokens
  * without an adapter are visited where y changes (none_tiles), with no LoRA term. max_rank ≤ 16
- * (one rank chunk). */
+ * (one rank chunk). Correct with any number of slots (test_multi passed with 2 and 4 loaded while
+ * the rule allowed them), but taken with one (ordered_expand_fits). */
 template <typename T>
 __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kernel(multi_args p)
 {
@@ -1025,7 +1026,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
     constexpr int PER_THREAD = TT * 16 / LF_MULTI_THREADS; /* T values a thread sums */
     static_assert(LF_MULTI_THREADS >= TT && TT * 16 % LF_MULTI_THREADS == 0, "ordered_group; T's staging");
     __shared__ ordered_groups og;
-    __shared__ float ts[TT][LDT]; /* T of the tile's positions, scaled; zero past the slot's rank */
+    __shared__ __align__(16) float ts[TT][LDT]; /* T of the tile's positions, scaled; zero past the
+                                                 * slot's rank (read as float2) */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int t0 = (int)blockIdx.y * TT;
     const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
@@ -1039,8 +1041,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
                                p.slots[slot].rank, cw, p.n, g, q);
         held = slot;
     };
-    if (nsub > 0 && cw < p.n)
-        hold_b(og.sub_slot[0]);
+    if (ngrouped > 0 && cw < p.n) /* position 0 has the smallest key: a slot, if the tile has one */
+        hold_b(og.key[og.order[0]]);
     lf_pdl_wait();
     lf_pdl_release();
 
