@@ -879,7 +879,8 @@ __device__ __forceinline__ void load_b_chunk(uint32_t (&bh)[G][4][2], uint32_t (
  * reads in distinct bank pairs. */
 __host__ __device__ inline int expand_ldt(int max_rank) { return (max_rank + 15) / 16 * 16 + 8; }
 
-/* T's fragment of one rank chunk as hi and lo bf16 terms: rows g (row_g) and g + 8 (row_g8), each
+/* A sub-tile's steps in multi_expand_ordered_kernel (multi_expand_mma_kernel writes the same out).
+ * T's fragment of one rank chunk as hi and lo bf16 terms: rows g (row_g) and g + 8 (row_g8), each
  * pointing at the chunk's first rank in shared memory; ranks 2q + {0, 1, 8, 9}. */
 __device__ __forceinline__ void t_fragment(const float *row_g, const float *row_g8, int q, uint32_t (&ah)[4],
                                            uint32_t (&al)[4])
@@ -951,9 +952,14 @@ __device__ __forceinline__ void store_rows(const float (&acc)[G][4][4], const mu
     }
 }
 
+/* The steps of a sub-tile (T's fragment, the mma, old y, finish8) are the helpers above written
+ * out: through them ptxas scheduled this kernel ~1 µs slower at 64 adapters × 2048 tokens (58.0 →
+ * 59.1 µs, three device calls; dev/cuda/NOTES.md, nineteenth session), so only
+ * multi_expand_ordered_kernel calls them. */
 template <typename T>
 __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(multi_args p)
 {
+    constexpr bool SPLIT_B = std::is_same<T, __half>::value; /* bf16's B is one bf16 term */
     constexpr int G = LF_EXPAND_GROUPS;
     __shared__ bucket_tables bt;
     __shared__ int tok[LF_MULTI_TB_MAX];
@@ -963,6 +969,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int ldt = expand_ldt(p.max_rank);
     const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
+    const T *bias = (const T *)p.bias;
+    T *y = (T *)p.y;
     for (int ti = blockIdx.y; ti < ntiles; ti += gridDim.y) {
         const int4 tile = expand_tile(p, bt, ti, tok, first);
         if (tile.x < 0 && !p.none_tiles)
@@ -992,16 +1000,55 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
                 const int row_tok[2] = {u0 + g < prows ? tok[p0 + u0 + g] : -1,
                                         u0 + g + 8 < prows ? tok[p0 + u0 + g + 8] : -1};
                 uint4 yv[2][G];
-                load_old_y<T, G>(yv, p, row_tok, cw, q);
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+#pragma unroll
+                    for (int i = 0; i < G; i++) {
+                        const int col = cw + i * 32 + 8 * q;
+                        yv[r][i] = row_tok[r] >= 0 && col < p.n && p.beta != 0.0f
+                                       ? *(const uint4 *)(y + (int64_t)row_tok[r] * p.ldy + col)
+                                       : make_uint4(0u, 0u, 0u, 0u);
+                    }
                 float acc[G][4][4] = {};
                 for (int c = 0; c < kc; c++) {
+                    /* T's fragment (rows g, g + 8; ranks 16c + 2q + {0, 1, 8, 9}) as hi and lo terms */
                     uint32_t ah[4], al[4];
-                    t_fragment(&ts[(u0 + g) * ldt + 16 * c], &ts[(u0 + g + 8) * ldt + 16 * c], q, ah, al);
+#pragma unroll
+                    for (int h = 0; h < 4; h++) {
+                        const float2 v =
+                            *(const float2 *)&ts[(u0 + g + 8 * (h & 1)) * ldt + 16 * c + 2 * q + 8 * (h >> 1)];
+                        split_bf16(v.x, v.y, ah[h], al[h]);
+                    }
                     if (kc > 1)
                         load_b_chunk<T, G>(bh, bl, b, p.ldb, c, rank, cw, p.n, g, q);
-                    mma_t_b<T, G>(acc, ah, al, bh, bl);
+#pragma unroll
+                    for (int i = 0; i < G; i++)
+#pragma unroll
+                        for (int st = 0; st < 4; st++) {
+                            mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bh[i][st][0], bh[i][st][1]);
+                            mma16816<__nv_bfloat16>(acc[i][st], al[0], al[1], al[2], al[3], bh[i][st][0], bh[i][st][1]);
+                            if (SPLIT_B)
+                                mma16816<__nv_bfloat16>(acc[i][st], ah[0], ah[1], ah[2], ah[3], bl[i][st][0],
+                                                        bl[i][st][1]);
+                        }
                 }
-                store_rows<T, G>(acc, p, row_tok, yv, cw, q);
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    if (row_tok[r] < 0)
+                        continue;
+#pragma unroll
+                    for (int i = 0; i < G; i++) {
+                        const int col = cw + i * 32 + 8 * q;
+                        if (col >= p.n)
+                            continue;
+                        float v[8];
+#pragma unroll
+                        for (int e = 0; e < 8; e++)
+                            v[e] = acc[i][e >> 1][2 * r + (e & 1)];
+                        finish8<T>(v, bias ? bias + col : NULL, p.base ? p.base + (int64_t)row_tok[r] * p.n + col : NULL,
+                                   p.beta, yv[r][i], y + (int64_t)row_tok[r] * p.ldy + col);
+                    }
+                }
             }
         }
     }
