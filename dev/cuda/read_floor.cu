@@ -18,6 +18,10 @@
  * Operands rotate over 8 buffers (256 MiB or more) so that W never sits in the 50 MB L2.
  *
  *   make -C dev/cuda bin/read_floor && dev/cuda/bin/read_floor      (on the device)
+ *
+ * `read_floor tile` times instead the many-adapter shrink's x at 2048 tokens (16 MiB, rows of 8
+ * KiB) read in the (rows × bytes) tiles a shrink block can take, beside a contiguous range a block
+ * (dev/cuda/NOTES.md, twentieth session: every pattern 6.9–7.3 µs on the H100).
  */
 #include <cuda_runtime.h>
 
@@ -26,6 +30,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { ROT = 8, LAUNCHES = 24, REPLAYS = 20 };
 
@@ -55,6 +60,30 @@ __global__ void read_ld(const uint4 *__restrict__ w, size_t total, unsigned *sin
         for (int u = 0; u < U; ++u) {
             const size_t j = i + u * step;
             v[u] = j < end ? (NC ? ld_nc(w + j) : w[j]) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    keep(acc, sink);
+}
+
+/* The many-adapter shrink's request pattern: block (x, y) reads rows y·R .. y·R + R - 1 of a
+ * row-major matrix, bytes x·C .. x·C + C - 1 of each (rows of S bytes), U vectors a thread in
+ * flight. */
+template <int U>
+__global__ void read_tile(const char *__restrict__ w, int row_bytes, int tile_rows, int chunk_bytes, unsigned *sink)
+{
+    const char *base = w + (size_t)blockIdx.y * tile_rows * row_bytes + (size_t)blockIdx.x * chunk_bytes;
+    const int vpr = chunk_bytes / 16, n = tile_rows * vpr;
+    unsigned acc = 0;
+    for (int i = threadIdx.x; i < n; i += U * blockDim.x) {
+        uint4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = i + u * blockDim.x;
+            v[u] = e < n ? ld_nc((const uint4 *)(base + (size_t)(e / vpr) * row_bytes + (e % vpr) * 16))
+                         : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u)
@@ -148,11 +177,53 @@ static void launch_bulk(const void *w, size_t bytes, unsigned *sink, cudaStream_
 {
     read_bulk<STAGES, CHUNK><<<g_blocks, g_threads, STAGES * CHUNK, st>>>((const char *)w, bytes, sink);
 }
+static int g_row_bytes, g_tile_rows, g_chunk;
+template <int U>
+static void launch_tile(const void *w, size_t bytes, unsigned *sink, cudaStream_t st)
+{
+    const dim3 grid((unsigned)(g_row_bytes / g_chunk), (unsigned)(bytes / g_row_bytes / g_tile_rows));
+    read_tile<U><<<grid, g_threads, 0, st>>>((const char *)w, g_row_bytes, g_tile_rows, g_chunk, sink);
+}
+
 static void launch_empty(const void *, size_t, unsigned *sink, cudaStream_t st) { empty_kernel<<<g_blocks, 32, 0, st>>>(sink); }
 static void *g_dst;
 static void launch_memcpy(const void *w, size_t bytes, unsigned *, cudaStream_t st)
 {
     CK(cudaMemcpyAsync(g_dst, w, bytes, cudaMemcpyDeviceToDevice, st));
+}
+
+/* `read_floor tile`: x of the many-adapter delta at 2048 tokens (16 MiB, rows of 8 KiB) read in
+ * the tiles a shrink block can take, beside a contiguous range a block. */
+static void tile_patterns(void *const *bufs, unsigned *sink, cudaStream_t st, int sms)
+{
+    const size_t bytes = (size_t)16 << 20;
+    g_blocks = sms, g_threads = 32;
+    const double copy_us = time_graph(launch_memcpy, bufs, bytes, sink, st);
+    const double copy_gbs = 2.0 * bytes / (copy_us * 1e3);
+    printf("\n== 16 MiB, rows of 8 KiB: copy %.1f GB/s; read floor at that rate %.2f us\n", copy_gbs,
+           bytes / (copy_gbs * 1e3));
+    struct tile {
+        int rows, chunk, threads;
+        launch_fn fn;
+        const char *u;
+    } tiles[] = {
+        {64, 1024, 256, launch_tile<16>, "U16"}, {64, 1024, 256, launch_tile<4>, "U4"},
+        {64, 512, 256, launch_tile<8>, "U8"},    {16, 4096, 256, launch_tile<16>, "U16"},
+        {8, 8192, 256, launch_tile<16>, "U16"},  {32, 2048, 256, launch_tile<16>, "U16"},
+        {64, 1024, 512, launch_tile<8>, "U8"},
+    };
+    g_row_bytes = 8192;
+    for (const tile &t : tiles) {
+        g_tile_rows = t.rows, g_chunk = t.chunk, g_threads = t.threads;
+        const double us = time_graph(t.fn, bufs, bytes, sink, st);
+        printf("tile %2d rows x %4d B, %3d threads, %s, %4zu blocks  %8.2f us  %7.1f GB/s  %5.1f%% of copy\n",
+               t.rows, t.chunk, t.threads, t.u, bytes / 8192 / t.rows * (8192 / t.chunk), us, bytes / (us * 1e3),
+               100.0 * bytes / (us * 1e3) / copy_gbs);
+    }
+    g_blocks = 2 * sms, g_threads = 256;
+    const double us = time_graph(launch_ld<8, true, true>, bufs, bytes, sink, st);
+    printf("contiguous ld-gs U8, 2/SM x 256               %8.2f us  %7.1f GB/s  %5.1f%% of copy\n", us,
+           bytes / (us * 1e3), 100.0 * bytes / (us * 1e3) / copy_gbs);
 }
 
 template <int STAGES, int CHUNK>
@@ -161,7 +232,7 @@ static void allow_bulk_smem(void)
     CK(cudaFuncSetAttribute(read_bulk<STAGES, CHUNK>, cudaFuncAttributeMaxDynamicSharedMemorySize, STAGES * CHUNK));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     int sms;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -204,6 +275,10 @@ int main(void)
         {"bulk 6x16K", launch_bulk<6, 16384>, 2, 256},
         {"memcpy", launch_memcpy, 0, 0},
     };
+    if (argc > 1 && strcmp(argv[1], "tile") == 0) {
+        tile_patterns(bufs, sink, st, sms);
+        return 0;
+    }
     const int nv = sizeof variants / sizeof variants[0];
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s) {
         const size_t bytes = sizes[s];

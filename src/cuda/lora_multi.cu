@@ -84,6 +84,9 @@ struct multi_args : lf_token_map {
     float *tpart;    /* [kslices][position or token][max_rank] */
     bool t_by_token; /* tpart's rows are tokens (multi_shrink_ordered_kernel), else positions */
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
+    bool stage_x;    /* the ordered shrink copies x's rows into shared memory (few slots loaded) */
+    int only_slot;   /* the set's one loaded slot where it has exactly one, else -1: the ordered
+                      * shrink then stages its A rows beside x */
     bool vec_x, vec_a, vec_b; /* 16-byte copies of x, A and B rows (loads: the ordered shrink) */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
     int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
@@ -519,6 +522,73 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS) multi_shrink_kernel(multi_ar
     }
 }
 
+/* ---- mbarriers that count bytes: the ordered shrink's rows of x (bulk copies) and the fused
+ * kernel's partials from its cluster (st.async). Asynchronous copies exist from sm_90 on; the
+ * helpers assemble to nothing for sm_80, where plan_of takes neither kernel. ---- */
+
+/* Thread 0: an mbarrier expecting `count` arrivals (each may announce bytes with recv_expect). */
+__device__ __forceinline__ void recv_init(unsigned long long *bar, unsigned count)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n\tfence.mbarrier_init.release.cluster;" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar)),
+                 "r"(count)
+                 : "memory");
+#else
+    (void)bar, (void)count;
+#endif
+}
+
+/* One arrival, announcing `bytes` the barrier's phase waits for besides the arrivals. */
+__device__ __forceinline__ void recv_expect(unsigned long long *bar, unsigned bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(bar)),
+                 "r"(bytes)
+                 : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
+
+/* Until the barrier's first phase has completed (every arrival and every announced byte), after
+ * which the bytes are visible to the caller. */
+__device__ __forceinline__ void recv_wait(unsigned long long *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned b = (unsigned)__cvta_generic_to_shared(bar);
+    unsigned done;
+    do {
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n\t"
+                     "selp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done)
+                     : "r"(b)
+                     : "memory");
+    } while (!done);
+#else
+    (void)bar;
+#endif
+}
+
+/* `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory into this block's
+ * shared memory by the copy engine, counted on bar (announced by recv_expect first). */
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, unsigned long long *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     (unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar))
+                 : "memory");
+#else
+    (void)dst, (void)src, (void)bytes, (void)bar;
+#endif
+}
+
+/* The line holding p into L2, nothing returned: safe before lf_pdl_wait on data the kernels
+ * before may still write (L2 is where their writes land). */
+__device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 /* ---- token order: a tile's tokens grouped in shared memory (the ordered shrink and expand) ---- */
 
 /* Where few adapters are loaded, the shrink and the expand take LF_ORDERED_TOKENS consecutive
@@ -538,8 +608,12 @@ struct ordered_groups {
 
 /* Groups the tile of tokens t0 .. t0 + LF_ORDERED_TOKENS - 1 (every thread of the block calls it;
  * at least LF_ORDERED_TOKENS of them). Returns the sub-tiles; *ngrouped gets the tokens grouped
- * (positions [0, *ngrouped)). with_none: tokens without an adapter are grouped too. */
-__device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordered_groups &og, int *ngrouped)
+ * (positions [0, *ngrouped)). with_none: tokens without an adapter are grouped too. Thread t <
+ * LF_ORDERED_TOKENS calls on_slot(its token's slot, -1 for none) as soon as it has read it, where
+ * the token is within m, so that work for the token can start before the grouping. */
+template <typename OnSlot>
+__device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordered_groups &og, int *ngrouped,
+                             OnSlot on_slot)
 {
     constexpr int TT = LF_ORDERED_TOKENS, LEFT_OUT = INT_MAX;
     static_assert(TT <= 2 * 32, "a thread a token, two warps of them");
@@ -547,6 +621,7 @@ __device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordere
     int mine = LEFT_OUT; /* thread t < TT: token t's key */
     if (threadIdx.x < TT && t0 + (int)threadIdx.x < p.m) {
         const int s = lf_token_slot(p, t0 + (int)threadIdx.x);
+        on_slot(s);
         mine = s >= 0 ? s : with_none ? p.capacity : LEFT_OUT;
     }
     if (threadIdx.x < TT)
@@ -584,76 +659,149 @@ __device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordere
 
 /* The shrink in token order, where few adapters are loaded (plan_of: ordered_shrink_fits): no
  * bucketing before x's stream starts. Block (K slice q of p.ks, tile of LF_ORDERED_TOKENS
- * consecutive tokens, grouped by slot: ordered_group); the warps take (sub-tile, K half) items in
- * turn, so that a tile of one adapter (4 sub-tiles) keeps all 8 warps busy and one of several
- * adapters (5–10) a few rounds of half the steps. An item loads x's rows (two tokens a lane) and
- * the slot's A rows (ranks g, g + 8) by 16-byte loads straight from global memory, D K-steps in
- * flight, and leaves its accumulators in shared memory; the two halves are added in order and
- * stored as the token's partial T [q][token][j]. A's rows are read once per sub-tile (from L2). A
- * token's sums never depend on its tile-mates (the mma's rows are independent). 16-bit types,
- * max_rank ≤ 16, x and A rows 16-byte aligned, K a multiple of 8, ks a multiple of 32. */
+ * consecutive tokens, grouped by slot: ordered_group). Its time is a chain (per-block timestamps,
+ * dev/cuda/NOTES.md, twentieth session): the wait for the kernel before, the ids and the slot
+ * table, x's rows, the items. So the ids' and the slot table's lines are prefetched into L2
+ * before the wait. Where one or two slots are loaded (p.stage_x), the thread that reads a token's
+ * id starts the copy of its row of the slice into shared memory (one bulk copy, if the token has
+ * an adapter) before the grouping, the tile's whole x in flight at once; with one (p.only_slot),
+ * that slot's A rows of the slice come the same way. With more, x and A stream through registers
+ * instead, D K-steps in flight: their items' A loads, a chain from L2, then overlap x's stream
+ * rather than follow it (8 adapters × 8192 tokens: 121 µs streamed, 130 staged). The warps take
+ * (sub-tile, K half) items in turn, so that a tile of one adapter (4 sub-tiles) keeps all 8 warps
+ * busy and one of several adapters (5–10) a few rounds of half the steps. An item reads x's rows
+ * (two tokens a lane) and the slot's A rows (ranks g, g + 8), 16 bytes a lane and step, and
+ * leaves its accumulators in shared memory; the two halves are added in order and stored as the
+ * token's partial T [q][token][j]. A token's sums never depend on its tile-mates (the mma's rows
+ * are independent). sm_90 (bulk copies), 16-bit types, max_rank ≤ 16, x and A rows 16-byte
+ * aligned, K a multiple of 8, ks a multiple of 64. */
 #define LF_ORDERED_WARPS 8
-#define LF_ORDERED_D 4       /* K steps of 32 a lane holds in flight (8 measured no faster) */
+#define LF_ORDERED_D 4     /* K steps of 32 a lane holds in flight (8 measured no faster) */
+#define LF_ORDERED_XPAD 32 /* elements after each staged row: with ks a multiple of 64, row r starts
+                            * 64·r bytes into the 128-byte bank cycle, so the 8 lanes of a 16-byte
+                            * read (two rows, four chunks) hit distinct banks */
 template <typename T>
 __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
 {
     constexpr int TT = LF_ORDERED_TOKENS, THREADS = 32 * LF_ORDERED_WARPS;
-    static_assert(THREADS >= TT, "ordered_group: a thread a token");
+    static_assert(THREADS >= TT + LF_MULTI_RC, "ordered_group: a thread a token; then A's rows");
+    extern __shared__ __align__(16) unsigned char ordered_staged[]; /* p.stage_x: [TT][ks + XPAD] elements,
+                                                                     * the rows of the tile's tokens that
+                                                                     * have an adapter; then, with
+                                                                     * p.only_slot, its A rows */
     __shared__ ordered_groups og;
     __shared__ float2 red[2][TT][8]; /* the K halves' sums: [half][position][rank pair] */
+    __shared__ unsigned long long staged_bar; /* every token's arrival and its row's bytes, A's rows' */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int t0 = (int)blockIdx.y * TT;
+    const int k0 = (int)blockIdx.x * p.ks, kn = min(p.ks, p.k - k0), ldxs = p.ks + LF_ORDERED_XPAD;
+    const unsigned row_bytes = (unsigned)(kn * sizeof(T));
+    const bool a_staged = p.only_slot >= 0; /* implies p.stage_x */
+    T *xs = (T *)ordered_staged, *as = xs + TT * ldxs;
+    if (p.stage_x && threadIdx.x == 0)
+        recv_init(&staged_bar, (unsigned)(min(TT, p.m - t0) + (a_staged ? p.max_rank : 0)));
+    __syncthreads();
+    /* into L2 before the wait: the tile's ids and the slot table (cold in every call: other
+     * layers' traffic evicts them), so that the chain ids -> slot -> x starts from there */
+    if (p.ids && (int)threadIdx.x * 32 < min(TT, p.m - t0))
+        prefetch_l2(p.ids + t0 + 32 * threadIdx.x);
+    if ((int)threadIdx.x * 128 < p.capacity * (int)sizeof(lf_adapter_slot))
+        prefetch_l2((const char *)p.slots + 128 * threadIdx.x);
     lf_pdl_wait(); /* x and the ids come from before; releasing after it lets the expand's prologue
                     * read the ids before its own wait, as after multi_shrink_kernel */
     lf_pdl_release();
+    if (a_staged && threadIdx.x >= TT && (int)threadIdx.x < TT + p.max_rank) { /* after the wait: A
+                                                                                 * may come from an
+                                                                                 * adapter load */
+        const int j = (int)threadIdx.x - TT;
+        recv_expect(&staged_bar, row_bytes);
+        bulk_copy(as + j * ldxs, (const T *)p.a + ((int64_t)p.only_slot * p.max_rank + j) * p.lda + k0, row_bytes,
+                  &staged_bar);
+    }
     int nvalid;
-    const int nsub = ordered_group(p, t0, false, og, &nvalid);
+    const int nsub = ordered_group(p, t0, false, og, &nvalid, [&](int slot) {
+        if (!p.stage_x)
+            return;
+        recv_expect(&staged_bar, slot >= 0 ? row_bytes : 0);
+        if (slot >= 0)
+            bulk_copy(xs + threadIdx.x * ldxs, (const T *)p.x + (int64_t)(t0 + (int)threadIdx.x) * p.ldx + k0,
+                      row_bytes, &staged_bar);
+    });
 
-    const int k0 = (int)blockIdx.x * p.ks, steps = (min(p.ks, p.k - k0) + 31) / 32, per = (steps + 1) / 2;
-    const T *x = (const T *)p.x + k0;
+    const int steps = (kn + 31) / 32, per = (steps + 1) / 2;
     for (int it = warp; it < 2 * nsub; it += LF_ORDERED_WARPS) {
         const int sb = it >> 1, h = it & 1, lo = min(steps, h * per), n_steps = min(steps, lo + per) - lo;
         const int slot = og.sub_slot[sb], n_tok = og.sub_cnt[sb], rank = p.slots[slot].rank;
         const int pos0 = og.sub_pos[sb] + g, pos1 = pos0 + 8;
-        const int tok0 = g < n_tok ? t0 + og.order[pos0] : -1, tok1 = g + 8 < n_tok ? t0 + og.order[pos1] : -1;
-        const T *x0 = x + (int64_t)max(tok0, 0) * p.ldx + 32 * lo, *x1 = x + (int64_t)max(tok1, 0) * p.ldx + 32 * lo;
-        const T *a0 = (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo, *a1 = a0 + 8 * p.lda;
-        /* step j's loads: x rows (tokens g, g + 8: the mma's A operand), A rows g and g + 8 (its B
-         * operand, one n8 each), chunk q of the 32-wide step; zeros past K, the tokens and the rank */
-        int f_j = 0;
-        auto fetch = [&](uint4 (&xv)[1][2], uint4 (&av)[2]) {
-            if (f_j < n_steps) {
-                const int kl = 32 * f_j + 8 * q;
-                const bool kin = k0 + 32 * lo + kl < p.k;
-                xv[0][0] = kin && tok0 >= 0 ? ld_stream(x0 + kl) : make_uint4(0, 0, 0, 0);
-                xv[0][1] = kin && tok1 >= 0 ? ld_stream(x1 + kl) : make_uint4(0, 0, 0, 0);
+        const bool has0 = g < n_tok, has1 = g + 8 < n_tok;
+        const int r0 = has0 ? og.order[pos0] : 0, r1 = has1 ? og.order[pos1] : 0; /* rows of the tile */
+        const T *x0 = p.stage_x ? xs + r0 * ldxs + 32 * lo : (const T *)p.x + (int64_t)(t0 + r0) * p.ldx + k0 + 32 * lo;
+        const T *x1 = p.stage_x ? xs + r1 * ldxs + 32 * lo : (const T *)p.x + (int64_t)(t0 + r1) * p.ldx + k0 + 32 * lo;
+        const T *a0 = a_staged ? as + g * ldxs + 32 * lo
+                               : (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo;
+        const T *a1 = a0 + 8 * (a_staged ? (int64_t)ldxs : p.lda);
+        /* step j's operands: x rows (tokens g, g + 8: the mma's A operand), A rows g and g + 8 (its
+         * B operand, one n8 each), chunk q of the 32-wide step; zeros past K, the tokens and the rank */
+        int a_j = 0, x_j = 0;
+        auto fetch_a = [&](uint4 (&av)[2]) {
+            if (a_j < n_steps) {
+                const int kl = 32 * a_j + 8 * q;
+                const bool kin = 32 * lo + kl < kn;
                 av[0] = kin && g < rank ? *(const uint4 *)(a0 + kl) : make_uint4(0, 0, 0, 0);
                 av[1] = kin && g + 8 < rank ? *(const uint4 *)(a1 + kl) : make_uint4(0, 0, 0, 0);
-                f_j++;
+                a_j++;
+            }
+        };
+        auto fetch_x = [&](uint4 (&xv)[1][2]) {
+            if (x_j < n_steps) {
+                const int kl = 32 * x_j + 8 * q;
+                const bool kin = 32 * lo + kl < kn;
+                const uint4 zero = make_uint4(0, 0, 0, 0);
+                if (p.stage_x) {
+                    xv[0][0] = kin && has0 ? *(const uint4 *)(x0 + kl) : zero;
+                    xv[0][1] = kin && has1 ? *(const uint4 *)(x1 + kl) : zero;
+                } else {
+                    xv[0][0] = kin && has0 ? ld_stream(x0 + kl) : zero;
+                    xv[0][1] = kin && has1 ? ld_stream(x1 + kl) : zero;
+                }
+                x_j++;
             }
         };
         uint4 xr[LF_ORDERED_D][1][2], ar[LF_ORDERED_D][2];
+        if (!a_staged) /* A's first steps from L2 while x lands */
 #pragma unroll
-        for (int u = 0; u < LF_ORDERED_D; u++)
-            fetch(xr[u], ar[u]);
+            for (int u = 0; u < LF_ORDERED_D; u++)
+                fetch_a(ar[u]);
+        if (p.stage_x)
+            recv_wait(&staged_bar); /* the tile's rows have landed (at once after the warp's first item) */
+#pragma unroll
+        for (int u = 0; u < LF_ORDERED_D; u++) {
+            if (a_staged)
+                fetch_a(ar[u]);
+            fetch_x(xr[u]);
+        }
         float acc[1][2][4] = {};
         for (int j0 = 0; j0 < n_steps; j0 += LF_ORDERED_D) {
 #pragma unroll
             for (int u = 0; u < LF_ORDERED_D; u++)
                 if (j0 + u < n_steps) {
                     decode_step<T, 2, 1>(acc, xr[u], ar[u]);
-                    fetch(xr[u], ar[u]);
+                    fetch_a(ar[u]);
+                    fetch_x(xr[u]);
                 }
         }
         /* acc[0][nt][c]: token row g + 8·(c / 2), ranks 8·nt + 2q + {0, 1} (zero past the rank) */
 #pragma unroll
         for (int nt = 0; nt < 2; nt++) {
-            if (tok0 >= 0)
+            if (has0)
                 red[h][pos0][4 * nt + q] = make_float2(acc[0][nt][0], acc[0][nt][1]);
-            if (tok1 >= 0)
+            if (has1)
                 red[h][pos1][4 * nt + q] = make_float2(acc[0][nt][2], acc[0][nt][3]);
         }
     }
+    if (p.stage_x)
+        recv_wait(&staged_bar); /* no block leaves with copies in flight (A's rows come even to a tile
+                                 * whose tokens have no adapter, which no item waits for) */
     __syncthreads();
     for (int i = threadIdx.x; i < nvalid * 16; i += THREADS) { /* a position's 16 ranks */
         const int pr = i >> 4, j = i & 15;
@@ -1079,7 +1227,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
     const int t0 = (int)blockIdx.y * TT;
     const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
     int ngrouped;
-    const int nsub = ordered_group(p, t0, p.none_tiles, og, &ngrouped);
+    const int nsub = ordered_group(p, t0, p.none_tiles, og, &ngrouped, [](int) {});
     uint32_t bh[G][4][2], bl[G][4][2];
     int held = -1; /* the slot whose fragments bh, bl hold */
     auto hold_b = [&](int slot) {
@@ -1204,49 +1352,6 @@ __device__ __forceinline__ void cluster_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-
-/* Thread 0: the receive mbarrier (one local arrival, plus the bytes announced by recv_expect). */
-__device__ __forceinline__ void recv_init(unsigned long long *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n\tfence.mbarrier_init.release.cluster;" ::"r"(
-                     (unsigned)__cvta_generic_to_shared(bar))
-                 : "memory");
-#else
-    (void)bar;
-#endif
-}
-
-/* Thread 0: the local arrival, announcing the bytes the cluster will push. */
-__device__ __forceinline__ void recv_expect(unsigned long long *bar, unsigned bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
-                     (unsigned)__cvta_generic_to_shared(bar)),
-                 "r"(bytes)
-                 : "memory");
-#else
-    (void)bar, (void)bytes;
-#endif
-}
-
-/* Every thread: until all pushed bytes have landed (the barrier's first phase), then they are visible. */
-__device__ __forceinline__ void recv_wait(unsigned long long *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const unsigned b = (unsigned)__cvta_generic_to_shared(bar);
-    unsigned done;
-    do {
-        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n\t"
-                     "selp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done)
-                     : "r"(b)
-                     : "memory");
-    } while (!done);
-#else
-    (void)bar;
 #endif
 }
 
@@ -1396,7 +1501,7 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     const fused_tables tb = {(lf_adapter_slot *)fused_smem4,
                              (int *)((lf_adapter_slot *)fused_smem4 + p.capacity)};
     if (threadIdx.x == 0)
-        recv_init(&sh.recv_bar);
+        recv_init(&sh.recv_bar, 1); /* one local arrival: recv_expect's */
     cluster_arrive_relaxed(); /* waited for before the first push (or before leaving) */
     const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
     const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
@@ -1639,6 +1744,14 @@ bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool sprea
 /* K slice of the shrink: 512 elements (16-bit; 256 at M ≤ 64, for more blocks) or 240 (fp32). */
 int shrink_ks(size_t es, int m) { return es == 4 ? 240 : m > 64 ? 512 : 256; }
 
+/* The ordered shrink's shared memory: with stage_x its tile's rows of x at K slice ks and, where
+ * one slot is loaded (only_slot), that slot's LF_MULTI_RC rows of A (87 KB at 512: two blocks an
+ * SM); none otherwise. */
+size_t ordered_shrink_smem_bytes(int ks, bool stage_x, bool stage_a)
+{
+    return stage_x ? (size_t)(LF_ORDERED_TOKENS + (stage_a ? LF_MULTI_RC : 0)) * (ks + LF_ORDERED_XPAD) * 2 : 0;
+}
+
 /* The shrink's shared memory: two x sub-tiles and A's chunk in T, the warps' shares in fp32
  * (58 KB at most: three blocks an SM). */
 size_t shrink_smem_bytes(int ks, size_t es)
@@ -1667,14 +1780,18 @@ size_t expand_smem_bytes(int max_rank, bool mma)
 
 /* The token-ordered shrink reads a slot's A once per sub-tile of up to 16 tokens, so it is taken
  * where few adapters are loaded (LF_ORDERED_MAX_LOADED; dev/cuda/NOTES.md, eighteenth session)
- * and its loads fit: 16-bit, max_rank ≤ 16, x's and A's rows in 16-byte vectors, K a multiple of 8.
+ * and its loads fit: sm_90 (bulk copies of x's rows), 16-bit, max_rank ≤ 16, x's and A's rows in
+ * 16-byte vectors, K a multiple of 8.
  * The loaded slots, not the adapters a call may use: both forms of one call (per-token ids,
  * segments) must take the same kernels, so that their results agree bitwise. */
 #define LF_ORDERED_MAX_LOADED 8
+/* x's rows staged in shared memory (multi_shrink_ordered_kernel's stage_x) up to 2 loaded slots:
+ * 1 adapter × 2048 tokens 23.4 → 22.7 µs, 2 × 2048 32.7 → 31.3; 8 × 8192 lost 121 → 130 */
+#define LF_ORDERED_STAGE_MAX_LOADED 2
 #define LF_ORDERED_MAX_LOADED_LAYER 1 /* beside the layer's GEMM: 8 adapters × 8192 tokens lost 3% */
-bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base)
+bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base, bool sm90)
 {
-    return es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
+    return sm90 && es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
            set->loaded <= (with_base ? LF_ORDERED_MAX_LOADED_LAYER : LF_ORDERED_MAX_LOADED) &&
            a.m <= 65535 * LF_ORDERED_TOKENS; /* a block a tile: grid rows stay within CUDA's limit */
 }
@@ -1744,7 +1861,8 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
         pl.expand_grid = pl.expand_ordered /* a block a (N slice, tile) */
                              ? dim3((unsigned)nslices, (unsigned)((a.m + LF_ORDERED_TOKENS - 1) / LF_ORDERED_TOKENS))
                              : dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
-        pl.shrink_smem = pl.ordered ? 0 : shrink_smem_bytes(a.ks, es);
+        pl.shrink_smem = pl.ordered ? ordered_shrink_smem_bytes(a.ks, a.stage_x, a.only_slot >= 0)
+                                    : shrink_smem_bytes(a.ks, es);
         pl.expand_smem = pl.expand_ordered ? 0 : expand_smem_bytes(a.max_rank, pl.expand_mma);
     }
     size_t at = 0; /* the fused kernel needs no partials */
@@ -1773,7 +1891,8 @@ cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vec
 {
     if constexpr (sizeof(T) == 2)
         if (which == 0 && pl.ordered)
-            return lf_cuda_launch(multi_shrink_ordered_kernel<T>, pl.shrink_grid, 32 * LF_ORDERED_WARPS, 0, pdl, st, a);
+            return lf_cuda_launch(multi_shrink_ordered_kernel<T>, pl.shrink_grid, 32 * LF_ORDERED_WARPS, pl.shrink_smem,
+                                  pdl, st, a);
     if (which == 0)
         return lf_cuda_launch(multi_shrink_kernel<T>, pl.shrink_grid, LF_MULTI_THREADS, pl.shrink_smem, pdl, st, a);
     if constexpr (sizeof(T) == 2)
@@ -1840,13 +1959,14 @@ cudaError_t allow_smem(const void *kernel, size_t bytes)
 
 /* Shared memory (static and dynamic) past 48 KiB a block needs an opt-in, set when a set is created,
  * outside any capture, to the most any call can ask for: the fused kernels LF_FUSED_SMEM_MAX
- * (sm_90), the shrink its two x sub-tiles at the largest K slice, the expands one tile's (or
- * pass's) T at LF_MAX_RANK — a kernel's limit holds for the process, so it must not follow one
+ * (sm_90), the shrink its two x sub-tiles at the largest K slice, the ordered shrink (sm_90) its
+ * tile's rows of x at K slice 512 (plan_of's largest), the expands one tile's (or pass's) T at
+ * LF_MAX_RANK — a kernel's limit holds for the process, so it must not follow one
  * set's max_rank (a later set with a smaller one would lower it under an earlier set's calls). */
-template <typename T> cudaError_t allow_smem_t(bool fused)
+template <typename T> cudaError_t allow_smem_t(bool sm90)
 {
     cudaError_t e = cudaSuccess;
-    if (fused)
+    if (sm90)
         for (const void *k : {(const void *)multi_fused_kernel<T, true>, (const void *)multi_fused_kernel<T, false>})
             if (e == cudaSuccess)
                 e = allow_smem(k, LF_FUSED_SMEM_MAX);
@@ -1857,20 +1977,34 @@ template <typename T> cudaError_t allow_smem_t(bool fused)
                           (const void *)multi_expand_kernel<T, true, true>, (const void *)multi_expand_kernel<T, false, true>})
         if (e == cudaSuccess)
             e = allow_smem(k, plain);
-    if constexpr (sizeof(T) == 2)
+    if constexpr (sizeof(T) == 2) {
         if (e == cudaSuccess)
             e = allow_smem((const void *)multi_expand_mma_kernel<T>, expand_smem_bytes(LF_MAX_RANK, true));
+        if (e == cudaSuccess && sm90)
+            e = allow_smem((const void *)multi_shrink_ordered_kernel<T>, ordered_shrink_smem_bytes(512, true, true));
+    }
     return e;
 }
 
-cudaError_t allow_set_smem(lf_dtype dt, bool fused)
+cudaError_t allow_set_smem(lf_dtype dt, bool sm90)
 {
-    return dt == LF_F32   ? allow_smem_t<float>(fused)
-           : dt == LF_F16 ? allow_smem_t<__half>(fused)
-                          : allow_smem_t<__nv_bfloat16>(fused);
+    return dt == LF_F32   ? allow_smem_t<float>(sm90)
+           : dt == LF_F16 ? allow_smem_t<__half>(sm90)
+                          : allow_smem_t<__nv_bfloat16>(sm90);
 }
 
 bool aligned(const void *p, size_t to) { return ((uintptr_t)p % to) == 0; }
+
+/* The set's one loaded slot where it has exactly one (host mirror), else -1. */
+int only_loaded_slot(const lf_adapter_set *set)
+{
+    if (set->loaded != 1)
+        return -1;
+    for (int s = 0; s < set->capacity; s++)
+        if (set->host_slots[s].rank > 0)
+            return s;
+    return -1;
+}
 
 /* What the host knows of the adapters a call uses, without reading the ids: at most the loaded
  * slots, and in the segment form at most one a segment. */
@@ -2004,6 +2138,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.segments = (int)q->segments;
     a.a = set->a, a.b = set->b, a.lda = set->lda, a.ldb = set->ldb;
     a.max_rank = (int)set->max_rank, a.capacity = set->capacity, a.slots = set->slots;
+    a.stage_x = set->loaded <= LF_ORDERED_STAGE_MAX_LOADED;
+    a.only_slot = a.stage_x ? only_loaded_slot(set) : -1;
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
                          (!q->bias || aligned(q->bias, 16));
@@ -2012,7 +2148,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     multi_plan pl =
         plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
-                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL), ordered_expand_fits(set));
+                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL, cs->cc_major >= 9), ordered_expand_fits(set));
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
