@@ -707,6 +707,15 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
         prefetch_l2(p.ids + t0 + 32 * threadIdx.x);
     if ((int)threadIdx.x * 128 < p.capacity * (int)sizeof(lf_adapter_slot))
         prefetch_l2((const char *)p.slots + 128 * threadIdx.x);
+    if (p.only_slot >= 0) { /* a share of the slot's B rows, for the expand: its blocks start when
+                             * this kernel's leave, their prologue (B's fragments) then on the
+                             * critical path (3.2 µs a block, timestamps) */
+        const int row_lines = (p.n * (int)sizeof(T) + 127) / 128, lines = p.max_rank * row_lines;
+        const int blocks = (int)(gridDim.x * gridDim.y), b = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+        const T *b_rows = (const T *)p.b + (int64_t)p.only_slot * p.max_rank * p.ldb;
+        for (int l = b + blocks * (int)threadIdx.x; l < lines; l += blocks * THREADS)
+            prefetch_l2((const char *)(b_rows + (int64_t)(l / row_lines) * p.ldb) + 128 * (l % row_lines));
+    }
     lf_pdl_wait(); /* x and the ids come from before; releasing after it lets the expand's prologue
                     * read the ids before its own wait, as after multi_shrink_kernel */
     lf_pdl_release();
@@ -1255,10 +1264,12 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
         src[r] = p.tpart + (int64_t)(t0 + (pr < ngrouped ? og.order[pr] : 0)) * p.max_rank + j;
     }
     const int64_t slice = (int64_t)p.m * p.max_rank;
-    for (int qs = 0; qs < p.kslices; qs++)
+    if (j < p.max_rank) /* every position's loads at once (rows of tokens without an adapter, and
+                         * ranks past a slot's, too: in bounds, masked below) */
+#pragma unroll 4
+        for (int qs = 0; qs < p.kslices; qs++)
 #pragma unroll
-        for (int r = 0; r < PER_THREAD; r++)
-            if (j < ranks[r])
+            for (int r = 0; r < PER_THREAD; r++)
                 tv[r] += src[r][qs * slice];
 #pragma unroll
     for (int r = 0; r < PER_THREAD; r++) {
