@@ -86,7 +86,7 @@ struct multi_args : lf_token_map {
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
     bool stage_x;    /* the ordered shrink copies x's rows into shared memory (few slots loaded) */
     int only_slot;   /* the set's one loaded slot where it has exactly one, else -1: the ordered
-                      * shrink then stages its A rows beside x */
+                      * shrink then stages its A rows beside x and prefetches its B for the expand */
     bool vec_x, vec_a, vec_b; /* 16-byte copies of x, A and B rows (loads: the ordered shrink) */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
     int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
