@@ -22,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef LF_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 enum mapping { MAP_RANDOM, MAP_NONE, MAP_ONE, MAP_EACH };
 static const char *mapping_name[] = {"random", "all-none", "one-adapter", "one-token-each"};
@@ -458,6 +461,68 @@ static void hot_swap(lf_context *ctx, void *arg)
     }
 }
 
+/* A captured CUDA graph replayed after the set changed: captured while slot 0 alone is loaded (the
+ * plan then sees one slot: the ordered shrink stages that slot's A), replayed after slot 1 got an
+ * adapter. The tokens of slot 1 must use their own adapter: a kernel that took the capture-time
+ * set's one slot for every token would give them slot 0's A. 600 tokens: past the fused kernel. */
+#define GRAPH_CASES 1
+static void graph_after_load(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    const char *be = lf_backend_name(lf_context_backend(ctx));
+#ifdef LF_TEST_CUDA
+    if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
+        lft_skip("multi graph replay after a load", be, "graph capture is CUDA's", GRAPH_CASES);
+        return;
+    }
+    lft_begin("multi %s graph replay after a load (600 tokens, slot 1 loaded after the capture)", be);
+    const mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 600, .k = 1040, .n = 264, .capacity = 3,
+                     .max_rank = 16, .beta = 0.0f, .map = MAP_ONE, .seed = lft_case_seed(920)};
+    mprob p;
+    if (!LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
+        lft_end();
+        return;
+    }
+    for (int64_t t = 0; t < c.m; t++) /* slots 0 and 1 in turn */
+        p.ids[t] = (int32_t)(t % 2);
+    cudaStream_t s = NULL;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    lft_rng rng;
+    lft_rng_seed(&rng, c.seed ^ 0x5a5a);
+    if (LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, p.ids_dev, p.ids, (size_t)c.m * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE),
+                         LF_OK) &&
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_clear(p.set, 1), LF_OK) &&
+        LFT_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess) &&
+        LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, s), LF_OK) &&
+        LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK) && /* the workspace grows outside the capture */
+        LFT_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess)) {
+        const lf_status st = run_tokens(&p);
+        const int captured = LFT_CHECK(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+        p.rank[1] = 0;
+        for (int replay = 0; replay < 2 && LFT_CHECK_STATUS(ctx, st, LF_OK) && captured; replay++) {
+            if (replay == 1 && !LFT_CHECK_STATUS(ctx, load_adapter(&p, 1, c.max_rank, &rng), LF_OK))
+                break;
+            if (LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) &&
+                (exec || LFT_CHECK(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess)) &&
+                LFT_CHECK(cudaGraphLaunch(exec, s) == cudaSuccess) && LFT_CHECK(cudaStreamSynchronize(s) == cudaSuccess))
+                check_y(&p, NULL);
+        }
+    }
+    if (exec)
+        cudaGraphExecDestroy(exec);
+    if (graph)
+        cudaGraphDestroy(graph);
+    LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, NULL), LF_OK);
+    if (s)
+        cudaStreamDestroy(s);
+    mprob_free(&p);
+    lft_end();
+#else
+    lft_skip("multi graph replay after a load", be, "test_multi was built without the CUDA runtime", GRAPH_CASES);
+#endif
+}
+
 /* One adapter and many on one context, queued with no synchronization between them: on CUDA the
  * plain-load stream's launches share the context's control words (the epoch word, the T workers'
  * tagged values) while their grids differ — 16 tokens in clusters with 8 T workers, one adapter's
@@ -592,6 +657,7 @@ int main(void)
     unsetenv("LF_CUDA_MULTI_GRID_Y");
     lft_for_each_backend("multi hot swap", HOT_SWAP_CASES, hot_swap, NULL);
     lft_for_each_backend("multi mixed queue", MIXED_QUEUE_CASES, mixed_queue, NULL);
+    lft_for_each_backend("multi graph replay after a load", GRAPH_CASES, graph_after_load, NULL);
     lft_for_each_backend("multi bad input", BAD_INPUT_CASES, bad_input, NULL);
     return lft_summary("test_multi");
 }

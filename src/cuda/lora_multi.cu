@@ -23,7 +23,8 @@
  *               compute the partial T[pos][j] = Σ_{k in slice} x[token]·A[j] (tensor cores for
  *               16-bit types, shrink_slice) into the workspace, [q][pos][j]. Where at most 8
  *               adapters are loaded (one in the layer), multi_shrink_ordered_kernel instead:
- *               tokens in order, no bucketing, partial T [q][token][j] (t_by_token).
+ *               tokens in order, no bucketing, partial T [q][token][j] (t_by_token); on sm_90
+ *               with 1–2 loaded, x's rows (and one slot's A rows) staged by bulk copies.
  *   expand      blocks (N slice, tile group g): for its tiles, T = scale·Σ_q partials (fixed
  *               order) into shared memory, then y[token][cols] = Σ_j T·B_slot[j] [+ bias] [+ base]
  *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
@@ -673,13 +674,16 @@ __device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordere
  * (two tokens a lane) and the slot's A rows (ranks g, g + 8), 16 bytes a lane and step, and
  * leaves its accumulators in shared memory; the two halves are added in order and stored as the
  * token's partial T [q][token][j]. A token's sums never depend on its tile-mates (the mma's rows
- * are independent). sm_90 (bulk copies), 16-bit types, max_rank ≤ 16, x and A rows 16-byte
- * aligned, K a multiple of 8, ks a multiple of 64. */
+ * are independent). 16-bit types, max_rank ≤ 16, x and A rows 16-byte aligned, K a multiple of
+ * 8, ks a multiple of 64; stage_x only on sm_90 (bulk copies). With one slot staged, only that
+ * slot's items read A from shared memory: a graph replayed after other slots were loaded has
+ * tokens of those too. */
 #define LF_ORDERED_WARPS 8
 #define LF_ORDERED_D 4     /* K steps of 32 a lane holds in flight (8 measured no faster) */
 #define LF_ORDERED_XPAD 32 /* elements after each staged row: with ks a multiple of 64, row r starts
                             * 64·r bytes into the 128-byte bank cycle, so the 8 lanes of a 16-byte
-                            * read (two rows, four chunks) hit distinct banks */
+                            * read (two rows, four chunks) hit distinct banks where the rows differ
+                            * in parity (consecutive tokens; otherwise two ways) */
 template <typename T>
 __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
 {
@@ -696,7 +700,9 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
     const int t0 = (int)blockIdx.y * TT;
     const int k0 = (int)blockIdx.x * p.ks, kn = min(p.ks, p.k - k0), ldxs = p.ks + LF_ORDERED_XPAD;
     const unsigned row_bytes = (unsigned)(kn * sizeof(T));
-    const bool a_staged = p.only_slot >= 0; /* implies p.stage_x */
+    /* only_slot is the host's view at the call, fixed in a captured graph: a replay after other
+     * slots were loaded has tokens of those too, whose items read their A from global memory */
+    const bool a_staged = p.stage_x && p.only_slot >= 0;
     T *xs = (T *)ordered_staged, *as = xs + TT * ldxs;
     if (p.stage_x && threadIdx.x == 0)
         recv_init(&staged_bar, (unsigned)(min(TT, p.m - t0) + (a_staged ? p.max_rank : 0)));
@@ -746,9 +752,10 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
         const int r0 = has0 ? og.order[pos0] : 0, r1 = has1 ? og.order[pos1] : 0; /* rows of the tile */
         const T *x0 = p.stage_x ? xs + r0 * ldxs + 32 * lo : (const T *)p.x + (int64_t)(t0 + r0) * p.ldx + k0 + 32 * lo;
         const T *x1 = p.stage_x ? xs + r1 * ldxs + 32 * lo : (const T *)p.x + (int64_t)(t0 + r1) * p.ldx + k0 + 32 * lo;
-        const T *a0 = a_staged ? as + g * ldxs + 32 * lo
-                               : (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo;
-        const T *a1 = a0 + 8 * (a_staged ? (int64_t)ldxs : p.lda);
+        const bool a_smem = a_staged && slot == p.only_slot; /* uniform in the warp */
+        const T *a0 = a_smem ? as + g * ldxs + 32 * lo
+                             : (const T *)p.a + ((int64_t)slot * p.max_rank + g) * p.lda + k0 + 32 * lo;
+        const T *a1 = a0 + 8 * (a_smem ? (int64_t)ldxs : p.lda);
         /* step j's operands: x rows (tokens g, g + 8: the mma's A operand), A rows g and g + 8 (its
          * B operand, one n8 each), chunk q of the 32-wide step; zeros past K, the tokens and the rank */
         int a_j = 0, x_j = 0;
@@ -777,7 +784,7 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
             }
         };
         uint4 xr[LF_ORDERED_D][1][2], ar[LF_ORDERED_D][2];
-        if (!a_staged) /* A's first steps from L2 while x lands */
+        if (!a_smem) /* A's first steps from L2 while x lands */
 #pragma unroll
             for (int u = 0; u < LF_ORDERED_D; u++)
                 fetch_a(ar[u]);
@@ -785,7 +792,7 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
             recv_wait(&staged_bar); /* the tile's rows have landed (at once after the warp's first item) */
 #pragma unroll
         for (int u = 0; u < LF_ORDERED_D; u++) {
-            if (a_staged)
+            if (a_smem)
                 fetch_a(ar[u]);
             fetch_x(xr[u]);
         }
@@ -1791,18 +1798,17 @@ size_t expand_smem_bytes(int max_rank, bool mma)
 
 /* The token-ordered shrink reads a slot's A once per sub-tile of up to 16 tokens, so it is taken
  * where few adapters are loaded (LF_ORDERED_MAX_LOADED; dev/cuda/NOTES.md, eighteenth session)
- * and its loads fit: sm_90 (bulk copies of x's rows), 16-bit, max_rank ≤ 16, x's and A's rows in
- * 16-byte vectors, K a multiple of 8.
+ * and its loads fit: 16-bit, max_rank ≤ 16, x's and A's rows in 16-byte vectors, K a multiple of 8.
  * The loaded slots, not the adapters a call may use: both forms of one call (per-token ids,
  * segments) must take the same kernels, so that their results agree bitwise. */
 #define LF_ORDERED_MAX_LOADED 8
-/* x's rows staged in shared memory (multi_shrink_ordered_kernel's stage_x) up to 2 loaded slots:
- * 1 adapter × 2048 tokens 23.4 → 22.7 µs, 2 × 2048 32.7 → 31.3; 8 × 8192 lost 121 → 130 */
+/* x's rows staged in shared memory (multi_shrink_ordered_kernel's stage_x; sm_90) up to 2 loaded
+ * slots: 1 adapter × 2048 tokens 23.3 → 22.5 µs, 2 × 2048 32.6 → 31.6; 8 × 8192 lost 121 → 130 */
 #define LF_ORDERED_STAGE_MAX_LOADED 2
 #define LF_ORDERED_MAX_LOADED_LAYER 1 /* beside the layer's GEMM: 8 adapters × 8192 tokens lost 3% */
-bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base, bool sm90)
+bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *set, bool with_base)
 {
-    return sm90 && es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
+    return es == 2 && a.max_rank <= 16 && a.vec_x && a.vec_a && a.k % 8 == 0 &&
            set->loaded <= (with_base ? LF_ORDERED_MAX_LOADED_LAYER : LF_ORDERED_MAX_LOADED) &&
            a.m <= 65535 * LF_ORDERED_TOKENS; /* a block a tile: grid rows stay within CUDA's limit */
 }
@@ -2149,7 +2155,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.segments = (int)q->segments;
     a.a = set->a, a.b = set->b, a.lda = set->lda, a.ldb = set->ldb;
     a.max_rank = (int)set->max_rank, a.capacity = set->capacity, a.slots = set->slots;
-    a.stage_x = set->loaded <= LF_ORDERED_STAGE_MAX_LOADED;
+    a.stage_x = cs->cc_major >= 9 && set->loaded <= LF_ORDERED_STAGE_MAX_LOADED; /* bulk copies */
     a.only_slot = a.stage_x ? only_loaded_slot(set) : -1;
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
@@ -2159,7 +2165,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     multi_plan pl =
         plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
-                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL, cs->cc_major >= 9), ordered_expand_fits(set));
+                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL), ordered_expand_fits(set));
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
