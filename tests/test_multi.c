@@ -10,8 +10,8 @@
  * poisoned with NaN when beta = 0, every element within the derived tolerance, y's padding and
  * guards untouched; the segment form must give the same bits as the per-token form, and a second
  * run the same bits as the first. Then: hot swap of one slot between calls (from host and from
- * device memory), a CUDA graph captured with one adapter loaded and replayed after a second was
- * loaded, and bad input (statuses, y untouched). The shapes past the fused kernel's sizes
+ * device memory), CUDA graphs captured with one or two adapters loaded and replayed after one
+ * more was loaded, and bad input (statuses, y untouched). The shapes past the fused kernel's sizes
  * run a second time on a context made with LF_CUDA_MULTI_GRID_Y=1: one block a tile group, so
  * that the shrink's and the expand's loops over several tiles a block run too.
  */
@@ -385,6 +385,7 @@ static const shape shapes[] = {
                                     * kernel */
     {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters: the ordered shrink, then the tensor-core bucketed
                                     * expand reading T by token; the last slice of 72 columns */
+    {1100, 136, 520, 9, 16, 0, 0}, /* the same at 8 adapters, the most the ordered shrink takes */
 };
 #define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
@@ -462,30 +463,21 @@ static void hot_swap(lf_context *ctx, void *arg)
     }
 }
 
-/* A captured CUDA graph replayed after the set changed: captured while slot 0 alone is loaded (the
- * plan then sees one slot: the ordered shrink stages that slot's A), replayed after slot 1 got an
- * adapter. The tokens of slot 1 must use their own adapter: a kernel that took the capture-time
- * set's one slot for every token would give them slot 0's A. 600 tokens: past the fused kernel. */
-#define GRAPH_CASES 1
-static void graph_after_load(lf_context *ctx, void *arg)
-{
-    (void)arg;
-    const char *be = lf_backend_name(lf_context_backend(ctx));
 #ifdef LF_TEST_CUDA
-    if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
-        lft_skip("multi graph replay after a load", be, "graph capture is CUDA's", GRAPH_CASES);
-        return;
-    }
-    lft_begin("multi %s graph replay after a load (600 tokens, slot 1 loaded after the capture)", be);
-    const mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 600, .k = 1040, .n = 264, .capacity = 3,
-                     .max_rank = 16, .beta = 0.0f, .map = MAP_ONE, .seed = lft_case_seed(920)};
+/* before: slots loaded at the capture (0 .. before - 1); slot `before` is loaded after it. */
+static void graph_case(lf_context *ctx, const char *be, int before)
+{
+    lft_begin("multi %s graph replay after a load (600 tokens, slot %d loaded after the capture)", be, before);
+    const mcase c = {.dtype = LF_BF16, .layout = LF_LAYOUT_PEFT, .m = 600, .k = 1040, .n = 264,
+                     .capacity = before + 2, .max_rank = 16, .beta = 0.0f, .map = MAP_ONE,
+                     .seed = lft_case_seed(920 + before)};
     mprob p;
     if (!LFT_CHECK_STATUS(ctx, mprob_init(&p, ctx, &c), LF_OK)) {
         lft_end();
         return;
     }
-    for (int64_t t = 0; t < c.m; t++) /* slots 0 and 1 in turn */
-        p.ids[t] = (int32_t)(t % 2);
+    for (int64_t t = 0; t < c.m; t++) /* slots 0 .. before in turn */
+        p.ids[t] = (int32_t)(t % (before + 1));
     cudaStream_t s = NULL;
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
@@ -493,16 +485,16 @@ static void graph_after_load(lf_context *ctx, void *arg)
     lft_rng_seed(&rng, c.seed ^ 0x5a5a);
     if (LFT_CHECK_STATUS(ctx, lf_memcpy(ctx, p.ids_dev, p.ids, (size_t)c.m * sizeof(int32_t), LF_COPY_HOST_TO_DEVICE),
                          LF_OK) &&
-        LFT_CHECK_STATUS(ctx, lf_adapter_set_clear(p.set, 1), LF_OK) &&
+        LFT_CHECK_STATUS(ctx, lf_adapter_set_clear(p.set, before), LF_OK) &&
         LFT_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess) &&
         LFT_CHECK_STATUS(ctx, lf_context_set_stream(ctx, s), LF_OK) &&
         LFT_CHECK_STATUS(ctx, run_tokens(&p), LF_OK) && /* the workspace grows outside the capture */
         LFT_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess)) {
         const lf_status st = run_tokens(&p);
         const int captured = LFT_CHECK(cudaStreamEndCapture(s, &graph) == cudaSuccess);
-        p.rank[1] = 0;
+        p.rank[before] = 0;
         for (int replay = 0; replay < 2 && LFT_CHECK_STATUS(ctx, st, LF_OK) && captured; replay++) {
-            if (replay == 1 && !LFT_CHECK_STATUS(ctx, load_adapter(&p, 1, c.max_rank, &rng), LF_OK))
+            if (replay == 1 && !LFT_CHECK_STATUS(ctx, load_adapter(&p, before, c.max_rank, &rng), LF_OK))
                 break;
             if (LFT_CHECK_STATUS(ctx, lft_mat_upload(&p.y), LF_OK) &&
                 (exec || LFT_CHECK(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess)) &&
@@ -519,6 +511,27 @@ static void graph_after_load(lf_context *ctx, void *arg)
         cudaStreamDestroy(s);
     mprob_free(&p);
     lft_end();
+}
+#endif
+
+/* A captured CUDA graph replayed after the set changed: captured while slot 0 alone is loaded (the
+ * plan then sees one slot: the ordered shrink stages that slot's A), replayed after slot 1 got an
+ * adapter; then the same with slots 0 and 1 at the capture and slot 2 after it (the plan stages
+ * x's rows up to two loaded slots: the replay stages them with three). The tokens of the slot
+ * loaded last must use their own adapter: a kernel that took the capture-time set's slots for
+ * every token would give them another's A. 600 tokens: past the fused kernel. */
+#define GRAPH_CASES 2
+static void graph_after_load(lf_context *ctx, void *arg)
+{
+    (void)arg;
+    const char *be = lf_backend_name(lf_context_backend(ctx));
+#ifdef LF_TEST_CUDA
+    if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
+        lft_skip("multi graph replay after a load", be, "graph capture is CUDA's", GRAPH_CASES);
+        return;
+    }
+    for (int before = 1; before <= GRAPH_CASES; before++)
+        graph_case(ctx, be, before);
 #else
     lft_skip("multi graph replay after a load", be, "test_multi was built without the CUDA runtime", GRAPH_CASES);
 #endif
