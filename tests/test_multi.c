@@ -377,15 +377,17 @@ static const shape shapes[] = {
     {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
                                     * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */
-    /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0) and one slot is
-     * loaded (700 x 2600 x 24 above, and): */
+    /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0: the shapes above
+     * but 2100 x 72 x 130; of them 300 x 2312 x 24 with 5 slots loaded and 500 x 600 x 72 with 3
+     * take its staged form, below), with one slot loaded 512 columns and 64 tokens a block: */
     {600, 64, 1032, 2, 16, 0, 0},  /* the layer's too: three column slices, the last of 8 columns; a
                                     * part-full last tile */
     {2100, 72, 136, 2, 16, 0, 0},  /* past one bucketing round with no kernel bucketing: no count
                                     * kernel */
-    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters: the ordered shrink, then the tensor-core bucketed
-                                    * expand reading T by token; the last slice of 72 columns */
-    {1100, 136, 520, 9, 16, 0, 0}, /* the same at 8 adapters, the most the ordered shrink takes */
+    /* several, 256 columns and 128 tokens a block and each slot's B rows staged: */
+    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters; the last slice of 72 columns */
+    {1100, 136, 520, 9, 16, 0, 0}, /* 8 adapters (the most the ordered kernels take); the last slice
+                                    * of 8 columns */
 };
 #define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
@@ -517,9 +519,10 @@ static void graph_case(lf_context *ctx, const char *be, int before)
 /* A captured CUDA graph replayed after the set changed: captured while slot 0 alone is loaded (the
  * plan then sees one slot: the ordered shrink stages that slot's A), replayed after slot 1 got an
  * adapter; then the same with slots 0 and 1 at the capture and slot 2 after it (the plan stages
- * x's rows up to two loaded slots: the replay stages them with three). The tokens of the slot
- * loaded last must use their own adapter: a kernel that took the capture-time set's slots for
- * every token would give them another's A. 600 tokens: past the fused kernel. */
+ * x's rows up to two loaded slots, and the expand two slots' B rows: the replay has three). The
+ * tokens of the slot loaded last must use their own adapter: a kernel that took the capture-time
+ * set's slots for every token would give them another's A or B. 600 tokens: past the fused
+ * kernel. */
 #define GRAPH_CASES 2
 static void graph_after_load(lf_context *ctx, void *arg)
 {

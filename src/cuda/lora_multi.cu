@@ -30,9 +30,10 @@
  *               [+ beta·y], rounded once: multi_expand_mma_kernel (16-bit, rows of 16-byte
  *               accesses; tensor cores, T and an f16 B as two bf16 terms each) or
  *               multi_expand_kernel (CUDA cores). Its prologue (bucketing) runs before it waits
- *               for the shrink. After the ordered shrink with one adapter loaded,
- *               multi_expand_ordered_kernel instead: blocks (N slice, 64 consecutive tokens),
- *               the tile grouped by slot in its prologue.
+ *               for the shrink. After the ordered shrink, where y's rows take 16-byte accesses,
+ *               multi_expand_ordered_kernel instead: blocks (N slice, 64 consecutive tokens with
+ *               one adapter loaded, 128 with more), the tile grouped by slot in its prologue, with
+ *               more slots their B rows staged there.
  *
  * Each adapter's A and B are read once per tile of tokens that use it (per K slice and per N slice
  * respectively), using the slot's own rank. Tokens without an adapter are in no shrink tile; the
@@ -91,6 +92,8 @@ struct multi_args : lf_token_map {
     bool vec_x, vec_a, vec_b; /* 16-byte copies of x, A and B rows (loads: the ordered shrink) */
     float *dout;     /* fused, layer at small M: the LoRA term in fp32, [m][n] dense */
     int expand_rows; /* multi_expand_mma_kernel: T rows a pass holds in shared memory (16 or 64) */
+    int b_stages;    /* multi_expand_ordered_kernel: slots whose B rows of the N slice it stages (0:
+                      * B's fragments from memory, one slot loaded) */
     /* M past one bucketing round, where a kernel buckets: [chunks][capacity + 1] tokens of each bin
      * in each round's span of the token order (multi_count_kernel); NULL otherwise */
     const int *chunk_counts;
@@ -598,26 +601,26 @@ __device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefe
  * group cut into sub-tiles of up to 16 tokens (the mma's rows). Tokens without an adapter sort
  * last, as the "slot" p.capacity, and are grouped only where the kernel must visit them (the
  * expand with none_tiles); tokens past m never. */
-#define LF_ORDERED_TOKENS 64 /* tokens a tile */
-struct ordered_groups {
-    int key[LF_ORDERED_TOKENS];   /* a token's slot, p.capacity without one, INT_MAX when left out */
-    int order[LF_ORDERED_TOKENS]; /* position in slot order -> token offset in the tile */
-    int sub_pos[LF_ORDERED_TOKENS], sub_slot[LF_ORDERED_TOKENS], sub_cnt[LF_ORDERED_TOKENS]; /* sub-tiles:
-                                                                        * first position, key, tokens */
-    int heads[2];                 /* sub-tiles headed in each of the first two warps */
+#define LF_ORDERED_TOKENS 64 /* tokens a tile (the multi-slot ordered expand: 128) */
+template <int TT> struct ordered_groups_t {
+    int key[TT];   /* a token's slot, p.capacity without one, INT_MAX when left out */
+    int order[TT]; /* position in slot order -> token offset in the tile */
+    int sub_pos[TT], sub_slot[TT], sub_cnt[TT]; /* sub-tiles: first position, key, tokens */
+    int heads[TT / 32];                         /* sub-tiles headed in each of the first TT / 32 warps */
 };
+using ordered_groups = ordered_groups_t<LF_ORDERED_TOKENS>;
 
-/* Groups the tile of tokens t0 .. t0 + LF_ORDERED_TOKENS - 1 (every thread of the block calls it;
- * at least LF_ORDERED_TOKENS of them). Returns the sub-tiles; *ngrouped gets the tokens grouped
- * (positions [0, *ngrouped)). with_none: tokens without an adapter are grouped too. Thread t <
- * LF_ORDERED_TOKENS calls on_slot(its token's slot, -1 for none) as soon as it has read it, where
- * the token is within m, so that work for the token can start before the grouping. */
-template <typename OnSlot>
-__device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordered_groups &og, int *ngrouped,
+/* Groups the tile of tokens t0 .. t0 + TT - 1 (every thread of the block calls it; at least TT of
+ * them). Returns the sub-tiles; *ngrouped gets the tokens grouped (positions [0, *ngrouped)).
+ * with_none: tokens without an adapter are grouped too. Thread t < TT calls on_slot(its token's
+ * slot, -1 for none) as soon as it has read it, where the token is within m, so that work for the
+ * token can start before the grouping. */
+template <int TT, typename OnSlot>
+__device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordered_groups_t<TT> &og, int *ngrouped,
                              OnSlot on_slot)
 {
-    constexpr int TT = LF_ORDERED_TOKENS, LEFT_OUT = INT_MAX;
-    static_assert(TT <= 2 * 32, "a thread a token, two warps of them");
+    constexpr int LEFT_OUT = INT_MAX, WARPS = TT / 32;
+    static_assert(TT % 32 == 0, "a thread a token, whole warps of them");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int mine = LEFT_OUT; /* thread t < TT: token t's key */
     if (threadIdx.x < TT && t0 + (int)threadIdx.x < p.m) {
@@ -647,15 +650,22 @@ __device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordere
     }
     /* the heads numbered in token order (any fixed order would do: a sub-tile's tokens are its own) */
     const unsigned ball = __ballot_sync(0xffffffffu, cnt > 0);
-    if (lane == 0 && warp < 2)
+    if (lane == 0 && warp < WARPS)
         og.heads[warp] = __popc(ball);
     __syncthreads();
     if (cnt > 0) {
-        const int idx = __popc(ball & ((1u << lane) - 1u)) + (warp == 1 ? og.heads[0] : 0);
+        int idx = __popc(ball & ((1u << lane) - 1u));
+#pragma unroll
+        for (int w = 0; w < WARPS; w++)
+            idx += w < warp ? og.heads[w] : 0;
         og.sub_pos[idx] = pos, og.sub_slot[idx] = mine, og.sub_cnt[idx] = cnt;
     }
     __syncthreads();
-    return og.heads[0] + og.heads[1];
+    int nsub = 0;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++)
+        nsub += og.heads[w];
+    return nsub;
 }
 
 /* The shrink in token order, where few adapters are loaded (plan_of: ordered_shrink_fits): no
@@ -684,18 +694,26 @@ __device__ int ordered_group(const multi_args &p, int t0, bool with_none, ordere
                             * 64·r bytes into the 128-byte bank cycle, so the 8 lanes of a 16-byte
                             * read (two rows, four chunks) hit distinct banks where the rows differ
                             * in parity (consecutive tokens; otherwise two ways) */
+/* The ordered shrink's shared state. */
+struct ordered_shrink_shared {
+    ordered_groups og;
+    alignas(16) float2 red[2][LF_ORDERED_TOKENS][8]; /* the K halves' sums: [half][position][rank
+                                                      * pair]; 16-byte rows */
+    unsigned long long staged_bar;       /* every token's arrival and its row's bytes, A's rows' */
+};
+
+/* Block (K slice blockIdx.x, tile blockIdx.y) up to its partial T: the grouping, x's and A's rows,
+ * the items into sh.red, and the block barrier after them. Returns the sub-tiles; *nvalid gets
+ * the tokens grouped (those with an adapter). */
 template <typename T>
-__global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
+__device__ __forceinline__ int ordered_shrink_block(const multi_args &p, ordered_shrink_shared &sh,
+                                                    unsigned char *ordered_staged, int *nvalid)
 {
     constexpr int TT = LF_ORDERED_TOKENS, THREADS = 32 * LF_ORDERED_WARPS;
     static_assert(THREADS >= TT + LF_MULTI_RC, "ordered_group: a thread a token; then A's rows");
-    extern __shared__ __align__(16) unsigned char ordered_staged[]; /* p.stage_x: [TT][ks + XPAD] elements,
-                                                                     * the rows of the tile's tokens that
-                                                                     * have an adapter; then, with
-                                                                     * p.only_slot, its A rows */
-    __shared__ ordered_groups og;
-    __shared__ float2 red[2][TT][8]; /* the K halves' sums: [half][position][rank pair] */
-    __shared__ unsigned long long staged_bar; /* every token's arrival and its row's bytes, A's rows' */
+    ordered_groups &og = sh.og;
+    auto &red = sh.red;
+    unsigned long long &staged_bar = sh.staged_bar;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int t0 = (int)blockIdx.y * TT;
     const int k0 = (int)blockIdx.x * p.ks, kn = min(p.ks, p.k - k0), ldxs = p.ks + LF_ORDERED_XPAD;
@@ -733,8 +751,7 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
         bulk_copy(as + j * ldxs, (const T *)p.a + ((int64_t)p.only_slot * p.max_rank + j) * p.lda + k0, row_bytes,
                   &staged_bar);
     }
-    int nvalid;
-    const int nsub = ordered_group(p, t0, false, og, &nvalid, [&](int slot) {
+    const int nsub = ordered_group(p, t0, false, og, nvalid, [&](int slot) {
         if (!p.stage_x)
             return;
         recv_expect(&staged_bar, slot >= 0 ? row_bytes : 0);
@@ -819,11 +836,25 @@ __global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_ke
         recv_wait(&staged_bar); /* no block leaves with copies in flight (A's rows come even to a tile
                                  * whose tokens have no adapter, which no item waits for) */
     __syncthreads();
-    for (int i = threadIdx.x; i < nvalid * 16; i += THREADS) { /* a position's 16 ranks */
+    return nsub;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(32 * LF_ORDERED_WARPS) multi_shrink_ordered_kernel(multi_args p)
+{
+    extern __shared__ __align__(16) unsigned char ordered_staged[]; /* p.stage_x: [TT][ks + XPAD] elements,
+                                                                     * the rows of the tile's tokens that
+                                                                     * have an adapter; then, with
+                                                                     * p.only_slot, its A rows */
+    __shared__ ordered_shrink_shared sh;
+    int nvalid;
+    ordered_shrink_block<T>(p, sh, ordered_staged, &nvalid);
+    const int t0 = (int)blockIdx.y * LF_ORDERED_TOKENS;
+    for (int i = threadIdx.x; i < nvalid * 16; i += 32 * LF_ORDERED_WARPS) { /* a position's 16 ranks */
         const int pr = i >> 4, j = i & 15;
         if (j < p.max_rank) {
-            const float *h0 = (const float *)red[0][pr], *h1 = (const float *)red[1][pr];
-            p.tpart[((int64_t)blockIdx.x * p.m + t0 + og.order[pr]) * p.max_rank + j] = h0[j] + h1[j];
+            const float *h0 = (const float *)sh.red[0][pr], *h1 = (const float *)sh.red[1][pr];
+            p.tpart[((int64_t)blockIdx.x * p.m + t0 + sh.og.order[pr]) * p.max_rank + j] = h0[j] + h1[j];
         }
     }
 }
@@ -1218,42 +1249,159 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_mma_kernel(m
     }
 }
 
+/* Row stride, in elements, of a slot's B rows staged by the multi-slot ordered expand: + 8 puts
+ * the rows 2q of a fragment's 16-byte reads (q = 0..3) 32 bytes apart in the bank cycle (bn a
+ * multiple of 32). */
+__host__ __device__ inline int ordered_b_ld(int bn) { return bn + 8; }
+
+/* The 16-bit element h of a staged B word as fp32. */
+template <typename T> __device__ __forceinline__ float bits_to_f32(uint32_t h)
+{
+    if constexpr (std::is_same<T, __half>::value)
+        return __half2float(__ushort_as_half((unsigned short)h));
+    else
+        return __uint_as_float(h << 16);
+}
+
+/* load_b_chunk's fragments (rank chunk 0) from a slot's rows staged in shared memory, row j at
+ * bs + j·ld, the warp's G groups from column cl of the slice on: lane (g, q) reads the 16 bytes of
+ * columns 8·(g >> 1) .. + 7 of rows 2q, 2q + 1, 2q + 8, 2q + 9 (every column of its n8 steps: step
+ * st is element 2st + (g & 1)). Rows past the rank are zero (what they hold is another adapter's,
+ * or nothing). */
+template <typename T, int G>
+__device__ __forceinline__ void staged_b_chunk(uint32_t (&bh)[G][4][2], uint32_t (&bl)[G][4][2], const T *bs, int ld,
+                                               int rank, int cl, int g, int q)
+{
+    const int odd = g & 1;
+#pragma unroll
+    for (int i = 0; i < G; i++) {
+        uint4 r[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = 2 * q + (e & 1) + 8 * (e >> 1);
+            r[e] = j < rank ? *(const uint4 *)(bs + (int64_t)j * ld + cl + i * 32 + 8 * (g >> 1))
+                            : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+            float v[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const uint32_t w = st == 0 ? r[e].x : st == 1 ? r[e].y : st == 2 ? r[e].z : r[e].w;
+                v[e] = bits_to_f32<T>(odd ? w >> 16 : w & 0xffffu);
+            }
+            split_bf16(v[0], v[1], bh[i][st][0], bl[i][st][0]);
+            split_bf16(v[2], v[3], bh[i][st][1], bl[i][st][1]);
+        }
+    }
+}
+
+/* The ordered expand's T row stride in shared memory (+ 8: see expand_ldt). */
+#define LF_ORDERED_LDT (16 + 8)
+
+/* B's fragments of one slot for the warp's columns from cw on, from memory (load_b_chunk). */
+template <typename T, int G>
+__device__ __forceinline__ void slot_b_frags(uint32_t (&bh)[G][4][2], uint32_t (&bl)[G][4][2], const multi_args &p,
+                                             int slot, int rank, int cw, int g, int q)
+{
+    load_b_chunk<T, G>(bh, bl, (const T *)p.b + (int64_t)slot * p.max_rank * p.ldb, p.ldb, 0, rank, cw, p.n, g, q);
+}
+
+/* Tokens a tile of multi_expand_ordered_kernel: 64 where one slot is loaded (two column groups a
+ * warp, B's fragments from memory once a block), 128 where more are (one group a warp, the tile's
+ * slots' B rows staged), so that a slot's staged rows and T's partial slices serve twice the
+ * tokens and the grid (16 slices × 16 tiles at 2048 tokens, 4096 columns) is one wave of two
+ * blocks an SM. */
+__host__ __device__ constexpr int ordered_expand_tokens(bool staged) { return staged ? 128 : LF_ORDERED_TOKENS; }
+__host__ __device__ constexpr int ordered_expand_groups(bool staged) { return staged ? 1 : LF_EXPAND_GROUPS; }
+
 /* The expand in token order, after multi_shrink_ordered_kernel where y's rows take 16-byte
- * accesses (16-bit; plan_of). Block (N slice of bn = WARPS · EXPAND_GROUPS · 32 columns, tile of
- * LF_ORDERED_TOKENS consecutive tokens): the prologue, before the wait for the shrink, groups the
- * tile's tokens by slot (ordered_group; the ids come from before the shrink, which waits before it
- * releases) and loads the first sub-tile's B fragments (B is no kernel's output), so that no
- * bucketing stands between the two kernels. After the wait, T = scale·Σ_q partials (by token, fixed
- * order) for the tile's positions into shared memory; then warp w takes every sub-tile for its
- * columns, as multi_expand_mma_kernel does (two bf16 terms, finish8's 16-byte stores), reloading
- * B's fragments only where the slot changes: with one adapter B is read once a block. Tokens
- * without an adapter are visited where y changes (none_tiles), with no LoRA term. max_rank ≤ 16
- * (one rank chunk). Correct with any number of slots (test_multi passed with 2 and 4 loaded while
- * the rule allowed them), but taken with one (ordered_expand_fits). */
-template <typename T>
+ * accesses (16-bit; plan_of). Block (N slice of bn = WARPS · G · 32 columns, tile of TT
+ * consecutive tokens): the prologue, before the wait for the shrink, groups the tile's tokens by
+ * slot (ordered_group; the ids come from before the shrink, which waits before it releases) and
+ * gets B (no kernel's output) under way, so that neither bucketing nor B's latency stands between
+ * the two kernels: with one slot loaded (!STAGED) the first sub-tile's fragments into registers;
+ * with several (STAGED) the B rows of the tile's slots (up to p.b_stages of them, in key order)
+ * for the block's columns into shared memory by cp.async. After the wait, T = scale·Σ_q partials
+ * (by token, fixed order) for the tile's positions into shared memory; then warp w takes every
+ * sub-tile for its columns, as multi_expand_mma_kernel does (two bf16 terms, finish8's 16-byte
+ * stores), building B's fragments where the slot changes: from memory (!STAGED: with one adapter
+ * once a block), or from the staged rows, the sub-tiles visited in slot order so that a warp
+ * builds each slot's once. A slot the plan did not count (a graph replayed after more adapters
+ * were loaded than at its capture) is read from memory in either form. Tokens without an adapter
+ * are visited where y changes (none_tiles), with no LoRA term. max_rank ≤ 16 (one rank chunk). */
+template <typename T, bool STAGED>
 __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kernel(multi_args p)
 {
-    constexpr int G = LF_EXPAND_GROUPS, TT = LF_ORDERED_TOKENS, LDT = 16 + 8; /* + 8: see expand_ldt */
+    constexpr int G = ordered_expand_groups(STAGED), TT = ordered_expand_tokens(STAGED);
     constexpr int PER_THREAD = TT * 16 / LF_MULTI_THREADS; /* T values a thread sums */
     static_assert(LF_MULTI_THREADS >= TT && TT * 16 % LF_MULTI_THREADS == 0, "ordered_group; T's staging");
-    __shared__ ordered_groups og;
-    __shared__ __align__(16) float ts[TT][LDT]; /* T of the tile's positions, scaled; zero past the
-                                                 * slot's rank (read as float2) */
+    extern __shared__ __align__(16) unsigned char ordered_b[]; /* STAGED: [stage][LF_MULTI_RC rows][ordered_b_ld] */
+    __shared__ ordered_groups_t<TT> og;
+    __shared__ __align__(16) float ts[TT][LF_ORDERED_LDT]; /* T of the tile's positions, scaled; zero
+                                                            * past the slot's rank (read as float2) */
+    /* STAGED: the tile's slots in key order ("stages"), and the sub-tiles in slot order */
+    __shared__ int pos_stage[STAGED ? TT : 1]; /* a position's stage */
+    __shared__ int stage_slot[STAGED ? TT : 1], stage_heads[STAGED ? TT / 32 : 1];
+    __shared__ int sub_order[STAGED ? TT : 1];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
-    const int t0 = (int)blockIdx.y * TT;
-    const int cw = blockIdx.x * p.bn + warp * G * 32; /* the warp's first column */
+    const int t0 = (int)blockIdx.y * TT, n0 = (int)blockIdx.x * p.bn;
+    const int cw = n0 + warp * G * 32; /* the warp's first column */
+    const int ldbs = ordered_b_ld(p.bn);
+    const T *bs = (const T *)ordered_b;
     int ngrouped;
     const int nsub = ordered_group(p, t0, p.none_tiles, og, &ngrouped, [](int) {});
     uint32_t bh[G][4][2], bl[G][4][2];
-    int held = -1; /* the slot whose fragments bh, bl hold */
-    auto hold_b = [&](int slot) {
-        if (slot != held && slot < p.capacity)
-            load_b_chunk<T, G>(bh, bl, (const T *)p.b + (int64_t)slot * p.max_rank * p.ldb, p.ldb, 0,
-                               p.slots[slot].rank, cw, p.n, g, q);
-        held = slot;
-    };
-    if (ngrouped > 0 && cw < p.n) /* position 0 has the smallest key: a slot, if the tile has one */
-        hold_b(og.key[og.order[0]]);
+    int held = -1; /* !STAGED: the slot whose fragments bh, bl hold; STAGED: the stage */
+    int nstaged = 0;
+    if constexpr (!STAGED) {
+        const int slot = ngrouped > 0 ? og.key[og.order[0]] : p.capacity; /* position 0 has the
+                                                                            * smallest key */
+        if (slot < p.capacity && cw < p.n)
+            slot_b_frags<T, G>(bh, bl, p, slot, p.slots[slot].rank, cw, g, q), held = slot;
+    } else {
+        /* position pr heads a stage where its key differs from the one before */
+        const int pr = (int)threadIdx.x;
+        const int key = pr < ngrouped ? og.key[og.order[pr]] : INT_MAX;
+        const bool head = pr < ngrouped && key < p.capacity && (pr == 0 || og.key[og.order[pr - 1]] != key);
+        const unsigned ball = __ballot_sync(0xffffffffu, head);
+        if (lane == 0 && warp < TT / 32)
+            stage_heads[warp] = __popc(ball);
+        __syncthreads();
+        if (pr < TT) {
+            int d = __popc(ball & ((2u << lane) - 1u)) - 1;
+#pragma unroll
+            for (int w = 0; w < TT / 32; w++)
+                d += w < warp ? stage_heads[w] : 0;
+            pos_stage[pr] = d;
+            if (head)
+                stage_slot[d] = key;
+        }
+        if (pr < nsub) { /* ordered_group numbers the sub-tiles by their first token */
+            const int mine = og.sub_pos[pr];
+            int before = 0;
+            for (int u = 0; u < nsub; u++)
+                before += og.sub_pos[u] < mine;
+            sub_order[before] = pr;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < TT / 32; w++)
+            nstaged += stage_heads[w];
+        nstaged = min(nstaged, p.b_stages);
+        /* 16-byte chunks a row: those past n (the last slice; n a multiple of 8) zero, as
+         * load_b_chunk's fragments are there */
+        const int chunks = p.bn / 8, live = min(p.bn, p.n - n0) / 8;
+        for (int idx = threadIdx.x; idx < nstaged * LF_MULTI_RC * chunks; idx += LF_MULTI_THREADS) {
+            const int row = idx / chunks, c = idx - row * chunks, d = row / LF_MULTI_RC, j = row - d * LF_MULTI_RC;
+            T *dst = (T *)ordered_b + (int64_t)row * ldbs + 8 * c;
+            if (c >= live)
+                *(uint4 *)dst = make_uint4(0u, 0u, 0u, 0u);
+            else if (j < p.slots[stage_slot[d]].rank)
+                cp_async16(dst, (const T *)p.b + ((int64_t)stage_slot[d] * p.max_rank + j) * p.ldb + n0 + 8 * c);
+        }
+        cp_async_commit();
+    }
     lf_pdl_wait();
     lf_pdl_release();
 
@@ -1283,17 +1431,28 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
         const int pr = (int)threadIdx.x / 16 + r * (LF_MULTI_THREADS / 16);
         ts[pr][j] = j < ranks[r] ? p.slots[og.key[og.order[pr]]].scale * tv[r] : 0.0f;
     }
+    if constexpr (STAGED)
+        cp_async_wait_all();
     __syncthreads();
     if (cw >= p.n)
         return;
-    for (int sb = 0; sb < nsub; sb++) {
+    for (int i = 0; i < nsub; i++) {
+        const int sb = STAGED ? sub_order[i] : i;
         const int slot = og.sub_slot[sb], n_tok = og.sub_cnt[sb], pos0 = og.sub_pos[sb] + g;
         const int row_tok[2] = {g < n_tok ? t0 + og.order[pos0] : -1, g + 8 < n_tok ? t0 + og.order[pos0 + 8] : -1};
         uint4 yv[2][G];
         load_old_y<T, G>(yv, p, row_tok, cw, q);
         float acc[G][4][4] = {};
         if (slot < p.capacity) {
-            hold_b(slot);
+            const int want = STAGED ? pos_stage[og.sub_pos[sb]] : slot;
+            if (want != held) {
+                if (STAGED && want < nstaged)
+                    staged_b_chunk<T, G>(bh, bl, bs + (int64_t)want * LF_MULTI_RC * ldbs, ldbs,
+                                         p.slots[slot].rank, cw - n0, g, q);
+                else
+                    slot_b_frags<T, G>(bh, bl, p, slot, p.slots[slot].rank, cw, g, q);
+                held = want;
+            }
             /* rows past the sub-tile belong to the next one (or to no token) and are not stored */
             uint32_t ah[4], al[4];
             t_fragment(ts[min(pos0, TT - 1)], ts[min(pos0 + 8, TT - 1)], q, ah, al);
@@ -1814,17 +1973,39 @@ bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *s
 }
 
 /* The token-ordered expand (after the ordered shrink, where y takes multi_expand_mma_kernel's
- * 16-byte rows) reloads B's fragments at every slot change within a tile: with 1 adapter it read
- * B once a block and gained 5 µs at 2048 tokens, with 8 a tile's ~10 sub-tiles each waited for
- * their B (8 × 2048 41.4 → 47.0 µs, 8 × 8192 121 → 161; dev/cuda/NOTES.md, nineteenth session). */
-#define LF_ORDERED_EXPAND_MAX_LOADED 1
-bool ordered_expand_fits(const lf_adapter_set *set) { return set->loaded <= LF_ORDERED_EXPAND_MAX_LOADED; }
+ * 16-byte rows and B's rows 16-byte copies): with one slot loaded B's fragments come from memory
+ * once a block (1 adapter × 2048 tokens gained 5 µs over the bucketed expand); with more, each
+ * sub-tile's from memory cost more than the bucketing saved (8 × 2048 41.4 → 47.0 µs; nineteenth
+ * session), so those stage the tile's slots' B rows in shared memory, on tiles of 128 tokens (the
+ * twenty-second session, dev/cuda/NOTES.md). */
+#define LF_ORDERED_EXPAND_MAX_LOADED 8
+/* A block stages the rows of every slot its tile's tokens use (with mixed batches, most loaded
+ * slots at 128 tokens), so B's reads grow with tiles × slots, where the bucketed expand's stay
+ * near one slot's a 64-token tile; the plan, which cannot see the mapping, counts loaded slots.
+ * Measured (H100, 4096 → 4096, r 16, delta µs, bucketed →
+ * staged): at 128 tile-slot pairs a slice 2 × 8192 117.3 → 107.8, 4 × 4096 63.7 → 60.8, 8 × 2048
+ * 40.4 → 36.4; at 256, 4 × 8192 115.9 → 117.0 and 8 × 4096 66.2 → 68.2; at 512, 8 × 8192 120.1 →
+ * 130.7. */
+#define LF_ORDERED_EXPAND_MAX_PAIRS 128
+bool ordered_expand_fits(const multi_args &a, const lf_adapter_set *set)
+{
+    const int64_t tiles = (a.m + ordered_expand_tokens(true) - 1) / ordered_expand_tokens(true);
+    return set->loaded <= 1 || (a.vec_b && set->loaded <= LF_ORDERED_EXPAND_MAX_LOADED &&
+                                tiles * set->loaded <= LF_ORDERED_EXPAND_MAX_PAIRS);
+}
+/* Shared memory of multi_expand_ordered_kernel<T, true> (16-bit T; bn = 256, plan_of) staging
+ * `stages` slots' B rows: 8 slots, 67.6 KB (of 512 columns they would hold an SM to one block; on
+ * an A100, 164 KB an SM, this form runs one block an SM). */
+size_t ordered_expand_smem_bytes(int stages)
+{
+    return (size_t)stages * LF_MULTI_RC * ordered_b_ld(LF_MULTI_WARPS * ordered_expand_groups(true) * 32) * 2;
+}
 
 /* vec16_y: y's rows (and the bias) take 16-byte accesses, for multi_expand_mma_kernel.
- * live: at most this many adapters are used (adapters_at_most), for the tile estimate.
- * ordered_ok: ordered_shrink_fits; ordered_expand_ok: ordered_expand_fits. */
-multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, bool fused_ok,
-                   bool with_base, size_t es, bool vec16_y, bool ordered_ok, bool ordered_expand_ok)
+ * live: at most this many adapters are used (adapters_at_most), for the tile estimate; loaded: the
+ * set's loaded slots. ordered_ok: ordered_shrink_fits; ordered_expand_ok: ordered_expand_fits. */
+multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &ss, int live, int loaded,
+                   bool fused_ok, bool with_base, size_t es, bool vec16_y, bool ordered_ok, bool ordered_expand_ok)
 {
     multi_plan pl = {};
     a.tb = LF_MULTI_TB;
@@ -1844,7 +2025,10 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
         if (pl.ordered) /* a block a (K slice, tile) */
             pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)ordered_tiles);
         pl.expand_ordered = pl.ordered && pl.expand_mma && ordered_expand_ok;
-        a.bn = pl.expand_mma ? LF_MULTI_WARPS * LF_EXPAND_GROUPS * 32 : 256;
+        /* a call stages the slots loaded at its plan; a graph replayed after more were loaded
+         * reads the rest from memory */
+        a.b_stages = pl.expand_ordered && loaded > 1 ? loaded : 0;
+        a.bn = pl.expand_mma ? LF_MULTI_WARPS * ordered_expand_groups(a.b_stages > 0) * 32 : 256;
         a.expand_rows = expand_rows(a.max_rank);
     }
     const bool with_dout = pl.fused && with_base; /* the layer's LoRA term beside its GEMM */
@@ -1875,12 +2059,15 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
         const int expand_groups = one_wave ? wave : std::min(pl.max_tiles, 8 * sms / nslices);
         if (!pl.ordered)
             pl.shrink_grid = dim3((unsigned)a.kslices, (unsigned)std::max(1, std::min(shrink_groups, cap)));
+        const int expand_tt = ordered_expand_tokens(a.b_stages > 0);
         pl.expand_grid = pl.expand_ordered /* a block a (N slice, tile) */
-                             ? dim3((unsigned)nslices, (unsigned)((a.m + LF_ORDERED_TOKENS - 1) / LF_ORDERED_TOKENS))
+                             ? dim3((unsigned)nslices, (unsigned)((a.m + expand_tt - 1) / expand_tt))
                              : dim3((unsigned)nslices, (unsigned)std::max(1, std::min(expand_groups, cap)));
         pl.shrink_smem = pl.ordered ? ordered_shrink_smem_bytes(a.ks, a.stage_x, a.only_slot >= 0)
                                     : shrink_smem_bytes(a.ks, es);
-        pl.expand_smem = pl.expand_ordered ? 0 : expand_smem_bytes(a.max_rank, pl.expand_mma);
+        pl.expand_smem = !pl.expand_ordered ? expand_smem_bytes(a.max_rank, pl.expand_mma)
+                         : a.b_stages > 0   ? ordered_expand_smem_bytes(a.b_stages)
+                                            : 0;
     }
     size_t at = 0; /* the fused kernel needs no partials */
     pl.tpart = at, at += pl.fused ? 0 : align256((size_t)a.kslices * a.m * a.max_rank * sizeof(float));
@@ -1914,7 +2101,10 @@ cudaError_t launch_kernels_t(const multi_args &a, const multi_plan &pl, bool vec
         return lf_cuda_launch(multi_shrink_kernel<T>, pl.shrink_grid, LF_MULTI_THREADS, pl.shrink_smem, pdl, st, a);
     if constexpr (sizeof(T) == 2)
         if (pl.expand_ordered)
-            return lf_cuda_launch(multi_expand_ordered_kernel<T>, pl.expand_grid, LF_MULTI_THREADS, 0, pdl, st, a);
+            return a.b_stages > 0 ? lf_cuda_launch(multi_expand_ordered_kernel<T, true>, pl.expand_grid,
+                                                   LF_MULTI_THREADS, pl.expand_smem, pdl, st, a)
+                                  : lf_cuda_launch(multi_expand_ordered_kernel<T, false>, pl.expand_grid,
+                                                   LF_MULTI_THREADS, 0, pdl, st, a);
     if constexpr (sizeof(T) == 2)
         if (pl.expand_mma)
             return lf_cuda_launch(multi_expand_mma_kernel<T>, pl.expand_grid, LF_MULTI_THREADS, pl.expand_smem, pdl, st,
@@ -1978,8 +2168,9 @@ cudaError_t allow_smem(const void *kernel, size_t bytes)
  * outside any capture, to the most any call can ask for: the fused kernels LF_FUSED_SMEM_MAX
  * (sm_90), the shrink its two x sub-tiles at the largest K slice, the ordered shrink (sm_90) its
  * tile's rows of x at K slice 512 (plan_of's largest), the expands one tile's (or pass's) T at
- * LF_MAX_RANK — a kernel's limit holds for the process, so it must not follow one
- * set's max_rank (a later set with a smaller one would lower it under an earlier set's calls). */
+ * LF_MAX_RANK, the multi-slot ordered expand the B rows of LF_ORDERED_EXPAND_MAX_LOADED slots —
+ * a kernel's limit holds for the process, so it must not follow one set's max_rank (a later set
+ * with a smaller one would lower it under an earlier set's calls). */
 template <typename T> cudaError_t allow_smem_t(bool sm90)
 {
     cudaError_t e = cudaSuccess;
@@ -1999,6 +2190,9 @@ template <typename T> cudaError_t allow_smem_t(bool sm90)
             e = allow_smem((const void *)multi_expand_mma_kernel<T>, expand_smem_bytes(LF_MAX_RANK, true));
         if (e == cudaSuccess && sm90)
             e = allow_smem((const void *)multi_shrink_ordered_kernel<T>, ordered_shrink_smem_bytes(512, true, true));
+        if (e == cudaSuccess)
+            e = allow_smem((const void *)multi_expand_ordered_kernel<T, true>,
+                           ordered_expand_smem_bytes(LF_ORDERED_EXPAND_MAX_LOADED));
     }
     return e;
 }
@@ -2164,8 +2358,8 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.vec_a = aligned(set->a, 16) && (set->lda * es) % 16 == 0;
     a.vec_b = aligned(set->b, 16) && (set->ldb * es) % 16 == 0;
     multi_plan pl =
-        plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), cs->cc_major >= 9, q->w != NULL, es,
-                vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL), ordered_expand_fits(set));
+        plan_of(a, cs->sm_count, cs->multi_grid_cap, *ss, adapters_at_most(set, q), set->loaded, cs->cc_major >= 9,
+                q->w != NULL, es, vec16_y, ordered_shrink_fits(a, es, set, q->w != NULL), ordered_expand_fits(a, set));
     lf_status s = lf_workspace_reserve(ctx, pl.total);
     if (s != LF_OK)
         return s;
