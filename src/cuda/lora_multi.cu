@@ -1982,10 +1982,9 @@ bool ordered_shrink_fits(const multi_args &a, size_t es, const lf_adapter_set *s
 /* A block stages the rows of every slot its tile's tokens use (with mixed batches, most loaded
  * slots at 128 tokens), so B's reads grow with tiles × slots, where the bucketed expand's stay
  * near one slot's a 64-token tile; the plan, which cannot see the mapping, counts loaded slots.
- * Measured (H100, 4096 → 4096, r 16, delta µs, bucketed →
- * staged): at 128 tile-slot pairs a slice 2 × 8192 117.3 → 107.8, 4 × 4096 63.7 → 60.8, 8 × 2048
- * 40.4 → 36.4; at 256, 4 × 8192 115.9 → 117.0 and 8 × 4096 66.2 → 68.2; at 512, 8 × 8192 120.1 →
- * 130.7. */
+ * Measured (H100, 4096 → 4096, r 16, delta µs, bucketed → staged): at 128 tile-slot pairs a
+ * slice 2 × 8192 117.3 → 107.8, 4 × 4096 63.7 → 60.8, 8 × 2048 40.4 → 36.4; at 256, 4 × 8192
+ * 115.9 → 117.0 and 8 × 4096 66.2 → 68.2; at 512, 8 × 8192 120.1 → 130.7. */
 #define LF_ORDERED_EXPAND_MAX_PAIRS 128
 bool ordered_expand_fits(const multi_args &a, const lf_adapter_set *set)
 {
