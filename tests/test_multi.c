@@ -10,8 +10,9 @@
  * poisoned with NaN when beta = 0, every element within the derived tolerance, y's padding and
  * guards untouched; the segment form must give the same bits as the per-token form, and a second
  * run the same bits as the first. Then: hot swap of one slot between calls (from host and from
- * device memory), CUDA graphs captured with one or two adapters loaded and replayed after one
- * more was loaded, and bad input (statuses, y untouched). The shapes past the fused kernel's sizes
+ * device memory), adapters loaded that no token uses (y must keep every bit), CUDA graphs
+ * captured with one or two adapters loaded and replayed after one more was loaded, and bad input
+ * (statuses, y untouched). The shapes past the fused kernel's sizes
  * run a second time on a context made with LF_CUDA_MULTI_GRID_Y=1: one block a tile group, so
  * that the shrink's and the expand's loops over several tiles a block run too.
  */
