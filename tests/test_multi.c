@@ -375,6 +375,8 @@ static const shape shapes[] = {
     {700, 2600, 24, 2, 12, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
                                     * of 40 elements; a part-full last tile; rank <= 12 */
     {500, 600, 72, 4, 16, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
+    {200, 520, 264, 2, 16, 0, 0},  /* one slot loaded, 200 tokens: the delta takes the ordered kernels
+                                    * (past LF_FUSED_ONE_SLOT_M), the layer the fused kernel */
     {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
                                     * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */

@@ -1479,6 +1479,12 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
 #define LF_FUSED_CLUSTER 8
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
+/* With one slot loaded, a delta of more tokens takes the ordered shrink and expand (plan_of).
+ * Measured (H100, bf16 4096 → 4096, r 16, delta µs, fused → ordered): 64 tokens 10.0 → 10.8, 96
+ * 10.7 → 10.8, 128 10.9 → 10.8, 192 12.8 → 11.2, 256 13.9 → 11.4; the layer (fused beside the
+ * base GEMM) keeps the fused kernel: 256 tokens 34.4 against 37.2. With 8 slots the fused kernel
+ * wins by 7 µs at 256 tokens. */
+#define LF_FUSED_ONE_SLOT_M 128
 /* At least this much dynamic shared memory per block: at most three blocks per SM. A fourth (the
  * 16-bit kernels need ~55 KB at 4096², r 16, and 56 registers; fp32's registers allow two) spread
  * the clusters over fewer SMs and was slower where the grid is 200–400 blocks (H100, host loop,
@@ -2009,7 +2015,11 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
     multi_plan pl = {};
     a.tb = LF_MULTI_TB;
     pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
-    pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && fused_blocking(a, pl.max_tiles, sms, es, !with_base);
+    /* One slot loaded, a delta past LF_FUSED_ONE_SLOT_M tokens: the ordered shrink and expand
+     * (their two launches cost less there than the fused kernel's growth with the tokens). */
+    const bool ordered_wins = ordered_ok && ordered_expand_ok && vec16_y && loaded <= 1 && !with_base && a.m > LF_FUSED_ONE_SLOT_M;
+    pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && !ordered_wins &&
+               fused_blocking(a, pl.max_tiles, sms, es, !with_base);
     pl.expand_mma = !pl.fused && es == 2 && vec16_y;
     if (!pl.fused) {
         a.tb = tile_tokens(a.max_rank, pl.expand_mma);
