@@ -8,7 +8,8 @@
  * plain-load stream of lora_stream.cu in its many-adapter form; else a layer of a few tokens
  * (lf_cuda_multi_decode_wins) is the decode kernels of lora_fwd.cu in their MULTI form: one stream
  * of W, each token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one
- * launch, multi_fused_kernel (thread block clusters; see its comment), and a layer is the cuBLAS
+ * launch, multi_fused_kernel (thread block clusters; see its comment; with one slot loaded only up
+ * to LF_FUSED_ONE_SLOT_M tokens), and a layer is the cuBLAS
  * base GEMM beside that kernel on a side stream (it writes the LoRA term in fp32) and
  * multi_finish_kernel, which adds both and rounds y once. Otherwise a call is two kernels, chained with programmatic
  * dependent launch:
