@@ -5,7 +5,8 @@
  *
  * Mappings: random (ids from -1 to past the capacity: empty slots and out-of-range ids mean no
  * adapter), all -1, one adapter for every token, one token per adapter; ranks differ per adapter;
- * M = 1, M ≤ 256 (the fused kernel on sm_90) and beyond (the shrink and the expand); delta and layer;
+ * M = 1, M ≤ 256 (the fused kernel on sm_90, but a 16-bit delta of one loaded slot past 128 tokens)
+ * and beyond (the shrink and the expand); delta and layer;
  * beta 0 / 1 / 0.5; bias; every dtype and layout; strided and misaligned operands. Every case: y
  * poisoned with NaN when beta = 0, every element within the derived tolerance, y's padding and
  * guards untouched; the segment form must give the same bits as the per-token form, and a second
@@ -352,6 +353,8 @@ static const shape shapes[] = {
     {29, 72, 41, 2, 7, 1, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
     {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
     {150, 257, 130, 9, 24, 0, 0}, /* M > 64, ranks past 16 */
+    {200, 520, 264, 2, 16, 0, 0}, /* one slot loaded, 200 tokens: the 16-bit deltas take the ordered
+                                   * kernels (past LF_FUSED_ONE_SLOT_M), f32 and the layer the fused one */
     {300, 64, 64, 3, 5, 1, 1},    /* long groups (more than one tile per adapter) */
     /* M > 256 (also on sm_90): the tensor-core shrink, and the tensor-core expand where y's rows
      * take 16-byte accesses */
@@ -375,8 +378,6 @@ static const shape shapes[] = {
     {700, 2600, 24, 2, 12, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
                                     * of 40 elements; a part-full last tile; rank <= 12 */
     {500, 600, 72, 4, 16, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
-    {200, 520, 264, 2, 16, 0, 0},  /* one slot loaded, 200 tokens: the delta takes the ordered kernels
-                                    * (past LF_FUSED_ONE_SLOT_M), the layer the fused kernel */
     {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
                                     * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */
@@ -392,7 +393,7 @@ static const shape shapes[] = {
     {1100, 136, 520, 9, 16, 0, 0}, /* 8 adapters (the most the ordered kernels take); the last slice
                                     * of 8 columns */
 };
-#define FIRST_UNFUSED_SHAPE 18 /* shapes from here on are past the fused kernel's sizes */
+#define FIRST_UNFUSED_SHAPE 19 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the

@@ -8,11 +8,11 @@
  * plain-load stream of lora_stream.cu in its many-adapter form; else a layer of a few tokens
  * (lf_cuda_multi_decode_wins) is the decode kernels of lora_fwd.cu in their MULTI form: one stream
  * of W, each token's LoRA term in the epilogue. On sm_90 with M ≤ LF_FUSED_SMALL_M a delta is one
- * launch, multi_fused_kernel (thread block clusters; see its comment; with one slot loaded only up
- * to LF_FUSED_ONE_SLOT_M tokens), and a layer is the cuBLAS
- * base GEMM beside that kernel on a side stream (it writes the LoRA term in fp32) and
- * multi_finish_kernel, which adds both and rounds y once. Otherwise a call is two kernels, chained with programmatic
- * dependent launch:
+ * launch, multi_fused_kernel (thread block clusters; see its comment; a delta of one loaded slot
+ * that the ordered kernels take, only up to LF_FUSED_ONE_SLOT_M tokens), and a layer is the
+ * cuBLAS base GEMM beside that kernel on a side stream (it writes the LoRA term in fp32) and
+ * multi_finish_kernel, which adds both and rounds y once. Otherwise a call is two kernels,
+ * chained with programmatic dependent launch:
  *
  *   bucketing   each token's slot (per-token ids, or a binary search of the segment starts; an id
  *               out of range or naming an empty slot means none), tokens grouped by slot (stable
@@ -1480,7 +1480,8 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
 #define LF_FUSED_CLUSTER 8
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
-/* With one slot loaded, a delta of more tokens takes the ordered shrink and expand (plan_of).
+/* With one slot loaded, a delta of more tokens that the ordered kernels take (16-bit, rank ≤ 16,
+ * 16-byte rows) runs them instead (plan_of).
  * Measured (H100, bf16 4096 → 4096, r 16, delta µs, fused → ordered): 64 tokens 10.0 → 10.8, 96
  * 10.7 → 10.8, 128 10.9 → 10.8, 192 12.8 → 11.2, 256 13.9 → 11.4; the layer (fused beside the
  * base GEMM) keeps the fused kernel: 256 tokens 34.4 against 37.2. With 8 slots the fused kernel
@@ -2018,7 +2019,8 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
     pl.max_tiles = (int)std::min<int64_t>(a.m, (a.m + a.tb - 1) / a.tb + std::min(a.capacity + 1, a.m));
     /* One slot loaded, a delta past LF_FUSED_ONE_SLOT_M tokens: the ordered shrink and expand
      * (their two launches cost less there than the fused kernel's growth with the tokens). */
-    const bool ordered_wins = ordered_ok && ordered_expand_ok && vec16_y && loaded <= 1 && !with_base && a.m > LF_FUSED_ONE_SLOT_M;
+    const bool ordered_wins =
+        ordered_ok && ordered_expand_ok && vec16_y && loaded <= 1 && !with_base && a.m > LF_FUSED_ONE_SLOT_M;
     pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && !ordered_wins &&
                fused_blocking(a, pl.max_tiles, sms, es, !with_base);
     pl.expand_mma = !pl.fused && es == 2 && vec16_y;
