@@ -20,7 +20,8 @@
 #   SANITIZE  BUILD:PROGRAM pairs ("new:test_ops") run under compute-sanitizer memcheck and
 #             racecheck beside the tests, before any timing, each within SANITIZE_TIMEOUT (default
 #             TEST_TIMEOUT). Sanitized programs share the GPU with everything else: slow ones
-#             (test_multi) need a call of their own.
+#             (test_multi) need a call of their own, or SANITIZE_FILTER.
+#   SANITIZE_FILTER  LF_TEST_FILTER (a regex over the case names) for the sanitized runs only
 # Everything goes to stdout (the device tool brings back few files); the exit status is 1 when a
 # test or sanitizer run failed or timed out, a bench run failed, or a named build is missing.
 set -u
@@ -97,6 +98,7 @@ for pair in ${SANITIZE:-}; do # BUILD:PROGRAM under memcheck and racecheck, besi
   mkdir -p /tmp/bench-ab/san
   for tool in memcheck racecheck; do
     run_logged "/tmp/bench-ab/san/$build-$prog-$tool.log" "${SANITIZE_TIMEOUT:-${TEST_TIMEOUT:-300}}" \
+      env LF_TEST_FILTER="${SANITIZE_FILTER:-}" \
       compute-sanitizer --error-exitcode 99 --tool "$tool" "/tmp/bench-ab/b/$build/$prog" &
   done
 done

@@ -1471,11 +1471,11 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
  * block's columns of B together), computes the partial T over that slice (tensor cores for 16-bit
  * types), and pushes it into every block of the cluster (st.async on the receiver's mbarrier),
  * which adds the partials in the fixed order c = 0, 1, ...; then every block expands its own N
- * columns with the full T. A is read once per tile and N chunk (the chunks exist only where tiles
- * are few), B once per tile. Bucketing in every block: up to 32 tokens by warp votes; beyond,
- * counting by bin, a scan over the bins to find the cluster's tile, a ballot for the stable order
- * of its tokens (O(1) per token). A token's sums never depend on its tile-mates: the K
- * steps, warps and cluster order are the same for every token. Larger M (measured slower fused
+ * columns with the full T. A is read once per tile and N chunk (fused_spread_chunks: more chunks
+ * where the tiles are few), B once per tile. Bucketing in every block: up to 32 tokens by warp
+ * votes; beyond, counting by bin, a scan over the bins to find the cluster's tile, a ballot for
+ * the stable order of its tokens (O(1) per token). A token's sums never depend on its tile-mates:
+ * the K steps, warps and cluster order are the same for every token. Larger M (measured slower fused
  * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
@@ -1907,19 +1907,42 @@ size_t fused_smem_bytes(const multi_args &a, size_t es)
            (LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC + (LF_FUSED_CLUSTER + 1) * LF_MULTI_TB * rp) * sizeof(float);
 }
 
+/* The fused kernel's N chunks where they spread (a delta alone on the GPU): as many as keep the
+ * grid, max_tiles × chunks clusters, within LF_FUSED_GRID_PER_SM_X4 / 4 blocks an SM (blocks that
+ * share an SM seem to stage their x and A slices slowly: dev/cuda/NOTES.md, twenty-third session,
+ * items 4 and 6), but at least so many that a block's CUDA-core expand keeps
+ * LF_FUSED_SPREAD_TOKEN_COLS tokens × columns or fewer (tokens: m / max_tiles rounded up, a tile's
+ * mean over the grid's tiles), while the grid stays within LF_FUSED_SPREAD_MAX_PER_SM blocks an SM
+ * (past it every chunk repeats the bucketing and the staging of x and A for many tiles). Measured
+ * (H100, bf16 4096 → 4096, r 16, delta µs, one round; dev/cuda/NOTES.md, twenty-fourth session),
+ * adapters × tokens (plan tiles): chunks µs: 1 × 64 (6): 1 9.9, 2 7.9, 3 7.9, 6 9.9; 8 × 16 (10):
+ * 1 6.1, 2 5.7, 3 7.2; 8 × 64 (13): 1 9.1, 2 9.6; 64 × 16 (16): 1 6.1, 2 7.5; 8 × 256 (25): 1
+ * 16.5, 2 13.7. */
+#define LF_FUSED_GRID_PER_SM_X4 5 /* 165 blocks at 132 SMs: 8 × 16's 2 chunks are 160 */
+#define LF_FUSED_SPREAD_TOKEN_COLS 4096 /* 16 tokens × 256 columns */
+#define LF_FUSED_SPREAD_MAX_PER_SM 4
+int fused_spread_chunks(const multi_args &a, int max_tiles, int sms)
+{
+    const int per_chunk = LF_FUSED_CLUSTER * max_tiles; /* blocks */
+    const int by_grid = sms * LF_FUSED_GRID_PER_SM_X4 / 4 / per_chunk;
+    const int64_t tile_tokens = std::min<int64_t>(LF_MULTI_TB, (a.m + max_tiles - 1) / max_tiles);
+    const int64_t chunk_work = (int64_t)LF_FUSED_CLUSTER * LF_FUSED_SPREAD_TOKEN_COLS;
+    const int by_work = (int)std::min<int64_t>((a.n * tile_tokens + chunk_work - 1) / chunk_work,
+                                               std::max(1, LF_FUSED_SPREAD_MAX_PER_SM * sms / per_chunk));
+    return std::max(1, std::min(std::max(by_grid, by_work), a.n / (LF_FUSED_CLUSTER * 64)));
+}
+
 /* Sets a's blocking for the fused kernel (K slice per cluster block, N chunks and columns per
- * block) and says whether its shared memory fits. spread: few tiles get several N chunks, so that
- * about two blocks per SM work (not beside the layer's GEMM, which needs the SMs); B's columns of a
- * block stay within 32 KiB. */
+ * block) and says whether its shared memory fits. spread: N chunks by fused_spread_chunks (not
+ * beside the layer's GEMM, which needs the SMs: one chunk there); B's columns of a block stay
+ * within 32 KiB. */
 bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool spread)
 {
     a.tb = LF_MULTI_TB;
     a.ks = (int)round_up((size_t)(a.k + LF_FUSED_CLUSTER - 1) / LF_FUSED_CLUSTER, 16); /* mma k-steps */
     const int bn_cap = std::max(8, std::min(1024, (int)(32768 / ((size_t)a.max_rank * es)) / 8 * 8));
-    const int clusters_wanted = spread ? std::max(1, 2 * sms / LF_FUSED_CLUSTER) : 1;
     max_tiles = std::max(1, max_tiles);
-    int chunks = std::max(1, std::min((clusters_wanted + max_tiles - 1) / max_tiles,
-                                      a.n / (LF_FUSED_CLUSTER * 64)));
+    int chunks = spread ? fused_spread_chunks(a, max_tiles, sms) : 1;
     chunks = std::max(chunks, (a.n + LF_FUSED_CLUSTER * bn_cap - 1) / (LF_FUSED_CLUSTER * bn_cap));
     a.nchunks = chunks;
     a.bn = (int)round_up((size_t)(a.n + chunks * LF_FUSED_CLUSTER - 1) / (chunks * LF_FUSED_CLUSTER), 8);
