@@ -211,7 +211,9 @@ static const hopper_shape hopper_shapes[] = {
      * rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
      * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
-     * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1 */
+     * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1;
+     * then 48-row tiles (T in the wgmma's rows 48–63): 12 tokens on 128 tiles, 9 tokens at r 9 with
+     * a bias, padded strides and a last tile of 40 rows, 2 tokens on 107 tiles (one round, 81%) */
     {{16, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles: 128 of them */
     {{5, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles, the last 8 rows, K tail */
     {{4, 520, 11008, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},   /* 344 tiles of 32: 2-3 a CTA, the ring wrapping */
@@ -223,6 +225,9 @@ static const hopper_shape hopper_shapes[] = {
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
+    {{12, 1032, 6144, 16, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},  /* 128 tiles of 48 */
+    {{9, 520, 6136, 9, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 128 tiles of 48, the last 40 rows */
+    {{2, 4096, 5120, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},   /* 107 tiles of 48 */
     /* the plain-load stream (M ≤ 8, r ≤ 16, 132 to 262 tiles of 16 rows on an H100's or H200's 132
      * SMs, one a block): one token on 256 tiles; 8 tokens with K and N tails, r 7 and strides
      * padded to 16 bytes; K under one step a warp (most warps stream nothing, T's values loaded

@@ -320,18 +320,22 @@ static void heuristics_tests(void)
 
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 16 tokens where its tiles fill the SMs");
     /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
-     * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones; M ≤ 16, r ≤ 16 */
+     * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones, else 48-row ones
+     * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 16, r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));
-    /* tiles of 64 rows where they fill the rounds, else of 32 where those do, else none */
     LFT_CHECK(lf_cuda_hopper_decode_rows(14336, 132) == 64);  /* 224 tiles: 2 rounds, 85% */
     LFT_CHECK(lf_cuda_hopper_decode_rows(8448, 132) == 64);   /* 132 */
     LFT_CHECK(lf_cuda_hopper_decode_rows(8384, 132) == 64);   /* 131: one round, 99% */
     LFT_CHECK(lf_cuda_hopper_decode_rows(11008, 132) == 32);  /* 172 of 64: 65%; 344 of 32: 87% */
     LFT_CHECK(lf_cuda_hopper_decode_rows(4096, 132) == 32);   /* 64 of 64 rows: ½; 128 of 32: 97% */
     LFT_CHECK(lf_cuda_hopper_decode_rows(12673, 132) == 64);  /* 199 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(8449, 132) == 0);    /* 133 of 64: ½ full; 265 of 32: ⅔ */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(6144, 132) == 48);   /* 96 of 64, 192 of 32: 73%; 128 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(6336, 132) == 48);   /* 99 of 64: ¾, not more; 132 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(4753, 132) == 48);   /* 100 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(4752, 132) == 0);    /* 99 of 48, 149 of 32: ¾ and 56% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(8449, 132) == 0);    /* 133 of 64: ½ full; 265 of 32: ⅔; 177 of 48: ⅔ */
     LFT_CHECK(lf_cuda_hopper_decode_rows(3168, 132) == 0);    /* 99 of 32 rows: ¾, not more */
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8449, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 3168, 16, 132)); /* the decode kernel's */

@@ -328,11 +328,21 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * M 16 49.5–49.9 against 51.7 (47.5). */
 #define LF_CUDA_HOPPER_DECODE_MAX_M 16
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
-/* Rows of W per tile of the decode form for N output features: 64, or 32, or 0 where neither fills
- * the SMs' rounds. */
+/* Rows of W per tile of the decode form for N output features: 64, else 32, else 48, the first
+ * whose rounds are more than ¾ full; 0 where none is. 48-row tiles (T in the wgmma's rows 48–63,
+ * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 99–132 tiles on
+ * 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
+ * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
+ * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of 56 and 40 rows (the T warp; rows that are not a multiple of 16 put A's box
+ * across two warps' rows) were slower wherever tried, even where they balance the SMs better:
+ * 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 × 4096 → 14336 42.7 against 41.7
+ * with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode kernel (H100, bf16, r 16, one
+ * call; dev/cuda/NOTES.md, twenty-fourth session, item 3). */
 static inline int lf_cuda_hopper_decode_rows(int64_t n, int sm_count)
 {
-    for (int rows = 64; rows >= 32; rows /= 2) {
+    static const int rows_tried[] = {64, 32, 48};
+    for (int i = 0; i < (int)(sizeof rows_tried / sizeof rows_tried[0]); i++) {
+        const int rows = rows_tried[i];
         const int64_t tiles = (n + rows - 1) / rows, rounds = (tiles + sm_count - 1) / sm_count;
         if (4 * tiles > 3 * rounds * sm_count)
             return rows;

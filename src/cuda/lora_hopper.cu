@@ -810,7 +810,7 @@ __global__ void __launch_bounds__(THREADS, 1)
  *
  * For M ≤ 16 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
  * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning tiles of
- * p.rows rows of W (64, or 32 where 64-row tiles would leave the SMs' rounds too empty:
+ * p.rows rows of W (64, or 32 or 48 where 64-row tiles would leave the SMs' rounds too empty:
  * lf_cuda_hopper_decode_rows), t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
  * streams p.rows × 64 boxes of W and the 16 × 64 box of x (rows past M zero-filled) through a
  * DEC_STAGES-deep ring, and during the
@@ -818,13 +818,13 @@ __global__ void __launch_bounds__(THREADS, 1)
  * accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A operand, x as the
  * B operand, both K-major in shared memory), 8 fp32 registers a thread. Beside it, in the producer
  * warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
- * (it holds each stage until it has read its chunks; with 32-row tiles the wgmma computes T
- * instead, in its spare rows), and two warps stage each tile's rows of B and the
+ * (it holds each stage until it has read its chunks; with 32- or 48-row tiles the wgmma computes
+ * T instead, in its spare rows), and two warps stage each tile's rows of B and the
  * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
  * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
- * fixed order: bitwise reproducible. r ≤ 16. With 32-row tiles the wgmma still computes 64 rows:
- * rows 32–63 of each W slot hold whatever an earlier stage left there, and their results, which no
- * other row depends on, are never stored. */
+ * fixed order: bitwise reproducible. r ≤ 16. With tiles of fewer than 64 rows the wgmma still
+ * computes 64: rows p.rows–63 of each W slot hold whatever an earlier stage left there (or A's box),
+ * and their results, which no other row depends on, are never stored. */
 enum {
     DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
     DEC_TOK = 16,  /* token columns: wgmma's N */
@@ -843,7 +843,7 @@ enum {
 
 struct dec_params {
     int m, n, r, k_tiles, tiles;
-    int rows; /* W rows per tile: 64 or 32 */
+    int rows; /* W rows per tile: 64, 32 or 48 */
     int b_vec; /* B and ldb allow 16-byte loads of 8 ranks */
     const void *b, *bias;
     long long ldb;
@@ -960,15 +960,16 @@ __global__ void __launch_bounds__(2 * 128, 1)
     /* t_full, b_full[2], b_empty[2] after the ring's barriers */
     const uint32_t lora_bars = bars + 8 * 2 * DEC_STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    /* 32-row tiles: A's box rides in rows 32–47 of the first tile's W slots, so the wgmma computes
-     * T = x·Aᵀ in consumer warp 2's accumulators beside x·Wᵀ, and no T warp holds the ring */
-    const bool t_by_wgmma = p.rows < DEC_ROWS;
+    /* 32- and 48-row tiles: A's box rides in rows p.rows to p.rows + 15 of the first tile's W slots,
+     * so the wgmma computes T = x·Aᵀ in consumer warp p.rows / 16's accumulators beside x·Wᵀ, and
+     * no T warp holds the ring */
+    const bool t_by_wgmma = p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS;
     if (threadIdx.x == 0) {
         for (int s = 0; s < DEC_STAGES; s++) {
             mbar_init(FULL(s), 1);
             mbar_init(EMPTY(s), t_by_wgmma ? 4 : 4 + 1); /* one arrival per consumer warp, and the T warp's */
         }
-        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes (consumer warp 2's with 32 rows) */
+        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes (or consumer warp p.rows / 16's) */
         mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
         mbar_init(lora_bars + 16, DEC_LOADERS); /* b_full[1] */
         mbar_init(lora_bars + 24, 128);         /* b_empty[0]: every consumer thread is done */
@@ -1041,7 +1042,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
             consumer_drain(EMPTY(0), prev, lane);
             fence_acc<8>(d);
             const int buf = j % 2;
-            if (t_by_wgmma && j == 0 && warp == 2) { /* rows 32–47 of the first tile: T, rank lane/4 (+8) */
+            if (t_by_wgmma && j == 0 && warp == p.rows / 16) { /* A's rows of the first tile: T, rank lane/4 (+8) */
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -1230,7 +1231,7 @@ template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, 
 {
     const bool f16 = p->dtype == LF_F16;
     /* correct at any N; the plan takes the form only where lf_cuda_hopper_decode_rows is not 0 */
-    const int rows = lf_cuda_hopper_decode_rows(p->n, sm_count) == 32 ? 32 : DEC_ROWS;
+    const int best_rows = lf_cuda_hopper_decode_rows(p->n, sm_count), rows = best_rows ? best_rows : DEC_ROWS;
     CUtensorMap mx, mw, ma;
     if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
