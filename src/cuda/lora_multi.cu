@@ -1577,10 +1577,13 @@ __device__ int fused_stage_bins(const multi_args &p, fused_shared &sh, const fus
     return id < 0 || id >= p.capacity || tb.slots[id].rank <= 0 ? p.capacity : id;
 }
 
-/* M ≤ 32: the tiles of fused_bucket_in_block, numbered alike (by bin, then chunk of LF_MULTI_TB
- * tokens in token order), found by warp 0 alone, one token per lane, with warp votes: two block
- * barriers where the general form needs seven, each a wait on the slowest warp in a kernel whose
- * time is its chain of latencies (ncu at M = 1: barrier stalls ~15% of its samples). */
+/* M ≤ 32: the tiles of fused_bucket_in_block (a bin's tokens in chunks of LF_MULTI_TB, in token
+ * order), found by warp 0 alone, one token per lane, with warp votes: two block barriers where the
+ * general form needs seven, each a wait on the slowest warp in a kernel whose time is its chain of
+ * latencies (ncu at M = 1: barrier stalls ~15% of its samples). The bins' tiles are numbered in
+ * the order of their first tokens, not of the bins as there: every block of the launch numbers
+ * them alike, which is all the tiles need, and the offsets are then a warp scan (5 dependent
+ * shuffles) instead of a sum over the smaller bins (64 shuffles). */
 __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, const fused_tables &tb, int ti)
 {
     const int t = threadIdx.x;
@@ -1589,11 +1592,13 @@ __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, cons
         const int key = t < p.m ? bin : INT_MAX; /* lanes past M: a group of their own, no tiles */
         const unsigned peers = __match_any_sync(0xffffffffu, key), below = (1u << t) - 1u;
         const int tiles = t < p.m && (peers & below) == 0 ? (__popc(peers) + LF_MULTI_TB - 1) / LF_MULTI_TB : 0;
-        int before = 0; /* the tiles of smaller bins, which come first */
-        for (int u = 0; u < 32; u++) {
-            const int ku = __shfl_sync(0xffffffffu, key, u), nu = __shfl_sync(0xffffffffu, tiles, u);
-            before += ku < key ? nu : 0;
+        int upto = tiles; /* the tiles of the bins whose first tokens come before this lane's, and its own */
+#pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+            const int v = __shfl_up_sync(0xffffffffu, upto, d);
+            upto += t >= d ? v : 0;
         }
+        const int before = upto - tiles;
         const unsigned owner = __ballot_sync(0xffffffffu, ti >= before && ti < before + tiles);
         if (t == 0)
             sh.tile[2] = 0; /* past the last tile */
