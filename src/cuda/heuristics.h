@@ -333,8 +333,9 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 99–132 tiles on
  * 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
- * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of 56 and 40 rows (the T warp; rows that are not a multiple of 16 put A's box
- * across two warps' rows) were slower wherever tried, even where they balance the SMs better:
+ * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of
+ * 56 and 40 rows (the T warp; rows that are not a multiple of 16 put A's box across two warps'
+ * rows) were slower wherever tried, even where they balance the SMs better:
  * 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 × 4096 → 14336 42.7 against 41.7
  * with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode kernel (H100, bf16, r 16, one
  * call; dev/cuda/NOTES.md, twenty-fourth session, item 3). */
