@@ -312,7 +312,7 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
 }
 
 /* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the
- * wgmma A operand in 64-row tiles (or 32), one CTA per SM, T computed beside the first tile's stream. It
+ * wgmma A operand in 64-row tiles (or 32 or 48), one CTA per SM, T computed beside the first tile's stream. It
  * wins where its tiles fill the SMs' rounds: H100, bf16, r 16, `lorafuse bench` against the decode
  * kernel in one call (dev/cuda/NOTES.md, tenth session), µs, cuBLAS base alone in brackets:
  * 4096 → 14336 (224 tiles: 2 rounds, the second 70% full) M 1 42.6 against 44.9 (41.3), M 4 43.1
@@ -330,12 +330,12 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
 /* Rows of W per tile of the decode form for N output features: 64, else 32, else 48, the first
  * whose rounds are more than ¾ full; 0 where none is. 48-row tiles (T in the wgmma's rows 48–63,
- * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 99–132 tiles on
- * 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
+ * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 100–132 tiles
+ * on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
  * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of
- * 56 and 40 rows (the T warp; rows that are not a multiple of 16 put A's box across two warps'
- * rows) were slower wherever tried, even where they balance the SMs better:
+ * 56 and 40 rows (the T warp: A's box does not fit the slot's 8 spare rows at 56, and at 40 it
+ * would cross two warps' rows) were slower wherever tried, even where they balance the SMs better:
  * 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 × 4096 → 14336 42.7 against 41.7
  * with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode kernel (H100, bf16, r 16, one
  * call; dev/cuda/NOTES.md, twenty-fourth session, item 3). */

@@ -1579,7 +1579,7 @@ __device__ int fused_stage_bins(const multi_args &p, fused_shared &sh, const fus
 
 /* M ≤ 32: the tiles of fused_bucket_in_block (a bin's tokens in chunks of LF_MULTI_TB, in token
  * order), found by warp 0 alone, one token per lane, with warp votes: two block barriers where the
- * general form needs seven, each a wait on the slowest warp in a kernel whose time is its chain of
+ * general form needs seven to ten, each a wait on the slowest warp in a kernel whose time is its chain of
  * latencies (ncu at M = 1: barrier stalls ~15% of its samples). The bins' tiles are numbered in
  * the order of their first tokens, not of the bins as there: every block of the launch numbers
  * them alike, which is all the tiles need, and the offsets are then a warp scan (5 dependent
@@ -1592,7 +1592,7 @@ __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, cons
         const int key = t < p.m ? bin : INT_MAX; /* lanes past M: a group of their own, no tiles */
         const unsigned peers = __match_any_sync(0xffffffffu, key), below = (1u << t) - 1u;
         const int tiles = t < p.m && (peers & below) == 0 ? (__popc(peers) + LF_MULTI_TB - 1) / LF_MULTI_TB : 0;
-        int upto = tiles; /* the tiles of the bins whose first tokens come before this lane's, and its own */
+        int upto = tiles; /* then the leaders' tiles over lanes 0 .. t (inclusive scan) */
 #pragma unroll
         for (int d = 1; d < 32; d *= 2) {
             const int v = __shfl_up_sync(0xffffffffu, upto, d);
@@ -1913,9 +1913,10 @@ size_t fused_smem_bytes(const multi_args &a, size_t es)
 }
 
 /* The fused kernel's N chunks where they spread (a delta alone on the GPU): as many as keep the
- * grid, max_tiles × chunks clusters, within LF_FUSED_GRID_PER_SM_X4 / 4 blocks an SM (blocks that
- * share an SM seem to stage their x and A slices slowly: dev/cuda/NOTES.md, twenty-third session,
- * items 4 and 6), but at least so many that a block's CUDA-core expand keeps
+ * grid, max_tiles × chunks clusters, within LF_FUSED_GRID_PER_SM_X4 / 4 blocks an SM (grids past
+ * that were slower in every cell swept, while fewer blocks an SM by padding shared memory never
+ * helped: the grid counts, not the blocks an SM; dev/cuda/NOTES.md, twenty-fourth session, item
+ * 1), but at least so many that a block's CUDA-core expand keeps
  * LF_FUSED_SPREAD_TOKEN_COLS tokens × columns or fewer (tokens: m / max_tiles rounded up, a tile's
  * mean over the grid's tiles), while the grid stays within LF_FUSED_SPREAD_MAX_PER_SM blocks an SM
  * (past it every chunk repeats the bucketing and the staging of x and A for many tiles). Measured
