@@ -1579,11 +1579,11 @@ __device__ int fused_stage_bins(const multi_args &p, fused_shared &sh, const fus
 
 /* M ≤ 32: the tiles of fused_bucket_in_block (a bin's tokens in chunks of LF_MULTI_TB, in token
  * order), found by warp 0 alone, one token per lane, with warp votes: two block barriers where the
- * general form needs seven to ten, each a wait on the slowest warp in a kernel whose time is its chain of
- * latencies (ncu at M = 1: barrier stalls ~15% of its samples). The bins' tiles are numbered in
- * the order of their first tokens, not of the bins as there: every block of the launch numbers
- * them alike, which is all the tiles need, and the offsets are then a warp scan (5 dependent
- * shuffles) instead of a sum over the smaller bins (64 shuffles). */
+ * general form needs seven to ten, each a wait on the slowest warp in a kernel whose time is its
+ * chain of latencies (ncu at M = 1: barrier stalls ~15% of its samples). The bins' tiles are
+ * numbered in the order of their first tokens, not of the bins as there: every block of the launch
+ * numbers them alike, which is all the tiles need, and the offsets are then a warp scan (5
+ * dependent shuffles) instead of a sum over the smaller bins (64 shuffles). */
 __device__ void fused_bucket_in_warp(const multi_args &p, fused_shared &sh, const fused_tables &tb, int ti)
 {
     const int t = threadIdx.x;
