@@ -1950,8 +1950,10 @@ bool fused_blocking(multi_args &a, int max_tiles, int sms, size_t es, bool sprea
     max_tiles = std::max(1, max_tiles);
     int chunks = spread ? fused_spread_chunks(a, max_tiles, sms) : 1;
     chunks = std::max(chunks, (a.n + LF_FUSED_CLUSTER * bn_cap - 1) / (LF_FUSED_CLUSTER * bn_cap));
-    a.nchunks = chunks;
     a.bn = (int)round_up((size_t)(a.n + chunks * LF_FUSED_CLUSTER - 1) / (chunks * LF_FUSED_CLUSTER), 8);
+    /* bn's rounding up to 8 can leave whole chunks past N (4096 → 14336 at 20 chunks: bn 96, the
+     * 20th chunk from column 14592), which would bucket, stage and shrink for nothing */
+    a.nchunks = (int)((a.n + LF_FUSED_CLUSTER * a.bn - 1) / (LF_FUSED_CLUSTER * a.bn));
     return fused_smem_bytes(a, es) <= LF_FUSED_SMEM_MAX;
 }
 
