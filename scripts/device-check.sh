@@ -14,7 +14,8 @@
 # same, MULTI_FILTER=the LF_TEST_FILTER of test_multi under the
 # sanitizers (default: its 16-bit cases on four shapes past 256 tokens, the tensor-core shrink and
 # expand; "" runs all of it, which racecheck does not finish in 560 s), OPS_FILTER=the same for
-# test_ops (default "": all of it; '^test_ops hopper' keeps the Hopper kernels' cases), BENCH=bench arguments
+# test_ops (default "": all of it; '^test_ops hopper' keeps the Hopper kernels' cases; the hopper,
+# chained and graph replay cases honor it since 2026-11-27), BENCH=bench arguments
 # (default none; e.g. "--suite"), BENCH_TIMEOUT=its limit in seconds (400), TEST_TIMEOUT=each
 # test's (300), SANITIZE_TIMEOUT=each sanitized run's (420).
 # The tests run all at once, then the sanitized runs all at once (never beside the tests: sharing

@@ -213,7 +213,12 @@ static const hopper_shape hopper_shapes[] = {
      * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
      * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1;
      * then 48-row tiles (T in the wgmma's rows 48–63): 12 tokens on 128 tiles, 9 tokens at r 9 with
-     * a bias, padded strides and a last tile of 40 rows, 2 tokens on 107 tiles (one round, 81%) */
+     * a bias, padded strides and a last tile of 40 rows, 2 tokens on 107 tiles (one round, 81%);
+     * then 17–64 tokens (64 token columns, 32- or 48-row tiles in one round; the ring wraps past
+     * 13 K stages): 64 tokens on 128 tiles of 32, 25 at r 7 with a last tile of 8 rows and a K
+     * tail, 20 (where the CUDA-core decode kernel does not fit) on 48-row tiles with a last one of
+     * 40 rows, 33 on 105 tiles of 48 with a last one of 8 rows, 64 in f16 at r 8 on 129 tiles of 32
+     * with a last one of 4 rows (N ≢ 0 mod 8: strides padded to 16 bytes) */
     {{16, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles: 128 of them */
     {{5, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles, the last 8 rows, K tail */
     {{4, 520, 11008, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},   /* 344 tiles of 32: 2-3 a CTA, the ring wrapping */
@@ -228,6 +233,11 @@ static const hopper_shape hopper_shapes[] = {
     {{12, 1032, 6144, 16, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},  /* 128 tiles of 48 */
     {{9, 520, 6136, 9, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 128 tiles of 48, the last 40 rows */
     {{2, 4096, 5120, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},   /* 107 tiles of 48 */
+    {{64, 1032, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE},
+    {{25, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE},
+    {{20, 520, 6136, 9, LFT_PADDED16, 0}, 2, 1, 2, LF_CUDA_HOPPER_DECODE},
+    {{33, 264, 5000, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
+    {{64, 1032, 4100, 8, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
     /* the plain-load stream (M ≤ 8, r ≤ 16, 132 to 262 tiles of 16 rows on an H100's or H200's 132
      * SMs, one a block): one token on 256 tiles; 8 tokens with K and N tails, r 7 and strides
      * padded to 16 bytes; K under one step a warp (most warps stream nothing, T's values loaded
@@ -317,6 +327,8 @@ static void hopper_case_run(lf_context *ctx, const lft_case *c, const hopper_sha
 {
     char name[256], what[320];
     snprintf(what, sizeof what, "test_ops hopper %s", lft_case_name(c, name, sizeof name));
+    if (!lft_selected(what))
+        return;
     lft_problem p;
     if (lft_problem_init(&p, ctx, c) != LF_OK) {
         lft_begin("%s: setup", what);
@@ -370,6 +382,8 @@ static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, i
 {
     char name[256], what[320];
     snprintf(what, sizeof what, "test_ops %s graph replay %s", kind, lft_case_name(c, name, sizeof name));
+    if (!lft_selected(what))
+        return;
     cudaStream_t s = NULL;
     lft_problem p;
     if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess || lft_problem_init(&p, ctx, c) != LF_OK) {
@@ -504,6 +518,7 @@ static const chain_shape chain_shapes[] = {
     {{77, 4104, 4104, 8, 0, 0}, LF_CUDA_HOPPER_MID, 0},     /* ~21 K stages a CTA: past the W filled early */
     {{16, 8448, 8448, 16, 0, 0}, LF_CUDA_HOPPER_DECODE, 0}, /* one round of 132 tiles */
     {{16, 4096, 4096, 16, 0, 0}, LF_CUDA_HOPPER_DECODE, 0}, /* 128 tiles of 32 rows: T in the wgmma */
+    {{48, 4096, 4096, 16, 0, 0}, LF_CUDA_HOPPER_DECODE, 0}, /* the same with 64 token columns */
     {{4, 4096, 4096, 16, 0, 0}, LF_CUDA_STREAM, 0},         /* the T workers' epochs, call after call */
 };
 #define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
@@ -513,6 +528,8 @@ static void chain_case(lf_context *ctx, const chain_shape *cs, uint64_t index)
     char name[256], what[320];
     lft_case c = make_case(&cs->s, 2, 0, 1, 1, 1, index); /* bf16, PEFT, bias, beta 1 */
     snprintf(what, sizeof what, "test_ops chained x%d %s", CHAIN, lft_case_name(&c, name, sizeof name));
+    if (!lft_selected(what))
+        return;
     const int cuda = lf_context_backend(ctx) == LF_BACKEND_CUDA;
     if (!cuda && !cs->cpu) {
         lft_skip(what, lf_backend_name(lf_context_backend(ctx)), "sized for a CUDA Hopper form", 1);

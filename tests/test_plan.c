@@ -318,30 +318,43 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, LF_CUDA_HOPPER_MAX_M + 1, 4096, 16, 132));
     lft_end();
 
-    lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 16 tokens where its tiles fill the SMs");
+    lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");
     /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
      * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones, else 48-row ones
      * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 16, r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));
-    LFT_CHECK(lf_cuda_hopper_decode_rows(14336, 132) == 64);  /* 224 tiles: 2 rounds, 85% */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(8448, 132) == 64);   /* 132 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(8384, 132) == 64);   /* 131: one round, 99% */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(11008, 132) == 32);  /* 172 of 64: 65%; 344 of 32: 87% */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(4096, 132) == 32);   /* 64 of 64 rows: ½; 128 of 32: 97% */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(12673, 132) == 64);  /* 199 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(6144, 132) == 48);   /* 96 of 64, 192 of 32: 73%; 128 of 48 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(6336, 132) == 48);   /* 99 of 64: ¾, not more; 132 of 48 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(4753, 132) == 48);   /* 100 of 48 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(4752, 132) == 0);    /* 99 of 48, 149 of 32: ¾ and 56% */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(8449, 132) == 0);    /* 133 of 64: ½ full; 265 of 32: ⅔; 177 of 48: ⅔ */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(3168, 132) == 0);    /* 99 of 32 rows: ¾, not more */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 14336, 132) == 64);  /* 224 tiles: 2 rounds, 85% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 8448, 132) == 64);   /* 132 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 8384, 132) == 64);   /* 131: one round, 99% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 11008, 132) == 32);  /* 172 of 64: 65%; 344 of 32: 87% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 4096, 132) == 32);   /* 64 of 64 rows: ½; 128 of 32: 97% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 12673, 132) == 64);  /* 199 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 6144, 132) == 48);   /* 96 of 64, 192 of 32: 73%; 128 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 6336, 132) == 48);   /* 99 of 64: ¾, not more; 132 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 4753, 132) == 48);   /* 100 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 4752, 132) == 0);    /* 99 of 48, 149 of 32: ¾ and 56% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 8449, 132) == 0);    /* 133 of 64: ½ full; 265 of 32: ⅔; 177 of 48: ⅔ */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(16, 3168, 132) == 0);    /* 99 of 32 rows: ¾, not more */
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 1, 8449, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 3168, 16, 132)); /* the decode kernel's */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
-    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 17, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 65, 4096, 16, 132));
+    /* 17–64 tokens: 32- or 48-row tiles only (T in the wgmma's spare rows) */
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_rows(17, 4096, 132) == 32);
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 6144, 132) == 48);  /* 192 of 32: two rounds; 128 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 8448, 132) == 0);   /* 264 of 32: two rounds (16 tokens: 64) */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 14336, 132) == 0);  /* 448 of 32, 299 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(17, 3168, 132) == 0);   /* 99 of 32, 66 of 48 */
+    /* up to 24 tokens the CUDA-core decode kernel keeps the layers it takes */
+    LFT_CHECK(lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 24, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 24, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 25, 4096, 16, 132));
+    LFT_CHECK(!lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 20, 6136, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 20, 6136, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 17, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 0, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_KN, ok_flags, 16, 14336, 16, 132));

@@ -311,8 +311,14 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
     return split > 1 || tiles_m == 1 ? split : 0;
 }
 
-/* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 16, r ≤ 16, W streamed by TMA as the
- * wgmma A operand in 64-row tiles (or 32 or 48), one CTA per SM, T computed beside the first tile's stream. It
+/* Hopper decode form (lora_hopper.cu, "few tokens"): M ≤ 64, r ≤ 16, W streamed by TMA as the
+ * wgmma A operand in 64-row tiles (or 32 or 48), one CTA per SM, T computed beside the first tile's
+ * stream. Past 16 tokens (64 token columns) against what the plan took before, in one call
+ * (bench/results/cuda-h100-2026-11-27-decode-64-columns-ab.json; cuBLAS base in brackets): 64 ×
+ * 4096 → 4096 20.8 → 17.7 (14.8; the split-K form before), 48 × 4096 → 6144 26.0 → 21.2 (21.4),
+ * 32 × 4096 → 4096 18.7 → 17.6 (14.3; the CUDA-core decode kernel before), but 24 × 4096 → 4096
+ * 18.14 against the decode kernel's 18.22: up to 24 tokens the decode kernel keeps the layers it
+ * takes (LF_CUDA_HOPPER_DECODE_KERNEL_UP_TO_M). It
  * wins where its tiles fill the SMs' rounds: H100, bf16, r 16, `lorafuse bench` against the decode
  * kernel in one call (dev/cuda/NOTES.md, tenth session), µs, cuBLAS base alone in brackets:
  * 4096 → 14336 (224 tiles: 2 rounds, the second 70% full) M 1 42.6 against 44.9 (41.3), M 4 43.1
@@ -326,10 +332,13 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * 14.7 against 15.8 (16.0); 4096 → 11008 M 16 35.0 against 37.8 (35.2); and 8192 → 8192 (128
  * 64-row tiles, one round 97% full, which the old "tiles ≥ SMs" rule sent to the decode kernel)
  * M 16 49.5–49.9 against 51.7 (47.5). */
-#define LF_CUDA_HOPPER_DECODE_MAX_M 16
+#define LF_CUDA_HOPPER_DECODE_MAX_M 64
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
 /* Rows of W per tile of the decode form for N output features: 64, else 32, else 48, the first
- * whose rounds are more than ¾ full; 0 where none is. 48-row tiles (T in the wgmma's rows 48–63,
+ * whose rounds are more than ¾ full; 0 where none is. Past 16 tokens (64 token columns: x's box is
+ * 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in one round only; with
+ * 448 tiles of 32 (3.4 a CTA) 64 × 4096 → 14336 ran 57.2 µs against the split-K form's 49.6
+ * (cuBLAS base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3). 48-row tiles (T in the wgmma's rows 48–63,
  * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 100–132 tiles
  * on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
@@ -339,23 +348,26 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 × 4096 → 14336 42.7 against 41.7
  * with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode kernel (H100, bf16, r 16, one
  * call; dev/cuda/NOTES.md, twenty-fourth session, item 3). */
-static inline int lf_cuda_hopper_decode_rows(int64_t n, int sm_count)
+static inline int lf_cuda_hopper_decode_rows(int64_t m, int64_t n, int sm_count)
 {
     static const int rows_tried[] = {64, 32, 48};
-    for (int i = 0; i < (int)(sizeof rows_tried / sizeof rows_tried[0]); i++) {
+    for (int i = m > 16; i < (int)(sizeof rows_tried / sizeof rows_tried[0]); i++) {
         const int rows = rows_tried[i];
         const int64_t tiles = (n + rows - 1) / rows, rounds = (tiles + sm_count - 1) / sm_count;
-        if (4 * tiles > 3 * rounds * sm_count)
+        if (4 * tiles > 3 * rounds * sm_count && (m <= 16 || rounds == 1))
             return rows;
     }
     return 0;
 }
+#define LF_CUDA_HOPPER_DECODE_KERNEL_UP_TO_M 24
 static inline int lf_cuda_hopper_decode_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                              int64_t r, int sm_count)
 {
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && m >= 1 && m <= LF_CUDA_HOPPER_DECODE_MAX_M && r >= 1 &&
-           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && lf_cuda_hopper_decode_rows(n, sm_count) != 0;
+           r <= LF_CUDA_HOPPER_DECODE_MAX_RANK && lf_cuda_hopper_decode_rows(m, n, sm_count) != 0 &&
+           !(m > 16 && m <= LF_CUDA_HOPPER_DECODE_KERNEL_UP_TO_M &&
+             lf_cuda_decode_fits(dtype, layout, flags, m, n, r, sm_count));
 }
 
 /* The plain-load stream (lora_stream.cu): M ≤ 8, r ≤ 16, two blocks of 16 warps an SM, each W

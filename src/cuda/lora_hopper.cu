@@ -47,7 +47,7 @@
  * Two more forms of the layer follow, with the same building blocks: "few tiles" (each tile's K
  * split over a thread block cluster, for 17 to a few hundred tokens where the decode kernels do
  * not take them; lf_cuda_hopper_mid_split) and "few tokens" (W streamed as the wgmma A operand,
- * for up to 16; lf_cuda_hopper_decode_fits).
+ * for up to 64; lf_cuda_hopper_decode_fits).
  */
 #include "common.cuh"
 #include "heuristics.h"
@@ -808,37 +808,45 @@ __global__ void __launch_bounds__(THREADS, 1)
 
 /* ---- few tokens: W streamed as the wgmma A operand ----------------------------------------------
  *
- * For M ≤ 16 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
+ * For M ≤ 64 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
  * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning tiles of
  * p.rows rows of W (64, or 32 or 48 where 64-row tiles would leave the SMs' rounds too empty:
  * lf_cuda_hopper_decode_rows), t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
- * streams p.rows × 64 boxes of W and the 16 × 64 box of x (rows past M zero-filled) through a
- * DEC_STAGES-deep ring, and during the
+ * streams p.rows × 64 boxes of W and the TOK × 64 box of x (TOK token columns: 16 up to 16 tokens,
+ * else 64; rows past M zero-filled) through a dec_shape<TOK>::STAGES-deep ring, and during the
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
- * accumulates the tile's 64 features × 16 tokens with wgmma m64n16k16 (W as the A operand, x as the
- * B operand, both K-major in shared memory), 8 fp32 registers a thread. Beside it, in the producer
- * warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
+ * accumulates the tile's 64 features × TOK tokens with wgmma m64nTOKk16 (W as the A operand, x as
+ * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. Beside it, in
+ * the producer warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
  * (it holds each stage until it has read its chunks; with 32- or 48-row tiles the wgmma computes
  * T instead, in its spare rows), and two warps stage each tile's rows of B and the
  * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
  * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
  * fixed order: bitwise reproducible. r ≤ 16. With tiles of fewer than 64 rows the wgmma still
  * computes 64: rows p.rows–63 of each W slot hold whatever an earlier stage left there (or A's box),
- * and their results, which no other row depends on, are never stored. */
+ * and their results, which no other row depends on, are never stored. 64 token columns take only
+ * 32- and 48-row tiles (T in the wgmma's spare rows: the T warp computes 16 tokens). */
 enum {
     DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
-    DEC_TOK = 16,  /* token columns: wgmma's N */
     DEC_TW = 16,   /* rank ≤ 16 */
     DEC_W_BYTES = DEC_ROWS * BK * 2,
-    DEC_X_BYTES = DEC_TOK * BK * 2,
-    DEC_STAGE_BYTES = DEC_W_BYTES + DEC_X_BYTES + DEC_TW * BK * 2, /* W, x, and A's box in the first tile */
-    DEC_STAGES = 18,  /* 180 KB of W and x in flight a CTA (108 KB with 32-row tiles) */
     DEC_LOADERS = 64, /* the producer warpgroup's warps 2–3 */
+};
+template <int TOK> struct dec_shape {
+    static_assert(TOK == 16 || TOK == 64, "token columns: 16 or 64");
+    static constexpr int X_BYTES = TOK * BK * 2;
+    /* A's box in the first tile: a slot of its own for the T warp (16 columns, 64-row tiles); in
+     * W's spare rows with 64 columns */
+    static constexpr int A_BYTES = TOK == 16 ? DEC_TW * BK * 2 : 0;
+    static constexpr int STAGE_BYTES = DEC_W_BYTES + X_BYTES + A_BYTES;
+    /* 16 columns: 180 KB of W and x in flight a CTA (108 KB with 32-row tiles); 64: 13 stages of
+     * 16 KB, the most that fit */
+    static constexpr int STAGES = TOK == 16 ? 18 : 13;
     /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [rank][token] (the
      * epilogue's lanes read 4 tokens of one rank: distinct banks) */
-    DEC_LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + DEC_TOK * DEC_TW,
-    DEC_BARRIERS = 2 * DEC_STAGES + 5,
-    DEC_SMEM = DEC_STAGES * DEC_STAGE_BYTES + 1024 + 8 * DEC_BARRIERS + 4 * DEC_LORA_FLOATS,
+    static constexpr int LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + TOK * DEC_TW;
+    static constexpr int BARRIERS = 2 * STAGES + 5;
+    static constexpr int SMEM = STAGES * STAGE_BYTES + 1024 + 8 * BARRIERS + 4 * LORA_FLOATS;
 };
 
 struct dec_params {
@@ -861,6 +869,7 @@ struct dec_params {
 template <typename T>
 __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, uint32_t bars, float *t_s, int lane)
 {
+    using S = dec_shape<16>;
     const int g = lane / 4, q = lane % 4;
     float acc[1][2][4] = {};
     int stage = 0;
@@ -874,7 +883,7 @@ __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, u
              * of dependent mma.sync */
             uint4 xv[2][1][2], av[2][2];
             if (first) {
-                const uint32_t xs = ring + stage * DEC_STAGE_BYTES + DEC_W_BYTES, as = xs + DEC_X_BYTES;
+                const uint32_t xs = ring + stage * S::STAGE_BYTES + DEC_W_BYTES, as = xs + S::X_BYTES;
 #pragma unroll
                 for (int h = 0; h < 2; h++) { /* two 32-wide halves of the 64-wide stage */
                     const uint32_t off = (uint32_t)(((4 * h + q) ^ g) * 16);
@@ -886,20 +895,20 @@ __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, u
             }
             __syncwarp();
             if (lane == 0)
-                mbar_arrive(bars + 8 * (DEC_STAGES + stage));
+                mbar_arrive(bars + 8 * (S::STAGES + stage));
             if (first)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
                     decode_step<T, 2, 1>(acc, xv[h], av[h]);
-            ring_next<DEC_STAGES>(stage, phase);
+            ring_next<S::STAGES>(stage, phase);
             if (t == (int)blockIdx.x && ks == p.k_tiles - 1) {
                 /* accumulator c: token g (+8 for c ≥ 2), rank 8·nt + 2q + (c & 1) */
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int c = 0; c < 4; c++)
-                        t_s[(8 * nt + 2 * q + (c & 1)) * DEC_TOK + g + 8 * (c >> 1)] = acc[0][nt][c];
-                mbar_arrive(bars + 8 * 2 * DEC_STAGES); /* t_full: every lane */
+                        t_s[(8 * nt + 2 * q + (c & 1)) * 16 + g + 8 * (c >> 1)] = acc[0][nt][c];
+                mbar_arrive(bars + 8 * 2 * S::STAGES); /* t_full: every lane */
             }
         }
 }
@@ -941,31 +950,33 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
 }
 #endif
 
-template <typename T>
+template <typename T, int TOK>
 __global__ void __launch_bounds__(2 * 128, 1)
     lora_hopper_decode_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                               const __grid_constant__ CUtensorMap tm_a, const dec_params p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using S = dec_shape<TOK>;
     constexpr int K16 = BK / 16;
-    static_assert(DEC_STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && DEC_X_BYTES % 1024 == 0,
+    static_assert(S::STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && S::X_BYTES % 1024 == 0,
                   "boxes keep the swizzle's alignment");
-    static_assert(DEC_SMEM <= 232448, "a block's shared memory on sm_90");
+    static_assert(S::SMEM <= 232448, "a block's shared memory on sm_90");
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + DEC_STAGES * DEC_STAGE_BYTES;
-    float *const lora_s = (float *)(smem_raw + (bars + 8 * DEC_BARRIERS - smem_addr(smem_raw)));
+    const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u, bars = ring + S::STAGES * S::STAGE_BYTES;
+    float *const lora_s = (float *)(smem_raw + (bars + 8 * S::BARRIERS - smem_addr(smem_raw)));
     float *const t_s = lora_s + 2 * (DEC_TW * DEC_ROWS + DEC_ROWS);
 #define FULL(s) (bars + 8 * (s))
-#define EMPTY(s) (bars + 8 * (DEC_STAGES + (s)))
+#define EMPTY(s) (bars + 8 * (S::STAGES + (s)))
     /* t_full, b_full[2], b_empty[2] after the ring's barriers */
-    const uint32_t lora_bars = bars + 8 * 2 * DEC_STAGES;
+    const uint32_t lora_bars = bars + 8 * 2 * S::STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     /* 32- and 48-row tiles: A's box rides in rows p.rows to p.rows + 15 of the first tile's W slots,
      * so the wgmma computes T = x·Aᵀ in consumer warp p.rows / 16's accumulators beside x·Wᵀ, and
-     * no T warp holds the ring */
-    const bool t_by_wgmma = p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS;
+     * no T warp holds the ring (64 token columns: always, decode_launch_typed gives them 32 or 48
+     * rows) */
+    const bool t_by_wgmma = TOK > 16 || (p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS);
     if (threadIdx.x == 0) {
-        for (int s = 0; s < DEC_STAGES; s++) {
+        for (int s = 0; s < S::STAGES; s++) {
             mbar_init(FULL(s), 1);
             mbar_init(EMPTY(s), t_by_wgmma ? 4 : 4 + 1); /* one arrival per consumer warp, and the T warp's */
         }
@@ -985,11 +996,11 @@ __global__ void __launch_bounds__(2 * 128, 1)
             /* Before the wait only W, which no kernel of a call writes, is read (launch.cuh): the
              * first tile's W boxes fill the empty ring while the kernel before may still run. x,
              * A, B and y may come from it, so their reads follow the wait. */
-            const uint32_t stage_bytes = p.rows * BK * 2 + DEC_X_BYTES, first_bytes = stage_bytes + DEC_TW * BK * 2;
-            const int pre = (int)blockIdx.x < p.tiles ? min(DEC_STAGES, p.k_tiles) : 0;
+            const uint32_t stage_bytes = p.rows * BK * 2 + S::X_BYTES, first_bytes = stage_bytes + DEC_TW * BK * 2;
+            const int pre = (int)blockIdx.x < p.tiles ? min(S::STAGES, p.k_tiles) : 0;
             for (int ks = 0; ks < pre; ks++) {
                 mbar_arrive_expect_tx(FULL(ks), first_bytes); /* W, x and A: the first tile */
-                tma_load_2d(ring + ks * DEC_STAGE_BYTES, &tm_w, FULL(ks), ks * BK, (int)blockIdx.x * p.rows);
+                tma_load_2d(ring + ks * S::STAGE_BYTES, &tm_w, FULL(ks), ks * BK, (int)blockIdx.x * p.rows);
             }
             lf_pdl_wait();
             int stage = 0;
@@ -997,7 +1008,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
             for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
                 const bool first = t == (int)blockIdx.x; /* the T warp's tile: A's boxes too */
                 for (int ks = 0; ks < p.k_tiles; ks++) {
-                    const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
+                    const uint32_t slot = ring + stage * S::STAGE_BYTES;
                     if (!first || ks >= pre) { /* the first `pre` stages hold their W already */
                         mbar_wait(EMPTY(stage), phase ^ 1);
                         mbar_arrive_expect_tx(FULL(stage), first ? first_bytes : stage_bytes);
@@ -1005,16 +1016,17 @@ __global__ void __launch_bounds__(2 * 128, 1)
                     }
                     tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
                     if (first)
-                        tma_load_2d(slot + (t_by_wgmma ? p.rows * BK * 2 : DEC_W_BYTES + DEC_X_BYTES), &tm_a, FULL(stage),
+                        tma_load_2d(slot + (t_by_wgmma ? p.rows * BK * 2 : DEC_W_BYTES + S::X_BYTES), &tm_a, FULL(stage),
                                     ks * BK, 0);
-                    ring_next<DEC_STAGES>(stage, phase);
+                    ring_next<S::STAGES>(stage, phase);
                 }
             }
         } else if (tid >= 32 && tid < 64) {
-            if (!t_by_wgmma) {
-                lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
-                dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
-            }
+            if constexpr (TOK == 16)
+                if (!t_by_wgmma) {
+                    lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
+                    dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
+                }
         } else if (tid >= 64) {
             lf_pdl_wait();
             dec_stage_lora<T>(p, lora_s, lora_bars, tid - 64);
@@ -1025,50 +1037,56 @@ __global__ void __launch_bounds__(2 * 128, 1)
         int stage = 0, j = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
-            float d[8];
+            float d[TOK / 2];
 #pragma unroll
-            for (int i = 0; i < 8; i++)
+            for (int i = 0; i < TOK / 2; i++)
                 d[i] = 0.0f;
             int prev = -1;
             for (int ks = 0; ks < p.k_tiles; ks++) {
                 mbar_wait(FULL(stage), phase);
-                const uint32_t slot = ring + stage * DEC_STAGE_BYTES;
+                const uint32_t slot = ring + stage * S::STAGE_BYTES;
                 wgmma_fence();
 #pragma unroll
                 for (int k = 0; k < K16; k++)
-                    wgmma_m64nXk16<DEC_TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
-                consumer_next<DEC_STAGES>(EMPTY(0), prev, stage, phase, lane);
+                    wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+                consumer_next<S::STAGES>(EMPTY(0), prev, stage, phase, lane);
             }
             consumer_drain(EMPTY(0), prev, lane);
-            fence_acc<8>(d);
+            fence_acc<TOK / 2>(d);
             const int buf = j % 2;
+            /* fragment of m64nTOK: row lane/4 (+8 for h = 1) of the warp's 16, column (token)
+             * 8·(i/2) + 2·(lane%4) + i%2 in d[4·(i/2) + 2h + i%2] */
             if (t_by_wgmma && j == 0 && warp == p.rows / 16) { /* A's rows of the first tile: T, rank lane/4 (+8) */
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        t_s[(lane / 4 + 8 * h) * DEC_TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = d[4 * (i / 2) + 2 * h + i % 2];
+                    for (int i = 0; i < TOK / 4; i++)
+                        t_s[(lane / 4 + 8 * h) * TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = d[4 * (i / 2) + 2 * h + i % 2];
                 mbar_arrive(lora_bars); /* t_full: the warp's lanes, as the T warp's would */
             }
             if (j == 0)
                 mbar_wait(lora_bars, 0);
             mbar_wait(lora_bars + 8 + 8 * buf, (j / 2) & 1);
             const float *bs = lora_s + buf * (DEC_TW * DEC_ROWS + DEC_ROWS);
-            /* fragment of m64n16: feature 16·warp + lane/4 (+8), tokens 8j + 2·(lane%4) (+1) */
+            /* feature 16·warp + lane/4 (+8) */
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int f = 16 * warp + lane / 4 + 8 * h, n = t * p.rows + f;
                 if (f >= p.rows || n >= p.n)
                     continue;
+                float bf[DEC_TW]; /* the feature's B row, read once for all its tokens */
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
+                for (int rr = 0; rr < DEC_TW; rr++)
+                    bf[rr] = bs[rr * DEC_ROWS + f];
+#pragma unroll
+                for (int i = 0; i < TOK / 4; i++) {
                     const int tok = 8 * (i / 2) + 2 * (lane % 4) + i % 2;
                     if (tok >= p.m)
                         continue;
                     float lora = 0.0f;
 #pragma unroll
                     for (int rr = 0; rr < DEC_TW; rr++)
-                        lora = fmaf(t_s[rr * DEC_TOK + tok], bs[rr * DEC_ROWS + f], lora);
+                        lora = fmaf(t_s[rr * TOK + tok], bf[rr], lora);
                     T *out = (T *)p.y + (long long)tok * p.ldy + n;
                     float v = d[4 * (i / 2) + 2 * h + i % 2] + bs[DEC_TW * DEC_ROWS + f] + p.scale * lora;
                     if (p.beta != 0.0f) /* beta = 0 must not read y: it may hold NaN */
@@ -1179,7 +1197,11 @@ template <typename T> cudaError_t allow_smem()
         e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  mid_shape<128>::SMEM);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM);
+        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 dec_shape<16>::SMEM);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 dec_shape<64>::SMEM);
     return e;
 }
 
@@ -1227,13 +1249,15 @@ cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cuda
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
-template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
+template <typename T, int TOK>
+cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     /* correct at any N; the plan takes the form only where lf_cuda_hopper_decode_rows is not 0 */
-    const int best_rows = lf_cuda_hopper_decode_rows(p->n, sm_count), rows = best_rows ? best_rows : DEC_ROWS;
+    const int best_rows = lf_cuda_hopper_decode_rows(p->m, p->n, sm_count);
+    const int rows = best_rows ? best_rows : TOK == 16 ? DEC_ROWS : 32;
     CUtensorMap mx, mw, ma;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, DEC_TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     dec_params dp = {};
@@ -1252,8 +1276,8 @@ template <typename T> cudaError_t decode_launch_typed(const lf_lora_problem *p, 
     dp.beta = p->beta;
     dp.scale = p->scale;
     const int grid = dp.tiles < sm_count ? dp.tiles : sm_count;
-    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T>, dim3((unsigned)grid), 2 * 128, (size_t)DEC_SMEM, pdl,
-                                    1u, st, mx, mw, ma, dp);
+    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T, TOK>, dim3((unsigned)grid), 2 * 128,
+                                    (size_t)dec_shape<TOK>::SMEM, pdl, 1u, st, mx, mw, ma, dp);
 }
 
 } /* namespace */
@@ -1338,10 +1362,13 @@ cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bo
 
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
-    if (p->m < 1 || p->m > DEC_TOK || p->n < 1 || p->n >= INT_MAX || p->k < 1 || p->k >= INT_MAX || p->rank < 1 ||
-        p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) || p->layout != LF_LAYOUT_PEFT || !p->x ||
-        !p->w || !p->a || !p->b || !p->y || sm_count < 1)
+    if (p->m < 1 || p->m > LF_CUDA_HOPPER_DECODE_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 ||
+        p->k >= INT_MAX || p->rank < 1 || p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) ||
+        p->layout != LF_LAYOUT_PEFT || !p->x || !p->w || !p->a || !p->b || !p->y || sm_count < 1)
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? decode_launch_typed<__half>(p, sm_count, pdl, st)
-                              : decode_launch_typed<__nv_bfloat16>(p, sm_count, pdl, st);
+    if (p->m <= 16)
+        return p->dtype == LF_F16 ? decode_launch_typed<__half, 16>(p, sm_count, pdl, st)
+                                  : decode_launch_typed<__nv_bfloat16, 16>(p, sm_count, pdl, st);
+    return p->dtype == LF_F16 ? decode_launch_typed<__half, 64>(p, sm_count, pdl, st)
+                              : decode_launch_typed<__nv_bfloat16, 64>(p, sm_count, pdl, st);
 }

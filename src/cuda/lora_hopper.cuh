@@ -41,8 +41,9 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
  * programmatic dependent launch. */
 cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bool pdl, cudaStream_t st);
 
-/* The layer for M ≤ 16 tokens, r ≤ 16: W streamed by TMA as the wgmma A operand, T beside it
- * (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent launch. */
+/* The layer for M ≤ 64 tokens (LF_CUDA_HOPPER_DECODE_MAX_M), r ≤ 16: W streamed by TMA as the wgmma
+ * A operand, T beside it (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent
+ * launch. */
 cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st);
 /* CTAs of the split-K form (either tile width) that run at once on the current device in clusters
  * of `split` (0: that cluster size cannot run); call after lf_hopper_setup returned 1. */
