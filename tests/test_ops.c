@@ -205,8 +205,8 @@ static const hopper_shape hopper_shapes[] = {
     {{1100, 1032, 4100, 16, LFT_PADDED16, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
     {{128, 1032, 1001, 16, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_MID},
-    /* the decode form (M ≤ 16, r ≤ 16, tiles filling an H100's or H200's 132 SMs in rounds more
-     * than ¾ full): 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096, with the last tile's
+    /* the decode form (M ≤ 64, r ≤ 16, tiles filling an H100's or H200's 132 SMs in rounds more
+     * than ¾ full): up to 16 tokens 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096, with the last tile's
      * 8 rows and a K tail, with 2–3 tiles a CTA and the ring wrapping, and with a last tile of 18
      * rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
@@ -323,10 +323,10 @@ static int impl_taken(lft_problem *p, const char *what, int impl, int cases)
 }
 
 /* Every element against the reference, and a second run bitwise equal to the first. */
-static void hopper_case_run(lf_context *ctx, const lft_case *c, const hopper_shape *h)
+static void hopper_case_run(lf_context *ctx, const char *test, const lft_case *c, const hopper_shape *h)
 {
     char name[256], what[320];
-    snprintf(what, sizeof what, "test_ops hopper %s", lft_case_name(c, name, sizeof name));
+    snprintf(what, sizeof what, "%s %s", test, lft_case_name(c, name, sizeof name));
     if (!lft_selected(what))
         return;
     lft_problem p;
@@ -438,18 +438,28 @@ static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, i
 }
 #endif
 
+/* The decode form's shapes only (arg: the x-shared pass's test name), or every shape (arg NULL). */
+static int decode_form_shapes(void)
+{
+    int n = 0;
+    for (size_t i = 0; i < N_HOPPER; i++)
+        n += hopper_shapes[i].impl == LF_CUDA_HOPPER_DECODE;
+    return n;
+}
+
 static void hopper(lf_context *ctx, void *arg)
 {
-    (void)arg;
+    const char *test = arg ? (const char *)arg : "test_ops hopper";
     if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
-        lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
-                 hopper_cases_all());
+        lft_skip(test, lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
+                 arg ? decode_form_shapes() : hopper_cases_all());
         return;
     }
     uint64_t index = 300000;
     for (size_t i = 0; i < N_HOPPER; i++) {
         const lft_case c = hopper_case(&hopper_shapes[i], index++);
-        hopper_case_run(ctx, &c, &hopper_shapes[i]);
+        if (!arg || hopper_shapes[i].impl == LF_CUDA_HOPPER_DECODE)
+            hopper_case_run(ctx, test, &c, &hopper_shapes[i]);
     }
 }
 
@@ -523,11 +533,11 @@ static const chain_shape chain_shapes[] = {
 };
 #define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
 
-static void chain_case(lf_context *ctx, const chain_shape *cs, uint64_t index)
+static void chain_case(lf_context *ctx, const char *test, const chain_shape *cs, uint64_t index)
 {
     char name[256], what[320];
     lft_case c = make_case(&cs->s, 2, 0, 1, 1, 1, index); /* bf16, PEFT, bias, beta 1 */
-    snprintf(what, sizeof what, "test_ops chained x%d %s", CHAIN, lft_case_name(&c, name, sizeof name));
+    snprintf(what, sizeof what, "%s x%d %s", test, CHAIN, lft_case_name(&c, name, sizeof name));
     if (!lft_selected(what))
         return;
     const int cuda = lf_context_backend(ctx) == LF_BACKEND_CUDA;
@@ -587,11 +597,20 @@ static void chain_case(lf_context *ctx, const chain_shape *cs, uint64_t index)
         lft_problem_free(&p[j]);
 }
 
+/* The decode form's shapes only (arg: the x-shared pass's test name), or every shape (arg NULL). */
+static int decode_form_chains(void)
+{
+    int n = 0;
+    for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
+        n += chain_shapes[i].impl == LF_CUDA_HOPPER_DECODE;
+    return n;
+}
+
 static void chained(lf_context *ctx, void *arg)
 {
-    (void)arg;
     for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
-        chain_case(ctx, &chain_shapes[i], 320000 + i);
+        if (!arg || chain_shapes[i].impl == LF_CUDA_HOPPER_DECODE)
+            chain_case(ctx, arg ? (const char *)arg : "test_ops chained", &chain_shapes[i], 320000 + i);
 }
 
 int main(void)
@@ -603,5 +622,11 @@ int main(void)
     lft_for_each_backend("test_ops hopper", hopper_cases_all(), hopper, NULL);
     lft_for_each_backend("test_ops graph replay", N_GRAPH_CASES, graphs, NULL);
     lft_for_each_backend("test_ops chained", (int)N_CHAIN_SHAPES, chained, NULL);
+    /* the decode form again in CTA pairs that share x's boxes (read when the context is created) */
+    setenv("LF_CUDA_DECODE_X_SHARED", "2", 1);
+    static char x_shared_hopper[] = "test_ops hopper x-shared", x_shared_chained[] = "test_ops chained x-shared";
+    lft_for_each_backend(x_shared_hopper, decode_form_shapes(), hopper, x_shared_hopper);
+    lft_for_each_backend(x_shared_chained, decode_form_chains(), chained, x_shared_chained);
+    unsetenv("LF_CUDA_DECODE_X_SHARED");
     return lft_summary("test_ops");
 }

@@ -321,7 +321,8 @@ static void heuristics_tests(void)
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");
     /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
      * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones, else 48-row ones
-     * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 16, r ≤ 16 */
+     * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 64 (past 16 tokens only 32- or 48-row tiles in
+     * one round), r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));

@@ -2,7 +2,8 @@
  * decode_tma.cu — lab for the Hopper decode form (src/cuda/lora_hopper.cu, "few tokens"): every
  * element of y against a double-precision reference on awkward shapes (M, N and K tails, ranks 1–16,
  * bias, beta 0 / 0.5 / 1; y poisoned with NaN first where beta = 0), then graph-replay timings beside
- * cuBLAS's base GEMM in the same process, W rotated over enough copies that every call reads HBM.
+ * cuBLAS's base GEMM in the same process, W rotated over enough copies that every call reads HBM;
+ * each shape with x's boxes loaded by each CTA (x_shared 1) and shared by CTA pairs (2).
  * Build here with `make decode-tma` (sm_90a), run on the device: dev/cuda/bin/decode_tma.
  */
 #include "cuda/lora_hopper.cuh"
@@ -93,75 +94,80 @@ int main()
         int timed;
     } shapes[] = {{16, 4096, 4096, 14336, 16, 0, 0.0f, 1}, {16, 4096, 4096, 4096, 16, 0, 0.0f, 1},
                   {1, 4096, 4096, 14336, 16, 0, 0.0f, 1},  {1, 4096, 4096, 4096, 16, 0, 0.0f, 1},
+                  {64, 4096, 4096, 4096, 16, 0, 0.0f, 1},  {32, 4096, 4096, 4096, 16, 0, 0.0f, 1},
+                  {48, 4096, 4096, 6144, 16, 0, 0.0f, 1},  {64, 4096, 4096, 14336, 16, 0, 0.0f, 1},
                   {5, 4100, 4104, 1000, 5, 1, 0.5f, 0},    {16, 200, 208, 4160, 16, 1, 0.0f, 0},
-                  {3, 64, 64, 65, 1, 0, 1.0f, 0},          {16, 8192, 8192, 8200, 16, 1, 0.0f, 0}};
+                  {3, 64, 64, 65, 1, 0, 1.0f, 0},          {16, 8192, 8192, 8200, 16, 1, 0.0f, 0},
+                  {40, 1000, 1000, 4200, 7, 1, 1.0f, 0},   {17, 520, 520, 6136, 9, 1, 0.0f, 0},
+                  {64, 72, 72, 4129, 16, 0, 0.5f, 0}};
     int failed = 0;
-    for (const shape &s : shapes) {
-        const int m = s.m, k = s.k, n = s.n, r = s.r;
-        const long long ld = s.ld;
-        matrix x((size_t)m * ld, 1.0f), w((size_t)n * ld, 0.1f), a((size_t)r * ld, 0.1f), b((size_t)n * r, 0.5f),
-            bias(n, 1.0f), y((size_t)m * n, 1.0f);
-        lf_lora_problem p = {};
-        p.layout = LF_LAYOUT_PEFT;
-        p.dtype = LF_BF16;
-        p.m = m, p.k = k, p.n = n, p.rank = r;
-        p.x = x.d, p.ldx = ld, p.w = w.d, p.ldw = ld, p.a = a.d, p.lda = ld, p.b = b.d, p.ldb = r;
-        p.scale = 2.0f, p.beta = s.beta, p.bias = s.bias ? bias.d : nullptr, p.y = y.d, p.ldy = n;
-        if (s.beta == 0.0f) /* NaN everywhere: beta = 0 must not read y */
-            check(cudaMemset(y.d, 0xff, (size_t)m * n * 2), "poison");
-        check(lf_hopper_decode_launch(&p, sms, false, st), "launch");
-        check(cudaStreamSynchronize(st), "run");
-        std::vector<__nv_bfloat16> got((size_t)m * n);
-        check(cudaMemcpy(got.data(), y.d, got.size() * 2, cudaMemcpyDeviceToHost), "y");
-        std::vector<double> t((size_t)m * r, 0.0);
-        for (int i = 0; i < m; i++)
-            for (int q = 0; q < r; q++)
-                for (int kk = 0; kk < k; kk++)
-                    t[(size_t)i * r + q] += x.at((size_t)i * ld + kk) * a.at((size_t)q * ld + kk);
-        double worst = 0;
-        long bad = 0;
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) {
-                double ref = 0, lora = 0;
-                for (int kk = 0; kk < k; kk++)
-                    ref += x.at((size_t)i * ld + kk) * w.at((size_t)j * ld + kk);
+    for (const shape &s : shapes)
+        for (int x_shared = 1; x_shared <= 2; x_shared++) {
+            const int m = s.m, k = s.k, n = s.n, r = s.r;
+            const long long ld = s.ld;
+            matrix x((size_t)m * ld, 1.0f), w((size_t)n * ld, 0.1f), a((size_t)r * ld, 0.1f), b((size_t)n * r, 0.5f),
+                bias(n, 1.0f), y((size_t)m * n, 1.0f);
+            lf_lora_problem p = {};
+            p.layout = LF_LAYOUT_PEFT;
+            p.dtype = LF_BF16;
+            p.m = m, p.k = k, p.n = n, p.rank = r;
+            p.x = x.d, p.ldx = ld, p.w = w.d, p.ldw = ld, p.a = a.d, p.lda = ld, p.b = b.d, p.ldb = r;
+            p.scale = 2.0f, p.beta = s.beta, p.bias = s.bias ? bias.d : nullptr, p.y = y.d, p.ldy = n;
+            if (s.beta == 0.0f) /* NaN everywhere: beta = 0 must not read y */
+                check(cudaMemset(y.d, 0xff, (size_t)m * n * 2), "poison");
+            check(lf_hopper_decode_launch(&p, sms, x_shared, false, st), "launch");
+            check(cudaStreamSynchronize(st), "run");
+            std::vector<__nv_bfloat16> got((size_t)m * n);
+            check(cudaMemcpy(got.data(), y.d, got.size() * 2, cudaMemcpyDeviceToHost), "y");
+            std::vector<double> t((size_t)m * r, 0.0);
+            for (int i = 0; i < m; i++)
                 for (int q = 0; q < r; q++)
-                    lora += t[(size_t)i * r + q] * b.at((size_t)j * r + q);
-                ref += 2.0 * lora + (s.bias ? bias.at(j) : 0.0) + s.beta * y.at((size_t)i * n + j);
-                const double g = __bfloat162float(got[(size_t)i * n + j]), tol = 0.0079 * std::fabs(ref) + 2e-3;
-                const double err = std::isnan(g) ? INFINITY : std::fabs(g - ref);
-                bad += !(err <= tol);
-                worst = std::max(worst, err / tol);
+                    for (int kk = 0; kk < k; kk++)
+                        t[(size_t)i * r + q] += x.at((size_t)i * ld + kk) * a.at((size_t)q * ld + kk);
+            double worst = 0;
+            long bad = 0;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double ref = 0, lora = 0;
+                    for (int kk = 0; kk < k; kk++)
+                        ref += x.at((size_t)i * ld + kk) * w.at((size_t)j * ld + kk);
+                    for (int q = 0; q < r; q++)
+                        lora += t[(size_t)i * r + q] * b.at((size_t)j * r + q);
+                    ref += 2.0 * lora + (s.bias ? bias.at(j) : 0.0) + s.beta * y.at((size_t)i * n + j);
+                    const double g = __bfloat162float(got[(size_t)i * n + j]), tol = 0.0079 * std::fabs(ref) + 2e-3;
+                    const double err = std::isnan(g) ? INFINITY : std::fabs(g - ref);
+                    bad += !(err <= tol);
+                    worst = std::max(worst, err / tol);
+                }
+            std::printf("M %2d K %4d N %5d r %2d bias %d beta %.1f x_shared %d: %s (worst err/tol %.3f, %ld bad)", m, k, n,
+                        r, s.bias, s.beta, x_shared, bad ? "FAIL" : "ok", worst, bad);
+            failed += bad != 0;
+            if (s.timed) {
+                const float one = 1.0f, zero = 0.0f;
+                const int sets = std::max(2, (int)(200e6 / ((double)n * ld * 2)));
+                std::vector<void *> ws(sets);
+                for (auto &c : ws) {
+                    check(cudaMalloc(&c, (size_t)n * ld * 2), "W copy");
+                    check(cudaMemcpy(c, w.d, (size_t)n * ld * 2, cudaMemcpyDeviceToDevice), "W copy");
+                }
+                int next = 0;
+                std::printf("  |");
+                for (int round = 0; round < 3; round++) {
+                    const float ours = graph_us(st, [&] {
+                        p.w = ws[next++ % sets];
+                        check(lf_hopper_decode_launch(&p, sms, x_shared, true, st), "launch");
+                    });
+                    const float base = graph_us(st, [&] {
+                        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, ws[next++ % sets], CUDA_R_16BF, ld, x.d,
+                                     CUDA_R_16BF, ld, &zero, y.d, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                    });
+                    std::printf(" layer %.2f cuBLAS base %.2f |", ours, base);
+                }
+                for (auto c : ws)
+                    cudaFree(c);
             }
-        std::printf("M %2d K %4d N %5d r %2d bias %d beta %.1f: %s (worst err/tol %.3f, %ld bad)", m, k, n, r, s.bias,
-                    s.beta, bad ? "FAIL" : "ok", worst, bad);
-        failed += bad != 0;
-        if (s.timed) {
-            const float one = 1.0f, zero = 0.0f;
-            const int sets = std::max(2, (int)(200e6 / ((double)n * ld * 2)));
-            std::vector<void *> ws(sets);
-            for (auto &c : ws) {
-                check(cudaMalloc(&c, (size_t)n * ld * 2), "W copy");
-                check(cudaMemcpy(c, w.d, (size_t)n * ld * 2, cudaMemcpyDeviceToDevice), "W copy");
-            }
-            int next = 0;
-            std::printf("  |");
-            for (int round = 0; round < 3; round++) {
-                const float ours = graph_us(st, [&] {
-                    p.w = ws[next++ % sets];
-                    check(lf_hopper_decode_launch(&p, sms, true, st), "launch");
-                });
-                const float base = graph_us(st, [&] {
-                    cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, ws[next++ % sets], CUDA_R_16BF, ld, x.d,
-                                 CUDA_R_16BF, ld, &zero, y.d, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-                });
-                std::printf(" layer %.2f cuBLAS base %.2f |", ours, base);
-            }
-            for (auto c : ws)
-                cudaFree(c);
+            std::printf("\n");
         }
-        std::printf("\n");
-    }
     std::printf("%s\n", failed ? "SOME FAILED" : "all ok");
     return failed != 0;
 }

@@ -317,7 +317,7 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * (bench/results/cuda-h100-2026-11-27-decode-64-columns-ab.json; cuBLAS base in brackets): 64 ×
  * 4096 → 4096 20.8 → 17.7 (14.8; the split-K form before), 48 × 4096 → 6144 26.0 → 21.2 (21.4),
  * 32 × 4096 → 4096 18.7 → 17.6 (14.3; the CUDA-core decode kernel before), but 24 × 4096 → 4096
- * 18.14 against the decode kernel's 18.22: up to 24 tokens the decode kernel keeps the layers it
+ * 18.22 against the decode kernel's 18.14: up to 24 tokens the decode kernel keeps the layers it
  * takes (LF_CUDA_HOPPER_DECODE_KERNEL_UP_TO_M). It
  * wins where its tiles fill the SMs' rounds: H100, bf16, r 16, `lorafuse bench` against the decode
  * kernel in one call (dev/cuda/NOTES.md, tenth session), µs, cuBLAS base alone in brackets:
