@@ -227,6 +227,7 @@ static const hopper_shape hopper_shapes[] = {
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
     {{3, 1032, 8443, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
+    {{6, 264, 8383, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 131 tiles of 64: CTA pairs add one past N */
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
@@ -438,7 +439,7 @@ static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, i
 }
 #endif
 
-/* The decode form's shapes only (arg: the x-shared pass's test name), or every shape (arg NULL). */
+/* Shapes the plan sends to the decode form (the x-shared pass runs these alone). */
 static int decode_form_shapes(void)
 {
     int n = 0;
@@ -447,6 +448,7 @@ static int decode_form_shapes(void)
     return n;
 }
 
+/* Every shape (arg NULL), or the decode form's alone (arg: the x-shared pass's test name). */
 static void hopper(lf_context *ctx, void *arg)
 {
     const char *test = arg ? (const char *)arg : "test_ops hopper";
@@ -597,7 +599,7 @@ static void chain_case(lf_context *ctx, const char *test, const chain_shape *cs,
         lft_problem_free(&p[j]);
 }
 
-/* The decode form's shapes only (arg: the x-shared pass's test name), or every shape (arg NULL). */
+/* Chains of the decode form (the x-shared pass runs these alone). */
 static int decode_form_chains(void)
 {
     int n = 0;
@@ -606,6 +608,7 @@ static int decode_form_chains(void)
     return n;
 }
 
+/* Every chain (arg NULL), or the decode form's alone (arg: the x-shared pass's test name). */
 static void chained(lf_context *ctx, void *arg)
 {
     for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
