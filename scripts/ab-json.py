@@ -28,14 +28,10 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--device", required=True)
     ap.add_argument("--what", required=True)
-    ap.add_argument("--build", action="append", default=[], help="NAME=what that build is")
+    ap.add_argument("--build", action="append", default=[], help="NAME=what that build (or variant) is")
     ap.add_argument("--allow-fail", action="store_true", help="exit 0 even when a test failed")
     args = ap.parse_args()
 
-    builds = {}
-    for b in args.build:
-        name, _, desc = b.partition("=")
-        builds[name] = {"what": desc}
     rows, tests, current, rounds = [], [], None, {}
     for line in sys.stdin:
         line = line.rstrip("\n")
@@ -57,6 +53,14 @@ def main():
         })
     if not rows:
         sys.exit("ab-json.py: no summary rows in the input")
+    # NAME=DESCRIPTION; a NAME may hold "=" itself (bench-ab.sh's VARIANTS, "new:VAR=VALUE"): the
+    # longest build name of the rows that the argument starts with, else up to the first "="
+    names = {r["build"] for r in rows}
+    builds = {}
+    for b in args.build:
+        known = [n for n in names if b.startswith(n + "=")]
+        name = max(known, key=len) if known else b.partition("=")[0]
+        builds[name] = {"what": b[len(name) + 1:]}
     doc = {"device": args.device, "backend": "cuda", "date": datetime.date.today().isoformat(),
            "what": args.what, "builds": builds, "tests": tests, "rows": rows}
     with open(args.out, "w") as f:

@@ -22,6 +22,10 @@
 #             TEST_TIMEOUT). Sanitized programs share the GPU with everything else: slow ones
 #             (test_multi) need a call of their own, or SANITIZE_FILTER.
 #   SANITIZE_FILTER  LF_TEST_FILTER (a regex over the case names) for the sanitized runs only
+#   VARIANTS  more timed entries from a packed build under one environment setting each,
+#             "BUILD:VAR=VALUE" separated by spaces (e.g. "new:LF_CUDA_DECODE_X_SHARED=2": the
+#             working tree's CLI timed a second time with that knob, as the entry
+#             "new:LF_CUDA_DECODE_X_SHARED=2", interleaved with the others); not tested again
 # Everything goes to stdout (the device tool brings back few files); the exit status is 1 when a
 # test or sanitizer run failed or timed out, a bench run failed, or a named build is missing.
 set -u
@@ -75,6 +79,16 @@ if [ -n "${BUILDS:-}" ]; then # keep only the builds named
   done
 fi
 ls /tmp/bench-ab/b/*/lorafuse >/dev/null 2>&1 || { echo "no build left to run"; exit 1; }
+v=0 # a timed entry a variant: the build's CLI, the setting it runs under and the entry's name (the
+# folder is numbered: env would take a path with "=" in it for one more setting)
+for variant in ${VARIANTS:-}; do
+  build=${variant%%:*} setting=${variant#*:}
+  case "$setting" in *=*) ;; *) echo "VARIANTS: $variant is not BUILD:VAR=VALUE" | tee -a "$failed"; continue ;; esac
+  [ -x "/tmp/bench-ab/b/$build/lorafuse" ] || { echo "VARIANTS: no build $build" | tee -a "$failed"; continue; }
+  v=$((v + 1))
+  mkdir -p "/tmp/bench-ab/v/$v" && ln -sf "/tmp/bench-ab/b/$build/lorafuse" "/tmp/bench-ab/v/$v/lorafuse" &&
+    echo "$setting" >"/tmp/bench-ab/v/$v/setting" && echo "$variant" >"/tmp/bench-ab/v/$v/name"
+done
 export LF_FIXTURES="$PWD/tests/fixtures" # test_peft: the PEFT fixtures of this checkout
 export LF_TEST_BACKENDS=cuda
 # runs "$@" into log $1 with limit $2, line-buffered (a run killed at its limit keeps its output),
@@ -118,12 +132,14 @@ for log in /tmp/bench-ab/*-test_*.log; do
 done
 i=0
 while [ $i -lt "${ROUNDS:-2}" ]; do
-  for bin in /tmp/bench-ab/b/*/lorafuse; do
-    name=$(basename "$(dirname "$bin")")
+  for bin in /tmp/bench-ab/b/*/lorafuse /tmp/bench-ab/v/*/lorafuse; do
+    [ -e "$bin" ] || continue # no variants
+    dir=$(dirname "$bin") name=$(basename "$(dirname "$bin")") setting=
+    [ -f "$dir/setting" ] && setting=$(cat "$dir/setting") name=$(cat "$dir/name")
     echo "== $name"
     echo "$bench" | tr ';' '\n' | while read -r args; do
-      # shellcheck disable=SC2086 # each run's arguments are a list
-      timeout -k 10 300 "$bin" bench $args </dev/null >/tmp/bench-ab/bench.log 2>&1
+      # shellcheck disable=SC2086 # each run's arguments are a list; the setting, one VAR=VALUE or none
+      timeout -k 10 300 env $setting "$bin" bench $args </dev/null >/tmp/bench-ab/bench.log 2>&1
       rc=$?
       grep -E "$match" /tmp/bench-ab/bench.log
       [ $rc -eq 0 ] || echo "bench $name rc=$rc: $args" | tee -a "$failed"
