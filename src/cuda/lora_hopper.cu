@@ -1197,32 +1197,29 @@ cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     return cudaGetLastError();
 }
 
+/* Raises one kernel's limit of dynamic shared memory to `bytes`. */
+template <typename... Args> cudaError_t allow_smem_of(void (*kernel)(Args...), int bytes)
+{
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
 template <typename T> cudaError_t allow_smem()
 {
-    cudaError_t e = cudaFuncSetAttribute(lora_hopper_kernel<T, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mid_shape<64>::SMEM);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_mid_kernel<T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mid_shape<128>::SMEM);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 16, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 dec_shape<16>::SMEM);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 16, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 dec_shape<16>::SMEM);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 64, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 dec_shape<64>::SMEM);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(lora_hopper_decode_kernel<T, 64, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 dec_shape<64>::SMEM);
-    return e;
+    const cudaError_t results[] = {
+        allow_smem_of(lora_hopper_kernel<T, 0>, SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 16>, SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 64>, SMEM_BYTES),
+        allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
+        allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 16, 1>, dec_shape<16>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 16, 2>, dec_shape<16>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 64, 1>, dec_shape<64>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 64, 2>, dec_shape<64>::SMEM),
+    };
+    for (const cudaError_t e : results)
+        if (e != cudaSuccess)
+            return e;
+    return cudaSuccess;
 }
 
 template <typename T> cudaError_t launch_typed(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
