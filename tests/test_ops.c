@@ -470,7 +470,7 @@ static void hopper(lf_context *ctx, void *arg)
  * capture, with its workspace bound to the capturing stream), with bias and beta 0.5. */
 static const shape decode_graph_shape = {5, 520, 1000, 16, 0, 0};
 static const shape gemm_graph_shape = {100, 520, 1000, 16, 0, 0};
-#define N_GRAPH_CASES 6
+#define N_GRAPH_CASES 7
 
 /* The first shape of hopper_shapes with m tokens and n outputs (the list's order is free to change). */
 static const hopper_shape *hopper_shape_of(int64_t m, int64_t n)
@@ -489,10 +489,13 @@ static void graphs(lf_context *ctx, void *arg)
                                            make_case(&gemm_graph_shape, 2, 1, 1, 1, 2, 310002),
                                            hopper_case(hopper_shape_of(128, 4096), 310003),
                                            hopper_case(hopper_shape_of(16, 13000), 310004),
-                                           hopper_case(hopper_shape_of(8, 4100), 310005)};
-    const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode", "stream"};
-    const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER, LF_CUDA_DECODE,        LF_CUDA_GEMM,
-                                      LF_CUDA_HOPPER_MID, LF_CUDA_HOPPER_DECODE, LF_CUDA_STREAM};
+                                           hopper_case(hopper_shape_of(8, 4100), 310005),
+                                           hopper_case(hopper_shape_of(64, 4096), 310006)};
+    const char *kinds[N_GRAPH_CASES] = {"hopper", "decode", "GEMM path", "hopper split-K", "hopper decode", "stream",
+                                        "hopper decode 64-column"};
+    const int impls[N_GRAPH_CASES] = {LF_CUDA_HOPPER,     LF_CUDA_DECODE,        LF_CUDA_GEMM,
+                                      LF_CUDA_HOPPER_MID, LF_CUDA_HOPPER_DECODE, LF_CUDA_STREAM,
+                                      LF_CUDA_HOPPER_DECODE};
     for (int i = 0; i < N_GRAPH_CASES; i++) {
         char name[256];
         if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
