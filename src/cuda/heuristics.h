@@ -338,9 +338,9 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * whose rounds are more than ¾ full; 0 where none is. Past 16 tokens (64 token columns: x's box is
  * 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in one round only; with
  * 448 tiles of 32 (3.4 a CTA) 64 × 4096 → 14336 ran 57.2 µs against the split-K form's 49.6
- * (cuBLAS base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3). 48-row tiles (T in the wgmma's rows 48–63,
- * as 32-row ones hold it in rows 32–47) take N that neither of the others fills, 100–132 tiles
- * on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
+ * (cuBLAS base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3).
+ * 48-row tiles (T in the wgmma's rows 48–63, as 32-row ones hold it in rows 32–47) take N that
+ * neither of the others fills, 100–132 tiles on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
  * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of
  * 56 and 40 rows (the T warp: A's box does not fit the slot's 8 spare rows at 56, and at 40 it
