@@ -206,9 +206,9 @@ static const hopper_shape hopper_shapes[] = {
     {{120, 1032, 1001, 16, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_MID},
     {{128, 1032, 1001, 16, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_MID},
     /* the decode form (M ≤ 64, r ≤ 16, tiles filling an H100's or H200's 132 SMs in rounds more
-     * than ¾ full): up to 16 tokens 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096, with the last tile's
-     * 8 rows and a K tail, with 2–3 tiles a CTA and the ring wrapping, and with a last tile of 18
-     * rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
+     * than ¾ full): up to 16 tokens 32-row tiles (T in the wgmma's spare rows) at 4096 → 4096,
+     * with the last tile's 8 rows and a K tail, with 2–3 tiles a CTA and the ring wrapping, and
+     * with a last tile of 18 rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
      * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
      * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1;
