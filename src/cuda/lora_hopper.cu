@@ -818,9 +818,9 @@ __global__ void __launch_bounds__(THREADS, 1)
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
  * accumulates the tile's 64 features × TOK tokens with wgmma m64nTOKk16 (W as the A operand, x as
  * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. Beside it, in
- * the producer warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages with mma.sync
- * (it holds each stage until it has read its chunks; with 32- or 48-row tiles the wgmma computes
- * T instead, in its spare rows), and two warps stage each tile's rows of B and the
+ * the producer warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages
+ * with mma.sync (it holds each stage until it has read its chunks; with 32- or 48-row tiles the
+ * wgmma computes T instead, in its spare rows), and two warps stage each tile's rows of B and the
  * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
  * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
  * fixed order: bitwise reproducible. r ≤ 16. With tiles of fewer than 64 rows the wgmma still
