@@ -23,9 +23,9 @@
 #             (test_multi) need a call of their own, or SANITIZE_FILTER.
 #   SANITIZE_FILTER  LF_TEST_FILTER (a regex over the case names) for the sanitized runs only
 #   VARIANTS  more timed entries from a packed build under one environment setting each,
-#             "BUILD:VAR=VALUE" separated by spaces (e.g. "new:LF_CUDA_DECODE_X_SHARED=2": the
+#             "BUILD:VAR=VALUE" separated by spaces (e.g. "new:LF_CUDA_MULTI_GRID_Y=4": the
 #             working tree's CLI timed a second time with that knob, as the entry
-#             "new:LF_CUDA_DECODE_X_SHARED=2", interleaved with the others); not tested again
+#             "new:LF_CUDA_MULTI_GRID_Y=4", interleaved with the others); not tested again
 # Everything goes to stdout (the device tool brings back few files); the exit status is 1 when a
 # test or sanitizer run failed or timed out, a bench run failed, or a named build is missing.
 set -u

@@ -227,7 +227,7 @@ static const hopper_shape hopper_shapes[] = {
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
     {{3, 1032, 8443, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
-    {{6, 264, 8383, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 131 tiles of 64: CTA pairs add one past N */
+    {{6, 264, 8383, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 131 tiles of 64: the T warp, an odd tile count, a last tile of 63 rows */
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
@@ -324,10 +324,10 @@ static int impl_taken(lft_problem *p, const char *what, int impl, int cases)
 }
 
 /* Every element against the reference, and a second run bitwise equal to the first. */
-static void hopper_case_run(lf_context *ctx, const char *test, const lft_case *c, const hopper_shape *h)
+static void hopper_case_run(lf_context *ctx, const lft_case *c, const hopper_shape *h)
 {
     char name[256], what[320];
-    snprintf(what, sizeof what, "%s %s", test, lft_case_name(c, name, sizeof name));
+    snprintf(what, sizeof what, "test_ops hopper %s", lft_case_name(c, name, sizeof name));
     if (!lft_selected(what))
         return;
     lft_problem p;
@@ -439,29 +439,18 @@ static void graph_replay(lf_context *ctx, const lft_case *c, const char *kind, i
 }
 #endif
 
-/* Shapes the plan sends to the decode form (the x-shared pass runs these alone). */
-static int decode_form_shapes(void)
-{
-    int n = 0;
-    for (size_t i = 0; i < N_HOPPER; i++)
-        n += hopper_shapes[i].impl == LF_CUDA_HOPPER_DECODE;
-    return n;
-}
-
-/* Every shape (arg NULL), or the decode form's alone (arg: the x-shared pass's test name). */
 static void hopper(lf_context *ctx, void *arg)
 {
-    const char *test = arg ? (const char *)arg : "test_ops hopper";
+    (void)arg;
     if (lf_context_backend(ctx) != LF_BACKEND_CUDA) {
-        lft_skip(test, lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
-                 arg ? decode_form_shapes() : hopper_cases_all());
+        lft_skip("test_ops hopper", lf_backend_name(lf_context_backend(ctx)), "the Hopper kernel is CUDA's",
+                 hopper_cases_all());
         return;
     }
     uint64_t index = 300000;
     for (size_t i = 0; i < N_HOPPER; i++) {
         const lft_case c = hopper_case(&hopper_shapes[i], index++);
-        if (!arg || hopper_shapes[i].impl == LF_CUDA_HOPPER_DECODE)
-            hopper_case_run(ctx, test, &c, &hopper_shapes[i]);
+        hopper_case_run(ctx, &c, &hopper_shapes[i]);
     }
 }
 
@@ -538,11 +527,11 @@ static const chain_shape chain_shapes[] = {
 };
 #define N_CHAIN_SHAPES (sizeof chain_shapes / sizeof chain_shapes[0])
 
-static void chain_case(lf_context *ctx, const char *test, const chain_shape *cs, uint64_t index)
+static void chain_case(lf_context *ctx, const chain_shape *cs, uint64_t index)
 {
     char name[256], what[320];
     lft_case c = make_case(&cs->s, 2, 0, 1, 1, 1, index); /* bf16, PEFT, bias, beta 1 */
-    snprintf(what, sizeof what, "%s x%d %s", test, CHAIN, lft_case_name(&c, name, sizeof name));
+    snprintf(what, sizeof what, "test_ops chained x%d %s", CHAIN, lft_case_name(&c, name, sizeof name));
     if (!lft_selected(what))
         return;
     const int cuda = lf_context_backend(ctx) == LF_BACKEND_CUDA;
@@ -602,21 +591,11 @@ static void chain_case(lf_context *ctx, const char *test, const chain_shape *cs,
         lft_problem_free(&p[j]);
 }
 
-/* Chains of the decode form (the x-shared pass runs these alone). */
-static int decode_form_chains(void)
-{
-    int n = 0;
-    for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
-        n += chain_shapes[i].impl == LF_CUDA_HOPPER_DECODE;
-    return n;
-}
-
-/* Every chain (arg NULL), or the decode form's alone (arg: the x-shared pass's test name). */
 static void chained(lf_context *ctx, void *arg)
 {
+    (void)arg;
     for (size_t i = 0; i < N_CHAIN_SHAPES; i++)
-        if (!arg || chain_shapes[i].impl == LF_CUDA_HOPPER_DECODE)
-            chain_case(ctx, arg ? (const char *)arg : "test_ops chained", &chain_shapes[i], 320000 + i);
+        chain_case(ctx, &chain_shapes[i], 320000 + i);
 }
 
 int main(void)
@@ -628,11 +607,5 @@ int main(void)
     lft_for_each_backend("test_ops hopper", hopper_cases_all(), hopper, NULL);
     lft_for_each_backend("test_ops graph replay", N_GRAPH_CASES, graphs, NULL);
     lft_for_each_backend("test_ops chained", (int)N_CHAIN_SHAPES, chained, NULL);
-    /* the decode form again in CTA pairs that share x's boxes (read when the context is created) */
-    setenv("LF_CUDA_DECODE_X_SHARED", "2", 1);
-    static char x_shared_hopper[] = "test_ops hopper x-shared", x_shared_chained[] = "test_ops chained x-shared";
-    lft_for_each_backend(x_shared_hopper, decode_form_shapes(), hopper, x_shared_hopper);
-    lft_for_each_backend(x_shared_chained, decode_form_chains(), chained, x_shared_chained);
-    unsetenv("LF_CUDA_DECODE_X_SHARED");
     return lft_summary("test_ops");
 }

@@ -62,10 +62,6 @@ static lf_status cuda_init_state(lf_context *ctx, lf_cuda_state *cs)
      * at G blocks, so that small shapes run the kernels' loops over several tiles a block. */
     const char *cap = getenv("LF_CUDA_MULTI_GRID_Y");
     cs->multi_grid_cap = cap ? atoi(cap) : 0;
-    /* A measurement knob: LF_CUDA_DECODE_X_SHARED=2 runs the Hopper decode form in CTA pairs that
-     * share x's boxes (lf_hopper_decode_launch), until its A/B decides the plan's choice. */
-    const char *x_shared = getenv("LF_CUDA_DECODE_X_SHARED");
-    cs->decode_x_shared = x_shared && atoi(x_shared) == 2 ? 2 : 1;
     LF_CUDA_CHECK(ctx, cudaStreamCreate(&cs->own_stream));
     LF_CUDA_CHECK(ctx, cudaMalloc(&cs->cublas_ws, LF_CUBLAS_WORKSPACE));
     cs->cublas_ws_bytes = LF_CUBLAS_WORKSPACE;

@@ -30,7 +30,6 @@ typedef struct lf_cuda_state {
     int stream_ok;           /* lora_stream.cu's kernel runs here (with hopper_ok: where it was measured) */
     unsigned *stream_ctl;    /* its control words, after hopper_ctl's */
     int multi_grid_cap;      /* LF_CUDA_MULTI_GRID_Y (tests): the many-adapter kernels' tile groups, 0: none */
-    int decode_x_shared;     /* LF_CUDA_DECODE_X_SHARED (measurement): the Hopper decode form's x_shared, 1 or 2 */
     /* SMs the compute kernels leave free while a row-parallel layer's all-reduce runs beside them
      * (tp_nccl.cu sets it from a chunk's all-reduce to the layer's join); 0 otherwise. The
      * persistent kernels and cuBLAS keep off that many SMs, so the all-reduce's kernel finds SMs to

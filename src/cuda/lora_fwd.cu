@@ -1299,11 +1299,9 @@ lf_status lf_cuda_lora_forward(lf_context *ctx, const lf_plan *plan, const lf_lo
         LF_CUDA_CHECK(ctx, lf_stream_launch(p, cs->stream_ctl, cs->sm_count, true, st));
         return LF_OK;
     }
-    case LF_CUDA_HOPPER_DECODE: { /* PDL: its prologue overlaps the kernel before it (sm_90a) */
-        const lf_cuda_state *cs = lf_cuda_state_of(ctx);
-        LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, cs->sm_count, cs->decode_x_shared, true, st));
+    case LF_CUDA_HOPPER_DECODE: /* PDL: its prologue overlaps the kernel before it (sm_90a) */
+        LF_CUDA_CHECK(ctx, lf_hopper_decode_launch(p, lf_cuda_state_of(ctx)->sm_count, true, st));
         return LF_OK;
-    }
     case LF_CUDA_GEMM: {
         /* T = x·Aᵀ and x·Wᵀ through cuBLAS (fp32 out), then one bandwidth-bound epilogue adds
          * s·T·Bᵀ, bias and beta·y and rounds once. */

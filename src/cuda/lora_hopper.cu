@@ -252,24 +252,23 @@ __device__ __forceinline__ void store_staged(const kparams &p, const unsigned ch
 }
 
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
- * in flight) and hand that stage back to the producer (to the producers of all CL CTAs of a cluster
- * that fill the stage together), then move on. */
-template <int NS, int CL = 1>
+ * in flight) and hand that stage back to the producer, then move on. */
+template <int NS>
 __device__ __forceinline__ void consumer_next(uint32_t empty0, int &prev, int &stage, uint32_t &phase, int lane)
 {
     wgmma_commit();
     wgmma_wait<1>();
     if (prev >= 0 && lane == 0)
-        release_stage<CL>(empty0 + 8 * prev);
+        mbar_arrive(empty0 + 8 * prev);
     prev = stage;
     ring_next<NS>(stage, phase);
 }
 /* After a tile's (or a row block's) last stage: drain the wgmmas, hand the last stage back. */
-template <int CL = 1> __device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int lane)
+__device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int lane)
 {
     wgmma_wait<0>();
     if (prev >= 0 && lane == 0)
-        release_stage<CL>(empty0 + 8 * prev);
+        mbar_arrive(empty0 + 8 * prev);
 }
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
@@ -867,7 +866,7 @@ struct dec_params {
  * only hands back. The same per-lane trick as lora_fwd.cu's decode step: in each 32-wide half of a
  * stage lane (g, q) feeds the MMA the half's chunk q of rows g and g + 8 (tokens of x, ranks of A),
  * and the sum over k does not care where each k sits. */
-template <typename T, int XP>
+template <typename T>
 __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, uint32_t bars, float *t_s, int lane)
 {
     using S = dec_shape<16>;
@@ -896,7 +895,7 @@ __device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, u
             }
             __syncwarp();
             if (lane == 0)
-                release_stage<XP>(bars + 8 * (S::STAGES + stage));
+                mbar_arrive(bars + 8 * (S::STAGES + stage));
             if (first)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
@@ -951,7 +950,7 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
 }
 #endif
 
-template <typename T, int TOK, int XP>
+template <typename T, int TOK>
 __global__ void __launch_bounds__(2 * 128, 1)
     lora_hopper_decode_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                               const __grid_constant__ CUtensorMap tm_a, const dec_params p)
@@ -979,8 +978,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
     if (threadIdx.x == 0) {
         for (int s = 0; s < S::STAGES; s++) {
             mbar_init(FULL(s), 1);
-            /* one arrival per consumer warp, and the T warp's, of each CTA that fills the stage */
-            mbar_init(EMPTY(s), (t_by_wgmma ? 4 : 4 + 1) * XP);
+            mbar_init(EMPTY(s), t_by_wgmma ? 4 : 4 + 1); /* one arrival per consumer warp, and the T warp's */
         }
         mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes (or consumer warp p.rows / 16's) */
         mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
@@ -990,10 +988,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
-    if constexpr (XP > 1)
-        cluster_sync(); /* the peer's barriers exist before anyone arrives on them or multicasts */
-    else
-        __syncthreads();
+    __syncthreads();
     /* Launched with PDL, and the next kernel waits for all of this grid: it may launch now. */
     lf_pdl_release();
     if (wg == 0) {
@@ -1002,7 +997,6 @@ __global__ void __launch_bounds__(2 * 128, 1)
              * first tile's W boxes fill the empty ring while the kernel before may still run. x,
              * A, B and y may come from it, so their reads follow the wait. */
             const uint32_t stage_bytes = p.rows * BK * 2 + S::X_BYTES, first_bytes = stage_bytes + DEC_TW * BK * 2;
-            const int x_rank = XP > 1 ? (int)cluster_rank() : 0;
             const int pre = (int)blockIdx.x < p.tiles ? min(S::STAGES, p.k_tiles) : 0;
             for (int ks = 0; ks < pre; ks++) {
                 mbar_arrive_expect_tx(FULL(ks), first_bytes); /* W, x and A: the first tile */
@@ -1020,11 +1014,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
                         mbar_arrive_expect_tx(FULL(stage), first ? first_bytes : stage_bytes);
                         tma_load_2d(slot, &tm_w, FULL(stage), ks * BK, t * p.rows);
                     }
-                    if constexpr (XP > 1) /* this CTA's rows of x's box, into every CTA of the cluster */
-                        tma_load_2d_multicast(slot + DEC_W_BYTES + x_rank * S::X_BYTES / XP, &tm_x, FULL(stage),
-                                              ks * BK, x_rank * TOK / XP, (uint16_t)((1u << XP) - 1));
-                    else
-                        tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
+                    tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
                     if (first)
                         tma_load_2d(slot + (t_by_wgmma ? p.rows * BK * 2 : DEC_W_BYTES + S::X_BYTES), &tm_a, FULL(stage),
                                     ks * BK, 0);
@@ -1035,7 +1025,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
             if constexpr (TOK == 16)
                 if (!t_by_wgmma) {
                     lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
-                    dec_t_warp<T, XP>(p, ring, bars, t_s, tid - 32);
+                    dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
                 }
         } else if (tid >= 64) {
             lf_pdl_wait();
@@ -1059,9 +1049,9 @@ __global__ void __launch_bounds__(2 * 128, 1)
 #pragma unroll
                 for (int k = 0; k < K16; k++)
                     wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
-                consumer_next<S::STAGES, XP>(EMPTY(0), prev, stage, phase, lane);
+                consumer_next<S::STAGES>(EMPTY(0), prev, stage, phase, lane);
             }
-            consumer_drain<XP>(EMPTY(0), prev, lane);
+            consumer_drain(EMPTY(0), prev, lane);
             fence_acc<TOK / 2>(d);
             const int buf = j % 2;
             /* fragment of m64nTOK: row lane/4 (+8 for h = 1) of the warp's 16, column (token)
@@ -1106,10 +1096,6 @@ __global__ void __launch_bounds__(2 * 128, 1)
             }
             mbar_arrive(lora_bars + 24 + 8 * buf);
         }
-    }
-    if constexpr (XP > 1) { /* no CTA leaves while its peer may still arrive on its barriers */
-        __syncwarp();
-        cluster_sync();
     }
 #undef FULL
 #undef EMPTY
@@ -1211,10 +1197,8 @@ template <typename T> cudaError_t allow_smem()
         allow_smem_of(lora_hopper_kernel<T, 64>, SMEM_BYTES),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 16, 1>, dec_shape<16>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 16, 2>, dec_shape<16>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 64, 1>, dec_shape<64>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 64, 2>, dec_shape<64>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 64>, dec_shape<64>::SMEM),
     };
     for (const cudaError_t e : results)
         if (e != cudaSuccess)
@@ -1266,7 +1250,7 @@ cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cuda
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
-template <typename T, int TOK, int XP>
+template <typename T, int TOK>
 cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
@@ -1274,7 +1258,7 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl
     const int best_rows = lf_cuda_hopper_decode_rows(p->m, p->n, sm_count);
     const int rows = best_rows ? best_rows : TOK == 16 ? DEC_ROWS : 32;
     CUtensorMap mx, mw, ma;
-    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, TOK / XP) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
+    if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
         return cudaErrorInvalidValue; /* pointers or strides the copy engine cannot take */
     dec_params dp = {};
@@ -1283,9 +1267,7 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl
     dp.r = (int)p->rank;
     dp.k_tiles = (int)((p->k + BK - 1) / BK);
     dp.rows = rows;
-    /* the CTAs of a cluster stream tiles side by side, as many each: tiles past N (all zeros from
-     * TMA, nothing stored) make up the count */
-    dp.tiles = (int)((p->n + rows * XP - 1) / (rows * XP)) * XP;
+    dp.tiles = (int)((p->n + rows - 1) / rows);
     dp.b_vec = p->ldb % 8 == 0 && (uintptr_t)p->b % 16 == 0;
     dp.b = p->b;
     dp.ldb = p->ldb;
@@ -1294,19 +1276,9 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl
     dp.ldy = p->ldy;
     dp.beta = p->beta;
     dp.scale = p->scale;
-    const int grid = dp.tiles < sm_count / XP * XP ? dp.tiles : sm_count / XP * XP;
-    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T, TOK, XP>, dim3((unsigned)grid), 2 * 128,
-                                    (size_t)dec_shape<TOK>::SMEM, pdl, (unsigned)XP, st, mx, mw, ma, dp);
-}
-
-template <typename T> cudaError_t decode_launch_dtype(const lf_lora_problem *p, int sm_count, int x_shared, bool pdl,
-                                                      cudaStream_t st)
-{
-    if (p->m <= 16)
-        return x_shared == 2 ? decode_launch_typed<T, 16, 2>(p, sm_count, pdl, st)
-                             : decode_launch_typed<T, 16, 1>(p, sm_count, pdl, st);
-    return x_shared == 2 ? decode_launch_typed<T, 64, 2>(p, sm_count, pdl, st)
-                         : decode_launch_typed<T, 64, 1>(p, sm_count, pdl, st);
+    const int grid = dp.tiles < sm_count ? dp.tiles : sm_count;
+    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T, TOK>, dim3((unsigned)grid), 2 * 128,
+                                    (size_t)dec_shape<TOK>::SMEM, pdl, 1u, st, mx, mw, ma, dp);
 }
 
 } /* namespace */
@@ -1389,13 +1361,15 @@ cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bo
                               : mid_launch_typed<__nv_bfloat16, 128>(p, split, pdl, st);
 }
 
-cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, int x_shared, bool pdl, cudaStream_t st)
+cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
 {
     if (p->m < 1 || p->m > LF_CUDA_HOPPER_DECODE_MAX_M || p->n < 1 || p->n >= INT_MAX || p->k < 1 ||
         p->k >= INT_MAX || p->rank < 1 || p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) ||
-        p->layout != LF_LAYOUT_PEFT || !p->x || !p->w || !p->a || !p->b || !p->y || (x_shared != 1 && x_shared != 2) ||
-        sm_count < x_shared)
+        p->layout != LF_LAYOUT_PEFT || !p->x || !p->w || !p->a || !p->b || !p->y || sm_count < 1)
         return cudaErrorInvalidValue;
-    return p->dtype == LF_F16 ? decode_launch_dtype<__half>(p, sm_count, x_shared, pdl, st)
-                              : decode_launch_dtype<__nv_bfloat16>(p, sm_count, x_shared, pdl, st);
+    if (p->m <= 16)
+        return p->dtype == LF_F16 ? decode_launch_typed<__half, 16>(p, sm_count, pdl, st)
+                                  : decode_launch_typed<__nv_bfloat16, 16>(p, sm_count, pdl, st);
+    return p->dtype == LF_F16 ? decode_launch_typed<__half, 64>(p, sm_count, pdl, st)
+                              : decode_launch_typed<__nv_bfloat16, 64>(p, sm_count, pdl, st);
 }

@@ -42,11 +42,9 @@ cudaError_t lf_hopper_launch(const lf_lora_problem *p, void *ws, unsigned *ctl, 
 cudaError_t lf_hopper_mid_launch(const lf_lora_problem *p, int split, int bn, bool pdl, cudaStream_t st);
 
 /* The layer for M ≤ 64 tokens (LF_CUDA_HOPPER_DECODE_MAX_M), r ≤ 16: W streamed by TMA as the wgmma
- * A operand, T beside it (lora_hopper.cu, "few tokens"); x_shared: 1, or 2 for clusters of two CTAs
- * that load half of x's box each into both (TMA multicast: x read from L2 half as often; not yet
- * measured, so the plan passes 1 unless LF_CUDA_DECODE_X_SHARED=2); pdl: launched with
- * programmatic dependent launch. */
-cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, int x_shared, bool pdl, cudaStream_t st);
+ * A operand, T beside it (lora_hopper.cu, "few tokens"); pdl: launched with programmatic dependent
+ * launch. */
+cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st);
 /* CTAs of the split-K form (either tile width) that run at once on the current device in clusters
  * of `split` (0: that cluster size cannot run); call after lf_hopper_setup returned 1. */
 int lf_hopper_mid_slots(int split);
