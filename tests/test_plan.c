@@ -318,6 +318,27 @@ static void heuristics_tests(void)
     LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, LF_CUDA_HOPPER_MAX_M + 1, 4096, 16, 132));
     lft_end();
 
+    lft_begin("test_plan cuda heuristics: the Hopper kernel's tiles 224 columns wide only where they take fewer column-rounds");
+    /* rounds (ceil(tiles / CTAs)) times the width: 224 only where strictly less, 256 on a tie */
+    for (int64_t m = 1; m <= 9000; m += 97)
+        for (int64_t n = 8; n <= 30000; n += 136)
+            for (int64_t ctas = 124; ctas <= 132; ctas += 4) {
+                const int64_t tm = (m + 127) / 128;
+                const int64_t c256 = (tm * ((n + 255) / 256) + ctas - 1) / ctas * 256;
+                const int64_t c224 = (tm * ((n + 223) / 224) + ctas - 1) / ctas * 224;
+                const int cols = lf_cuda_hopper_tile_cols(m, n, ctas);
+                LFT_CHECKF(cols == (c224 < c256 ? 224 : 256), "M %lld N %lld on %lld CTAs: %d columns",
+                           (long long)m, (long long)n, (long long)ctas, cols);
+            }
+    /* M = 1024, N = 14336 (4 rounds of 224 instead of 4 of 256, the last half full); the suite's
+     * other shapes tie or lose with 224 */
+    LFT_CHECK(lf_cuda_hopper_tile_cols(1024, 14336, 128) == 224 && lf_cuda_hopper_tile_cols(1024, 14336, 132) == 224);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(300, 14000, 128) == 224 && lf_cuda_hopper_tile_cols(260, 13999, 128) == 224);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(4096, 14336, 128) == 256 && lf_cuda_hopper_tile_cols(8192, 14336, 132) == 256);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(1024, 4096, 128) == 256 && lf_cuda_hopper_tile_cols(4096, 4096, 132) == 256);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(8192, 8192, 128) == 256 && lf_cuda_hopper_tile_cols(1024, 14336, 0) == 256);
+    lft_end();
+
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");
     /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
      * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones, else 48-row ones

@@ -265,6 +265,22 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
            4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 8 : 16);
 }
 
+/* The Hopper kernel's tile width for m × n on tile_ctas CTAs (lora_hopper.cu, wide_shape): 256
+ * columns, or 224 where that takes fewer column-rounds — every CTA runs its tiles one after another,
+ * so a launch lasts its rounds (ceil(tiles / CTAs)) times a tile's width. 14336 outputs split into 56
+ * tiles of 256 or 64 of 224: at M = 1024 on 128 tile CTAs 448 tiles take 4 rounds of 256 columns (the
+ * last 50% full) and 512 tiles 4 rounds of 224, an eighth less (prediction, dev/cuda/NOTES.md,
+ * twenty-sixth session). A tie keeps 256 (its wgmma reads fewer bytes a column). */
+static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas)
+{
+    if (tile_ctas < 1)
+        return 256;
+    const int64_t tiles_m = (m + 127) / 128;
+    const int64_t rounds256 = (tiles_m * ((n + 255) / 256) + tile_ctas - 1) / tile_ctas;
+    const int64_t rounds224 = (tiles_m * ((n + 223) / 224) + tile_ctas - 1) / tile_ctas;
+    return rounds224 * 224 < rounds256 * 256 ? 224 : 256;
+}
+
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few
  * 128×256 tiles for lf_cuda_hopper_fits (M up to a few hundred tokens): 128 × bn tiles, each tile's
  * K range split over a cluster of `split` CTAs so that tiles × split CTAs run in one wave. The

@@ -124,6 +124,15 @@ template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d
     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "          \
     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
 #define LF_WGMMA_D128_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32), LF_WGMMA_BIND32(64), LF_WGMMA_BIND32(96)
+#define LF_WGMMA_D112_STR \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111}"
+#define LF_WGMMA_D112_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32), LF_WGMMA_BIND32(64), LF_WGMMA_BIND8(96), LF_WGMMA_BIND8(104)
 #define LF_WGMMA_D64_STR                                                                               \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                              \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                     \
@@ -153,6 +162,30 @@ static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, u
                      ", %128, %129, 1, 1, 1, 0, 0;"
                      : LF_WGMMA_D128_BIND
                      : "l"(da), "l"(db));
+}
+/* d[64×224] += A[64×16] · B[224×16]ᵀ: the tile width that splits N = 14336 into 64 columns of tiles. */
+template <typename T>
+static __device__ __forceinline__ void wgmma_m64n224k16(float *d, uint64_t da, uint64_t db)
+{
+    if constexpr (wgmma_type<T>::f16)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n224k16.f32.f16.f16 " LF_WGMMA_D112_STR
+                     ", %112, %113, 1, 1, 1, 0, 0;"
+                     : LF_WGMMA_D112_BIND
+                     : "l"(da), "l"(db));
+    else
+        asm volatile("wgmma.mma_async.sync.aligned.m64n224k16.f32.bf16.bf16 " LF_WGMMA_D112_STR
+                     ", %112, %113, 1, 1, 1, 0, 0;"
+                     : LF_WGMMA_D112_BIND
+                     : "l"(da), "l"(db));
+}
+/* The wide tile's wgmma: kN = 256 or 224 columns. */
+template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(float *d, uint64_t da, uint64_t db)
+{
+    static_assert(kN == 256 || kN == 224, "wide tiles: 256 or 224 columns");
+    if constexpr (kN == 256)
+        wgmma_m64n256k16<T>(d, da, db);
+    else
+        wgmma_m64n224k16<T>(d, da, db);
 }
 /* d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64 (T's accumulators) or 128
  * (the split-K form's tiles). */
@@ -190,23 +223,24 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
                      : "l"(da), "l"(db));
 }
 
-/* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom). */
-template <int kBK, int steps, typename T>
+/* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom), on
+ * tiles kN columns wide (256 or 224). */
+template <int kBK, int steps, typename T, int kN = 256>
 static __device__ __forceinline__ void wgmma_k16_steps(float *d, uint32_t a, uint32_t b)
 {
 #pragma unroll
     for (int k = 0; k < steps; k++)
-        wgmma_m64n256k16<T>(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
+        wgmma_wide<kN, T>(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
 }
 /* k16 (≤ kSteps) steps of one stage as straight-line runs: a branch between two wgmmas costs an
  * injected fence, so each count has its own run. */
-template <int kBK, int kSteps, typename T>
+template <int kBK, int kSteps, typename T, int kN = 256>
 static __device__ __forceinline__ void wgmma_stage(float *d, uint32_t a, uint32_t b, int k16)
 {
     if (k16 >= kSteps)
-        wgmma_k16_steps<kBK, kSteps, T>(d, a, b);
+        wgmma_k16_steps<kBK, kSteps, T, kN>(d, a, b);
     else if constexpr (kSteps > 1)
-        wgmma_stage<kBK, kSteps - 1, T>(d, a, b, k16);
+        wgmma_stage<kBK, kSteps - 1, T, kN>(d, a, b, k16);
 }
 
 /* s·t (pairs of fp32 accumulators) as 16-bit pairs hi = rn(s·t) and lo = rn(s·t − hi): hi + lo

@@ -65,7 +65,6 @@ namespace {
 
 enum {
     BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
-    BN = 256, /* rows of W per tile: one m64n256k16 per consumer and k16 step */
     BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
     /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
      * with half a tile (NOTES.md, "store warps") */
@@ -73,21 +72,10 @@ enum {
     CONSUMERS = 2,
     THREADS = 128 * (1 + CONSUMERS),
     A_BYTES = BM * BK * 2,
-    B_BYTES = BN * BK * 2,
-    RING_BYTES = STAGES * (A_BYTES + B_BYTES),
-    /* the store warps' staging: 1/OUT_PARTS of a tile (128 rows × OUT_COLS, 16-bit), see store_staged */
+    /* the store warps' staging: 1/OUT_PARTS of a tile (128 rows × its columns / OUT_PARTS, 16-bit),
+     * see store_staged */
     OUT_PARTS = 2,
-    OUT_COLS = BN / OUT_PARTS,
-    OUT_BYTES = BM * OUT_COLS * 2,
     STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
-    /* T workers store nothing through the staging: they cut the ring and the staging together into
-     * stages of x's box and A's (16 or 64 rows) */
-    T_RING_BYTES = RING_BYTES + OUT_BYTES,
-    MAX_T_STAGES = T_RING_BYTES / (A_BYTES + 16 * BK * 2),
-    BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
-    /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full and
-     * empty barriers and the staging's two: 230 608 of the 232 448 bytes a block may have */
-    SMEM_BYTES = RING_BYTES + OUT_BYTES + 1024 + 8 * (2 * BARRIERS + 2),
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
     GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
@@ -97,6 +85,30 @@ enum {
     CTL_GEN = 0,
     CTL_DONE = 1,
     CTL_FLAGS = 64 /* the flags start on their own 256 bytes */
+};
+
+/* The sizes that follow from the tile's width BN: the rows of W a tile takes, one m64nBNk16 per
+ * consumer and k16 step — 256, or 224 where it fills the SMs' rounds better
+ * (lf_cuda_hopper_tile_cols: M = 1024, N = 14336 takes 512 tiles of 224 in 4 rounds of 128 CTAs,
+ * not 448 of 256 in 3.5). */
+template <int BN> struct wide_shape {
+    static_assert(BN == 256 || BN == 224, "tile widths: 256, 224");
+    enum {
+        B_BYTES = BN * BK * 2,
+        RING_BYTES = STAGES * (A_BYTES + B_BYTES),
+        OUT_COLS = BN / OUT_PARTS,
+        OUT_BYTES = BM * OUT_COLS * 2,
+        /* T workers store nothing through the staging: they cut the ring and the staging together
+         * into stages of x's box and A's (16 or 64 rows) */
+        T_RING_BYTES = RING_BYTES + OUT_BYTES,
+        MAX_T_STAGES = T_RING_BYTES / (A_BYTES + 16 * BK * 2),
+        BARRIERS = MAX_T_STAGES > STAGES ? MAX_T_STAGES : STAGES,
+        /* the ring, the staging, 1024 bytes to align the ring (the swizzle atom), the ring's full
+         * and empty barriers and the staging's two: at 256 columns 230 608 of the 232 448 bytes a
+         * block may have */
+        SMEM_BYTES = RING_BYTES + OUT_BYTES + 1024 + 8 * (2 * BARRIERS + 2)
+    };
+    static_assert(B_BYTES % 1024 == 0 && SMEM_BYTES <= 232448, "the ring's alignment, a block's shared memory");
 };
 
 struct kparams {
@@ -139,9 +151,9 @@ __device__ __forceinline__ void tile_coords(const kparams &p, int t, int *mb, in
 }
 
 /* The register epilogue, for beta ≠ 0 (y read before the one rounding) or a y that takes no 16-byte
- * stores: adds bias and beta·y to a consumer's 64×256 accumulator fragment and rounds once into y:
+ * stores: adds bias and beta·y to a consumer's 64×BN accumulator fragment and rounds once into y:
  * warp w holds rows 16w + lane/4 (+8), and per 8-column chunk j the columns 8j + 2·(lane%4) (+1). */
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int row0, int col0, int lane)
 {
 #pragma unroll
@@ -186,22 +198,29 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
 
 /* The staged epilogue. Both consumer warpgroups finish a tile at the same moment, and storing
  * their fragments straight to y (epilogue above) kept the tensor pipe idle for ~20% of their time
- * (NOTES.md, "ncu source-level"). Instead each consumer rounds half its fragment (128 columns) into
+ * (NOTES.md, "ncu source-level"). Instead each consumer rounds half its fragment (BN / 2 columns) into
  * shared memory, the staging, and goes on; the producer warpgroup's three idle warps (the store
  * warps) copy the staging to y in coalesced 16-byte pieces while the next tile's MMAs run. The
  * staging holds half a tile because the ring keeps its 4 stages (3 starve the MMAs): a consumer
  * waits once per tile, for the store warps to have read the first half.
- * Layout: tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the half) at chunk
- * c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read (2 rows × 16
- * chunks) both touch every bank once per 128 bytes. */
-__device__ __forceinline__ uint32_t staged_chunk(int row, int chunk) { return 2 * OUT_COLS * row + 16 * (chunk ^ (row % 8)); }
+ * Layout (256 columns): tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the
+ * half) at chunk c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read
+ * (2 rows × 16 chunks) both touch every bank once per 128 bytes. With 224 columns a row holds 14
+ * chunks, which the XOR would carry past the row: rows of 224 bytes unswizzled (the fragment store
+ * then meets rows r and r + 4 in the same banks, 2-way). */
+template <int BN> __device__ __forceinline__ uint32_t staged_chunk(int row, int chunk)
+{
+    constexpr int COLS = wide_shape<BN>::OUT_COLS;
+    return 2 * COLS * row + 16 * (COLS % 64 == 0 ? chunk ^ (row % 8) : chunk);
+}
 
 /* Consumer side: half `half` (compile-time after unrolling) of the fragment, bias added, rounded
  * once, into the staging. trow: the tile row of d's first row (64c + 16·warp + lane/4). */
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void stage_half(const kparams &p, const float *d, unsigned char *out, int half, int trow,
                                            int col0, int lane)
 {
+    constexpr int OUT_COLS = wide_shape<BN>::OUT_COLS;
 #pragma unroll
     for (int jj = 0; jj < OUT_COLS / 8; jj++) {
         const int j = OUT_COLS / 8 * half + jj, col = col0 + 8 * j + 2 * (lane % 4);
@@ -214,7 +233,7 @@ __device__ __forceinline__ void stage_half(const kparams &p, const float *d, uns
         }
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            *(typename io<T>::pair *)(out + staged_chunk(trow + 8 * h, jj) + 4 * (lane % 4)) =
+            *(typename io<T>::pair *)(out + staged_chunk<BN>(trow + 8 * h, jj) + 4 * (lane % 4)) =
                 io<T>::round2(d[4 * j + 2 * h] + b0, d[4 * j + 2 * h + 1] + b1);
     }
 }
@@ -222,10 +241,11 @@ __device__ __forceinline__ void stage_half(const kparams &p, const float *d, uns
 /* Store-warp side: every half tile of this CTA's tiles, in the consumers' order, from the staging
  * to y; rows past M and columns past N are not stored. i: this thread's index among the store
  * threads. */
-template <typename T>
+template <typename T, int BN>
 __device__ __forceinline__ void store_staged(const kparams &p, const unsigned char *out, uint32_t full, uint32_t empty,
                                              int first_item, int items, int i)
 {
+    constexpr int OUT_COLS = wide_shape<BN>::OUT_COLS;
     uint32_t phase = 0;
     for (int t = first_item; t < items; t += p.tile_ctas) {
         int mb, nb;
@@ -235,7 +255,7 @@ __device__ __forceinline__ void store_staged(const kparams &p, const unsigned ch
             for (int q = i; q < BM * OUT_COLS / 8; q += STORE_THREADS) {
                 const int row = q / (OUT_COLS / 8), chunk = q % (OUT_COLS / 8), grow = mb * BM + row;
                 const int gcol = nb * BN + OUT_COLS * half + 8 * chunk;
-                const unsigned char *src = out + staged_chunk(row, chunk);
+                const unsigned char *src = out + staged_chunk<BN>(row, chunk);
                 if (grow >= p.m || gcol >= p.n)
                     continue;
                 T *dst = (T *)p.y + (long long)grow * p.ldy + gcol;
@@ -273,8 +293,9 @@ __device__ __forceinline__ void consumer_drain(uint32_t empty0, int prev, int la
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
 /* LW: the LoRA term's width, 16 (r ≤ 16) or 64 (r ≤ 64); 0: no LoRA term, the base GEMM alone
- * (lorafuse's own base, which the bench times beside cuBLAS's: no T workers, no LoRA stage). */
-template <typename T, int LW>
+ * (lorafuse's own base, which the bench times beside cuBLAS's: no T workers, no LoRA stage). BN: the
+ * tile's columns (wide_shape). */
+template <typename T, int LW, int BN>
 __global__ void __launch_bounds__(THREADS, 1)
     lora_hopper_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                        const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
@@ -285,12 +306,14 @@ __global__ void __launch_bounds__(THREADS, 1)
     constexpr int K16 = BK / 16, ROW_BYTES = 2 * BK, A_TILE_BYTES = TW * BK * 2;
     constexpr int LORA_STAGES = LW == 0 ? 0 : LW == 16 ? 1 : 2;
     /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
-    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = T_RING_BYTES / T_STAGE_BYTES;
+    using S = wide_shape<BN>;
+    constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = S::T_RING_BYTES / T_STAGE_BYTES;
+    constexpr int B_BYTES = S::B_BYTES, BARRIERS = S::BARRIERS;
     static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t ring = (smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + RING_BYTES + OUT_BYTES;
-    unsigned char *const out = smem_raw + (ring + RING_BYTES - smem_addr(smem_raw)); /* the staging */
+    const uint32_t ring_a = ring, ring_b = ring + STAGES * A_BYTES, bars = ring + S::RING_BYTES + S::OUT_BYTES;
+    unsigned char *const out = smem_raw + (ring + S::RING_BYTES - smem_addr(smem_raw)); /* the staging */
 #define FULL(s) (bars + 8 * (s))
 #define EMPTY(s) (bars + 8 * (BARRIERS + (s)))
     const uint32_t out_full = bars + 8 * 2 * BARRIERS, out_empty = out_full + 8;
@@ -351,7 +374,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         } else if (tid >= 32 && !t_worker && p.staged) {
-            store_staged<T>(p, out, out_full, out_empty, first_item, items, tid - 32);
+            store_staged<T, BN>(p, out, out_full, out_empty, first_item, items, tid - 32);
         }
         __syncwarp();
     } else { /* consumer warpgroup c owns rows 64c..64c+63 of the tile */
@@ -398,12 +421,12 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
         } else {
             uint32_t out_phase = 0;
-            float d[128];
+            float d[BN / 2];
             for (int t = first_item; t < items; t += p.tile_ctas) {
                 int mb, nb;
                 tile_coords(p, t, &mb, &nb);
 #pragma unroll
-                for (int i = 0; i < 128; i++)
+                for (int i = 0; i < BN / 2; i++)
                     d[i] = 0.0f;
                 int prev = -1;
                 /* the K loop and the LoRA stages apart: a branch between two wgmmas of one loop costs
@@ -412,7 +435,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     mbar_wait(FULL(stage), phase);
                     const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
                     wgmma_fence();
-                    wgmma_k16_steps<BK, K16, T>(d, a, b);
+                    wgmma_k16_steps<BK, K16, T, BN>(d, a, b);
                     consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
                 }
                 for (int ls = 0; ls < LORA_STAGES; ls++) {
@@ -420,25 +443,25 @@ __global__ void __launch_bounds__(THREADS, 1)
                     const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
                     wgmma_fence();
                     if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
-                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
-                        wgmma_m64n256k16<T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
+                        wgmma_wide<BN, T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
+                        wgmma_wide<BN, T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
                     } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
-                        wgmma_stage<BK, K16, T>(d, a, b, (p.r + 15) / 16);
+                        wgmma_stage<BK, K16, T, BN>(d, a, b, (p.r + 15) / 16);
                     consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
                 }
                 consumer_drain(EMPTY(0), prev, lane);
-                fence_acc(d);
+                fence_acc<BN / 2>(d);
                 const int trow = c * 64 + warp * 16 + lane / 4;
                 if (p.staged) {
 #pragma unroll
                     for (int half = 0; half < OUT_PARTS; half++) {
                         mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
-                        stage_half<T>(p, d, out, half, trow, nb * BN, lane);
+                        stage_half<T, BN>(p, d, out, half, trow, nb * BN, lane);
                         mbar_arrive(out_full);
                         out_phase ^= 1;
                     }
                 } else {
-                    epilogue<T>(p, d, mb * BM + trow, nb * BN, lane);
+                    epilogue<T, BN>(p, d, mb * BM + trow, nb * BN, lane);
                 }
             }
         }
@@ -1144,8 +1167,8 @@ bool make_map(CUtensorMap *m, bool f16, const void *ptr, int64_t rows, int64_t c
 /* The kernel's LW for rank r (0: the base GEMM alone). */
 int lora_width(int64_t r) { return r == 0 ? 0 : r <= 16 ? 16 : 64; }
 
-template <typename T, int LW>
-cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+template <typename T, int LW, int BN>
+cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, int workers, int tile_ctas, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma, mb, mt;
@@ -1173,14 +1196,27 @@ cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     kp.t2 = ws;
     kp.ctl = ctl;
     const int items = kp.tiles_m * kp.tiles_n;
-    int workers = LW == 0 ? 0 : T_WORKERS < kp.tiles_m ? T_WORKERS : kp.tiles_m;
-    if (workers > max_ctas - 1)
-        workers = max_ctas - 1;
-    kp.tile_ctas = items < max_ctas - workers ? items : max_ctas - workers;
+    kp.tile_ctas = items < tile_ctas ? items : tile_ctas;
     /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
      * find an SM, which a previous kernel still running beside it (released early) could hold. */
-    lora_hopper_kernel<T, LW><<<workers + kp.tile_ctas, THREADS, SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
+    lora_hopper_kernel<T, LW, BN>
+        <<<workers + kp.tile_ctas, THREADS, wide_shape<BN>::SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
     return cudaGetLastError();
+}
+
+/* The CTAs: up to T_WORKERS T workers (none without a LoRA term, at most one a row block), the rest
+ * of max_ctas for tiles, whose width follows from their rounds (lf_cuda_hopper_tile_cols). */
+template <typename T, int LW>
+cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
+{
+    const int64_t tiles_m = (p->m + BM - 1) / BM;
+    int workers = LW == 0 ? 0 : T_WORKERS < tiles_m ? T_WORKERS : (int)tiles_m;
+    if (workers > max_ctas - 1)
+        workers = max_ctas - 1;
+    const int tile_ctas = max_ctas - workers;
+    return lf_cuda_hopper_tile_cols(p->m, p->n, tile_ctas) == 224
+               ? launch_wide<T, LW, 224>(p, ws, ctl, workers, tile_ctas, st)
+               : launch_wide<T, LW, 256>(p, ws, ctl, workers, tile_ctas, st);
 }
 
 /* Raises one kernel's limit of dynamic shared memory to `bytes`. */
@@ -1192,9 +1228,12 @@ template <typename... Args> cudaError_t allow_smem_of(void (*kernel)(Args...), i
 template <typename T> cudaError_t allow_smem()
 {
     const cudaError_t results[] = {
-        allow_smem_of(lora_hopper_kernel<T, 0>, SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 16>, SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 64>, SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 0, 256>, wide_shape<256>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 16, 256>, wide_shape<256>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 64, 256>, wide_shape<256>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 0, 224>, wide_shape<224>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 16, 224>, wide_shape<224>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 64, 224>, wide_shape<224>::SMEM_BYTES),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
         allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
