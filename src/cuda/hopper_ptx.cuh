@@ -138,6 +138,7 @@ template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                     \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                      \
     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define LF_WGMMA_D64_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32)
 
 /* The operand type in wgmma's spelling: both operands share it (bf16 or f16), accumulators are fp32. */
 template <typename T> struct wgmma_type;
@@ -148,44 +149,32 @@ template <> struct wgmma_type<__half> {
     static constexpr bool f16 = true;
 };
 
-/* d[64×256] += A[64×16] · B[256×16]ᵀ, both K-major in shared memory, fp32 accumulate. */
-template <typename T>
-static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
-{
-    if constexpr (wgmma_type<T>::f16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " LF_WGMMA_D128_STR
-                     ", %128, %129, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_D128_BIND
-                     : "l"(da), "l"(db));
-    else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " LF_WGMMA_D128_STR
-                     ", %128, %129, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_D128_BIND
-                     : "l"(da), "l"(db));
-}
-/* d[64×224] += A[64×16] · B[224×16]ᵀ: the tile width that splits N = 14336 into 64 columns of tiles. */
-template <typename T>
-static __device__ __forceinline__ void wgmma_m64n224k16(float *d, uint64_t da, uint64_t db)
-{
-    if constexpr (wgmma_type<T>::f16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n224k16.f32.f16.f16 " LF_WGMMA_D112_STR
-                     ", %112, %113, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_D112_BIND
-                     : "l"(da), "l"(db));
-    else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n224k16.f32.bf16.bf16 " LF_WGMMA_D112_STR
-                     ", %112, %113, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_D112_BIND
-                     : "l"(da), "l"(db));
-}
-/* The wide tile's wgmma: kN = 256 or 224 columns. */
+/* One wgmma.mma_async with both operands K-major in shared memory, fp32 accumulate: the shape, the
+ * operand type, the accumulators' list and bindings, the operand numbers of the two descriptors. */
+#define LF_WGMMA_SS(shape, type, dstr, dbind, da_op, db_op)                                                  \
+    asm volatile("wgmma.mma_async.sync.aligned." shape ".f32." type "." type " " dstr ", %" #da_op ", %" #db_op \
+                 ", 1, 1, 1, 0, 0;"                                                                         \
+                 : dbind                                                                                    \
+                 : "l"(da), "l"(db))
+
+/* d[64×kN] += A[64×16] · B[kN×16]ᵀ for the wide tiles: kN = 256, or 224 (the width that splits N =
+ * 14336 into 64 columns of tiles). */
 template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(float *d, uint64_t da, uint64_t db)
 {
     static_assert(kN == 256 || kN == 224, "wide tiles: 256 or 224 columns");
-    if constexpr (kN == 256)
-        wgmma_m64n256k16<T>(d, da, db);
+    if constexpr (kN == 256 && wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n256k16", "f16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
+    else if constexpr (kN == 256)
+        LF_WGMMA_SS("m64n256k16", "bf16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
+    else if constexpr (wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n224k16", "f16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
     else
-        wgmma_m64n224k16<T>(d, da, db);
+        LF_WGMMA_SS("m64n224k16", "bf16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
+}
+/* d[64×256] += A[64×16] · B[256×16]ᵀ (the Hopper GEMM lab's name for it). */
+template <typename T> static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
+{
+    wgmma_wide<256, T>(d, da, db);
 }
 /* d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64 (T's accumulators) or 128
  * (the split-K form's tiles). */
@@ -194,33 +183,17 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
 {
     static_assert(kN == 16 || kN == 64 || kN == 128, "widths: 16, 64, 128");
     if constexpr (kN == 16 && wgmma_type<T>::f16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 " LF_WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND8(0)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n16k16", "f16", LF_WGMMA_D8_STR, LF_WGMMA_BIND8(0), 8, 9);
     else if constexpr (kN == 16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 " LF_WGMMA_D8_STR ", %8, %9, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND8(0)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n16k16", "bf16", LF_WGMMA_D8_STR, LF_WGMMA_BIND8(0), 8, 9);
     else if constexpr (kN == 128 && wgmma_type<T>::f16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LF_WGMMA_D64_STR
-                     ", %64, %65, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n128k16", "f16", LF_WGMMA_D64_STR, LF_WGMMA_D64_BIND, 64, 65);
     else if constexpr (kN == 128)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LF_WGMMA_D64_STR
-                     ", %64, %65, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n128k16", "bf16", LF_WGMMA_D64_STR, LF_WGMMA_D64_BIND, 64, 65);
     else if constexpr (wgmma_type<T>::f16)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " LF_WGMMA_D32_STR
-                     ", %32, %33, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND32(0)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n64k16", "f16", LF_WGMMA_D32_STR, LF_WGMMA_BIND32(0), 32, 33);
     else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LF_WGMMA_D32_STR
-                     ", %32, %33, 1, 1, 1, 0, 0;"
-                     : LF_WGMMA_BIND32(0)
-                     : "l"(da), "l"(db));
+        LF_WGMMA_SS("m64n64k16", "bf16", LF_WGMMA_D32_STR, LF_WGMMA_BIND32(0), 32, 33);
 }
 
 /* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom), on
