@@ -183,10 +183,13 @@ static const hopper_shape hopper_shapes[] = {
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
     {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
-    /* tiles 224 columns wide (lf_cuda_hopper_tile_cols: 189 tiles in 2 rounds, not 165 of 256 in 2):
-     * bf16 r 16 with bias through the store warps (14 chunks a staged row, no swizzle), f16 r 40 (two
-     * LoRA stages) with beta 0.5 through the register epilogue, N ≢ 0 mod 8 with strides padded to 16
-     * bytes (the store warps' element-wise column tail); M and N tails in all */
+    /* tiles narrower than 256 (lf_cuda_hopper_tile_cols): 224 columns (115 tiles in one round, not
+     * 100 of 256) and 192 (219 tiles in 2 rounds, not 165 of 256): bf16 r 16 with bias through the
+     * store warps (14 or 12 chunks a staged row, no swizzle), f16 r 40 (two LoRA stages) with beta
+     * 0.5 through the register epilogue, N ≢ 0 mod 8 with strides padded to 16 bytes (the store
+     * warps' element-wise column tail); M and N tails in all */
+    {{520, 264, 5000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{520, 136, 5000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
     {{300, 264, 14000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{300, 136, 14000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
     {{260, 264, 13999, 16, LFT_PADDED16, 0}, 2, 0, 0, LF_CUDA_HOPPER},

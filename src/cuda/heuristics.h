@@ -266,19 +266,29 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
 }
 
 /* The Hopper kernel's tile width for m × n on tile_ctas CTAs (lora_hopper.cu, wide_shape): 256
- * columns, or 224 where that takes fewer column-rounds — every CTA runs its tiles one after another,
- * so a launch lasts its rounds (ceil(tiles / CTAs)) times a tile's width. 14336 outputs split into 56
- * tiles of 256 or 64 of 224: at M = 1024 on 128 tile CTAs 448 tiles take 4 rounds of 256 columns (the
- * last 50% full) and 512 tiles 4 rounds of 224, an eighth less (prediction, dev/cuda/NOTES.md,
- * twenty-sixth session). A tie keeps 256 (its wgmma reads fewer bytes a column). */
+ * columns, or 224 or 192 where those take fewer column-rounds — every CTA runs its tiles one after
+ * another, so a launch lasts its rounds (ceil(tiles / CTAs)) times a tile's width. 14336 outputs
+ * split into 56 tiles of 256 or 64 of 224: at M = 1024 on 128 tile CTAs 448 tiles take 4 rounds of
+ * 256 columns (the last half full) and 512 tiles 4 rounds of 224. H100, one call, two rounds
+ * (bench/results/cuda-h100-2026-11-27-tile-cols-224-ab.json), layer µs: prefill_m1024_mlp
+ * 194.7 / 197.2 → 175.1 / 175.8, 1024 × 4096 → 7168 98.9 / 99.7 → 94.5 / 95.1; mid_m1024 (256
+ * either way) unchanged. The narrowest width wins only where strictly fewer rounds × width: a wide
+ * tile reads fewer operand bytes a column. */
 static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas)
 {
     if (tile_ctas < 1)
         return 256;
     const int64_t tiles_m = (m + 127) / 128;
-    const int64_t rounds256 = (tiles_m * ((n + 255) / 256) + tile_ctas - 1) / tile_ctas;
-    const int64_t rounds224 = (tiles_m * ((n + 223) / 224) + tile_ctas - 1) / tile_ctas;
-    return rounds224 * 224 < rounds256 * 256 ? 224 : 256;
+    int best = 256;
+    int64_t best_cost = 0;
+    for (int cols = 256; cols >= 192; cols -= 32) {
+        const int64_t cost = (tiles_m * ((n + cols - 1) / cols) + tile_ctas - 1) / tile_ctas * cols;
+        if (cols == 256 || cost < best_cost) {
+            best = cols;
+            best_cost = cost;
+        }
+    }
+    return best;
 }
 
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few

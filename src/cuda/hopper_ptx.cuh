@@ -133,6 +133,14 @@ template <int N = 128> static __device__ __forceinline__ void fence_acc(float *d
     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111}"
 #define LF_WGMMA_D112_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32), LF_WGMMA_BIND32(64), LF_WGMMA_BIND8(96), LF_WGMMA_BIND8(104)
+#define LF_WGMMA_D96_STR \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
+#define LF_WGMMA_D96_BIND LF_WGMMA_BIND32(0), LF_WGMMA_BIND32(32), LF_WGMMA_BIND32(64)
 #define LF_WGMMA_D64_STR                                                                               \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                              \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                     \
@@ -157,19 +165,23 @@ template <> struct wgmma_type<__half> {
                  : dbind                                                                                    \
                  : "l"(da), "l"(db))
 
-/* d[64×kN] += A[64×16] · B[kN×16]ᵀ for the wide tiles: kN = 256, or 224 (the width that splits N =
- * 14336 into 64 columns of tiles). */
+/* d[64×kN] += A[64×16] · B[kN×16]ᵀ for the wide tiles: kN = 256, or 224 or 192 where those fill
+ * the SMs' rounds better (lf_cuda_hopper_tile_cols). */
 template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(float *d, uint64_t da, uint64_t db)
 {
-    static_assert(kN == 256 || kN == 224, "wide tiles: 256 or 224 columns");
+    static_assert(kN == 256 || kN == 224 || kN == 192, "wide tiles: 256, 224 or 192 columns");
     if constexpr (kN == 256 && wgmma_type<T>::f16)
         LF_WGMMA_SS("m64n256k16", "f16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
     else if constexpr (kN == 256)
         LF_WGMMA_SS("m64n256k16", "bf16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
-    else if constexpr (wgmma_type<T>::f16)
+    else if constexpr (kN == 224 && wgmma_type<T>::f16)
         LF_WGMMA_SS("m64n224k16", "f16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
-    else
+    else if constexpr (kN == 224)
         LF_WGMMA_SS("m64n224k16", "bf16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
+    else if constexpr (wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n192k16", "f16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
+    else
+        LF_WGMMA_SS("m64n192k16", "bf16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
 }
 /* d[64×256] += A[64×16] · B[256×16]ᵀ (the Hopper GEMM lab's name for it). */
 template <typename T> static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
@@ -197,7 +209,7 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
 }
 
 /* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom), on
- * tiles kN columns wide (256 or 224). */
+ * tiles kN columns wide (wgmma_wide). */
 template <int kBK, int steps, typename T, int kN = 256>
 static __device__ __forceinline__ void wgmma_k16_steps(float *d, uint32_t a, uint32_t b)
 {

@@ -88,11 +88,11 @@ enum {
 };
 
 /* The sizes that follow from the tile's width BN: the rows of W a tile takes, one m64nBNk16 per
- * consumer and k16 step — 256, or 224 where it fills the SMs' rounds better
+ * consumer and k16 step — 256, or 224 or 192 where those fill the SMs' rounds better
  * (lf_cuda_hopper_tile_cols: M = 1024, N = 14336 takes 512 tiles of 224 in 4 rounds of 128 CTAs,
  * not 448 of 256 in 3.5). */
 template <int BN> struct wide_shape {
-    static_assert(BN == 256 || BN == 224, "tile widths: 256, 224");
+    static_assert(BN == 256 || BN == 224 || BN == 192, "tile widths: 256, 224, 192");
     enum {
         B_BYTES = BN * BK * 2,
         RING_BYTES = STAGES * (A_BYTES + B_BYTES),
@@ -205,9 +205,9 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
  * waits once per tile, for the store warps to have read the first half.
  * Layout (256 columns): tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the
  * half) at chunk c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read
- * (2 rows × 16 chunks) both touch every bank once per 128 bytes. With 224 columns a row holds 14
- * chunks, which the XOR would carry past the row: rows of 224 bytes unswizzled (the fragment store
- * then meets rows r and r + 4 in the same banks, 2-way). */
+ * (2 rows × 16 chunks) both touch every bank once per 128 bytes. With 224 or 192 columns a row
+ * holds 14 or 12 chunks, which the XOR would carry past the row: those rows are unswizzled (the
+ * fragment store then meets two of its 8 rows in the same banks, 2-way). */
 template <int BN> __device__ __forceinline__ uint32_t staged_chunk(int row, int chunk)
 {
     constexpr int COLS = wide_shape<BN>::OUT_COLS;
@@ -1214,9 +1214,14 @@ cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     if (workers > max_ctas - 1)
         workers = max_ctas - 1;
     const int tile_ctas = max_ctas - workers;
-    return lf_cuda_hopper_tile_cols(p->m, p->n, tile_ctas) == 224
-               ? launch_wide<T, LW, 224>(p, ws, ctl, workers, tile_ctas, st)
-               : launch_wide<T, LW, 256>(p, ws, ctl, workers, tile_ctas, st);
+    switch (lf_cuda_hopper_tile_cols(p->m, p->n, tile_ctas)) {
+    case 224:
+        return launch_wide<T, LW, 224>(p, ws, ctl, workers, tile_ctas, st);
+    case 192:
+        return launch_wide<T, LW, 192>(p, ws, ctl, workers, tile_ctas, st);
+    default:
+        return launch_wide<T, LW, 256>(p, ws, ctl, workers, tile_ctas, st);
+    }
 }
 
 /* Raises one kernel's limit of dynamic shared memory to `bytes`. */
@@ -1234,6 +1239,9 @@ template <typename T> cudaError_t allow_smem()
         allow_smem_of(lora_hopper_kernel<T, 0, 224>, wide_shape<224>::SMEM_BYTES),
         allow_smem_of(lora_hopper_kernel<T, 16, 224>, wide_shape<224>::SMEM_BYTES),
         allow_smem_of(lora_hopper_kernel<T, 64, 224>, wide_shape<224>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 0, 192>, wide_shape<192>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 16, 192>, wide_shape<192>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 64, 192>, wide_shape<192>::SMEM_BYTES),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
         allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
