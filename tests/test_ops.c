@@ -176,20 +176,25 @@ typedef struct hopper_shape {
     int impl; /* LF_CUDA_HOPPER, LF_CUDA_HOPPER_MID (the split-K form for few tiles) or _DECODE (few tokens) */
 } hopper_shape;
 static const hopper_shape hopper_shapes[] = {
-    {{1100, 1032, 4360, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER}, /* bf16, every tail: M 76, K 8, N 8 past whole tiles */
+    /* tile widths on 132 SMs (H100, H200; lf_cuda_hopper_tile_cols): 192 columns for the first four
+     * and the seventh, 224 for the sixth, 256 for the fifth */
+    {{1100, 1032, 4360, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER}, /* bf16, every tail: M 76, K 8, N 136 past whole tiles */
     {{1100, 72, 4104, 8, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},    /* f16, short K (one whole stage and a tail), r 8 */
     {{1030, 136, 4616, 40, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER},  /* bf16, r 40: T 64 wide, 3 of 4 k16 steps per LoRA stage */
     {{1100, 264, 4360, 64, 0, 0}, 1, 1, 0, LF_CUDA_HOPPER},  /* f16, r 64 */
     {{1024, 512, 4096, 64, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},  /* bf16, whole tiles everywhere */
-    {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 8 column tiles, the last part-filled */
+    {{1600, 264, 2000, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER},  /* bf16, r 16, narrow N: 9 column tiles, the last part-filled */
     {{1200, 520, 4104, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER},  /* f16, beta 0, no bias: the store warps alone, M and N tails */
-    /* tiles narrower than 256 (lf_cuda_hopper_tile_cols): 224 columns (115 tiles in one round, not
-     * 100 of 256) and 192 (219 tiles in 2 rounds, not 165 of 256): bf16 r 16 with bias through the
-     * store warps (14 or 12 chunks a staged row, no swizzle), f16 r 40 (two LoRA stages) with beta
-     * 0.5 through the register epilogue, N ≢ 0 mod 8 with strides padded to 16 bytes (the store
-     * warps' element-wise column tail); M and N tails in all */
+    /* each tile width with its tails: 256 columns (128 tiles in one round), 224 (115 in one round,
+     * not 100 of 256) and 192 (219 in 2 rounds, not 165 of 256) — bf16 r 16 with bias through the
+     * store warps (16, 14 or 12 chunks a staged row, each with its swizzle), f16 r 40 (two LoRA
+     * stages) with beta 1 or 0.5 through the register epilogue, N ≢ 0 mod 8 with strides padded to
+     * 16 bytes (the store warps' element-wise column tail); M and N tails in all, K tails in most */
+    {{1000, 1032, 4000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{1000, 136, 4000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
+    {{1000, 520, 3999, 16, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_HOPPER},
     {{520, 264, 5000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
-    {{520, 136, 5000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
+    {{520, 136, 5000, 40, 0, 0}, 1, 0, 2, LF_CUDA_HOPPER},
     {{300, 264, 14000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{300, 136, 14000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
     {{260, 264, 13999, 16, LFT_PADDED16, 0}, 2, 0, 0, LF_CUDA_HOPPER},

@@ -271,9 +271,10 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
  * split into 56 tiles of 256 or 64 of 224: at M = 1024 on 128 tile CTAs 448 tiles take 4 rounds of
  * 256 columns (the last half full) and 512 tiles 4 rounds of 224. H100, one call, two rounds
  * (bench/results/cuda-h100-2026-11-27-tile-cols-224-ab.json), layer µs: prefill_m1024_mlp
- * 194.7 / 197.2 → 175.1 / 175.8, 1024 × 4096 → 7168 98.9 / 99.7 → 94.5 / 95.1; mid_m1024 (256
- * either way) unchanged. The narrowest width wins only where strictly fewer rounds × width: a wide
- * tile reads fewer operand bytes a column. */
+ * 194.7 / 197.2 → 175.1 / 175.8, 1024 × 4096 → 7168 98.9 / 99.7 → 94.5 / 95.1 (−5% where the
+ * rounds say −12.5%: a narrower tile costs more a column, reading more operand bytes for each);
+ * mid_m1024 (256 either way) unchanged. So a narrower width is taken only where its rounds × width
+ * is at least 10% below the best wider one's (8192 × 14336 on 132 CTAs: 192 would save 0.9%). */
 static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas)
 {
     if (tile_ctas < 1)
@@ -283,7 +284,7 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
     int64_t best_cost = 0;
     for (int cols = 256; cols >= 192; cols -= 32) {
         const int64_t cost = (tiles_m * ((n + cols - 1) / cols) + tile_ctas - 1) / tile_ctas * cols;
-        if (cols == 256 || cost < best_cost) {
+        if (cols == 256 || 10 * cost <= 9 * best_cost) {
             best = cols;
             best_cost = cost;
         }

@@ -4,15 +4,17 @@
  *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], r ≤ 64
  *
  * The kernel lab's v8 (dev/cuda/hopper_gemm.cu, dev/cuda/NOTES.md "Hopper GEMM lab"): a persistent
- * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128×256 tiles of y: one producer warpgroup
- * (one thread) streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of
- * full/empty mbarriers; two consumer warpgroups each accumulate 64×256 in fp32 registers with
- * wgmma m64n256k16 from shared-memory descriptors, one group kept in flight; the producer
+ * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128 × BN tiles of y (BN 256, or 224 or 192
+ * where those fill the SMs' rounds better: wide_shape): one producer warpgroup (one thread)
+ * streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of full/empty
+ * mbarriers; two consumer warpgroups each accumulate 64 × BN in fp32 registers with wgmma
+ * m64nBNk16 from shared-memory descriptors, one group kept in flight; the producer
  * warpgroup's other three warps store finished tiles to y from a shared-memory staging while the
  * consumers go on (store_staged). The first CTAs of the grid (blockIdx 0..workers-1, dispatched
  * first) are T workers instead: each streams x's row blocks and A through the same shared memory
  * (ring and staging) cut into stages of their own size (x's box and A's: 12 stages at r ≤ 16, 9
- * at r ≤ 64, so that 216 KB is in flight, not the tile ring's 72 KB of them),
+ * at r ≤ 64 with 256-column tiles, so that 216 KB is in flight, not the tile ring's 72 KB of them;
+ * 11 / 8 at 224 columns, 10 / 7 at 192),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
@@ -37,7 +39,7 @@
  * overwrite them.
  *
  * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
- * block indices; the grid is at most one CTA per SM (the ring takes ~197 KB of shared memory), so
+ * block indices; the grid is at most one CTA per SM (185–225 KB of shared memory, 168 registers), so
  * every CTA is resident, and where fewer SMs are free the workers still run first.
  *
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
@@ -206,12 +208,15 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
  * Layout (256 columns): tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the
  * half) at chunk c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read
  * (2 rows × 16 chunks) both touch every bank once per 128 bytes. With 224 or 192 columns a row
- * holds 14 or 12 chunks, which the XOR would carry past the row: those rows are unswizzled (the
- * fragment store then meets two of its 8 rows in the same banks, 2-way). */
+ * holds 14 or 12 chunks (rows of 56 or 48 words, so the fragment store's rows r and r + 4, or r
+ * and r + 2, start in the same bank), and an XOR by r % 8 would carry chunks past the row: there
+ * chunk c sits at c ^ ((r / 4) % 2), or c ^ ((r / 2) % 4), which stays in the row and puts the 8
+ * rows' words in distinct banks again. */
 template <int BN> __device__ __forceinline__ uint32_t staged_chunk(int row, int chunk)
 {
-    constexpr int COLS = wide_shape<BN>::OUT_COLS;
-    return 2 * COLS * row + 16 * (COLS % 64 == 0 ? chunk ^ (row % 8) : chunk);
+    constexpr int COLS = wide_shape<BN>::OUT_COLS, CHUNKS = COLS / 8;
+    const int x = CHUNKS == 16 ? row % 8 : CHUNKS == 14 ? (row >> 2) & 1 : (row >> 1) & 3;
+    return 2 * COLS * row + 16 * (chunk ^ x);
 }
 
 /* Consumer side: half `half` (compile-time after unrolling) of the fragment, bias added, rounded
