@@ -274,7 +274,11 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
  * 194.7 / 197.2 → 175.1 / 175.8, 1024 × 4096 → 7168 98.9 / 99.7 → 94.5 / 95.1 (−5% where the
  * rounds say −12.5%: a narrower tile costs more a column, reading more operand bytes for each);
  * mid_m1024 (256 either way) unchanged. So a narrower width is taken only where its rounds × width
- * is at least 10% below the best wider one's (8192 × 14336 on 132 CTAs: 192 would save 0.9%). */
+ * is at least 10% below the best wider one's (8192 × 14336 on 132 CTAs: 192 would save 0.9%).
+ * With that rule, an H200 in one call (cuda-h200-2026-11-27-tile-cols-192-ab.json): 1024 × 4096 →
+ * 5120 (192) 91.6 / 90.5 → 76.0 / 72.3, 1100 × 4096 → 4360 (192) 90.9 / 90.3 → 76.2 / 75.9,
+ * prefill_m1024_mlp (224) 197.1 / 197.4 → 186.0 / 188.0, 1024 × 4096 → 7168 (224) 100.2 / 100.5 →
+ * 95.2 / 96.2, mid_m1024 (256) 53.7 / 53.0 → 53.2 / 53.8. */
 static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas)
 {
     if (tile_ctas < 1)
