@@ -229,7 +229,8 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
     return 1;
 }
 
-/* Hopper layer kernel (lora_hopper.cu): 128×256 tiles on a persistent grid. Its limits: PEFT layout
+/* Hopper layer kernel (lora_hopper.cu): 128×256 tiles on a persistent grid (224 or 192 columns where
+ * those fill its rounds better: lf_cuda_hopper_tile_cols; the rule below counts 256). Its limits: PEFT layout
  * (the wgmma descriptors read W's rows K-major; the KN layout keeps the GEMM path), 16-bit dtypes,
  * 16-byte aligned operands and strides (the copy engine's rule; with dense PEFT operands, K and r
  * multiples of 8), r ≤ 64 (T's width in the workers), M ≤ 2^20 (its row-block flags). */
