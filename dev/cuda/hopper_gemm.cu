@@ -120,8 +120,37 @@ static __device__ __forceinline__ void wgmma_m64n256k16_rs(float *d, const uint3
 /* The kernel                                                                                      */
 
 /* Cluster of kCluster CTAs along M (ranks take adjacent row blocks of the same column block);
- * cluster_rank, cluster_sync, mbar_arrive_cluster, tma_load_2d_multicast and release_stage come
- * from hopper_ptx.cuh. */
+ * cluster_rank and cluster_sync come from hopper_ptx.cuh. */
+/* Arrival on the barrier at the same shared offset in CTA `rank` of the cluster (itself included).
+ * Default semantics (release at CTA scope): what must be ordered before the peer's refill is the
+ * completion of our wgmma reads, which wait_group already guarantees. v4's first form,
+ * .release.cluster, made every release a cluster-scope fence: 2.4–4.7× slower (NOTES.md). */
+static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank)
+{
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
+/* The tile copy into the same shared offset of every CTA in `mask`, each completing its own
+ * barrier at offset `bar`. */
+static __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap *map, uint32_t bar,
+                                                             int c0, int c1, uint16_t mask)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+                 : "memory");
+}
+
+/* A consumer warp is done with a stage: arrive on its empty barrier in every CTA of the cluster. */
+template <int kCluster> static __device__ __forceinline__ void release_stage(uint32_t empty_bar)
+{
+    if (kCluster == 1)
+        mbar_arrive(empty_bar);
+    else
+        for (uint32_t q = 0; q < kCluster; q++)
+            mbar_arrive_cluster(empty_bar, q);
+}
 
 /* Work item t → (row-block group pm, column block nb) over ceil(tiles_m / cluster) row groups:
  * group_m row groups side by side walk the column blocks together, so the x row blocks and W
@@ -251,7 +280,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                         const uint32_t at = ring_t + stage * T_BYTES;
 #pragma unroll
                         for (int k = 0; k < K16; k++) {
-                            wgmma_m64n256k16<bf16>(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
+                            wgmma_wide<256, bf16>(d, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(b + 32 * k));
                             wgmma_m64nXk16<kInT, bf16>(t_acc, smem_desc<kBK>(a + 32 * k), smem_desc<kBK>(at + 32 * k));
                         }
                     } else { /* d += (s·T)_hi·Bᵀ + (s·T)_lo·Bᵀ, A from registers; T is zero past r */

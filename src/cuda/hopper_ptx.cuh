@@ -172,11 +172,6 @@ template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(
     else
         LF_WGMMA_SS("m64n192k16", "bf16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
 }
-/* d[64×256] += A[64×16] · B[256×16]ᵀ (the Hopper GEMM lab's name for it). */
-template <typename T> static __device__ __forceinline__ void wgmma_m64n256k16(float *d, uint64_t da, uint64_t db)
-{
-    wgmma_wide<256, T>(d, da, db);
-}
 /* d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64 (T's accumulators) or 128
  * (the split-K form's tiles). */
 template <int kN, typename T>
@@ -299,38 +294,6 @@ static __device__ __forceinline__ float4 ld_cluster_f32x4(uint32_t caddr)
                  : "r"(caddr)
                  : "memory");
     return v;
-}
-
-/* Arrival on the barrier at the same shared offset in CTA `rank` of the cluster (itself included).
- * Default semantics (release at CTA scope): what must be ordered before the peer's refill is the
- * completion of our wgmma reads, which wait_group already guarantees. The lab's v4 first used
- * .release.cluster, which made every release a cluster-scope fence: 2.4–4.7× slower
- * (dev/cuda/NOTES.md). */
-static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank)
-{
-    uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-/* The tile copy into the same shared offset of every CTA in `mask`, each completing its own
- * barrier at offset `bar`. */
-static __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap *map, uint32_t bar,
-                                                             int c0, int c1, uint16_t mask)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-                 " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
-                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-                 : "memory");
-}
-
-/* A consumer warp is done with a stage: arrive on its empty barrier in every CTA of the cluster. */
-template <int kCluster> static __device__ __forceinline__ void release_stage(uint32_t empty_bar)
-{
-    if (kCluster == 1)
-        mbar_arrive(empty_bar);
-    else
-        for (uint32_t q = 0; q < kCluster; q++)
-            mbar_arrive_cluster(empty_bar, q);
 }
 
 /* Register reallocation between the warpgroups of a CTA (the kernel needs a register cap at entry:
