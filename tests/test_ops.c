@@ -198,9 +198,16 @@ static const hopper_shape hopper_shapes[] = {
     {{300, 264, 14000, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{300, 136, 14000, 40, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
     {{260, 264, 13999, 16, LFT_PADDED16, 0}, 2, 0, 0, LF_CUDA_HOPPER},
+    /* 128 columns (one round where wider tiles leave SMs idle; 8 chunks a staged row): 112 tiles
+     * of 256 tokens in two full rows with a K tail, bf16 r 16 with bias through the store warps;
+     * 96 tiles of 200 tokens with M and N tails, f16 r 40 (two LoRA stages) with beta 0.5 through
+     * the register epilogue; 128 tiles with an M tail and N ≢ 0 mod 8 (strides padded to 16 bytes) */
+    {{256, 1032, 7168, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{200, 136, 6104, 40, 0, 0}, 1, 0, 2, LF_CUDA_HOPPER},
+    {{500, 520, 3999, 16, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_HOPPER},
     /* the split-K form (r ≤ 16; tiles and splits as on an H200; a CTA finishes its share of the
      * live rows): 64 tiles of 128 × 64 (pairs), 16 narrow ones of 77 tokens with K and N tails
-     * (clusters of 6), 51 tiles of 128 × 128 with an M tail (pairs), 112 wide ones of 100 tokens
+     * (clusters of 6), 51 tiles of 128 × 128 with an M tail (pairs), 80 wide ones of 100 tokens
      * and a short K (one CTA a tile), 60 narrow ones of 90 tokens with an N tail (pairs), 32 narrow
      * ones with a K tail (clusters of 3), 32 narrow ones in two full rows with K and N tails
      * (clusters of 3); half-full rows: 17 wide tiles of 64 tokens (clusters of 6), 64 narrow ones
@@ -208,7 +215,7 @@ static const hopper_shape hopper_shapes[] = {
     {{128, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_MID},
     {{77, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},
     {{330, 520, 2056, 8, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
-    {{100, 264, 14336, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
+    {{100, 264, 10240, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_MID},
     {{90, 2048, 3832, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_MID},
     {{100, 1032, 2048, 16, 0, 0}, 2, 1, 2, LF_CUDA_HOPPER_MID},
     {{256, 1032, 1000, 8, 0, 0}, 1, 1, 1, LF_CUDA_HOPPER_MID},

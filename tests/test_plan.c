@@ -304,7 +304,8 @@ static void heuristics_tests(void)
         for (int64_t n = 8; n <= 20000; n += 248)
             for (int64_t r = 1; r <= 80; r += 9) {
                 const int fits = lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, m, n, r, 132);
-                const int64_t tiles_n = (n + 255) / 256, tiles = (m + 127) / 128 * tiles_n;
+                /* tiles at the width the launch takes (the rule below checks it) for 128 tile CTAs */
+                const int64_t cols = lf_cuda_hopper_tile_cols(m, n, 128), tiles = (m + 127) / 128 * ((n + cols - 1) / cols);
                 const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > (r <= 16 ? 1792 : 3840) && tiles >= 96;
                 LFT_CHECKF(fits == expect, "M %lld N %lld r %lld: fits %d, expected %d", (long long)m, (long long)n,
                            (long long)r, fits, expect);
@@ -319,8 +320,8 @@ static void heuristics_tests(void)
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel's tiles narrower than 256 only where they take fewer column-rounds");
-    /* rounds (ceil(tiles / CTAs)) times the width: a narrower width only where at least 10% below
-     * the best wider one's */
+    /* rounds (ceil(tiles / CTAs)) times the width: 224 or 192 only where at least 10% below the
+     * best wider one's, 128 only where at least 30% below */
     for (int64_t m = 1; m <= 9000; m += 97)
         for (int64_t n = 8; n <= 30000; n += 136)
             for (int64_t ctas = 124; ctas <= 132; ctas += 4) {
@@ -328,8 +329,13 @@ static void heuristics_tests(void)
                 const int64_t c256 = (tm * ((n + 255) / 256) + ctas - 1) / ctas * 256;
                 const int64_t c224 = (tm * ((n + 223) / 224) + ctas - 1) / ctas * 224;
                 const int64_t c192 = (tm * ((n + 191) / 192) + ctas - 1) / ctas * 192;
+                const int64_t c128 = (tm * ((n + 127) / 128) + ctas - 1) / ctas * 128;
                 const int64_t wider = 10 * c224 <= 9 * c256 ? c224 : c256; /* the best of 224 and 256 */
-                const int expect = 10 * c192 <= 9 * wider ? 192 : 10 * c224 <= 9 * c256 ? 224 : 256;
+                const int64_t wide = 10 * c192 <= 9 * wider ? c192 : wider; /* of 192, 224 and 256 */
+                const int expect = 10 * c128 <= 7 * wide       ? 128
+                                   : 10 * c192 <= 9 * wider    ? 192
+                                   : 10 * c224 <= 9 * c256     ? 224
+                                                               : 256;
                 const int cols = lf_cuda_hopper_tile_cols(m, n, ctas);
                 LFT_CHECKF(cols == expect, "M %lld N %lld on %lld CTAs: %d columns, expected %d", (long long)m,
                            (long long)n, (long long)ctas, cols, expect);
@@ -345,6 +351,15 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_tile_cols(1000, 4000, 128) == 256 && lf_cuda_hopper_tile_cols(1000, 3999, 128) == 256);
     LFT_CHECK(lf_cuda_hopper_tile_cols(1024, 4096, 128) == 256 && lf_cuda_hopper_tile_cols(4096, 4096, 132) == 256);
     LFT_CHECK(lf_cuda_hopper_tile_cols(8192, 8192, 128) == 256 && lf_cuda_hopper_tile_cols(1024, 14336, 0) == 256);
+    /* 128 columns in one round where wider tiles leave SMs idle: tensor-parallel gate_proj's shard
+     * at 256 tokens (112 tiles, against 56 of 256 or 76 of 192), 384 and 512 tokens at 4096 → 4096,
+     * 128 tokens at 4096 → 14336; test_ops' shapes of that width */
+    LFT_CHECK(lf_cuda_hopper_tile_cols(256, 7168, 130) == 128 && lf_cuda_hopper_tile_cols(384, 4096, 129) == 128);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(512, 4096, 128) == 128 && lf_cuda_hopper_tile_cols(128, 14336, 131) == 128);
+    LFT_CHECK(lf_cuda_hopper_tile_cols(200, 6104, 130) == 128 && lf_cuda_hopper_tile_cols(500, 3999, 128) == 128);
+    LFT_CHECK(lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 256, 7168, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 14336, 16, 132));
+    LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 256, 4096, 16, 132)); /* 64 tiles of 128 */
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");
@@ -477,7 +492,8 @@ static void heuristics_tests(void)
     /* one CTA a tile where one row of tiles fills a wave, or K holds one stage */
     MID(LF_BF16, 128, 4096, 14336, 16, h200, 1, 128);
     MID(LF_BF16, 100, 64, 4096, 16, h200, 1, 128);
-    /* the GEMM path: one CTA a tile in two rows (M 256, N 7168), more tiles than a wave, past r 16 */
+    /* none: one CTA a tile in two rows (M 256, N 7168: the persistent kernel's 128-column tiles
+     * take it, lf_cuda_hopper_fits), more tiles than a wave, past r 16 */
     MID(LF_BF16, 256, 4096, 7168, 16, h200, 0, 0);
     MID(LF_BF16, 640, 4096, 4096, 16, h200, 0, 0);
     MID(LF_BF16, 128, 4096, 4096, 17, h200, 0, 0);

@@ -229,8 +229,8 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
     return 1;
 }
 
-/* Hopper layer kernel (lora_hopper.cu): 128×256 tiles on a persistent grid (224 or 192 columns where
- * those fill its rounds better: lf_cuda_hopper_tile_cols; the rule below counts 256). Its limits: PEFT layout
+/* Hopper layer kernel (lora_hopper.cu): 128×256 tiles on a persistent grid (224, 192 or 128 columns
+ * where those fill its rounds better: lf_cuda_hopper_tile_cols). Its limits: PEFT layout
  * (the wgmma descriptors read W's rows K-major; the KN layout keeps the GEMM path), 16-bit dtypes,
  * 16-byte aligned operands and strides (the copy engine's rule; with dense PEFT operands, K and r
  * multiples of 8), r ≤ 64 (T's width in the workers), M ≤ 2^20 (its row-block flags). */
@@ -238,7 +238,9 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
 #define LF_CUDA_HOPPER_MAX_M (1 << 20)
 /* Where it wins: a 128×256 tile costs one SM its whole K loop, so with few tiles the kernel takes as
  * long as a full round (~50 µs at K = 4096) while the GEMM path's cuBLAS spreads any M over every
- * SM. It needs tiles for at least ¾ of the SMs it gives to tiles (the SMs less its 4 T workers).
+ * SM. It needs tiles for at least ¾ of the SMs it gives to tiles (the SMs less its 4 T workers),
+ * counted at the width lf_cuda_hopper_tile_cols takes: 128 columns bring in layers of a few
+ * hundred tokens whose 256-column tiles would leave half the SMs idle (M = 256, N = 7168).
  * Measured on an H100 (132 SMs: ≥ 96 tiles), bf16, r 16, µs per call, GEMM path → Hopper kernel,
  * both in one run (dev/cuda/NOTES.md, "Hopper path in the library"; the Hopper times at M ≤ 512,
  * which the plan does not send there, are the lab's v8-lib). K = 4096, N = 4096: M = 128 (16
@@ -257,10 +259,13 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
  * (an estimate for those two: not timed against the GEMM path in one run). With r > 16 (T 64 wide, 8
  * stages) N = 2048 stays behind (147.3 against 121.2 unfused): 16 column tiles (N > 3840), where
  * the wins were measured (N = 4096, 14336). */
+static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas);
 static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                       int64_t r, int sm_count)
 {
-    const int64_t tiles_n = (n + 255) / 256, tiles = (m + 127) / 128 * tiles_n;
+    /* the tiles at the width the launch takes (its tile CTAs: the SMs less up to 4 workers) */
+    const int64_t tiles_n = (n + 255) / 256, cols = lf_cuda_hopper_tile_cols(m, n, sm_count - 4);
+    const int64_t tiles = (m + 127) / 128 * ((n + cols - 1) / cols);
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK && m <= LF_CUDA_HOPPER_MAX_M &&
            4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 8 : 16);
@@ -280,16 +285,27 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
  * 5120 (192) 91.6 / 90.5 → 76.0 / 72.3, 1100 × 4096 → 4360 (192) 90.9 / 90.3 → 76.2 / 75.9,
  * prefill_m1024_mlp (224) 197.1 / 197.4 → 186.0 / 188.0, 1024 × 4096 → 7168 (224) 100.2 / 100.5 →
  * 95.2 / 96.2, mid_m1024 (256) 53.7 / 53.0 → 53.2 / 53.8. */
+/* 128 columns (one round where wider tiles leave SMs idle), H100, one call, two rounds
+ * (bench/results/cuda-h100-2026-11-27-tile-cols-128-ab.json), layer µs, what the plan took before →
+ * 128 columns (cuBLAS base): 256 × 4096 → 7168 (GEMM path) 43.1 / 43.1 → 30.8 / 30.8 (26.5–26.8),
+ * 384 × 4096 → 4096 34.0 → 26.7 (20.1–20.2), 512 × 4096 → 4096 38.7 → 28.1 (24.1–24.2), 200 × 4096
+ * → 6144 36.0 → 30.4 (23.4), 128 × 4096 → 14336 (split-K form, one CTA a tile) 50.0 → 48.2–48.5
+ * (45.5–45.7: W's 117 MB bound both). A round of 128 × 128 × 4096 tiles takes ~30 µs (~4.5 TFLOP/s
+ * an SM, against ~5.5 at 256 columns). */
 static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ctas)
 {
     if (tile_ctas < 1)
         return 256;
+    /* widths, and the share of the best wider one's rounds × width below which each is taken (in
+     * tenths): 128 columns read 4/3 of 256's operand bytes a column (x's box for half the columns) */
+    static const int widths[] = {256, 224, 192, 128}, margin[] = {10, 9, 9, 7};
     const int64_t tiles_m = (m + 127) / 128;
     int best = 256;
     int64_t best_cost = 0;
-    for (int cols = 256; cols >= 192; cols -= 32) {
+    for (int i = 0; i < (int)(sizeof widths / sizeof widths[0]); i++) {
+        const int cols = widths[i];
         const int64_t cost = (tiles_m * ((n + cols - 1) / cols) + tile_ctas - 1) / tile_ctas * cols;
-        if (cols == 256 || 10 * cost <= 9 * best_cost) {
+        if (i == 0 || 10 * cost <= margin[i] * best_cost) {
             best = cols;
             best_cost = cost;
         }
@@ -306,8 +322,9 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
  * against the GEMM path (NOTES.md, "Few tiles", H200, bf16, r 16): faster by 7–18% with a split
  * (M 96, 128, 256 at N 4096; M 256 at 4096 → 2048 and 7168 → 4096) and with one CTA a tile in one
  * row of tiles (M 128, 4096 → 14336: 42.6 against 49.8 µs); slower with one CTA a tile in 2–4 rows
- * (M 384, 512; even at M 256, 4096 → 7168). 64 columns where they take a split of 2 or more on at
- * least as many CTAs: less of each CTA's part goes through distributed shared memory, which bounds
+ * (M 384, 512; even at M 256, 4096 → 7168). The persistent kernel's 128-column tiles now take
+ * those, and M 128 at 4096 → 14336, before this form is asked (lf_cuda_hopper_fits). 64 columns
+ * where they take a split of 2 or more on at least as many CTAs: less of each CTA's part goes through distributed shared memory, which bounds
  * the finish. Measured on an H100 (bf16, r 16, layer µs, NOTES.md "Fifteenth session"): 128 → 64
  * columns at M 128, 4096 → 4096 19.41–19.50 → 18.73–18.77 (split 2 on 128 CTAs against 3 on 96),
  * 256 × 4096 → 2048 16.42–16.48 → 16.34–16.37, and slower where the CTAs are fewer (128 × 4096 →

@@ -154,26 +154,8 @@ template <> struct wgmma_type<__half> {
                  : dbind                                                                                    \
                  : "l"(da), "l"(db))
 
-/* d[64×kN] += A[64×16] · B[kN×16]ᵀ for the wide tiles: kN = 256, or 224 or 192 where those fill
- * the SMs' rounds better (lf_cuda_hopper_tile_cols). */
-template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(float *d, uint64_t da, uint64_t db)
-{
-    static_assert(kN == 256 || kN == 224 || kN == 192, "wide tiles: 256, 224 or 192 columns");
-    if constexpr (kN == 256 && wgmma_type<T>::f16)
-        LF_WGMMA_SS("m64n256k16", "f16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
-    else if constexpr (kN == 256)
-        LF_WGMMA_SS("m64n256k16", "bf16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
-    else if constexpr (kN == 224 && wgmma_type<T>::f16)
-        LF_WGMMA_SS("m64n224k16", "f16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
-    else if constexpr (kN == 224)
-        LF_WGMMA_SS("m64n224k16", "bf16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
-    else if constexpr (wgmma_type<T>::f16)
-        LF_WGMMA_SS("m64n192k16", "f16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
-    else
-        LF_WGMMA_SS("m64n192k16", "bf16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
-}
 /* d[64×kN] += A[64×16] · B[kN×16]ᵀ from shared memory, kN = 16 or 64 (T's accumulators) or 128
- * (the split-K form's tiles). */
+ * (the split-K form's tiles, and the persistent kernel's narrowest). */
 template <int kN, typename T>
 static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uint64_t db)
 {
@@ -190,6 +172,27 @@ static __device__ __forceinline__ void wgmma_m64nXk16(float *d, uint64_t da, uin
         LF_WGMMA_SS("m64n64k16", "f16", LF_WGMMA_D32_STR, LF_WGMMA_BIND32(0), 32, 33);
     else
         LF_WGMMA_SS("m64n64k16", "bf16", LF_WGMMA_D32_STR, LF_WGMMA_BIND32(0), 32, 33);
+}
+
+/* d[64×kN] += A[64×16] · B[kN×16]ᵀ for the persistent kernel's tiles: kN = 256, or 224, 192 or 128
+ * where those fill the SMs' rounds better (lf_cuda_hopper_tile_cols). */
+template <int kN, typename T> static __device__ __forceinline__ void wgmma_wide(float *d, uint64_t da, uint64_t db)
+{
+    static_assert(kN == 256 || kN == 224 || kN == 192 || kN == 128, "wide tiles: 256, 224, 192 or 128 columns");
+    if constexpr (kN == 128)
+        wgmma_m64nXk16<128, T>(d, da, db);
+    else if constexpr (kN == 256 && wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n256k16", "f16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
+    else if constexpr (kN == 256)
+        LF_WGMMA_SS("m64n256k16", "bf16", LF_WGMMA_D128_STR, LF_WGMMA_D128_BIND, 128, 129);
+    else if constexpr (kN == 224 && wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n224k16", "f16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
+    else if constexpr (kN == 224)
+        LF_WGMMA_SS("m64n224k16", "bf16", LF_WGMMA_D112_STR, LF_WGMMA_D112_BIND, 112, 113);
+    else if constexpr (wgmma_type<T>::f16)
+        LF_WGMMA_SS("m64n192k16", "f16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
+    else
+        LF_WGMMA_SS("m64n192k16", "bf16", LF_WGMMA_D96_STR, LF_WGMMA_D96_BIND, 96, 97);
 }
 
 /* The first `steps` K steps of 16 of one stage (+32 bytes per step inside the swizzle atom), on

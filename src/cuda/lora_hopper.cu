@@ -4,17 +4,17 @@
  *   y = beta·y + x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ        x [M,K], W [N,K], A [r,K], B [N,r], r ≤ 64
  *
  * The kernel lab's v8 (dev/cuda/hopper_gemm.cu, dev/cuda/NOTES.md "Hopper GEMM lab"): a persistent
- * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128 × BN tiles of y (BN 256, or 224 or 192
- * where those fill the SMs' rounds better: wide_shape): one producer warpgroup (one thread)
- * streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a 4-stage ring of full/empty
- * mbarriers; two consumer warpgroups each accumulate 64 × BN in fp32 registers with wgmma
+ * grid of 384-thread CTAs, one per SM. Tile CTAs compute 128 × BN tiles of y (BN 256, or 224, 192
+ * or 128 where those fill the SMs' rounds better: wide_shape): one producer warpgroup (one thread)
+ * streams 64-wide K slabs of x and W by TMA (128-byte swizzle) into a ring of full/empty mbarriers
+ * (4 stages, 6 at 128 columns); two consumer warpgroups each accumulate 64 × BN in fp32 registers with wgmma
  * m64nBNk16 from shared-memory descriptors, one group kept in flight; the producer
  * warpgroup's other three warps store finished tiles to y from a shared-memory staging while the
  * consumers go on (store_staged). The first CTAs of the grid (blockIdx 0..workers-1, dispatched
  * first) are T workers instead: each streams x's row blocks and A through the same shared memory
  * (ring and staging) cut into stages of their own size (x's box and A's: 12 stages at r ≤ 16, 9
  * at r ≤ 64 with 256-column tiles, so that 216 KB is in flight, not the tile ring's 72 KB of them;
- * 11 / 8 at 224 columns, 10 / 7 at 192),
+ * 11 / 8 at 224 columns, 10 / 7 at 192, 11 / 8 at 128),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
@@ -68,9 +68,6 @@ namespace {
 enum {
     BM = 128, /* rows of x per tile: two consumer warpgroups of 64 */
     BK = 64,  /* K per stage: 128-byte rows, the 128-byte swizzle */
-    /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
-     * with half a tile (NOTES.md, "store warps") */
-    STAGES = 4,
     CONSUMERS = 2,
     THREADS = 128 * (1 + CONSUMERS),
     A_BYTES = BM * BK * 2,
@@ -90,12 +87,18 @@ enum {
 };
 
 /* The sizes that follow from the tile's width BN: the rows of W a tile takes, one m64nBNk16 per
- * consumer and k16 step — 256, or 224 or 192 where those fill the SMs' rounds better
+ * consumer and k16 step — 256, or 224, 192 or 128 where those fill the SMs' rounds better
  * (lf_cuda_hopper_tile_cols: M = 1024, N = 14336 takes 512 tiles of 224 in 4 rounds of 128 CTAs,
- * not 448 of 256 in 3.5). */
+ * not 448 of 256 in 3.5; M = 256, N = 7168 takes 112 tiles of 128 in one round, not 56 of 256 on
+ * half the SMs). */
 template <int BN> struct wide_shape {
-    static_assert(BN == 256 || BN == 224 || BN == 192, "tile widths: 256, 224, 192");
+    static_assert(BN == 256 || BN == 224 || BN == 192 || BN == 128, "tile widths: 256, 224, 192, 128");
     enum {
+        /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
+         * with half a tile (NOTES.md, "store warps"); 4 is all 227 KB hold from 192 columns up. A
+         * 128-column stage feeds the tensor cores half as long, so its ring is 6 deep: as much time
+         * in flight as 3 of 256 columns. */
+        STAGES = BN == 128 ? 6 : 4,
         B_BYTES = BN * BK * 2,
         RING_BYTES = STAGES * (A_BYTES + B_BYTES),
         OUT_COLS = BN / OUT_PARTS,
@@ -211,11 +214,12 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
  * holds 14 or 12 chunks (rows of 56 or 48 words, so the fragment store's rows r and r + 4, or r
  * and r + 2, start in the same bank), and an XOR by r % 8 would carry chunks past the row: there
  * chunk c sits at c ^ ((r / 4) % 2), or c ^ ((r / 2) % 4), which stays in the row and puts the 8
- * rows' words in distinct banks again. */
+ * rows' words in distinct banks again. With 128 columns a row is 8 chunks, 128 bytes: c ^ (r % 8)
+ * stays in the row, and a store warp reads 4 whole rows. */
 template <int BN> __device__ __forceinline__ uint32_t staged_chunk(int row, int chunk)
 {
     constexpr int COLS = wide_shape<BN>::OUT_COLS, CHUNKS = COLS / 8;
-    const int x = CHUNKS == 16 ? row % 8 : CHUNKS == 14 ? (row >> 2) & 1 : (row >> 1) & 3;
+    const int x = CHUNKS == 16 || CHUNKS == 8 ? row % 8 : CHUNKS == 14 ? (row >> 2) & 1 : (row >> 1) & 3;
     return 2 * COLS * row + 16 * (chunk ^ x);
 }
 
@@ -312,6 +316,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     constexpr int LORA_STAGES = LW == 0 ? 0 : LW == 16 ? 1 : 2;
     /* a worker's stage: x's box, then A's; a multiple of 1024 bytes, as the swizzle needs */
     using S = wide_shape<BN>;
+    constexpr int STAGES = S::STAGES;
     constexpr int T_STAGE_BYTES = A_BYTES + A_TILE_BYTES, T_STAGES = S::T_RING_BYTES / T_STAGE_BYTES;
     constexpr int B_BYTES = S::B_BYTES, BARRIERS = S::BARRIERS;
     static_assert(T_STAGE_BYTES % 1024 == 0 && T_STAGES <= BARRIERS, "T worker ring");
@@ -1224,6 +1229,8 @@ cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
         return launch_wide<T, LW, 224>(p, ws, ctl, workers, tile_ctas, st);
     case 192:
         return launch_wide<T, LW, 192>(p, ws, ctl, workers, tile_ctas, st);
+    case 128:
+        return launch_wide<T, LW, 128>(p, ws, ctl, workers, tile_ctas, st);
     default:
         return launch_wide<T, LW, 256>(p, ws, ctl, workers, tile_ctas, st);
     }
@@ -1247,6 +1254,9 @@ template <typename T> cudaError_t allow_smem()
         allow_smem_of(lora_hopper_kernel<T, 0, 192>, wide_shape<192>::SMEM_BYTES),
         allow_smem_of(lora_hopper_kernel<T, 16, 192>, wide_shape<192>::SMEM_BYTES),
         allow_smem_of(lora_hopper_kernel<T, 64, 192>, wide_shape<192>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 0, 128>, wide_shape<128>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 16, 128>, wide_shape<128>::SMEM_BYTES),
+        allow_smem_of(lora_hopper_kernel<T, 64, 128>, wide_shape<128>::SMEM_BYTES),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
         allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
