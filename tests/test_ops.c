@@ -205,6 +205,11 @@ static const hopper_shape hopper_shapes[] = {
     {{256, 1032, 7168, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{200, 136, 6104, 40, 0, 0}, 1, 0, 2, LF_CUDA_HOPPER},
     {{500, 520, 3999, 16, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_HOPPER},
+    /* T workers that take tiles after T (lf_cuda_hopper_schedule): 8 of them at 4096 × 2048 (one tile
+     * each after T, through the store warps: bf16 with bias, beta 0), 32 at 4096 × 1000 (four
+     * column tiles a row block, the last part-filled; f16, beta 0.5, strides padded to 16 bytes) */
+    {{4096, 264, 2048, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{4096, 136, 1000, 16, LFT_PADDED16, 0}, 1, 0, 2, LF_CUDA_HOPPER},
     /* the split-K form (r ≤ 16; tiles and splits as on an H200; a CTA finishes its share of the
      * live rows): 64 tiles of 128 × 64 (pairs), 16 narrow ones of 77 tokens with K and N tails
      * (clusters of 6), 51 tiles of 128 × 128 with an M tail (pairs), 80 wide ones of 100 tokens

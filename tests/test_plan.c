@@ -306,7 +306,7 @@ static void heuristics_tests(void)
                 const int fits = lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, m, n, r, 132);
                 /* tiles at the width the launch takes (the rule below checks it) for 128 tile CTAs */
                 const int64_t cols = lf_cuda_hopper_tile_cols(m, n, 128), tiles = (m + 127) / 128 * ((n + cols - 1) / cols);
-                const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > (r <= 16 ? 1792 : 3840) && tiles >= 96;
+                const int expect = r <= LF_CUDA_HOPPER_MAX_RANK && n > (r <= 16 ? 768 : 3840) && tiles >= 96;
                 LFT_CHECKF(fits == expect, "M %lld N %lld r %lld: fits %d, expected %d", (long long)m, (long long)n,
                            (long long)r, fits, expect);
             }
@@ -360,6 +360,31 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 256, 7168, 16, 132));
     LFT_CHECK(lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 128, 14336, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 256, 4096, 16, 132)); /* 64 tiles of 128 */
+    lft_end();
+
+    lft_begin("test_plan cuda heuristics: the Hopper kernel's T workers, and tiles for them where T would outlast the tiles");
+#define SCHED(m, n, lw, cols_, workers_, tile_ctas_)                                                       \
+    do {                                                                                                  \
+        const lf_cuda_hopper_sched s_ = lf_cuda_hopper_schedule(m, n, lw, 132);                           \
+        LFT_CHECKF(s_.cols == (cols_) && s_.workers == (workers_) && s_.tile_ctas == (tile_ctas_),         \
+                   "%d x %d, T width %d: %d columns, %d workers, %d tile CTAs", m, n, lw, s_.cols, s_.workers, \
+                   s_.tile_ctas);                                                                         \
+    } while (0)
+    /* 4 workers and no tiles for them where T ends before the tiles need it (one round at M 1024,
+     * four at 4096; two row blocks at M 256, 2048 × 2048 where more workers would take tiles) */
+    SCHED(1024, 4096, 16, 256, 4, 128);
+    SCHED(4096, 4096, 16, 256, 4, 128);
+    SCHED(256, 7168, 16, 128, 2, 130);
+    SCHED(2048, 2048, 16, 256, 4, 128);
+    /* tiles for the workers: 8 of 132 CTAs at M 4096, N 2048 (256 tiles: 124 CTAs take two), 32 at
+     * N 1024 (128 tiles: one T row block each, then a tile); 5 workers without tiles at 1600 × 2000
+     * (117 tiles on 132 CTAs) */
+    SCHED(4096, 2048, 16, 256, 8, 132);
+    SCHED(4096, 1024, 16, 256, 32, 132);
+    SCHED(1600, 2000, 16, 224, 5, 132);
+    /* no LoRA term: no workers */
+    SCHED(4096, 2048, 0, 256, 0, 132);
+#undef SCHED
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");

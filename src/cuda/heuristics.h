@@ -253,7 +253,8 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
  * (lab, H100, 2026-11-25, µs, before → after, cuBLAS base / unfused in the same run): N = 2048
  * 165.4 → 122.9 (96.0 / 128.4; the GEMM path took 144.6 at base 94.9 in bench --tp), M = 2048
  * N = 2048 83.6 → 64.4 (47.5 / 65.2), N = 3072 207.7 → 204.5 (157 / 196), N = 1024 155.6 → 115.6
- * (46.9 / 73.0: lose). So r ≤ 16 needs 8 column tiles (N > 1792); N = 3072 and M = 2048 N = 2048
+ * (46.9 / 73.0: lose; T took 8 row blocks a worker: lf_cuda_hopper_schedule now spreads it over
+ * more, which admits r ≤ 16 from 4 column tiles, N > 768). So r ≤ 16 needed 8 column tiles (N > 1792); N = 3072 and M = 2048 N = 2048
  * only tie the unfused composition, but the GEMM path they would otherwise take ran 1.16× it at
  * N = 2048 (144.6 against 124.5 in bench --tp), so they win against what the plan has instead
  * (an estimate for those two: not timed against the GEMM path in one run). With r > 16 (T 64 wide, 8
@@ -268,7 +269,7 @@ static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t
     const int64_t tiles = (m + 127) / 128 * ((n + cols - 1) / cols);
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&
            (flags & LF_PLAN_ALIGNED16) && r >= 1 && r <= LF_CUDA_HOPPER_MAX_RANK && m <= LF_CUDA_HOPPER_MAX_M &&
-           4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 8 : 16);
+           4 * tiles >= 3 * (int64_t)(sm_count - 4) && tiles_n >= (r <= 16 ? 4 : 16);
 }
 
 /* The Hopper kernel's tile width for m × n on tile_ctas CTAs (lora_hopper.cu, wide_shape): 256
@@ -311,6 +312,73 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
         }
     }
     return best;
+}
+
+/* The Hopper kernel's CTAs: the lowest `workers` compute T = x·Aᵀ first (one row block after
+ * another), and the top `tile_ctas` compute tiles (t = j, j + tile_ctas, … for the j-th from the
+ * top, so that workers among them take the fewest). By default 4 workers (the lab's measured
+ * choice, NOTES.md v8: the SMs a round of 128 tiles leaves idle at M = 1024, N = 4096) and no
+ * tiles for them. But T costs a worker ~0.29 of a
+ * 256-column tile's time per row block whatever K (both stream K: a row block's x, 1 MB at K =
+ * 4096, took ~13.7 µs through one SM, a tile ~47 µs; dev/cuda/NOTES.md, twenty-sixth session,
+ * item 2), more against narrower tiles and half again with T 64 wide; so where few column tiles
+ * share a row block T outlasts the tiles (M = 4096, N = 2048: 8 row blocks a worker, 2.3 tiles'
+ * time, against 2 rounds of tiles). There the workers are as many as make the span shortest and
+ * take tiles after T, on the CTAs that have one tile fewer (256 tiles on 132 CTAs: 8 workers, T
+ * in 1.2 tiles' time, then one tile each, as the other 124 CTAs finish their second). Taken where
+ * this model's span is at least 5% shorter. H100, one call, two rounds (bench/results/cuda-h100-
+ * 2026-11-27-t-workers-take-tiles-ab.json), layer µs, before → after (cuBLAS base): 4096 × 4096 →
+ * 2048 (8 workers with a tile each) 118.9 / 112.0 → 114.1 / 108.4 (84.4–85.0); 4096 × 4096 → 1024
+ * (32, 28 of them with a tile; the GEMM path before) 80.1 / 79.3 → 68.2 / 68.4 (43.3–43.5); 1600 ×
+ * 4096 → 2000 (5 workers without tiles) 56.8 / 57.2 → 43.9 / 44.5 (37.8–37.9); mid_m1024 and
+ * prefill_m4096 (4 workers either way) unchanged. */
+typedef struct lf_cuda_hopper_sched {
+    int cols;      /* tile width (lf_cuda_hopper_tile_cols) */
+    int workers;   /* CTAs [0, workers) compute T first */
+    int tile_ctas; /* the top tile_ctas CTAs compute tiles: ctas − workers, or all ctas */
+} lf_cuda_hopper_sched;
+
+static inline double lf_cuda_hopper_t_row_cost(int cols, int lw)
+{
+    return 0.29 * 256.0 / cols * (lw > 16 ? 1.5 : 1.0);
+}
+
+/* lw: T's width (16 or 64; 0 without a LoRA term); ctas: the grid, one CTA an SM. */
+static inline lf_cuda_hopper_sched lf_cuda_hopper_schedule(int64_t m, int64_t n, int lw, int ctas)
+{
+    const int64_t tiles_m = (m + 127) / 128;
+    lf_cuda_hopper_sched s;
+    s.workers = lw == 0 ? 0 : tiles_m < 4 ? (int)tiles_m : 4;
+    if (s.workers > ctas - 1)
+        s.workers = ctas - 1;
+    s.tile_ctas = ctas - s.workers;
+    s.cols = lf_cuda_hopper_tile_cols(m, n, s.tile_ctas);
+    if (s.workers < 1)
+        return s;
+    const int64_t items = tiles_m * ((n + s.cols - 1) / s.cols);
+    const double row = lf_cuda_hopper_t_row_cost(s.cols, lw);
+    /* in tiles' time: the tiles' rounds, or T's end where later (the last tiles wait for it) */
+    const double rounds = (double)((items + s.tile_ctas - 1) / s.tile_ctas);
+    const double t_end = (double)((tiles_m + s.workers - 1) / s.workers) * row;
+    const double span = rounds > t_end ? rounds : t_end;
+    /* workers taking tiles: q or q + 1 tiles a CTA, the workers on the CTAs with q where they fit */
+    const int64_t q = items / ctas, rem = items % ctas;
+    const double others = (double)(q + (rem > 0));
+    double best = span;
+    int best_w = 0;
+    for (int64_t w = 1; w <= tiles_m && w < ctas; w++) {
+        const double finish = (double)((tiles_m + w - 1) / w) * row + (double)(q + (w > ctas - rem));
+        const double w_span = finish > others ? finish : others;
+        if (w_span < best) {
+            best = w_span;
+            best_w = (int)w;
+        }
+    }
+    if (best_w > 0 && best < 0.95 * span) {
+        s.workers = best_w;
+        s.tile_ctas = ctas;
+    }
+    return s;
 }
 
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few

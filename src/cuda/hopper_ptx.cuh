@@ -24,6 +24,12 @@ static __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
 {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
 }
+/* Ends a barrier's life, so that its bytes may be initialized again as another barrier (no
+ * arrival or transaction pending on it). */
+static __device__ __forceinline__ void mbar_inval(uint32_t bar)
+{
+    asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
 /* One arrival that also announces `bytes` of TMA transactions for the current phase. */
 static __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes)
 {

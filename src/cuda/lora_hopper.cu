@@ -11,14 +11,17 @@
  * m64nBNk16 from shared-memory descriptors, one group kept in flight; the producer
  * warpgroup's other three warps store finished tiles to y from a shared-memory staging while the
  * consumers go on (store_staged). The first CTAs of the grid (blockIdx 0..workers-1, dispatched
- * first) are T workers instead: each streams x's row blocks and A through the same shared memory
+ * first) are T workers: each streams x's row blocks and A through the same shared memory
  * (ring and staging) cut into stages of their own size (x's box and A's: 12 stages at r ≤ 16, 9
  * at r ≤ 64 with 256-column tiles, so that 216 KB is in flight, not the tile ring's 72 KB of them;
  * 11 / 8 at 224 columns, 10 / 7 at 192, 11 / 8 at 128),
  * computes T = x·Aᵀ (m64n16 or m64n64 wgmma), and stores s·T as two 16-bit
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
- * zero past r), then raises the row block's ready flag (release). A tile's producer waits for the
+ * zero past r), then raises the row block's ready flag (release). Workers take no tiles, or, where
+ * few column tiles share a row block and T would outlast them, take tiles after T like the rest,
+ * the fewest (lf_cuda_hopper_schedule; the T ring's barriers are initialized again for the tile
+ * ring). Tile CTAs take tiles j, j + tile_ctas, … from the top of the grid down. A tile's producer waits for the
  * flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box against B's
  * first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded for each),
  * landing in the same accumulators; the epilogue adds bias and beta·y and rounds once. Edges: TMA
@@ -38,8 +41,8 @@
  * context's own, not the workspace: other plans reuse the workspace between calls and would
  * overwrite them.
  *
- * Progress: workers wait for nothing, and tile CTAs wait only for workers, which have the lowest
- * block indices; the grid is at most one CTA per SM (185–225 KB of shared memory, 168 registers), so
+ * Progress: workers wait for nothing in their T phase, and tiles wait only for workers' flags, and
+ * the workers have the lowest block indices; the grid is at most one CTA per SM (185–225 KB of shared memory, 168 registers), so
  * every CTA is resident, and where fewer SMs are free the workers still run first.
  *
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
@@ -78,9 +81,6 @@ enum {
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
     GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
-    /* T workers: the lab's measured choice (NOTES.md v8): 4 of 132 SMs, the SMs a round of 128 tiles
-     * leaves idle at the suite's shapes */
-    T_WORKERS = 4,
     CTL_GEN = 0,
     CTL_DONE = 1,
     CTL_FLAGS = 64 /* the flags start on their own 256 bytes */
@@ -119,7 +119,8 @@ template <int BN> struct wide_shape {
 struct kparams {
     int m, n, r;
     int tiles_m, tiles_n, k_tiles;
-    int tile_ctas; /* CTAs [workers, gridDim.x) compute tiles */
+    int workers;   /* CTAs [0, workers) compute T first (LW > 0) */
+    int tile_ctas; /* CTAs [gridDim.x - tile_ctas, gridDim.x) compute tiles, the highest first */
     int y_pairs;   /* y and ldy allow 4-byte two-element stores */
     int staged;    /* beta = 0 and y, ldy allow 16-byte stores: the epilogue goes through the store warps */
     const void *bias;
@@ -280,6 +281,15 @@ __device__ __forceinline__ void store_staged(const kparams &p, const unsigned ch
     }
 }
 
+/* The full and empty barriers of an n-stage ring (barrier s at full0 + 8s, empty0 + 8s). */
+__device__ __forceinline__ void ring_barriers_init(uint32_t full0, uint32_t empty0, int n)
+{
+    for (int s = 0; s < n; s++) {
+        mbar_init(full0 + 8 * s, 1);              /* the producer's arrive.expect_tx */
+        mbar_init(empty0 + 8 * s, 4 * CONSUMERS); /* one arrival per consumer warp */
+    }
+}
+
 /* A consumer has issued one stage's wgmmas: commit them, wait for the stage before (one group stays
  * in flight) and hand that stage back to the producer, then move on. */
 template <int NS>
@@ -328,17 +338,14 @@ __global__ void __launch_bounds__(THREADS, 1)
 #define EMPTY(s) (bars + 8 * (BARRIERS + (s)))
     const uint32_t out_full = bars + 8 * 2 * BARRIERS, out_empty = out_full + 8;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    const int workers = (int)gridDim.x - p.tile_ctas;
+    const int workers = p.workers;
     const bool t_worker = LW > 0 && (int)blockIdx.x < workers;
     /* this launch's flag value (see the head comment); the count of finished CTAs includes this
      * one only after every thread has read it */
     const unsigned ready = *(volatile const unsigned *)(p.ctl + CTL_GEN) + 1u;
     unsigned *const t_ready = p.ctl + CTL_FLAGS;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < (t_worker ? T_STAGES : STAGES); s++) {
-            mbar_init(FULL(s), 1);              /* the producer's arrive.expect_tx */
-            mbar_init(EMPTY(s), 4 * CONSUMERS); /* one arrival per consumer warp */
-        }
+        ring_barriers_init(FULL(0), EMPTY(0), t_worker ? T_STAGES : STAGES);
         mbar_init(out_full, 128 * CONSUMERS); /* every consumer thread has staged its part */
         mbar_init(out_empty, STORE_THREADS);  /* every store thread has read its part */
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -346,11 +353,15 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
     __syncthreads();
     const int items = p.tiles_m * p.tiles_n, steps = p.k_tiles + LORA_STAGES;
-    const int first_item = (int)blockIdx.x - workers;
+    /* tiles t = j, j + tile_ctas, … for the j-th CTA from the top: the workers, lowest, take the
+     * fewest (or none, when tile_ctas leaves them out) */
+    const int tile_cta = (int)gridDim.x - 1 - (int)blockIdx.x;
+    const int first_item = tile_cta < p.tile_ctas ? tile_cta : items;
 
+    /* T phase (workers): x's row blocks and A's TW rows (zero past r), over K, through the T ring */
     if (wg == 0) { /* producer warpgroup: one thread issues every copy */
         regs_dealloc<PRODUCER_REGS>();
-        if (tid == 0 && t_worker) { /* x's row blocks and A's TW rows (zero past r), over K */
+        if (tid == 0 && t_worker) {
             int stage = 0;
             uint32_t phase = 0;
             for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers)
@@ -362,37 +373,14 @@ __global__ void __launch_bounds__(THREADS, 1)
                     tma_load_2d(slot + A_BYTES, &tm_a, FULL(stage), ks * BK, 0);
                     ring_next<T_STAGES>(stage, phase);
                 }
-        } else if (tid == 0) {
-            int stage = 0;
-            uint32_t phase = 0;
-            for (int t = first_item; t < items; t += p.tile_ctas) {
-                int mb, nb;
-                tile_coords(p, t, &mb, &nb);
-                for (int ks = 0; ks < steps; ks++) {
-                    mbar_wait(EMPTY(stage), phase ^ 1);
-                    const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
-                    const bool lora = ks >= p.k_tiles;
-                    if (ks == p.k_tiles) /* this row block's s·T is in t2 */
-                        wait_flag(t_ready + mb, ready);
-                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + B_BYTES);
-                    /* full boxes, the parts outside each tensor zero-filled: the LoRA slab is T's
-                     * [hi | lo] (stage ks − k_tiles of its 64-wide columns) against B's first 64
-                     * columns, loaded again for each LoRA stage (B is never copied per call) */
-                    tma_load_2d(a, lora ? &tm_t2 : &tm_x, FULL(stage), (lora ? ks - p.k_tiles : ks) * BK, mb * BM);
-                    tma_load_2d(b, lora ? &tm_b : &tm_w, FULL(stage), lora ? 0 : ks * BK, nb * BN);
-                    ring_next<STAGES>(stage, phase);
-                }
-            }
-        } else if (tid >= 32 && !t_worker && p.staged) {
-            store_staged<T, BN>(p, out, out_full, out_empty, first_item, items, tid - 32);
         }
         __syncwarp();
-    } else { /* consumer warpgroup c owns rows 64c..64c+63 of the tile */
+    } else { /* consumer warpgroup c owns rows 64c..64c+63 of the row block, then of each tile */
         regs_alloc<CONSUMER_REGS>();
-        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
-        int stage = 0;
-        uint32_t phase = 0;
         if (t_worker) {
+            const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+            int stage = 0;
+            uint32_t phase = 0;
             float t_acc[TW / 2];
             uint32_t t_hi[TW / 4], t_lo[TW / 4];
             for (int mb = blockIdx.x; mb < p.tiles_m; mb += workers) {
@@ -429,50 +417,96 @@ __global__ void __launch_bounds__(THREADS, 1)
                 if (c == 0 && tid == 0)
                     publish_flag(t_ready + mb, ready);
             }
-        } else {
-            uint32_t out_phase = 0;
-            float d[BN / 2];
+        }
+    }
+    /* A worker with tiles: every T stage is consumed and handed back; the T ring's barriers become
+     * the tile ring's */
+    if (t_worker && first_item < items) {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int s = 0; s < T_STAGES; s++) {
+                mbar_inval(FULL(s));
+                mbar_inval(EMPTY(s));
+            }
+            ring_barriers_init(FULL(0), EMPTY(0), STAGES);
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        }
+        __syncthreads();
+    }
+    /* tile phase */
+    if (wg == 0) {
+        if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
             for (int t = first_item; t < items; t += p.tile_ctas) {
                 int mb, nb;
                 tile_coords(p, t, &mb, &nb);
+                for (int ks = 0; ks < steps; ks++) {
+                    mbar_wait(EMPTY(stage), phase ^ 1);
+                    const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
+                    const bool lora = ks >= p.k_tiles;
+                    if (ks == p.k_tiles) /* this row block's s·T is in t2 */
+                        wait_flag(t_ready + mb, ready);
+                    mbar_arrive_expect_tx(FULL(stage), A_BYTES + B_BYTES);
+                    /* full boxes, the parts outside each tensor zero-filled: the LoRA slab is T's
+                     * [hi | lo] (stage ks − k_tiles of its 64-wide columns) against B's first 64
+                     * columns, loaded again for each LoRA stage (B is never copied per call) */
+                    tma_load_2d(a, lora ? &tm_t2 : &tm_x, FULL(stage), (lora ? ks - p.k_tiles : ks) * BK, mb * BM);
+                    tma_load_2d(b, lora ? &tm_b : &tm_w, FULL(stage), lora ? 0 : ks * BK, nb * BN);
+                    ring_next<STAGES>(stage, phase);
+                }
+            }
+        } else if (tid >= 32 && p.staged) {
+            store_staged<T, BN>(p, out, out_full, out_empty, first_item, items, tid - 32);
+        }
+        __syncwarp();
+    } else {
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+        int stage = 0;
+        uint32_t phase = 0;
+        uint32_t out_phase = 0;
+        float d[BN / 2];
+        for (int t = first_item; t < items; t += p.tile_ctas) {
+            int mb, nb;
+            tile_coords(p, t, &mb, &nb);
 #pragma unroll
-                for (int i = 0; i < BN / 2; i++)
-                    d[i] = 0.0f;
-                int prev = -1;
-                /* the K loop and the LoRA stages apart: a branch between two wgmmas of one loop costs
-                 * an injected fence (ptxas C7519) in every K step */
-                for (int ks = 0; ks < p.k_tiles; ks++) {
-                    mbar_wait(FULL(stage), phase);
-                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
-                    wgmma_fence();
-                    wgmma_k16_steps<BK, K16, T, BN>(d, a, b);
-                    consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
-                }
-                for (int ls = 0; ls < LORA_STAGES; ls++) {
-                    mbar_wait(FULL(stage), phase);
-                    const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
-                    wgmma_fence();
-                    if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
-                        wgmma_wide<BN, T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
-                        wgmma_wide<BN, T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
-                    } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
-                        wgmma_stage<BK, K16, T, BN>(d, a, b, (p.r + 15) / 16);
-                    consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
-                }
-                consumer_drain(EMPTY(0), prev, lane);
-                fence_acc<BN / 2>(d);
-                const int trow = c * 64 + warp * 16 + lane / 4;
-                if (p.staged) {
+            for (int i = 0; i < BN / 2; i++)
+                d[i] = 0.0f;
+            int prev = -1;
+            /* the K loop and the LoRA stages apart: a branch between two wgmmas of one loop costs
+             * an injected fence (ptxas C7519) in every K step */
+            for (int ks = 0; ks < p.k_tiles; ks++) {
+                mbar_wait(FULL(stage), phase);
+                const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
+                wgmma_fence();
+                wgmma_k16_steps<BK, K16, T, BN>(d, a, b);
+                consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+            }
+            for (int ls = 0; ls < LORA_STAGES; ls++) {
+                mbar_wait(FULL(stage), phase);
+                const uint32_t a = ring_a + stage * A_BYTES + c * 64 * ROW_BYTES, b = ring_b + stage * B_BYTES;
+                wgmma_fence();
+                if constexpr (TW == 16) { /* T's [hi | lo] (columns 0–15 | 16–31) against B's 0–15 */
+                    wgmma_wide<BN, T>(d, smem_desc<BK>(a), smem_desc<BK>(b));
+                    wgmma_wide<BN, T>(d, smem_desc<BK>(a + 32), smem_desc<BK>(b));
+                } else /* hi or lo: the k16 steps that hold rank (zeros past r) */
+                    wgmma_stage<BK, K16, T, BN>(d, a, b, (p.r + 15) / 16);
+                consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
+            }
+            consumer_drain(EMPTY(0), prev, lane);
+            fence_acc<BN / 2>(d);
+            const int trow = c * 64 + warp * 16 + lane / 4;
+            if (p.staged) {
 #pragma unroll
-                    for (int half = 0; half < OUT_PARTS; half++) {
-                        mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
-                        stage_half<T, BN>(p, d, out, half, trow, nb * BN, lane);
-                        mbar_arrive(out_full);
-                        out_phase ^= 1;
-                    }
-                } else {
-                    epilogue<T, BN>(p, d, mb * BM + trow, nb * BN, lane);
+                for (int half = 0; half < OUT_PARTS; half++) {
+                    mbar_wait(out_empty, out_phase ^ 1); /* the store warps have read the last half */
+                    stage_half<T, BN>(p, d, out, half, trow, nb * BN, lane);
+                    mbar_arrive(out_full);
+                    out_phase ^= 1;
                 }
+            } else {
+                epilogue<T, BN>(p, d, mb * BM + trow, nb * BN, lane);
             }
         }
     }
@@ -1178,7 +1212,8 @@ bool make_map(CUtensorMap *m, bool f16, const void *ptr, int64_t rows, int64_t c
 int lora_width(int64_t r) { return r == 0 ? 0 : r <= 16 ? 16 : 64; }
 
 template <typename T, int LW, int BN>
-cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, int workers, int tile_ctas, cudaStream_t st)
+cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, const lf_cuda_hopper_sched &sched,
+                        int max_ctas, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma, mb, mt;
@@ -1206,33 +1241,32 @@ cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, int w
     kp.t2 = ws;
     kp.ctl = ctl;
     const int items = kp.tiles_m * kp.tiles_n;
-    kp.tile_ctas = items < tile_ctas ? items : tile_ctas;
+    /* workers that take tiles share the grid with the tile CTAs; otherwise they come first */
+    const bool shared = sched.workers + sched.tile_ctas > max_ctas;
+    kp.workers = sched.workers;
+    kp.tile_ctas = items < sched.tile_ctas ? items : sched.tile_ctas;
+    const int grid = shared ? max_ctas : sched.workers + kp.tile_ctas;
     /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
      * find an SM, which a previous kernel still running beside it (released early) could hold. */
-    lora_hopper_kernel<T, LW, BN>
-        <<<workers + kp.tile_ctas, THREADS, wide_shape<BN>::SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
+    lora_hopper_kernel<T, LW, BN><<<grid, THREADS, wide_shape<BN>::SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
     return cudaGetLastError();
 }
 
-/* The CTAs: up to T_WORKERS T workers (none without a LoRA term, at most one a row block), the rest
- * of max_ctas for tiles, whose width follows from their rounds (lf_cuda_hopper_tile_cols). */
+/* The CTAs (heuristics.h, lf_cuda_hopper_schedule): T workers (none without a LoRA term, at most one
+ * a row block) and tile CTAs, whose width follows from their rounds (lf_cuda_hopper_tile_cols). */
 template <typename T, int LW>
 cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max_ctas, cudaStream_t st)
 {
-    const int64_t tiles_m = (p->m + BM - 1) / BM;
-    int workers = LW == 0 ? 0 : T_WORKERS < tiles_m ? T_WORKERS : (int)tiles_m;
-    if (workers > max_ctas - 1)
-        workers = max_ctas - 1;
-    const int tile_ctas = max_ctas - workers;
-    switch (lf_cuda_hopper_tile_cols(p->m, p->n, tile_ctas)) {
+    const lf_cuda_hopper_sched sched = lf_cuda_hopper_schedule(p->m, p->n, LW, max_ctas);
+    switch (sched.cols) {
     case 224:
-        return launch_wide<T, LW, 224>(p, ws, ctl, workers, tile_ctas, st);
+        return launch_wide<T, LW, 224>(p, ws, ctl, sched, max_ctas, st);
     case 192:
-        return launch_wide<T, LW, 192>(p, ws, ctl, workers, tile_ctas, st);
+        return launch_wide<T, LW, 192>(p, ws, ctl, sched, max_ctas, st);
     case 128:
-        return launch_wide<T, LW, 128>(p, ws, ctl, workers, tile_ctas, st);
+        return launch_wide<T, LW, 128>(p, ws, ctl, sched, max_ctas, st);
     default:
-        return launch_wide<T, LW, 256>(p, ws, ctl, workers, tile_ctas, st);
+        return launch_wide<T, LW, 256>(p, ws, ctl, sched, max_ctas, st);
     }
 }
 
