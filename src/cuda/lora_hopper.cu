@@ -43,7 +43,10 @@
  *
  * Progress: workers wait for nothing in their T phase, and tiles wait only for workers' flags, and
  * the workers have the lowest block indices; the grid is at most one CTA per SM (185–225 KB of shared memory, 168 registers), so
- * every CTA is resident, and where fewer SMs are free the workers still run first.
+ * every CTA is resident, and where fewer SMs are free the workers still run first. Workers that
+ * take tiles (lf_cuda_hopper_schedule) wait for other workers' flags, which needs every worker
+ * resident: true of one grid alone, not of two grids beside each other whose workers exceed the
+ * SMs (dev/cuda/NOTES.md, twenty-seventh session, item 5: the fix awaits a GPU run).
  *
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
  * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
