@@ -11,7 +11,8 @@
 # Environment (both sides): PACK=folder of the pack (default .device), TESTS=test programs to run
 # (default: all), LF_TEST_BACKENDS=their backends (default cuda; cpu,cuda for both), SANITIZE=those
 # run under compute-sanitizer memcheck and racecheck, RACECHECK=those under racecheck if not the
-# same, MULTI_FILTER=the LF_TEST_FILTER of test_multi under the
+# same, SANITIZE_TOOLS=the compute-sanitizer tools (default "memcheck racecheck"; synccheck
+# too where a change touches barriers), MULTI_FILTER=the LF_TEST_FILTER of test_multi under the
 # sanitizers (default: its 16-bit cases on four shapes past 256 tokens, the tensor-core shrink and
 # expand; "" runs all of it, which racecheck does not finish in 560 s), OPS_FILTER=the same for
 # test_ops (default "": all of it; '^test_ops hopper' keeps the Hopper kernels' cases; the hopper,
@@ -86,7 +87,7 @@ for t in $tests; do
 done
 
 # CUDA cases only: the CPU backend gains nothing from a GPU sanitizer and slows it down.
-for tool in memcheck racecheck; do
+for tool in ${SANITIZE_TOOLS-memcheck racecheck}; do
   list=$sanitize
   [ "$tool" = racecheck ] && list=${RACECHECK-$sanitize}
   for t in $list; do
@@ -98,7 +99,7 @@ for tool in memcheck racecheck; do
   done
 done
 wait
-for tool in memcheck racecheck; do
+for tool in ${SANITIZE_TOOLS-memcheck racecheck}; do
   list=$sanitize
   [ "$tool" = racecheck ] && list=${RACECHECK-$sanitize}
   for t in $list; do

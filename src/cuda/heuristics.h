@@ -238,7 +238,7 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
 #define LF_CUDA_HOPPER_MAX_M (1 << 20)
 /* Where it wins: a 128×256 tile costs one SM its whole K loop, so with few tiles the kernel takes as
  * long as a full round (~50 µs at K = 4096) while the GEMM path's cuBLAS spreads any M over every
- * SM. It needs tiles for at least ¾ of the SMs it gives to tiles (the SMs less its 4 T workers),
+ * SM. It needs tiles for at least ¾ of the SMs it gives to tiles (the SMs less its T workers, 4 by default),
  * counted at the width lf_cuda_hopper_tile_cols takes: 128 columns bring in layers of a few
  * hundred tokens whose 256-column tiles would leave half the SMs idle (M = 256, N = 7168).
  * Measured on an H100 (132 SMs: ≥ 96 tiles), bf16, r 16, µs per call, GEMM path → Hopper kernel,
@@ -247,7 +247,7 @@ static inline int lf_cuda_gemm_t_splits(int64_t m, int64_t k)
  * tiles) 24.1 → 50–60, M = 256 (32) 29.0 → 50, M = 512 (64) 38.8 → 50: lose; M = 768 (96) 56.3 →
  * 51.4, M = 1024 (128) 68.4 → 55.4: win. N = 14336, M = 256 (112 tiles): 75.7 → 61.4. Short K
  * wins too: M = 1024, K = 1024: 35.0 → 24.8; M = 2048, K = 512: 53.4 → 33.1.
- * And enough column tiles per row block: the 4 workers compute T for every row block while a round
+ * And enough column tiles per row block: 4 workers compute T for every row block while a round
  * of tiles takes ~50 µs, so they keep up only while each row block carries enough tile work. With
  * their own 10-stage ring (r ≤ 16) a worker's row block got faster, and M = 4096, K = 4096 went
  * (lab, H100, 2026-11-25, µs, before → after, cuBLAS base / unfused in the same run): N = 2048
@@ -264,7 +264,7 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
 static inline int lf_cuda_hopper_fits(lf_dtype dtype, lf_layout layout, uint32_t flags, int64_t m, int64_t n,
                                       int64_t r, int sm_count)
 {
-    /* the tiles at the width the launch takes (its tile CTAs: the SMs less up to 4 workers) */
+    /* the tiles at the width the launch takes (its tile CTAs: about the SMs less 4 workers) */
     const int64_t tiles_n = (n + 255) / 256, cols = lf_cuda_hopper_tile_cols(m, n, sm_count - 4);
     const int64_t tiles = (m + 127) / 128 * ((n + cols - 1) / cols);
     return (dtype == LF_BF16 || dtype == LF_F16) && layout == LF_LAYOUT_PEFT && (flags & LF_PLAN_HAS_W) &&

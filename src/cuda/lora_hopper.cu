@@ -21,14 +21,15 @@
  * zero past r), then raises the row block's ready flag (release). Workers take no tiles, or, where
  * few column tiles share a row block and T would outlast them, take tiles after T like the rest,
  * the fewest (lf_cuda_hopper_schedule; the T ring's barriers are initialized again for the tile
- * ring). Tile CTAs take tiles j, j + tile_ctas, … from the top of the grid down. A tile's producer waits for the
- * flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box against B's
- * first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded for each),
- * landing in the same accumulators; the epilogue adds bias and beta·y and rounds once. Edges: TMA
- * zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past r); both
- * epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order: no float atomics,
- * results are bitwise identical run to run. One limit the GEMM path does not have: in f16, T's parts
- * are f16 too (wgmma takes one operand type), so |s·T| past 65504 overflows; bf16 has fp32's range.
+ * ring). Tile CTAs take tiles j, j + tile_ctas, … from the top of the grid down. A tile's producer
+ * waits for the flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box
+ * against B's first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B
+ * loaded for each), landing in the same accumulators; the epilogue adds bias and beta·y and rounds
+ * once. Edges: TMA zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and
+ * B past r); both epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order:
+ * no float atomics, results are bitwise identical run to run. One limit the GEMM path does not
+ * have: in f16, T's parts are f16 too (wgmma takes one operand type), so |s·T| past 65504
+ * overflows; bf16 has fp32's range.
  *
  * Flags without host state (CUDA-graph replay carries no per-call host value): the context's control
  * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
@@ -42,11 +43,13 @@
  * overwrite them.
  *
  * Progress: workers wait for nothing in their T phase, and tiles wait only for workers' flags, and
- * the workers have the lowest block indices; the grid is at most one CTA per SM (185–225 KB of shared memory, 168 registers), so
- * every CTA is resident, and where fewer SMs are free the workers still run first. Workers that
- * take tiles (lf_cuda_hopper_schedule) wait for other workers' flags, which needs every worker
- * resident: true of one grid alone, not of two grids beside each other whose workers exceed the
- * SMs (dev/cuda/NOTES.md, twenty-seventh session, item 5: the fix awaits a GPU run).
+ * the workers have the lowest block indices; the grid is at most one CTA per SM (185–225 KB of
+ * shared memory, 384 threads), so every CTA is resident, and where fewer SMs are free the workers
+ * still run first. Workers that take tiles (lf_cuda_hopper_schedule) wait for other workers'
+ * flags, which needs every worker resident: true of one grid alone, not of two grids beside each
+ * other whose workers together exceed the SMs. Workers that claimed row blocks through an atomic
+ * count (so that a claimed block is always being computed) were correct but made T 1.4× slower,
+ * for a reason not found yet (dev/cuda/NOTES.md, twenty-eighth session, item 1).
  *
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
  * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
@@ -98,9 +101,9 @@ template <int BN> struct wide_shape {
     static_assert(BN == 256 || BN == 224 || BN == 192 || BN == 128, "tile widths: 256, 224, 192, 128");
     enum {
         /* 3 stages with a whole-tile staging (no wait in the epilogue) ran 1.25–1.30× slower than 4
-         * with half a tile (NOTES.md, "store warps"); 4 is all 227 KB hold from 192 columns up. A
-         * 128-column stage feeds the tensor cores half as long, so its ring is 6 deep: as much time
-         * in flight as 3 of 256 columns. */
+         * with half a tile (NOTES.md, "store warps"); 4 is what 227 KB hold at 224 and 256 columns
+         * (5 would fit at 192: not tried). A 128-column stage feeds the tensor cores half as long,
+         * so its ring is 6 deep: as much time in flight as 3 of 256 columns. */
         STAGES = BN == 128 ? 6 : 4,
         B_BYTES = BN * BK * 2,
         RING_BYTES = STAGES * (A_BYTES + B_BYTES),
@@ -210,8 +213,8 @@ __device__ __forceinline__ void epilogue(const kparams &p, const float *d, int r
  * (NOTES.md, "ncu source-level"). Instead each consumer rounds half its fragment (BN / 2 columns) into
  * shared memory, the staging, and goes on; the producer warpgroup's three idle warps (the store
  * warps) copy the staging to y in coalesced 16-byte pieces while the next tile's MMAs run. The
- * staging holds half a tile because the ring keeps its 4 stages (3 starve the MMAs): a consumer
- * waits once per tile, for the store warps to have read the first half.
+ * staging holds half a tile because the ring keeps its stages (4 at 192–256 columns; 3 starve the
+ * MMAs): a consumer waits once per tile, for the store warps to have read the first half.
  * Layout (256 columns): tile row r at byte 256·r, its 16-byte chunk c (columns 8c..8c+7 of the
  * half) at chunk c ^ (r % 8): a warp's fragment store (8 rows × 4 words) and a store warp's read
  * (2 rows × 16 chunks) both touch every bank once per 128 bytes. With 224 or 192 columns a row
@@ -363,7 +366,6 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     /* T phase (workers): x's row blocks and A's TW rows (zero past r), over K, through the T ring */
     if (wg == 0) { /* producer warpgroup: one thread issues every copy */
-        regs_dealloc<PRODUCER_REGS>();
         if (tid == 0 && t_worker) {
             int stage = 0;
             uint32_t phase = 0;
@@ -379,7 +381,6 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         __syncwarp();
     } else { /* consumer warpgroup c owns rows 64c..64c+63 of the row block, then of each tile */
-        regs_alloc<CONSUMER_REGS>();
         if (t_worker) {
             const int c = wg - 1, warp = tid / 32, lane = tid % 32;
             int stage = 0;
@@ -437,8 +438,10 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         __syncthreads();
     }
-    /* tile phase */
+    /* tile phase: the producer warpgroup's registers go to the consumers (not before: ptxas keeps the
+     * launch's count where code after the split is reached from both sides) */
     if (wg == 0) {
+        regs_dealloc<PRODUCER_REGS>();
         if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
@@ -465,6 +468,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         __syncwarp();
     } else {
+        regs_alloc<CONSUMER_REGS>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32;
         int stage = 0;
         uint32_t phase = 0;
@@ -1244,11 +1248,12 @@ cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, const
     kp.t2 = ws;
     kp.ctl = ctl;
     const int items = kp.tiles_m * kp.tiles_n;
-    /* workers that take tiles share the grid with the tile CTAs; otherwise they come first */
-    const bool shared = sched.workers + sched.tile_ctas > max_ctas;
     kp.workers = sched.workers;
     kp.tile_ctas = items < sched.tile_ctas ? items : sched.tile_ctas;
-    const int grid = shared ? max_ctas : sched.workers + kp.tile_ctas;
+    /* workers that take tiles share the grid with the tile CTAs; otherwise they come first (and
+     * where the tiles fit beside them, the grid has no CTA without work) */
+    const bool shared = kp.workers + kp.tile_ctas > max_ctas;
+    const int grid = shared ? max_ctas : kp.workers + kp.tile_ctas;
     /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
      * find an SM, which a previous kernel still running beside it (released early) could hold. */
     lora_hopper_kernel<T, LW, BN><<<grid, THREADS, wide_shape<BN>::SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
@@ -1279,21 +1284,25 @@ template <typename... Args> cudaError_t allow_smem_of(void (*kernel)(Args...), i
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
+/* The persistent kernel at one tile width, for each of its LoRA widths. */
+template <typename T, int BN> cudaError_t allow_smem_wide()
+{
+    const int bytes = wide_shape<BN>::SMEM_BYTES;
+    cudaError_t e = allow_smem_of(lora_hopper_kernel<T, 0, BN>, bytes);
+    if (e == cudaSuccess)
+        e = allow_smem_of(lora_hopper_kernel<T, 16, BN>, bytes);
+    if (e == cudaSuccess)
+        e = allow_smem_of(lora_hopper_kernel<T, 64, BN>, bytes);
+    return e;
+}
+
 template <typename T> cudaError_t allow_smem()
 {
     const cudaError_t results[] = {
-        allow_smem_of(lora_hopper_kernel<T, 0, 256>, wide_shape<256>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 16, 256>, wide_shape<256>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 64, 256>, wide_shape<256>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 0, 224>, wide_shape<224>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 16, 224>, wide_shape<224>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 64, 224>, wide_shape<224>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 0, 192>, wide_shape<192>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 16, 192>, wide_shape<192>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 64, 192>, wide_shape<192>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 0, 128>, wide_shape<128>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 16, 128>, wide_shape<128>::SMEM_BYTES),
-        allow_smem_of(lora_hopper_kernel<T, 64, 128>, wide_shape<128>::SMEM_BYTES),
+        allow_smem_wide<T, 256>(),
+        allow_smem_wide<T, 224>(),
+        allow_smem_wide<T, 192>(),
+        allow_smem_wide<T, 128>(),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
         allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
