@@ -211,10 +211,13 @@ static const hopper_shape hopper_shapes[] = {
     {{4096, 264, 2048, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
     {{4096, 136, 1000, 16, LFT_PADDED16, 0}, 1, 0, 2, LF_CUDA_HOPPER},
     /* the same at the other widths and T 64 wide, each worker's T ring (9–11 stages) becoming its
-     * tile ring (4 or 6): 13 workers with 128-column tiles (bf16, bias, beta 0), 9 with 224 (f16,
-     * beta 1), 12 of 16 with 192 (bf16, r 8, beta 0.5), 7 with 256 at r 40 (f16, bias, beta 0) */
-    {{1664, 72, 2312, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
-    {{3200, 72, 1928, 16, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
+     * tile ring (4 or 6), a worker's tiles the last columns of its last row block: 18 workers of 35
+     * row blocks with 128-column tiles (bf16, bias, beta 0), 13 of 50 with 224 (f16, beta 1), 17 of
+     * 49 with 192 (bf16, beta 0.5), 16 of 16 with 192 (bf16, r 8, beta 0.5), 7 of 7 with 256 at
+     * r 40, six tiles each (f16, bias, beta 0) */
+    {{4381, 72, 776, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER},
+    {{6305, 72, 968, 16, 0, 0}, 1, 0, 1, LF_CUDA_HOPPER},
+    {{6157, 72, 776, 16, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},
     {{2048, 136, 1352, 8, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER},
     {{896, 72, 28680, 40, 0, 0}, 1, 1, 0, LF_CUDA_HOPPER},
     /* the split-K form (r ≤ 16; tiles and splits as on an H200; a CTA finishes its share of the

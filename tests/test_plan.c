@@ -363,27 +363,59 @@ static void heuristics_tests(void)
     lft_end();
 
     lft_begin("test_plan cuda heuristics: the Hopper kernel's T workers, and tiles for them where T would outlast the tiles");
-#define SCHED(m, n, lw, cols_, workers_, tile_ctas_)                                                       \
+#define SCHED(m, n, lw, cols_, workers_, worker_tiles_, tile_ctas_)                                      \
     do {                                                                                                  \
         const lf_cuda_hopper_sched s_ = lf_cuda_hopper_schedule(m, n, lw, 132);                           \
-        LFT_CHECKF(s_.cols == (cols_) && s_.workers == (workers_) && s_.tile_ctas == (tile_ctas_),         \
-                   "%d x %d, T width %d: %d columns, %d workers, %d tile CTAs", m, n, lw, s_.cols, s_.workers, \
-                   s_.tile_ctas);                                                                         \
+        LFT_CHECKF(s_.cols == (cols_) && s_.workers == (workers_) && s_.worker_tiles == (worker_tiles_) && \
+                       s_.tile_ctas == (tile_ctas_),                                                      \
+                   "%d x %d, T width %d: %d columns, %d workers with %d tiles each, %d tile CTAs", m, n, lw, \
+                   s_.cols, s_.workers, s_.worker_tiles, s_.tile_ctas);                                   \
     } while (0)
     /* 4 workers and no tiles for them where T ends before the tiles need it (one round at M 1024,
      * four at 4096; two row blocks at M 256, 2048 × 2048 where more workers would take tiles) */
-    SCHED(1024, 4096, 16, 256, 4, 128);
-    SCHED(4096, 4096, 16, 256, 4, 128);
-    SCHED(256, 7168, 16, 128, 2, 130);
-    SCHED(2048, 2048, 16, 256, 4, 128);
-    /* tiles for the workers: 8 of 132 CTAs at M 4096, N 2048 (256 tiles: 124 CTAs take two), 32 at
-     * N 1024 (128 tiles: one T row block each, then a tile); 5 workers without tiles at 1600 × 2000
-     * (117 tiles on 132 CTAs) */
-    SCHED(4096, 2048, 16, 256, 8, 132);
-    SCHED(4096, 1024, 16, 256, 32, 132);
-    SCHED(1600, 2000, 16, 224, 5, 132);
+    SCHED(1024, 4096, 16, 256, 4, 0, 128);
+    SCHED(4096, 4096, 16, 256, 4, 0, 128);
+    SCHED(256, 7168, 16, 128, 2, 0, 130);
+    SCHED(2048, 2048, 16, 256, 4, 0, 128);
+    /* tiles for the workers: 8 of 132 CTAs at M 4096, N 2048 (256 tiles: the other 124 CTAs take
+     * two), 32 at N 1024 (128 tiles: one T row block each, then a tile; 96 tiles for 100 CTAs); a
+     * worker a row block and no tiles for them at 1600 × 2000 (117 tiles on 119 CTAs: 5 workers
+     * tie, with T three times as long) */
+    SCHED(4096, 2048, 16, 256, 8, 1, 124);
+    SCHED(4096, 1024, 16, 256, 32, 1, 100);
+    SCHED(1600, 2000, 16, 224, 13, 0, 119);
+    /* the kernel's tile order (lf_cuda_hopper_cta_tile) over the schedule's grid: every tile once,
+     * a worker's in its own row blocks (≡ its index mod workers, whose T it computes), every other
+     * CTA with a tile, at most one CTA an SM; M and N with tails, both T widths, 132 and 114 SMs */
+    static unsigned char taken[64 * 128];
+    int with_worker_tiles = 0;
+    for (int sms = 114; sms <= 132; sms += 18)
+        for (int lw = 16; lw <= 64; lw += 48)
+            for (int m = 100; m <= 8192; m += 197)
+                for (int n = 520; n <= 16384; n += 328) {
+                    const lf_cuda_hopper_sched s_ = lf_cuda_hopper_schedule(m, n, lw, sms);
+                    const int tiles_m = (m + 127) / 128, tiles_n = (n + s_.cols - 1) / s_.cols;
+                    const int grid = lf_cuda_hopper_grid(&s_, tiles_m, tiles_n);
+                    int ok = grid <= sms && s_.workers <= tiles_m && s_.worker_tiles <= tiles_n;
+                    memset(taken, 0, (size_t)tiles_m * tiles_n);
+                    for (int cta = 0; ok && cta < grid; cta++) {
+                        int mb, nb, k;
+                        for (k = 0; ok && lf_cuda_hopper_cta_tile(tiles_m, tiles_n, s_.workers, s_.worker_tiles, grid,
+                                                                   cta, k, &mb, &nb);
+                             k++)
+                            ok = mb >= 0 && mb < tiles_m && nb >= 0 && nb < tiles_n && !taken[mb * tiles_n + nb]++ &&
+                                 (cta >= s_.workers || mb % s_.workers == cta);
+                        ok = ok && (cta < s_.workers || k > 0);
+                    }
+                    for (int t = 0; ok && t < tiles_m * tiles_n; t++)
+                        ok = taken[t] == 1;
+                    with_worker_tiles += s_.worker_tiles > 0;
+                    LFT_CHECKF(ok, "%d x %d, T width %d, %d SMs: %d workers with %d tiles each, grid %d", m, n, lw, sms,
+                               s_.workers, s_.worker_tiles, grid);
+                }
+    LFT_CHECKF(with_worker_tiles > 100, "%d shapes with tiles for the workers", with_worker_tiles);
     /* no LoRA term: no workers */
-    SCHED(4096, 2048, 0, 256, 0, 132);
+    SCHED(4096, 2048, 0, 256, 0, 0, 132);
 #undef SCHED
     lft_end();
 

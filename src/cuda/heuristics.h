@@ -314,33 +314,43 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
     return best;
 }
 
-/* The Hopper kernel's CTAs: the lowest `workers` compute T = x·Aᵀ first (one row block after
- * another), and the top `tile_ctas` compute tiles (t = j, j + tile_ctas, … for the j-th from the
- * top, so that workers among them take the fewest). By default 4 workers (the lab's measured
- * choice, NOTES.md v8: the SMs a round of 128 tiles leaves idle at M = 1024, N = 4096) and no
- * tiles for them. But T costs a worker ~0.29 of a
- * 256-column tile's time per row block whatever K (both stream K: a row block's x, 1 MB at K =
- * 4096, took ~13.7 µs through one SM, a tile ~47 µs; dev/cuda/NOTES.md, twenty-sixth session,
- * item 2), more against narrower tiles and half again with T 64 wide; so where few column tiles
- * share a row block T outlasts the tiles (M = 4096, N = 2048: 8 row blocks a worker, 2.3 tiles'
- * time, against 2 rounds of tiles). There the workers are as many as make the span shortest and
- * take tiles after T, on the CTAs that have one tile fewer (256 tiles on 132 CTAs: 8 workers, T
- * in 1.2 tiles' time, then one tile each, as the other 124 CTAs finish their second). Taken where
- * this model's span is at least 5% shorter. H100, one call, two rounds (bench/results/cuda-h100-
- * 2026-11-27-t-workers-take-tiles-ab.json), layer µs, before → after (cuBLAS base): 4096 × 4096 →
- * 2048 (8 workers with a tile each) 118.9 / 112.0 → 114.1 / 108.4 (84.4–85.0); 4096 × 4096 → 1024
- * (32, 28 of them with a tile; the GEMM path before) 80.1 / 79.3 → 68.2 / 68.4 (43.3–43.5); 1600 ×
- * 4096 → 2000 (5 workers without tiles) 56.8 / 57.2 → 43.9 / 44.5 (37.8–37.9); mid_m1024 and
- * prefill_m4096 (4 workers either way) unchanged. */
+/* The Hopper kernel's CTAs: the lowest `workers` compute T = x·Aᵀ first, row blocks w, w + workers,
+ * … each, then `worker_tiles` tiles each in their own last row block; the other `tile_ctas` CTAs
+ * take the remaining tiles. By default 4 workers (the lab's measured choice, NOTES.md v8: the SMs
+ * a round of 128 tiles leaves idle at M = 1024, N = 4096) and no tiles for them. But T costs a
+ * worker ~0.29 of a 256-column tile's time per row block whatever K (both stream K: a row block's
+ * x, 1 MB at K = 4096, took ~13.7 µs through one SM, a tile ~47 µs; dev/cuda/NOTES.md,
+ * twenty-sixth session, item 2), more against narrower tiles and half again with T 64 wide; so
+ * where few column tiles share a row block T outlasts the tiles (M = 4096, N = 2048: 8 row blocks
+ * a worker, 2.3 tiles' time, against 2 rounds of tiles). There the workers are as many as make the
+ * span shortest, and take the tiles that balance their T against the other CTAs' tiles (256 tiles
+ * on 132 CTAs: 8 workers, T in 1.2 tiles' time, then one tile each, as the other 124 CTAs finish
+ * their second). Taken where this model's span is at least 5% shorter. H100, one call, two rounds
+ * (bench/results/cuda-h100-2026-11-27-t-workers-take-tiles-ab.json), layer µs, before → after
+ * (cuBLAS base): 4096 × 4096 → 2048 (8 workers with a tile each) 118.9 / 112.0 → 114.1 / 108.4
+ * (84.4–85.0); 4096 × 4096 → 1024 (32, 28 of them with a tile; the GEMM path before) 80.1 / 79.3 →
+ * 68.2 / 68.4 (43.3–43.5); 1600 × 4096 → 2000 (5 workers without tiles) 56.8 / 57.2 → 43.9 / 44.5
+ * (37.8–37.9); mid_m1024 and prefill_m4096 (4 workers either way) unchanged. A worker's tiles lie
+ * in its own last row block (worker_tiles ≤ the column tiles), so no worker waits for another CTA
+ * (lora_hopper.cu, Progress). */
 typedef struct lf_cuda_hopper_sched {
-    int cols;      /* tile width (lf_cuda_hopper_tile_cols) */
-    int workers;   /* CTAs [0, workers) compute T first */
-    int tile_ctas; /* the top tile_ctas CTAs compute tiles: ctas − workers, or all ctas */
+    int cols;         /* tile width (lf_cuda_hopper_tile_cols) */
+    int workers;      /* CTAs [0, workers) compute T first */
+    int worker_tiles; /* then this many tiles each, in their last row block */
+    int tile_ctas;    /* the other CTAs (at most): ctas − workers */
 } lf_cuda_hopper_sched;
 
 static inline double lf_cuda_hopper_t_row_cost(int cols, int lw)
 {
     return 0.29 * 256.0 / cols * (lw > 16 ? 1.5 : 1.0);
+}
+
+/* The span in tiles' time of w workers taking c tiles each, the other ctas − w CTAs the rest. */
+static inline double lf_cuda_hopper_span(int64_t tiles_m, int64_t items, double row, int64_t w, int64_t c, int ctas)
+{
+    const double workers = (double)((tiles_m + w - 1) / w) * row + (double)c;
+    const double others = (double)((items - w * c + (ctas - w) - 1) / (ctas - w));
+    return workers > others ? workers : others;
 }
 
 /* lw: T's width (16 or 64; 0 without a LoRA term); ctas: the grid, one CTA an SM. */
@@ -351,34 +361,97 @@ static inline lf_cuda_hopper_sched lf_cuda_hopper_schedule(int64_t m, int64_t n,
     s.workers = lw == 0 ? 0 : tiles_m < 4 ? (int)tiles_m : 4;
     if (s.workers > ctas - 1)
         s.workers = ctas - 1;
+    s.worker_tiles = 0;
     s.tile_ctas = ctas - s.workers;
     s.cols = lf_cuda_hopper_tile_cols(m, n, s.tile_ctas);
     if (s.workers < 1)
         return s;
-    const int64_t items = tiles_m * ((n + s.cols - 1) / s.cols);
+    const int64_t tiles_n = (n + s.cols - 1) / s.cols, items = tiles_m * tiles_n;
     const double row = lf_cuda_hopper_t_row_cost(s.cols, lw);
-    /* in tiles' time: the tiles' rounds, or T's end where later (the last tiles wait for it) */
-    const double rounds = (double)((items + s.tile_ctas - 1) / s.tile_ctas);
-    const double t_end = (double)((tiles_m + s.workers - 1) / s.workers) * row;
-    const double span = rounds > t_end ? rounds : t_end;
-    /* workers taking tiles: q or q + 1 tiles a CTA, the workers on the CTAs with q where they fit */
-    const int64_t q = items / ctas, rem = items % ctas;
-    const double others = (double)(q + (rem > 0));
-    double best = span;
-    int best_w = 0;
+    const double span = lf_cuda_hopper_span(tiles_m, items, row, s.workers, 0, ctas);
+    double best = span, best_t = 0.0;
+    int64_t best_w = 0, best_c = 0;
     for (int64_t w = 1; w <= tiles_m && w < ctas; w++) {
-        const double finish = (double)((tiles_m + w - 1) / w) * row + (double)(q + (w > ctas - rem));
-        const double w_span = finish > others ? finish : others;
-        if (w_span < best) {
-            best = w_span;
-            best_w = (int)w;
+        /* no tiles for the workers, or the count that ends their T and tiles with the others':
+         * T + c = (items − w·c) / (ctas − w), at most a row block's columns */
+        const double t_end = (double)((tiles_m + w - 1) / w) * row;
+        const int64_t even = (int64_t)(((double)items - (double)(ctas - w) * t_end) / ctas);
+        const int64_t tries[] = {0, even, even + 1, tiles_n};
+        for (int i = 0; i < 4; i++) {
+            const int64_t c = tries[i];
+            if (c < 0 || c > tiles_n || w * c > items || (i > 0 && c == 0) || (i == 3 && even + 1 < tiles_n))
+                continue;
+            /* at a tie the shorter T: the last row blocks' tiles wait for it, which the model's
+             * span leaves out (one worker for 3072 × 11008 tied 8 with a tile each, and ran
+             * 21% longer in a simulation of the flags) */
+            const double w_span = lf_cuda_hopper_span(tiles_m, items, row, w, c, ctas);
+            if (w_span < best || (w_span == best && best_w > 0 && t_end < best_t)) {
+                best = w_span;
+                best_t = t_end;
+                best_w = w;
+                best_c = c;
+            }
         }
     }
     if (best_w > 0 && best < 0.95 * span) {
-        s.workers = best_w;
-        s.tile_ctas = ctas;
+        s.workers = (int)best_w;
+        s.worker_tiles = (int)best_c;
+        s.tile_ctas = ctas - s.workers;
     }
     return s;
+}
+
+/* Host and device: the kernel's tile order, which test_plan checks on the CPU. */
+#ifdef __CUDACC__
+#define LF_HOST_DEVICE __host__ __device__
+#else
+#define LF_HOST_DEVICE
+#endif
+
+/* Tile t of a region of row_count row blocks × col_count column blocks → (mb, nb) within it: 8 row
+ * blocks side by side walk the column blocks together, so the x row blocks and W column blocks in
+ * flight at once stay in L2. */
+static inline LF_HOST_DEVICE void lf_cuda_hopper_raster(int t, int row_count, int col_count, int *mb, int *nb)
+{
+    const int per_group = 8 * col_count, g = t / per_group, first = g * 8;
+    const int rows = row_count - first < 8 ? row_count - first : 8, in = t - g * per_group;
+    *mb = first + in % rows;
+    *nb = in / rows;
+}
+
+/* CTA cta's k-th tile of a grid of `grid` (0: past its last). A worker's tiles (cta < workers) are
+ * the last worker_tiles columns of its last row block (≡ cta mod workers), whose T it computed
+ * itself. The other CTAs take the rest, i = j, j + (grid − workers), … for the j-th from the top of
+ * the grid: first the row blocks before the workers' last ones, then those less the workers'
+ * columns (all of them where workers take none). */
+static inline LF_HOST_DEVICE int lf_cuda_hopper_cta_tile(int tiles_m, int tiles_n, int workers, int worker_tiles,
+                                                         int grid, int cta, int k, int *mb, int *nb)
+{
+    const int c = worker_tiles, tail_row = c > 0 ? tiles_m - workers : tiles_m; /* the workers' last row blocks */
+    if (cta < workers) {
+        if (k >= c)
+            return 0;
+        *mb = tail_row + ((cta - tail_row) % workers + workers) % workers;
+        *nb = tiles_n - c + k;
+        return 1;
+    }
+    const int head = tail_row * tiles_n, i = grid - 1 - cta + k * (grid - workers);
+    if (i < head) {
+        lf_cuda_hopper_raster(i, tail_row, tiles_n, mb, nb);
+        return 1;
+    }
+    if (i - head >= (tiles_m - tail_row) * (tiles_n - c))
+        return 0;
+    lf_cuda_hopper_raster(i - head, tiles_m - tail_row, tiles_n - c, mb, nb);
+    *mb += tail_row;
+    return 1;
+}
+
+/* The grid: the workers, then as many other CTAs as have a tile. */
+static inline int lf_cuda_hopper_grid(const lf_cuda_hopper_sched *s, int tiles_m, int tiles_n)
+{
+    const int rest = tiles_m * tiles_n - s->workers * s->worker_tiles;
+    return s->workers + (rest < s->tile_ctas ? rest : s->tile_ctas);
 }
 
 /* The Hopper kernel's split-K form (lora_hopper.cu, "few tiles"), for the layers with too few

@@ -19,17 +19,17 @@
  * parts [hi | lo] (hi = rn(s·T), lo = rn(s·T − hi): twice the mantissa, so T is not rounded
  * before the output's one rounding) into t2 [M][2·TW] in the workspace (TW = 16 for r ≤ 16, else 64,
  * zero past r), then raises the row block's ready flag (release). Workers take no tiles, or, where
- * few column tiles share a row block and T would outlast them, take tiles after T like the rest,
- * the fewest (lf_cuda_hopper_schedule; the T ring's barriers are initialized again for the tile
- * ring). Tile CTAs take tiles j, j + tile_ctas, … from the top of the grid down. A tile's producer
+ * few column tiles share a row block and T would outlast them, a few tiles after T in their own
+ * last row block (lf_cuda_hopper_schedule; the T ring's barriers are initialized again for the tile
+ * ring). The other CTAs take the rest from the top of the grid down (cta_tile). A tile's producer
  * waits for the flag (acquire) before its LoRA slab: one more K stage (TW = 16: T's [hi | lo] box
- * against B's first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B
- * loaded for each), landing in the same accumulators; the epilogue adds bias and beta·y and rounds
- * once. Edges: TMA zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and
- * B past r); both epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order:
- * no float atomics, results are bitwise identical run to run. One limit the GEMM path does not
- * have: in f16, T's parts are f16 too (wgmma takes one operand type), so |s·T| past 65504
- * overflows; bf16 has fp32's range.
+ * against B's first 16 columns, two k16 steps on the same B) or two (TW = 64: hi, then lo, B loaded
+ * for each), landing in the same accumulators; the epilogue adds bias and beta·y and rounds once.
+ * Edges: TMA zero-fills what lies outside x, W, A, B and t2 (M, N, K tails, columns of A and B past
+ * r); both epilogues mask their stores; beta = 0 never reads y. Every sum has a fixed order: no
+ * float atomics, results are bitwise identical run to run. One limit the GEMM path does not have:
+ * in f16, T's parts are f16 too (wgmma takes one operand type), so |s·T| past 65504 overflows; bf16
+ * has fp32's range.
  *
  * Flags without host state (CUDA-graph replay carries no per-call host value): the context's control
  * words hold a generation g. Every CTA reads g at its start; this launch's flags are g + 1 (those of
@@ -42,14 +42,11 @@
  * context's own, not the workspace: other plans reuse the workspace between calls and would
  * overwrite them.
  *
- * Progress: workers wait for nothing in their T phase, and tiles wait only for workers' flags, and
- * the workers have the lowest block indices; the grid is at most one CTA per SM (185–225 KB of
- * shared memory, 384 threads), so every CTA is resident, and where fewer SMs are free the workers
- * still run first. Workers that take tiles (lf_cuda_hopper_schedule) wait for other workers'
- * flags, which needs every worker resident: true of one grid alone, not of two grids beside each
- * other whose workers together exceed the SMs. Workers that claimed row blocks through an atomic
- * count (so that a claimed block is always being computed) were correct but made T 1.4× slower,
- * for a reason not found yet (dev/cuda/NOTES.md, twenty-eighth session, item 1).
+ * Progress: workers wait for no other CTA (their tiles lie in a row block whose T they computed
+ * themselves), the other CTAs wait only for workers' flags, and the workers have the lowest block
+ * indices, so they are dispatched first: a waiting CTA's worker is running or done, even where
+ * other grids hold SMs beside this one. The grid is at most one CTA per SM (185–225 KB of shared
+ * memory, 384 threads).
  *
  * Where it applies (heuristics.h: lf_cuda_hopper_fits): compute capability 9.0 with this file's
  * sm_90a code, PEFT layout (W rows are K-major, as the wgmma descriptors read them; the KN layout
@@ -86,7 +83,6 @@ enum {
     STORE_THREADS = 96, /* the producer warpgroup's warps 1–3 */
     PRODUCER_REGS = 40,
     CONSUMER_REGS = 232, /* 128·40 + 256·232 = 64512 ≤ 65536 registers */
-    GROUP_M = 8,         /* raster: 8 row blocks walk the column blocks together (x and W stay in L2) */
     CTL_GEN = 0,
     CTL_DONE = 1,
     CTL_FLAGS = 64 /* the flags start on their own 256 bytes */
@@ -125,8 +121,8 @@ template <int BN> struct wide_shape {
 struct kparams {
     int m, n, r;
     int tiles_m, tiles_n, k_tiles;
-    int workers;   /* CTAs [0, workers) compute T first (LW > 0) */
-    int tile_ctas; /* CTAs [gridDim.x - tile_ctas, gridDim.x) compute tiles, the highest first */
+    int workers;      /* CTAs [0, workers) compute T first (LW > 0), row blocks w, w + workers, … */
+    int worker_tiles; /* then this many tiles each, the last columns of their last row block */
     int y_pairs;   /* y and ldy allow 4-byte two-element stores */
     int staged;    /* beta = 0 and y, ldy allow 16-byte stores: the epilogue goes through the store warps */
     const void *bias;
@@ -152,14 +148,11 @@ template <> struct io<__half> {
     static __device__ __forceinline__ pair round2(float a, float b) { return __floats2half2_rn(a, b); }
 };
 
-/* Work item t → (row block mb, column block nb): GROUP_M row blocks side by side walk the column
- * blocks together, so the x row blocks and W column blocks in flight at once stay in L2. */
-__device__ __forceinline__ void tile_coords(const kparams &p, int t, int *mb, int *nb)
+/* This CTA's k-th tile (heuristics.h: the order, checked on the CPU by test_plan). */
+__device__ __forceinline__ bool cta_tile(const kparams &p, int k, int *mb, int *nb)
 {
-    const int per_group = GROUP_M * p.tiles_n, g = t / per_group, first = g * GROUP_M;
-    const int rows = min(p.tiles_m - first, (int)GROUP_M), in = t - g * per_group;
-    *mb = first + in % rows;
-    *nb = in / rows;
+    return lf_cuda_hopper_cta_tile(p.tiles_m, p.tiles_n, p.workers, p.worker_tiles, (int)gridDim.x, (int)blockIdx.x,
+                                   k, mb, nb) != 0;
 }
 
 /* The register epilogue, for beta ≠ 0 (y read before the one rounding) or a y that takes no 16-byte
@@ -259,13 +252,12 @@ __device__ __forceinline__ void stage_half(const kparams &p, const float *d, uns
  * threads. */
 template <typename T, int BN>
 __device__ __forceinline__ void store_staged(const kparams &p, const unsigned char *out, uint32_t full, uint32_t empty,
-                                             int first_item, int items, int i)
+                                             int i)
 {
     constexpr int OUT_COLS = wide_shape<BN>::OUT_COLS;
     uint32_t phase = 0;
-    for (int t = first_item; t < items; t += p.tile_ctas) {
-        int mb, nb;
-        tile_coords(p, t, &mb, &nb);
+    int mb, nb;
+    for (int k = 0; cta_tile(p, k, &mb, &nb); k++) {
         for (int half = 0; half < OUT_PARTS; half++) {
             mbar_wait(full, phase);
             for (int q = i; q < BM * OUT_COLS / 8; q += STORE_THREADS) {
@@ -358,11 +350,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
-    const int items = p.tiles_m * p.tiles_n, steps = p.k_tiles + LORA_STAGES;
-    /* tiles t = j, j + tile_ctas, … for the j-th CTA from the top: the workers, lowest, take the
-     * fewest (or none, when tile_ctas leaves them out) */
-    const int tile_cta = (int)gridDim.x - 1 - (int)blockIdx.x;
-    const int first_item = tile_cta < p.tile_ctas ? tile_cta : items;
+    const int steps = p.k_tiles + LORA_STAGES;
 
     /* T phase (workers): x's row blocks and A's TW rows (zero past r), over K, through the T ring */
     if (wg == 0) { /* producer warpgroup: one thread issues every copy */
@@ -425,7 +413,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
     /* A worker with tiles: every T stage is consumed and handed back; the T ring's barriers become
      * the tile ring's */
-    if (t_worker && first_item < items) {
+    if (t_worker && p.worker_tiles > 0) {
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int s = 0; s < T_STAGES; s++) {
@@ -445,9 +433,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (tid == 0) {
             int stage = 0;
             uint32_t phase = 0;
-            for (int t = first_item; t < items; t += p.tile_ctas) {
-                int mb, nb;
-                tile_coords(p, t, &mb, &nb);
+            int mb, nb;
+            for (int k = 0; cta_tile(p, k, &mb, &nb); k++) {
                 for (int ks = 0; ks < steps; ks++) {
                     mbar_wait(EMPTY(stage), phase ^ 1);
                     const uint32_t a = ring_a + stage * A_BYTES, b = ring_b + stage * B_BYTES;
@@ -464,7 +451,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         } else if (tid >= 32 && p.staged) {
-            store_staged<T, BN>(p, out, out_full, out_empty, first_item, items, tid - 32);
+            store_staged<T, BN>(p, out, out_full, out_empty, tid - 32);
         }
         __syncwarp();
     } else {
@@ -474,9 +461,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         uint32_t phase = 0;
         uint32_t out_phase = 0;
         float d[BN / 2];
-        for (int t = first_item; t < items; t += p.tile_ctas) {
-            int mb, nb;
-            tile_coords(p, t, &mb, &nb);
+        int mb, nb;
+        for (int k = 0; cta_tile(p, k, &mb, &nb); k++) {
 #pragma unroll
             for (int i = 0; i < BN / 2; i++)
                 d[i] = 0.0f;
@@ -1220,7 +1206,7 @@ int lora_width(int64_t r) { return r == 0 ? 0 : r <= 16 ? 16 : 64; }
 
 template <typename T, int LW, int BN>
 cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, const lf_cuda_hopper_sched &sched,
-                        int max_ctas, cudaStream_t st)
+                        cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma, mb, mt;
@@ -1247,13 +1233,9 @@ cudaError_t launch_wide(const lf_lora_problem *p, void *ws, unsigned *ctl, const
     kp.scale = p->scale;
     kp.t2 = ws;
     kp.ctl = ctl;
-    const int items = kp.tiles_m * kp.tiles_n;
     kp.workers = sched.workers;
-    kp.tile_ctas = items < sched.tile_ctas ? items : sched.tile_ctas;
-    /* workers that take tiles share the grid with the tile CTAs; otherwise they come first (and
-     * where the tiles fit beside them, the grid has no CTA without work) */
-    const bool shared = kp.workers + kp.tile_ctas > max_ctas;
-    const int grid = shared ? max_ctas : kp.workers + kp.tile_ctas;
+    kp.worker_tiles = sched.worker_tiles;
+    const int grid = lf_cuda_hopper_grid(&sched, kp.tiles_m, kp.tiles_n);
     /* A plain launch, not PDL: tile CTAs spin on the workers' flags, so every CTA of the grid must
      * find an SM, which a previous kernel still running beside it (released early) could hold. */
     lora_hopper_kernel<T, LW, BN><<<grid, THREADS, wide_shape<BN>::SMEM_BYTES, st>>>(mx, mw, ma, mb, mt, kp);
@@ -1268,13 +1250,13 @@ cudaError_t launch_lw(const lf_lora_problem *p, void *ws, unsigned *ctl, int max
     const lf_cuda_hopper_sched sched = lf_cuda_hopper_schedule(p->m, p->n, LW, max_ctas);
     switch (sched.cols) {
     case 224:
-        return launch_wide<T, LW, 224>(p, ws, ctl, sched, max_ctas, st);
+        return launch_wide<T, LW, 224>(p, ws, ctl, sched, st);
     case 192:
-        return launch_wide<T, LW, 192>(p, ws, ctl, sched, max_ctas, st);
+        return launch_wide<T, LW, 192>(p, ws, ctl, sched, st);
     case 128:
-        return launch_wide<T, LW, 128>(p, ws, ctl, sched, max_ctas, st);
+        return launch_wide<T, LW, 128>(p, ws, ctl, sched, st);
     default:
-        return launch_wide<T, LW, 256>(p, ws, ctl, sched, max_ctas, st);
+        return launch_wide<T, LW, 256>(p, ws, ctl, sched, st);
     }
 }
 
