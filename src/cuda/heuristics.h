@@ -533,11 +533,14 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * neither of the others fills, 100–132 tiles on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
  * base against 1.08–1.28× (bench/results/cuda-h200-2026-11-27-decode-rows-48-ab.json). Tiles of
- * 56 and 40 rows (the T warp: A's box does not fit the slot's 8 spare rows at 56, and at 40 it
- * would cross two warps' rows) were slower wherever tried, even where they balance the SMs better:
- * 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 × 4096 → 14336 42.7 against 41.7
- * with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode kernel (H100, bf16, r 16, one
- * call; dev/cuda/NOTES.md, twenty-fourth session, item 3). */
+ * 56 and 40 rows (T by the mma.sync warp the form had then: A's box does not fit the slot's 8
+ * spare rows at 56, and at 40 it would cross two warps' rows) were slower wherever tried, even
+ * where they balance the SMs better: 1 × 4096 → 7168 27.2 against 26.6 with 112 tiles of 64, 16 ×
+ * 4096 → 14336 42.7 against 41.7 with 224 of 64, 16 × 4096 → 5120 26.5 against 20.6 by the decode
+ * kernel (H100, bf16, r 16, one call; dev/cuda/NOTES.md, twenty-fourth session, item 3). Idle SMs
+ * cost 112 tiles of 64 little: with T by wgmma 1 × 4096 → 7168 runs 19.9 µs (cuBLAS 22.4), and 112
+ * TMA-ring blocks read its 56 MiB faster than 132 (read_floor blocks; NOTES, twenty-ninth
+ * session). */
 static inline int lf_cuda_hopper_decode_rows(int64_t m, int64_t n, int sm_count)
 {
     static const int rows_tried[] = {64, 32, 48};

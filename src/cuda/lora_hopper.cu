@@ -876,27 +876,30 @@ __global__ void __launch_bounds__(THREADS, 1)
  * else 64; rows past M zero-filled) through a dec_shape<TOK>::STAGES-deep ring, and during the
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
  * accumulates the tile's 64 features × TOK tokens with wgmma m64nTOKk16 (W as the A operand, x as
- * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. Beside it, in
- * the producer warpgroup, one warp computes T = x·Aᵀ (16 × 16, fp32) from the first tile's stages
- * with mma.sync (it holds each stage until it has read its chunks; with 32- or 48-row tiles the
- * wgmma computes T instead, in its spare rows), and two warps stage each tile's rows of B and the
- * bias (fp32, double-buffered) while the tile's K loop runs, so that the epilogue reads only shared
- * memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch, no workspace; every sum in a
- * fixed order: bitwise reproducible. r ≤ 16. With tiles of fewer than 64 rows the wgmma still
- * computes 64: rows p.rows–63 of each W slot hold whatever an earlier stage left there (or A's box),
- * and their results, which no other row depends on, are never stored. 64 token columns take only
- * 32- and 48-row tiles (T in the wgmma's spare rows: the T warp computes 16 tokens). */
+ * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. The same
+ * wgmmas compute T = x·Aᵀ (16 × 16, fp32) from the first tile's stages: with 32- or 48-row tiles A's
+ * box rides in the W slot's spare rows; with 64-row tiles it has a slot of its own after x's, and
+ * a second wgmma takes the 64 rows of the stage that end with it (dec_k_loop). Until 2026-11-27 a
+ * warp of the producer warpgroup computed T by mma.sync there, holding each stage until it had
+ * read it; 1 × 4096 → 7168 (one tile a CTA, every stage the T warp's) ran 27.6 µs against cuBLAS's
+ * 22.4 (dev/cuda/NOTES.md, twenty-ninth session). The producer warpgroup's other warps stage each
+ * tile's rows of B and the bias (fp32, double-buffered) while the tile's K loop runs, so that the
+ * epilogue reads only shared memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch,
+ * no workspace; every sum in a fixed order: bitwise reproducible. r ≤ 16. The wgmma always
+ * computes 64 rows: those past the tile's (rows p.rows–63 of a W slot hold whatever an earlier
+ * stage left there, or A's box; the T wgmma's rows 0–47 are W's and x's), whose results no other
+ * row depends on, are never stored. 64 token columns take only 32- and 48-row tiles. */
 enum {
     DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
     DEC_TW = 16,   /* rank ≤ 16 */
     DEC_W_BYTES = DEC_ROWS * BK * 2,
-    DEC_LOADERS = 64, /* the producer warpgroup's warps 2–3 */
+    DEC_LOADERS = 96, /* the producer warpgroup's warps 1–3 */
 };
 template <int TOK> struct dec_shape {
     static_assert(TOK == 16 || TOK == 64, "token columns: 16 or 64");
     static constexpr int X_BYTES = TOK * BK * 2;
-    /* A's box in the first tile: a slot of its own for the T warp (16 columns, 64-row tiles); in
-     * W's spare rows with 64 columns */
+    /* A's box in the first tile: a slot of its own at the stage's end (16 columns, for 64-row
+     * tiles); in W's spare rows with 64 columns */
     static constexpr int A_BYTES = TOK == 16 ? DEC_TW * BK * 2 : 0;
     static constexpr int STAGE_BYTES = DEC_W_BYTES + X_BYTES + A_BYTES;
     /* 16 columns: 180 KB of W and x in flight a CTA (108 KB with 32-row tiles); 64: 13 stages of
@@ -921,58 +924,6 @@ struct dec_params {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* The T warp: T = x·Aᵀ over the first tile's stages (x and A boxes of each, 128-byte swizzled: the
- * 16-byte chunk c of row r sits at chunk c ^ (r % 8)), then into t_s [rank][token]; later stages it
- * only hands back. The same per-lane trick as lora_fwd.cu's decode step: in each 32-wide half of a
- * stage lane (g, q) feeds the MMA the half's chunk q of rows g and g + 8 (tokens of x, ranks of A),
- * and the sum over k does not care where each k sits. */
-template <typename T>
-__device__ __forceinline__ void dec_t_warp(const dec_params &p, uint32_t ring, uint32_t bars, float *t_s, int lane)
-{
-    using S = dec_shape<16>;
-    const int g = lane / 4, q = lane % 4;
-    float acc[1][2][4] = {};
-    int stage = 0;
-    uint32_t phase = 0;
-    for (int t = blockIdx.x; t < p.tiles; t += gridDim.x)
-        for (int ks = 0; ks < p.k_tiles; ks++) {
-            mbar_wait(bars + 8 * stage, phase);
-            const bool first = t == (int)blockIdx.x;
-            /* the stage's chunks into registers, the stage handed back (the arrive's release orders
-             * the loads before it), then the MMAs: the ring waits for 8 loads, not for two chains
-             * of dependent mma.sync */
-            uint4 xv[2][1][2], av[2][2];
-            if (first) {
-                const uint32_t xs = ring + stage * S::STAGE_BYTES + DEC_W_BYTES, as = xs + S::X_BYTES;
-#pragma unroll
-                for (int h = 0; h < 2; h++) { /* two 32-wide halves of the 64-wide stage */
-                    const uint32_t off = (uint32_t)(((4 * h + q) ^ g) * 16);
-                    xv[h][0][0] = lds_u4(xs + g * 2 * BK + off);
-                    xv[h][0][1] = lds_u4(xs + (g + 8) * 2 * BK + off);
-                    av[h][0] = lds_u4(as + g * 2 * BK + off);
-                    av[h][1] = lds_u4(as + (g + 8) * 2 * BK + off);
-                }
-            }
-            __syncwarp();
-            if (lane == 0)
-                mbar_arrive(bars + 8 * (S::STAGES + stage));
-            if (first)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    decode_step<T, 2, 1>(acc, xv[h], av[h]);
-            ring_next<S::STAGES>(stage, phase);
-            if (t == (int)blockIdx.x && ks == p.k_tiles - 1) {
-                /* accumulator c: token g (+8 for c ≥ 2), rank 8·nt + 2q + (c & 1) */
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                    for (int c = 0; c < 4; c++)
-                        t_s[(8 * nt + 2 * q + (c & 1)) * 16 + g + 8 * (c >> 1)] = acc[0][nt][c];
-                mbar_arrive(bars + 8 * 2 * S::STAGES); /* t_full: every lane */
-            }
-        }
-}
-
 /* The loaders: B's rows and the bias of each of this CTA's tiles into buffer j % 2. i: this thread's
  * index among them. */
 template <typename T>
@@ -1008,6 +959,35 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
         mbar_arrive(b_full + 8 * buf);
     }
 }
+
+/* A tile's K loop in the consumer warpgroup: x·Wᵀ into d; WITH_T (the CTA's first tile with 64-row
+ * tiles) also T = x·Aᵀ into t_acc, by a second wgmma over the 64 rows of the stage that end with
+ * A's box (W's rows 32–63, x's 16 rows, A's 16: T lands in rows 48–63, consumer warp 3's). */
+template <typename T, int TOK, bool WITH_T>
+__device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, uint32_t bars, float *d, float *t_acc,
+                                           int &stage, uint32_t &phase, int lane)
+{
+    using S = dec_shape<TOK>;
+    constexpr int K16 = BK / 16, WINDOW = S::STAGE_BYTES - DEC_W_BYTES; /* 64 rows of 128 bytes before the stage's end */
+    static_assert(!WITH_T || (TOK == 16 && WINDOW % 1024 == 0), "the window starts on a swizzle atom");
+    const uint32_t empty0 = bars + 8 * S::STAGES;
+    int prev = -1;
+    for (int ks = 0; ks < p.k_tiles; ks++) {
+        mbar_wait(bars + 8 * stage, phase);
+        const uint32_t slot = ring + stage * S::STAGE_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < K16; k++) {
+            wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+            if constexpr (WITH_T)
+                wgmma_m64nXk16<TOK, T>(t_acc, smem_desc<BK>(slot + WINDOW + 32 * k),
+                                       smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+        }
+        consumer_next<S::STAGES>(empty0, prev, stage, phase, lane);
+    }
+    consumer_drain(empty0, prev, lane);
+}
+
 #endif
 
 template <typename T, int TOK>
@@ -1017,7 +997,6 @@ __global__ void __launch_bounds__(2 * 128, 1)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using S = dec_shape<TOK>;
-    constexpr int K16 = BK / 16;
     static_assert(S::STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && S::X_BYTES % 1024 == 0,
                   "boxes keep the swizzle's alignment");
     static_assert(S::SMEM <= 232448, "a block's shared memory on sm_90");
@@ -1030,17 +1009,19 @@ __global__ void __launch_bounds__(2 * 128, 1)
     /* t_full, b_full[2], b_empty[2] after the ring's barriers */
     const uint32_t lora_bars = bars + 8 * 2 * S::STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
-    /* 32- and 48-row tiles: A's box rides in rows p.rows to p.rows + 15 of the first tile's W slots,
-     * so the wgmma computes T = x·Aᵀ in consumer warp p.rows / 16's accumulators beside x·Wᵀ, and
-     * no T warp holds the ring (64 token columns: always, decode_launch_typed gives them 32 or 48
-     * rows) */
-    const bool t_by_wgmma = TOK > 16 || (p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS);
+    /* T = x·Aᵀ comes from the consumers' wgmmas during the CTA's first tile. 32- and 48-row tiles:
+     * A's box rides in rows p.rows to p.rows + 15 of the W slots, so the tile's own wgmma computes T
+     * in consumer warp p.rows / 16's accumulators beside x·Wᵀ (64 token columns: always,
+     * decode_launch_typed gives them 32 or 48 rows). 64-row tiles: A's box has a slot of its own
+     * after x's, and a second wgmma computes T (dec_k_loop) in warp 3's. */
+    const bool a_in_w = TOK > 16 || (p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS);
+    const int t_warp = a_in_w ? p.rows / 16 : 3;
     if (threadIdx.x == 0) {
         for (int s = 0; s < S::STAGES; s++) {
             mbar_init(FULL(s), 1);
-            mbar_init(EMPTY(s), t_by_wgmma ? 4 : 4 + 1); /* one arrival per consumer warp, and the T warp's */
+            mbar_init(EMPTY(s), 4); /* one arrival per consumer warp */
         }
-        mbar_init(lora_bars, 32);               /* t_full: the T warp's lanes (or consumer warp p.rows / 16's) */
+        mbar_init(lora_bars, 32);               /* t_full: consumer warp t_warp's lanes */
         mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
         mbar_init(lora_bars + 16, DEC_LOADERS); /* b_full[1] */
         mbar_init(lora_bars + 24, 128);         /* b_empty[0]: every consumer thread is done */
@@ -1066,7 +1047,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-                const bool first = t == (int)blockIdx.x; /* the T warp's tile: A's boxes too */
+                const bool first = t == (int)blockIdx.x; /* the tile that computes T: A's boxes too */
                 for (int ks = 0; ks < p.k_tiles; ks++) {
                     const uint32_t slot = ring + stage * S::STAGE_BYTES;
                     if (!first || ks >= pre) { /* the first `pre` stages hold their W already */
@@ -1076,20 +1057,14 @@ __global__ void __launch_bounds__(2 * 128, 1)
                     }
                     tma_load_2d(slot + DEC_W_BYTES, &tm_x, FULL(stage), ks * BK, 0);
                     if (first)
-                        tma_load_2d(slot + (t_by_wgmma ? p.rows * BK * 2 : DEC_W_BYTES + S::X_BYTES), &tm_a, FULL(stage),
+                        tma_load_2d(slot + (a_in_w ? p.rows * BK * 2 : DEC_W_BYTES + S::X_BYTES), &tm_a, FULL(stage),
                                     ks * BK, 0);
                     ring_next<S::STAGES>(stage, phase);
                 }
             }
-        } else if (tid >= 32 && tid < 64) {
-            if constexpr (TOK == 16)
-                if (!t_by_wgmma) {
-                    lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
-                    dec_t_warp<T>(p, ring, bars, t_s, tid - 32);
-                }
-        } else if (tid >= 64) {
-            lf_pdl_wait();
-            dec_stage_lora<T>(p, lora_s, lora_bars, tid - 64);
+        } else if (tid >= 32) {
+            lf_pdl_wait(); /* every role but the producer's waits first: x, A, B, bias and y */
+            dec_stage_lora<T>(p, lora_s, lora_bars, tid - 32);
         }
     } else {
         lf_pdl_wait();
@@ -1097,32 +1072,32 @@ __global__ void __launch_bounds__(2 * 128, 1)
         int stage = 0, j = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
-            float d[TOK / 2];
+            float d[TOK / 2], t_acc[TOK / 2];
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++)
-                d[i] = 0.0f;
-            int prev = -1;
-            for (int ks = 0; ks < p.k_tiles; ks++) {
-                mbar_wait(FULL(stage), phase);
-                const uint32_t slot = ring + stage * S::STAGE_BYTES;
-                wgmma_fence();
-#pragma unroll
-                for (int k = 0; k < K16; k++)
-                    wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
-                consumer_next<S::STAGES>(EMPTY(0), prev, stage, phase, lane);
+                d[i] = t_acc[i] = 0.0f;
+            if constexpr (TOK == 16) {
+                if (j == 0 && !a_in_w)
+                    dec_k_loop<T, TOK, true>(p, ring, bars, d, t_acc, stage, phase, lane);
+                else
+                    dec_k_loop<T, TOK, false>(p, ring, bars, d, t_acc, stage, phase, lane);
+            } else {
+                dec_k_loop<T, TOK, false>(p, ring, bars, d, t_acc, stage, phase, lane);
             }
-            consumer_drain(EMPTY(0), prev, lane);
             fence_acc<TOK / 2>(d);
+            fence_acc<TOK / 2>(t_acc);
             const int buf = j % 2;
             /* fragment of m64nTOK: row lane/4 (+8 for h = 1) of the warp's 16, column (token)
              * 8·(i/2) + 2·(lane%4) + i%2 in d[4·(i/2) + 2h + i%2] */
-            if (t_by_wgmma && j == 0 && warp == p.rows / 16) { /* A's rows of the first tile: T, rank lane/4 (+8) */
+            if (j == 0 && warp == t_warp) { /* A's rows of the first tile: T, rank lane/4 (+8) */
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
-                    for (int i = 0; i < TOK / 4; i++)
-                        t_s[(lane / 4 + 8 * h) * TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = d[4 * (i / 2) + 2 * h + i % 2];
-                mbar_arrive(lora_bars); /* t_full: the warp's lanes, as the T warp's would */
+                    for (int i = 0; i < TOK / 4; i++) {
+                        const int c = 4 * (i / 2) + 2 * h + i % 2;
+                        t_s[(lane / 4 + 8 * h) * TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = a_in_w ? d[c] : t_acc[c];
+                    }
+                mbar_arrive(lora_bars); /* t_full: the warp's lanes */
             }
             if (j == 0)
                 mbar_wait(lora_bars, 0);
