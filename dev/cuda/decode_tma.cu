@@ -77,7 +77,9 @@ template <typename F> static float graph_us(cudaStream_t st, F fn)
     return ts[ts.size() / 2];
 }
 
-int main()
+/* `decode_tma [SMS ...]`: the timed shapes once a count, the launch given that many SMs (its grid
+ * and tile rows follow, lf_cuda_hopper_decode_rows): e.g. 64 for 64-row tiles at 4096 outputs. */
+int main(int argc, char **argv)
 {
     if (!lf_hopper_setup()) {
         std::printf("no sm_90a device: the decode form needs compute capability 9.0\n");
@@ -85,6 +87,11 @@ int main()
     }
     int sms;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count");
+    std::vector<int> counts;
+    for (int i = 1; i < argc; i++)
+        counts.push_back(std::atoi(argv[i]));
+    if (counts.empty())
+        counts.push_back(sms);
     cudaStream_t st;
     cudaStreamCreate(&st);
     cublasHandle_t blas;
@@ -156,17 +163,20 @@ int main()
                 check(cudaMemcpy(c, w.d, (size_t)n * ld * 2, cudaMemcpyDeviceToDevice), "W copy");
             }
             int next = 0;
-            std::printf("  |");
-            for (int round = 0; round < 3; round++) {
-                const float ours = graph_us(st, [&] {
-                    p.w = ws[next++ % sets];
-                    check(lf_hopper_decode_launch(&p, sms, true, st), "launch");
-                });
-                const float base = graph_us(st, [&] {
-                    cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, ws[next++ % sets], CUDA_R_16BF, ld, x.d,
-                                 CUDA_R_16BF, ld, &zero, y.d, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-                });
-                std::printf(" layer %.2f cuBLAS base %.2f |", ours, base);
+            for (int count : counts) {
+                    std::printf("  | %d SMs:", count);
+                for (int round = 0; round < 3; round++) {
+                    const float ours = graph_us(st, [&] {
+                        p.w = ws[next++ % sets];
+                        check(lf_hopper_decode_launch(&p, count, true, st), "launch");
+                    });
+                    const float base = graph_us(st, [&] {
+                        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, ws[next++ % sets], CUDA_R_16BF, ld,
+                                     x.d, CUDA_R_16BF, ld, &zero, y.d, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+                    });
+                    std::printf(" layer %.2f cuBLAS base %.2f |", ours, base);
+                }
             }
             p.w = w.d;
             for (auto c : ws)

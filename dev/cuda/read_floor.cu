@@ -22,8 +22,8 @@
  * `read_floor tile` times instead the many-adapter shrink's x at 2048 tokens (16 MiB, rows of 8
  * KiB) read in the (rows × bytes) tiles a shrink block can take, beside a contiguous range a block
  * (dev/cuda/NOTES.md, twentieth session: every pattern 6.9–7.3 µs on the H100).
- * `read_floor blocks` times 56 MiB (4096 → 7168) read by 112 blocks against one a SM, and the
- * like at two and four a SM (block_counts).
+ * `read_floor blocks` times 56 MiB (4096 → 7168) and 32 MiB (4096²) read by 64, 112 and 128
+ * blocks against one a SM, and the like at two and four a SM (block_counts).
  */
 #include <cuda_runtime.h>
 
@@ -228,13 +228,13 @@ static void tile_patterns(void *const *bufs, unsigned *sink, cudaStream_t st, in
            bytes / (us * 1e3), 100.0 * bytes / (us * 1e3) / copy_gbs);
 }
 
-/* `read_floor blocks`: W of one 4096 → 7168 layer (56 MiB, more than L2) read by as many blocks
- * as a decode form has tiles (112 of 64 rows) and by one or two a SM, each block a contiguous
- * equal range: whether idle SMs, or HBM itself, set the time of a layer whose tiles leave SMs
- * without work (the question under a K split of the last round, dev/cuda/NOTES.md). */
-static void block_counts(void *const *bufs, unsigned *sink, cudaStream_t st, int sms)
+/* `read_floor blocks`: W of one 4096 → 7168 layer (56 MiB, more than L2), then of 4096 → 4096
+ * (32 MiB), read by as many blocks as a decode form has tiles (64 or 112 of 64 rows, 128 of 32)
+ * and by one or two a SM, each block a contiguous equal range: whether idle SMs, or HBM itself,
+ * set the time of a layer whose tiles leave SMs without work (dev/cuda/NOTES.md, twenty-ninth
+ * session). */
+static void block_counts(void *const *bufs, unsigned *sink, cudaStream_t st, int sms, size_t bytes)
 {
-    const size_t bytes = (size_t)4096 * 7168 * 2;
     g_blocks = sms, g_threads = 32;
     const double copy_us = time_graph(launch_memcpy, bufs, bytes, sink, st);
     const double copy_gbs = 2.0 * bytes / (copy_us * 1e3);
@@ -245,7 +245,8 @@ static void block_counts(void *const *bufs, unsigned *sink, cudaStream_t st, int
         launch_fn fn;
         int blocks, threads;
     } counts[] = {
-        {"bulk 8x16K", launch_bulk<8, 16384>, 112, 256}, {"bulk 8x16K", launch_bulk<8, 16384>, sms, 256},
+        {"bulk 8x16K", launch_bulk<8, 16384>, 64, 256},  {"bulk 8x16K", launch_bulk<8, 16384>, 112, 256},
+        {"bulk 8x16K", launch_bulk<8, 16384>, 128, 256}, {"bulk 8x16K", launch_bulk<8, 16384>, sms, 256},
         {"bulk 6x16K", launch_bulk<6, 16384>, 224, 256}, {"bulk 6x16K", launch_bulk<6, 16384>, 2 * sms, 256},
         {"ld-nc U8", launch_ld<8, true, false>, 224, 256}, {"ld-nc U8", launch_ld<8, true, false>, 2 * sms, 256},
         {"ld-nc U8", launch_ld<8, true, false>, 448, 256}, {"ld-nc U8", launch_ld<8, true, false>, 4 * sms, 256},
@@ -312,7 +313,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "blocks") == 0) {
-        block_counts(bufs, sink, st, sms);
+        block_counts(bufs, sink, st, sms, (size_t)4096 * 7168 * 2);
+        block_counts(bufs, sink, st, sms, (size_t)4096 * 4096 * 2);
         return 0;
     }
     const int nv = sizeof variants / sizeof variants[0];

@@ -968,7 +968,8 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
                                            int &stage, uint32_t &phase, int lane)
 {
     using S = dec_shape<TOK>;
-    constexpr int K16 = BK / 16, WINDOW = S::STAGE_BYTES - DEC_W_BYTES; /* 64 rows of 128 bytes before the stage's end */
+    /* WINDOW: the 64 rows of 128 bytes that end the stage */
+    constexpr int K16 = BK / 16, WINDOW = S::STAGE_BYTES - DEC_W_BYTES;
     static_assert(!WITH_T || (TOK == 16 && WINDOW % 1024 == 0), "the window starts on a swizzle atom");
     const uint32_t empty0 = bars + 8 * S::STAGES;
     int prev = -1;
