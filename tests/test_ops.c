@@ -248,7 +248,9 @@ static const hopper_shape hopper_shapes[] = {
      * with a last tile of 18 rows; then 64-row tiles: 16 tokens with N and K tails (204 tiles), one token on exactly 132 tiles,
      * 7 tokens at r 5 and beta 1 and 3 tokens with N ≢ 0 mod 8 (both with strides padded to 16
      * bytes), 16 tokens at r 8 with two tiles on most CTAs, 4 tokens with three or four tiles a CTA
-     * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1;
+     * (B's staging buffers reused, the ring wrapping), 5 tokens with K under one stage and r 1, 16
+     * tokens in f16 at r 12 with a bias and beta 0.5 and one token at a K tail, two tiles a CTA
+     * each (the first computing T by the second wgmma, the next without);
      * then 48-row tiles (T in the wgmma's rows 48–63): 12 tokens on 128 tiles, 9 tokens at r 9 with
      * a bias, padded strides and a last tile of 40 rows, 2 tokens on 107 tiles (one round, 81%);
      * then 17–64 tokens (64 token columns, 32- or 48-row tiles in one round; the ring wraps past
@@ -268,6 +270,8 @@ static const hopper_shape hopper_shapes[] = {
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
+    {{16, 1000, 14336, 12, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE}, /* f16: T's window, then a tile without */
+    {{1, 4104, 16384, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* one token, 256 tiles of 64: two a CTA */
     {{12, 1032, 6144, 16, 0, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},  /* 128 tiles of 48 */
     {{9, 520, 6136, 9, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 128 tiles of 48, the last 40 rows */
     {{2, 4096, 5120, 16, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},   /* 107 tiles of 48 */

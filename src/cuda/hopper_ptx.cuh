@@ -55,17 +55,6 @@ static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
     } while (!done);
 }
 
-/* 16 bytes of shared memory at shared address `saddr`. */
-static __device__ __forceinline__ uint4 lds_u4(uint32_t saddr)
-{
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(saddr)
-                 : "memory");
-    return v;
-}
-
 /* The next stage of a ring of kStages; the phase parity flips at each wrap. */
 template <int kStages> static __device__ __forceinline__ void ring_next(int &stage, uint32_t &phase)
 {

@@ -62,7 +62,6 @@
 #include "hopper_ptx.cuh"
 #include "launch.cuh"
 #include "lora_hopper.cuh"
-#include "mma_sync.cuh"
 
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled: the encoder comes through the runtime */
 #include <limits.h>
@@ -902,6 +901,13 @@ template <int TOK> struct dec_shape {
      * tiles); in W's spare rows with 64 columns */
     static constexpr int A_BYTES = TOK == 16 ? DEC_TW * BK * 2 : 0;
     static constexpr int STAGE_BYTES = DEC_W_BYTES + X_BYTES + A_BYTES;
+    /* 64-row tiles: the 64 rows of 128 bytes that end a stage (W's rows 32–63, x's box, A's box),
+     * the second wgmma's A operand, and the row in it where A's box starts: T lands in the
+     * accumulators of consumer warp A_ROW / 16 */
+    static constexpr int WINDOW = STAGE_BYTES - DEC_W_BYTES;
+    static constexpr int A_ROW = (DEC_W_BYTES + X_BYTES - WINDOW) / (2 * BK);
+    static_assert(TOK != 16 || (WINDOW % 1024 == 0 && A_ROW % 16 == 0 && A_ROW + DEC_TW == DEC_ROWS),
+                  "the window starts on a swizzle atom and ends with A's box, a warp's 16 rows");
     /* 16 columns: 180 KB of W and x in flight a CTA (108 KB with 32-row tiles); 64: 13 stages of
      * 16 KB, the most that fit */
     static constexpr int STAGES = TOK == 16 ? 18 : 13;
@@ -968,9 +974,8 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
                                            int &stage, uint32_t &phase, int lane)
 {
     using S = dec_shape<TOK>;
-    /* WINDOW: the 64 rows of 128 bytes that end the stage */
-    constexpr int K16 = BK / 16, WINDOW = S::STAGE_BYTES - DEC_W_BYTES;
-    static_assert(!WITH_T || (TOK == 16 && WINDOW % 1024 == 0), "the window starts on a swizzle atom");
+    constexpr int K16 = BK / 16;
+    static_assert(!WITH_T || TOK == 16, "T's window: 16 token columns");
     const uint32_t empty0 = bars + 8 * S::STAGES;
     int prev = -1;
     for (int ks = 0; ks < p.k_tiles; ks++) {
@@ -981,7 +986,7 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
         for (int k = 0; k < K16; k++) {
             wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
             if constexpr (WITH_T)
-                wgmma_m64nXk16<TOK, T>(t_acc, smem_desc<BK>(slot + WINDOW + 32 * k),
+                wgmma_m64nXk16<TOK, T>(t_acc, smem_desc<BK>(slot + S::WINDOW + 32 * k),
                                        smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
         }
         consumer_next<S::STAGES>(empty0, prev, stage, phase, lane);
@@ -1016,7 +1021,7 @@ __global__ void __launch_bounds__(2 * 128, 1)
      * decode_launch_typed gives them 32 or 48 rows). 64-row tiles: A's box has a slot of its own
      * after x's, and a second wgmma computes T (dec_k_loop) in warp 3's. */
     const bool a_in_w = TOK > 16 || (p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS);
-    const int t_warp = a_in_w ? p.rows / 16 : 3;
+    const int t_warp = a_in_w ? p.rows / 16 : S::A_ROW / 16;
     if (threadIdx.x == 0) {
         for (int s = 0; s < S::STAGES; s++) {
             mbar_init(FULL(s), 1);
@@ -1077,14 +1082,10 @@ __global__ void __launch_bounds__(2 * 128, 1)
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++)
                 d[i] = t_acc[i] = 0.0f;
-            if constexpr (TOK == 16) {
-                if (j == 0 && !a_in_w)
-                    dec_k_loop<T, TOK, true>(p, ring, bars, d, t_acc, stage, phase, lane);
-                else
-                    dec_k_loop<T, TOK, false>(p, ring, bars, d, t_acc, stage, phase, lane);
-            } else {
+            if (j == 0 && !a_in_w) /* 16 token columns only: a_in_w holds for 64 */
+                dec_k_loop<T, TOK, TOK == 16>(p, ring, bars, d, t_acc, stage, phase, lane);
+            else
                 dec_k_loop<T, TOK, false>(p, ring, bars, d, t_acc, stage, phase, lane);
-            }
             fence_acc<TOK / 2>(d);
             fence_acc<TOK / 2>(t_acc);
             const int buf = j % 2;

@@ -1,7 +1,7 @@
 /*
  * mma_sync.cuh — the warp-level tensor-core step (mma.sync m16n8k16, fp32 accumulation) the decode
- * kernels share: lora_fwd.cu's W stream and lora_hopper.cu's T = x·Aᵀ beside its TMA stream; also
- * lora_stream.cu's and lora_multi.cu's loops that feed it from global memory with 16-byte loads.
+ * kernels share: lora_fwd.cu's W stream, and lora_stream.cu's and lora_multi.cu's loops that feed it
+ * from global memory with 16-byte loads.
  */
 #ifndef LF_CUDA_MMA_SYNC_CUH
 #define LF_CUDA_MMA_SYNC_CUH
