@@ -266,7 +266,8 @@ static const hopper_shape hopper_shapes[] = {
     {{1, 200, 8448, 16, 0, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     {{7, 4104, 14000, 5, LFT_PADDED16, 0}, 2, 0, 2, LF_CUDA_HOPPER_DECODE},
     {{3, 1032, 8443, 16, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
-    {{6, 264, 8383, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 131 tiles of 64: T by the second wgmma, an odd tile count, a last tile of 63 rows */
+    /* 131 tiles of 64: an odd tile count, a last tile of 63 rows */
+    {{6, 264, 8383, 16, LFT_PADDED16, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},
     {{16, 520, 14336, 8, 0, 0}, 2, 1, 0, LF_CUDA_HOPPER_DECODE},
     {{4, 1032, 25600, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{5, 40, 8448, 1, LFT_PADDED16, 0}, 1, 1, 2, LF_CUDA_HOPPER_DECODE},
