@@ -5,6 +5,7 @@
 # kernel's lab; this one times what a user calls (plans, launches, streams included).
 #
 # Here (no GPU needed):   scripts/bench-ab.sh --pack REV...     # builds each revision's CLI
+#                         (a revision built before comes from .device-bench-ab-cache)
 # On the device:          run(command="sh scripts/bench-ab.sh", carry=[".device-bench-ab"])
 # With TESTS="test_ops test_plan" at --pack, each revision's test programs are packed too, and the
 # device runs them on CUDA first, all at once (a line each), so that one call checks and times
@@ -31,6 +32,9 @@
 set -u
 cd "$(dirname "$0")/.." || exit 1
 pack=.device-bench-ab
+# builds of committed revisions, kept between packs by full hash (a revision's build does not
+# change), so that an A/B against the same baseline again builds only the working tree
+cache=.device-bench-ab-cache
 
 tests=${TESTS:-}
 build_cli() { # source tree, build folder, name; the build's output only when it fails
@@ -43,19 +47,32 @@ build_cli() { # source tree, build folder, name; the build's output only when it
   echo "$3: $(git -C "$1" log --oneline -1 | cut -c1-100)" >>"$pack/names.txt"
 }
 
+from_cache() { # full hash, name: the cached build into the pack, if it holds every program asked for
+  for prog in lorafuse $tests; do [ -x "$cache/$1/$prog" ] || return 1; done
+  mkdir -p "$pack/b/$2" || return 1
+  for prog in lorafuse $tests; do cp "$cache/$1/$prog" "$pack/b/$2/" || return 1; done
+  echo "$2: $(git log --oneline -1 "$1" | cut -c1-100)" >>"$pack/names.txt"
+}
+
 if [ "${1:-}" = "--pack" ]; then
   shift
   [ $# -ge 1 ] || { echo "usage: bench-ab.sh --pack REV..." >&2; exit 2; }
   rm -rf "$pack" && mkdir -p "$pack"
   work=$(mktemp -d)
-  build_cli . "$work/new" new || exit 1
+  # the working tree in a folder kept between packs (ignored by git), so that it builds incrementally
+  mkdir -p build-bench-ab && build_cli . build-bench-ab/new new || exit 1
   for rev in "$@"; do
-    name=$(git rev-parse --short "$rev") || exit 1
+    name=$(git rev-parse --short "$rev") && full=$(git rev-parse "$rev^{commit}") || exit 1
+    if from_cache "$full" "$name"; then
+      echo "$name: from $cache"
+      continue
+    fi
     git worktree add -f --detach "$work/src-$name" "$rev" >/dev/null || exit 1
     build_cli "$work/src-$name" "$work/build-$name" "$name"
     rc=$?
     git worktree remove --force "$work/src-$name"
     [ $rc -eq 0 ] || exit $rc
+    mkdir -p "$cache/$full" && cp "$pack/b/$name"/* "$cache/$full/"
   done
   XZ_OPT=-9 tar cJf "$pack/bins.tar.xz" -C "$pack" b names.txt && rm -rf "$pack/b" "$pack/names.txt" "$work"
   echo "packed ($(du -h "$pack/bins.tar.xz" | cut -f1)): $(tar tJf "$pack/bins.tar.xz" |
