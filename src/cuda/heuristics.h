@@ -330,7 +330,9 @@ static inline int lf_cuda_hopper_tile_cols(int64_t m, int64_t n, int64_t tile_ct
  * (cuBLAS base): 4096 × 4096 → 2048 (8 workers with a tile each) 118.9 / 112.0 → 114.1 / 108.4
  * (84.4–85.0); 4096 × 4096 → 1024 (32, 28 of them with a tile; the GEMM path before) 80.1 / 79.3 →
  * 68.2 / 68.4 (43.3–43.5); 1600 × 4096 → 2000 (5 workers without tiles) 56.8 / 57.2 → 43.9 / 44.5
- * (37.8–37.9); mid_m1024 and prefill_m4096 (4 workers either way) unchanged. A worker's tiles lie
+ * (37.8–37.9); mid_m1024 and prefill_m4096 (4 workers either way) unchanged. Since ties go to the
+ * shorter T, 1600 × 2000 takes 13 workers without tiles and 4096 × 1024 32 with a tile each (about
+ * 3% faster, and unchanged; dev/cuda/NOTES.md, twenty-ninth session, item 1). A worker's tiles lie
  * in its own last row block (worker_tiles ≤ the column tiles), so no worker waits for another CTA
  * (lora_hopper.cu, Progress). */
 typedef struct lf_cuda_hopper_sched {
