@@ -78,7 +78,8 @@ template <typename F> static float graph_us(cudaStream_t st, F fn)
 }
 
 /* `decode_tma [SMS ...]`: the timed shapes once a count, the launch given that many SMs (its grid
- * and tile rows follow, lf_cuda_hopper_decode_rows): e.g. 64 for 64-row tiles at 4096 outputs. */
+ * and tile rows follow, lf_cuda_hopper_decode_rows): e.g. 64 for 64-row tiles at 4096 outputs.
+ * DECODE_TMA_ONLY="M K N" keeps one shape (for ncu). */
 int main(int argc, char **argv)
 {
     if (!lf_hopper_setup()) {
@@ -109,9 +110,15 @@ int main(int argc, char **argv)
                   {3, 64, 64, 65, 1, 0, 1.0f, 0},          {16, 8192, 8192, 8200, 16, 1, 0.0f, 0},
                   {40, 1000, 1000, 4200, 7, 1, 1.0f, 0},   {17, 520, 520, 6136, 9, 1, 0.0f, 0},
                   {64, 72, 72, 4129, 16, 0, 0.5f, 0}};
+    /* DECODE_TMA_ONLY="M K N": that shape alone (for ncu) */
+    const char *only = std::getenv("DECODE_TMA_ONLY");
     int failed = 0;
     for (const shape &s : shapes) {
         const int m = s.m, k = s.k, n = s.n, r = s.r;
+        char key[48];
+        std::snprintf(key, sizeof key, "%d %d %d", m, k, n);
+        if (only && std::strcmp(only, key) != 0)
+            continue;
         const long long ld = s.ld;
         matrix x((size_t)m * ld, 1.0f), w((size_t)n * ld, 0.1f), a((size_t)r * ld, 0.1f), b((size_t)n * r, 0.5f),
             bias(n, 1.0f), y((size_t)m * n, 1.0f);
