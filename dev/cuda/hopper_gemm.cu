@@ -651,13 +651,31 @@ static void run_ours(int v, const problem *pb, const operands *o, int max_ctas)
     CK(cudaGetLastError());
 }
 
-/* cuBLAS: y = beta·y + x·Wᵀ (column-major view yᵀ = W·xᵀ); no bias (the compared problems have none). */
+/* y[i][j] += bias[j], rounded: the bias add of the cuBLAS baselines, a launch of its own as in an
+ * unfused composition (cublasGemmEx takes no bias). */
+__global__ void add_bias_kernel(bf16 *y, long long ldy, const bf16 *bias, int m, int n)
+{
+    const long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (e >= (long long)m * n)
+        return;
+    bf16 *out = y + e / n * ldy + e % n;
+    *out = __float2bfloat16(__bfloat162float(*out) + __bfloat162float(bias[e % n]));
+}
+
+/* cuBLAS: y = beta·y + x·Wᵀ (column-major view yᵀ = W·xᵀ), then the bias where the problem has one
+ * (until 2026-11-28 the baselines added none, so at the one biased sampled problem the cuBLAS row
+ * printed WRONG VALUES and its error, the bar for every version's, was the bias's size). */
 static void run_cublas_base(const problem *pb, const operands *o)
 {
     const float one = 1.0f;
     CKB(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, pb->n, pb->m, pb->k, &one, o->w, CUDA_R_16BF, pb->k, o->x,
                      CUDA_R_16BF, pb->k, &pb->beta, o->y, CUDA_R_16BF, (int)pb->ldy, CUBLAS_COMPUTE_32F,
                      CUBLAS_GEMM_DEFAULT));
+    if (pb->has_bias) {
+        const long long elems = (long long)pb->m * pb->n;
+        add_bias_kernel<<<(unsigned)((elems + 255) / 256), 256>>>(o->y, pb->ldy, o->bias, pb->m, pb->n);
+        CK(cudaGetLastError());
+    }
 }
 /* The unfused composition: base GEMM, T pre-pass, y += T·Bᵀ (three launches, y rounded twice). */
 static void run_cublas_unfused(const problem *pb, const operands *o)
