@@ -257,7 +257,12 @@ static const hopper_shape hopper_shapes[] = {
      * 13 K stages): 64 tokens on 128 tiles of 32, 25 at r 7 with a last tile of 8 rows and a K
      * tail, 20 (where the CUDA-core decode kernel does not fit) on 48-row tiles with a last one of
      * 40 rows, 33 on 105 tiles of 48 with a last one of 8 rows, 64 in f16 at r 8 on 129 tiles of 32
-     * with a last one of 4 rows (N ≢ 0 mod 8: strides padded to 16 bytes) */
+     * with a last one of 4 rows (N ≢ 0 mod 8: strides padded to 16 bytes); then 64 token columns on
+     * 64-row tiles (A's box in a slot of its own, T by x's rows × A's): 64 tokens on 132 tiles, 40
+     * in f16 at r 7 with a bias and beta 1 on 219 tiles (two rounds, the last tile 48 rows, a K
+     * tail), 25 at r 12 with a bias and beta 0.5 on 112 tiles with a K tail, 33 in f16 at r 1 with
+     * K under two stages on 256 tiles (two a CTA: B's buffers swap, the ring wraps; B's rows
+     * padded to 16 bytes, as TMA and the form need) */
     {{16, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles: 128 of them */
     {{5, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles, the last 8 rows, K tail */
     {{4, 520, 11008, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},   /* 344 tiles of 32: 2-3 a CTA, the ring wrapping */
@@ -281,6 +286,10 @@ static const hopper_shape hopper_shapes[] = {
     {{20, 520, 6136, 9, LFT_PADDED16, 0}, 2, 1, 2, LF_CUDA_HOPPER_DECODE},
     {{33, 264, 5000, 16, 0, 0}, 2, 0, 1, LF_CUDA_HOPPER_DECODE},
     {{64, 1032, 4100, 8, LFT_PADDED16, 0}, 1, 1, 0, LF_CUDA_HOPPER_DECODE},
+    {{64, 1032, 8448, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE},
+    {{40, 520, 14000, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE},
+    {{25, 4104, 7168, 12, LFT_PADDED16, 0}, 2, 1, 2, LF_CUDA_HOPPER_DECODE},
+    {{33, 72, 16384, 1, LFT_PADDED16, 0}, 1, 0, 0, LF_CUDA_HOPPER_DECODE},
     /* the plain-load stream (M ≤ 8, r ≤ 16, 132 to 262 tiles of 16 rows on an H100's or H200's 132
      * SMs, one a block): one token on 256 tiles; 8 tokens with K and N tails, r 7 and strides
      * padded to 16 bytes; K under one step a warp (most warps stream nothing, T's values loaded

@@ -422,8 +422,8 @@ static void heuristics_tests(void)
     lft_begin("test_plan cuda heuristics: the Hopper decode form for up to 64 tokens where its tiles fill the SMs");
     /* one CTA per SM, rounds more than ¾ full: 64-row tiles where they do that (100–132 tiles on 132
      * SMs, 6336 < N ≤ 8448; 199–264, 12672 < N ≤ 16896; …), else 32-row ones, else 48-row ones
-     * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 64 (past 16 tokens only 32- or 48-row tiles in
-     * one round), r ≤ 16 */
+     * (99 < tiles ≤ 132: 4752 < N ≤ 6336); M ≤ 64 (past 16 tokens 32- or 48-row tiles in one
+     * round, else 64-row ones), r ≤ 16 */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8385, 1, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_F16, LF_LAYOUT_PEFT, ok_flags, 1, 8448, 1, 132));
@@ -444,13 +444,17 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 65, 4096, 16, 132));
-    /* 17–64 tokens: 32- or 48-row tiles only (T in the wgmma's spare rows) */
+    /* 17–64 tokens: 32- or 48-row tiles in one round (T in the wgmma's spare rows), else 64-row
+     * ones in rounds ¾ full (A's box in a slot of its own) */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 16, 132));
+    LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_rows(17, 4096, 132) == 32);
     LFT_CHECK(lf_cuda_hopper_decode_rows(64, 6144, 132) == 48);  /* 192 of 32: two rounds; 128 of 48 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 8448, 132) == 0);   /* 264 of 32: two rounds (16 tokens: 64) */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 14336, 132) == 0);  /* 448 of 32, 299 of 48 */
-    LFT_CHECK(lf_cuda_hopper_decode_rows(17, 3168, 132) == 0);   /* 99 of 32, 66 of 48 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 8448, 132) == 64);  /* 264 of 32: two rounds; 132 of 64 */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(33, 7168, 132) == 64);  /* 112 of 64: one round, 85% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 14336, 132) == 64); /* 224 of 64: two rounds, 85% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(64, 11008, 132) == 0);  /* 172 of 64: 65% */
+    LFT_CHECK(lf_cuda_hopper_decode_rows(17, 3168, 132) == 0);   /* 99 of 32, 66 of 48, 50 of 64 */
     /* up to 24 tokens the CUDA-core decode kernel keeps the layers it takes */
     LFT_CHECK(lf_cuda_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 24, 4096, 16, 132));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 24, 4096, 16, 132));

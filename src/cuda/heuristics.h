@@ -528,9 +528,14 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
 /* Rows of W per tile of the decode form for N output features: 64, else 32, else 48, the first
  * whose rounds are more than ¾ full; 0 where none is. Past 16 tokens (64 token columns: x's box is
- * 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in one round only; with
- * 448 tiles of 32 (3.4 a CTA) 64 × 4096 → 14336 ran 57.2 µs against the split-K form's 49.6
- * (cuBLAS base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3).
+ * 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in one round, else 64
+ * rows (A's box then has a slot of its own: lora_hopper.cu, dec_shape) in rounds ¾ full. With 448
+ * tiles of 32 (3.4 a CTA) 64 × 4096 → 14336 ran 57.2 µs against the split-K form's 49.6 (cuBLAS
+ * base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3); with 224 of 64
+ * against the split-K form in one call (bench/results/cuda-h100-2026-11-28-decode-64-rows-64-
+ * columns-ab.json; cuBLAS base in brackets): 64 × 4096 → 14336 50.0 → 46.6 (43.8), 25 × → 14336
+ * 53.6 → 46.8 (43.5), 64 × 4096 → 7168 26.6 → 25.0 (23.5–24.7), 48 × 4096 → 8192 29.1 → 27.1
+ * (26.0–26.6).
  * 48-row tiles (T in the wgmma's rows 48–63, as 32-row ones hold it in rows 32–47) take N that
  * neither of the others fills, 100–132 tiles on 132 SMs (4753–6336 outputs): on an H100 8 × 4096 → 6144 18.2 µs against 22.3 by the decode
  * kernel (cuBLAS 20.8); on an H200, 1–16 tokens at 4096 → 5120, 5632, 6144, 0.92–1.07× the cuBLAS
@@ -545,11 +550,12 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * session). */
 static inline int lf_cuda_hopper_decode_rows(int64_t m, int64_t n, int sm_count)
 {
-    static const int rows_tried[] = {64, 32, 48};
-    for (int i = m > 16; i < (int)(sizeof rows_tried / sizeof rows_tried[0]); i++) {
+    static const int few_tokens[] = {64, 32, 48}, more_tokens[] = {32, 48, 64};
+    const int *rows_tried = m > 16 ? more_tokens : few_tokens;
+    for (int i = 0; i < 3; i++) {
         const int rows = rows_tried[i];
         const int64_t tiles = (n + rows - 1) / rows, rounds = (tiles + sm_count - 1) / sm_count;
-        if (4 * tiles > 3 * rounds * sm_count && (m <= 16 || rounds == 1))
+        if (4 * tiles > 3 * rounds * sm_count && (m <= 16 || rounds == 1 || rows == 64))
             return rows;
     }
     return 0;

@@ -872,13 +872,15 @@ __global__ void __launch_bounds__(THREADS, 1)
  * p.rows rows of W (64, or 32 or 48 where 64-row tiles would leave the SMs' rounds too empty:
  * lf_cuda_hopper_decode_rows), t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
  * streams p.rows × 64 boxes of W and the TOK × 64 box of x (TOK token columns: 16 up to 16 tokens,
- * else 64; rows past M zero-filled) through a dec_shape<TOK>::STAGES-deep ring, and during the
+ * else 64; rows past M zero-filled) through a dec_shape<TOK, SLOT>::STAGES-deep ring, and during the
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
  * accumulates the tile's 64 features × TOK tokens with wgmma m64nTOKk16 (W as the A operand, x as
  * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. The same
- * wgmmas compute T = x·Aᵀ (16 × 16, fp32) from the first tile's stages: with 32- or 48-row tiles A's
- * box rides in the W slot's spare rows; with 64-row tiles it has a slot of its own after x's, and
- * a second wgmma takes the 64 rows of the stage that end with it (dec_k_loop). Until 2026-11-27 a
+ * wgmmas compute T = x·Aᵀ (fp32) from the first tile's stages: with 32- or 48-row tiles A's box
+ * rides in the W slot's spare rows and the tile's own wgmma computes T (ranks × tokens); with
+ * 64-row tiles it has a slot of its own after x's (SLOT), and a second wgmma computes it
+ * (dec_k_loop): with 16 token columns over the 64 rows of the stage that end with A's box, with 64
+ * over x's box as its A operand (the 64 tokens as wgmma's M) and A's as its B operand. Until 2026-11-27 a
  * warp of the producer warpgroup computed T by mma.sync there, holding each stage until it had
  * read it; 1 × 4096 → 7168 (one tile a CTA, every stage the T warp's) ran 27.6 µs against cuBLAS's
  * 22.4 (dev/cuda/NOTES.md, twenty-ninth session). The producer warpgroup's other warps stage each
@@ -887,19 +889,21 @@ __global__ void __launch_bounds__(THREADS, 1)
  * no workspace; every sum in a fixed order: bitwise reproducible. r ≤ 16. The wgmma always
  * computes 64 rows: those past the tile's (rows p.rows–63 of a W slot hold whatever an earlier
  * stage left there, or A's box; the T wgmma's rows 0–47 are W's and x's), whose results no other
- * row depends on, are never stored. 64 token columns take only 32- and 48-row tiles. */
+ * row depends on, are never stored. */
 enum {
     DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
     DEC_TW = 16,   /* rank ≤ 16 */
     DEC_W_BYTES = DEC_ROWS * BK * 2,
     DEC_LOADERS = 96, /* the producer warpgroup's warps 1–3 */
 };
-template <int TOK> struct dec_shape {
-    static_assert(TOK == 16 || TOK == 64, "token columns: 16 or 64");
+/* SLOT: A's box has a slot of its own at the stage's end (with 16 token columns always, used by
+ * 64-row tiles; with 64 columns for 64-row tiles only, since the slot costs 32- and 48-row ones
+ * two stages and 1.6–3.8 µs: dev/cuda/NOTES.md, thirtieth session); else it rides in W's spare
+ * rows. */
+template <int TOK, bool SLOT> struct dec_shape {
+    static_assert(TOK == 16 ? SLOT : TOK == 64, "token columns: 16 (A's slot always) or 64");
     static constexpr int X_BYTES = TOK * BK * 2;
-    /* A's box in the first tile: a slot of its own at the stage's end (16 columns, for 64-row
-     * tiles); in W's spare rows with 64 columns */
-    static constexpr int A_BYTES = TOK == 16 ? DEC_TW * BK * 2 : 0;
+    static constexpr int A_BYTES = SLOT ? DEC_TW * BK * 2 : 0;
     static constexpr int STAGE_BYTES = DEC_W_BYTES + X_BYTES + A_BYTES;
     /* 64-row tiles: the 64 rows of 128 bytes that end a stage (W's rows 32–63, x's box, A's box),
      * the second wgmma's A operand, and the row in it where A's box starts: T lands in the
@@ -909,8 +913,8 @@ template <int TOK> struct dec_shape {
     static_assert(TOK != 16 || (WINDOW % 1024 == 0 && A_ROW % 16 == 0 && A_ROW + DEC_TW == DEC_ROWS),
                   "the window starts on a swizzle atom and ends with A's box, a warp's 16 rows");
     /* 16 columns: 180 KB of W and x in flight a CTA (108 KB with 32-row tiles); 64: 13 stages of
-     * 16 KB, the most that fit */
-    static constexpr int STAGES = TOK == 16 ? 18 : 13;
+     * 16 KB, or 11 of 18 KB with A's slot, the most that fit */
+    static constexpr int STAGES = TOK == 16 ? 18 : SLOT ? 11 : 13;
     /* a tile's B rows [rank][feature] and bias, fp32, double-buffered, then T [rank][token] (the
      * epilogue's lanes read 4 tokens of one rank: distinct banks) */
     static constexpr int LORA_FLOATS = 2 * (DEC_TW * DEC_ROWS + DEC_ROWS) + TOK * DEC_TW;
@@ -967,15 +971,17 @@ __device__ __forceinline__ void dec_stage_lora(const dec_params &p, float *lora_
 }
 
 /* A tile's K loop in the consumer warpgroup: x·Wᵀ into d; WITH_T (the CTA's first tile with 64-row
- * tiles) also T = x·Aᵀ into t_acc, by a second wgmma over the 64 rows of the stage that end with
- * A's box (W's rows 32–63, x's 16 rows, A's 16: T lands in rows 48–63, consumer warp 3's). */
-template <typename T, int TOK, bool WITH_T>
+ * tiles) also T = x·Aᵀ into t_acc (a m64n16 fragment) by a second wgmma: with 16 token columns over
+ * the 64 rows of the stage that end with A's box (W's rows 32–63, x's 16 rows, A's 16: T, ranks ×
+ * tokens, in rows 48–63, consumer warp 3's), with 64 over x's box × A's (T, tokens × ranks, in
+ * every warp). */
+template <typename T, int TOK, bool SLOT, bool WITH_T>
 __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, uint32_t bars, float *d, float *t_acc,
                                            int &stage, uint32_t &phase, int lane)
 {
-    using S = dec_shape<TOK>;
+    using S = dec_shape<TOK, SLOT>;
     constexpr int K16 = BK / 16;
-    static_assert(!WITH_T || TOK == 16, "T's window: 16 token columns");
+    static_assert(!WITH_T || SLOT, "T by a second wgmma: A's box in a slot of its own");
     const uint32_t empty0 = bars + 8 * S::STAGES;
     int prev = -1;
     for (int ks = 0; ks < p.k_tiles; ks++) {
@@ -985,9 +991,12 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
 #pragma unroll
         for (int k = 0; k < K16; k++) {
             wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
-            if constexpr (WITH_T)
+            if constexpr (WITH_T && TOK == 16)
                 wgmma_m64nXk16<TOK, T>(t_acc, smem_desc<BK>(slot + S::WINDOW + 32 * k),
                                        smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+            else if constexpr (WITH_T)
+                wgmma_m64nXk16<DEC_TW, T>(t_acc, smem_desc<BK>(slot + DEC_W_BYTES + 32 * k),
+                                          smem_desc<BK>(slot + DEC_W_BYTES + S::X_BYTES + 32 * k));
         }
         consumer_next<S::STAGES>(empty0, prev, stage, phase, lane);
     }
@@ -996,13 +1005,13 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
 
 #endif
 
-template <typename T, int TOK>
+template <typename T, int TOK, bool SLOT>
 __global__ void __launch_bounds__(2 * 128, 1)
     lora_hopper_decode_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                               const __grid_constant__ CUtensorMap tm_a, const dec_params p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using S = dec_shape<TOK>;
+    using S = dec_shape<TOK, SLOT>;
     static_assert(S::STAGE_BYTES % 1024 == 0 && DEC_W_BYTES % 1024 == 0 && S::X_BYTES % 1024 == 0,
                   "boxes keep the swizzle's alignment");
     static_assert(S::SMEM <= 232448, "a block's shared memory on sm_90");
@@ -1017,17 +1026,18 @@ __global__ void __launch_bounds__(2 * 128, 1)
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     /* T = x·Aᵀ comes from the consumers' wgmmas during the CTA's first tile. 32- and 48-row tiles:
      * A's box rides in rows p.rows to p.rows + 15 of the W slots, so the tile's own wgmma computes T
-     * in consumer warp p.rows / 16's accumulators beside x·Wᵀ (64 token columns: always,
-     * decode_launch_typed gives them 32 or 48 rows). 64-row tiles: A's box has a slot of its own
-     * after x's, and a second wgmma computes T (dec_k_loop) in warp 3's. */
-    const bool a_in_w = TOK > 16 || (p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS);
-    const int t_warp = a_in_w ? p.rows / 16 : S::A_ROW / 16;
+     * in consumer warp p.rows / 16's accumulators beside x·Wᵀ (64 token columns: the instance
+     * without SLOT, which lf_hopper_decode_launch gives 32- and 48-row tiles). 64-row tiles: A's box
+     * has a slot of its own after x's, and a second wgmma computes T (dec_k_loop): with 16 columns
+     * in warp 3's accumulators, with 64 in every warp's (t_warp −1). */
+    const bool a_in_w = TOK == 16 ? p.rows % 16 == 0 && p.rows + DEC_TW <= DEC_ROWS : !SLOT;
+    const int t_warp = a_in_w ? p.rows / 16 : TOK == 16 ? S::A_ROW / 16 : -1;
     if (threadIdx.x == 0) {
         for (int s = 0; s < S::STAGES; s++) {
             mbar_init(FULL(s), 1);
             mbar_init(EMPTY(s), 4); /* one arrival per consumer warp */
         }
-        mbar_init(lora_bars, 32);               /* t_full: consumer warp t_warp's lanes */
+        mbar_init(lora_bars, t_warp < 0 ? 128 : 32); /* t_full: the consumer lanes that hold T */
         mbar_init(lora_bars + 8, DEC_LOADERS);  /* b_full[0] */
         mbar_init(lora_bars + 16, DEC_LOADERS); /* b_full[1] */
         mbar_init(lora_bars + 24, 128);         /* b_empty[0]: every consumer thread is done */
@@ -1078,20 +1088,31 @@ __global__ void __launch_bounds__(2 * 128, 1)
         int stage = 0, j = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x, j++) {
-            float d[TOK / 2], t_acc[TOK / 2];
+            float d[TOK / 2], t_acc[8]; /* t_acc: a m64n16 fragment */
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++)
-                d[i] = t_acc[i] = 0.0f;
-            if (j == 0 && !a_in_w) /* 16 token columns only: a_in_w holds for 64 */
-                dec_k_loop<T, TOK, TOK == 16>(p, ring, bars, d, t_acc, stage, phase, lane);
+                d[i] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                t_acc[i] = 0.0f;
+            if (j == 0 && !a_in_w) /* only with A's slot */
+                dec_k_loop<T, TOK, SLOT, SLOT>(p, ring, bars, d, t_acc, stage, phase, lane);
             else
-                dec_k_loop<T, TOK, false>(p, ring, bars, d, t_acc, stage, phase, lane);
+                dec_k_loop<T, TOK, SLOT, false>(p, ring, bars, d, t_acc, stage, phase, lane);
             fence_acc<TOK / 2>(d);
-            fence_acc<TOK / 2>(t_acc);
+            fence_acc<8>(t_acc);
             const int buf = j % 2;
             /* fragment of m64nTOK: row lane/4 (+8 for h = 1) of the warp's 16, column (token)
              * 8·(i/2) + 2·(lane%4) + i%2 in d[4·(i/2) + 2h + i%2] */
-            if (j == 0 && warp == t_warp) { /* A's rows of the first tile: T, rank lane/4 (+8) */
+            if (j == 0 && t_warp < 0) { /* x's rows by A's: T, token 16·warp + lane/4 (+8) */
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        t_s[(8 * (i / 2) + 2 * (lane % 4) + i % 2) * TOK + 16 * warp + lane / 4 + 8 * h] =
+                            t_acc[4 * (i / 2) + 2 * h + i % 2];
+                mbar_arrive(lora_bars); /* t_full: every consumer lane */
+            } else if (j == 0 && warp == t_warp) { /* A's rows of the first tile: T, rank lane/4 (+8) */
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -1264,8 +1285,9 @@ template <typename T> cudaError_t allow_smem()
         allow_smem_wide<T, 128>(),
         allow_smem_of(lora_hopper_mid_kernel<T, 64>, mid_shape<64>::SMEM),
         allow_smem_of(lora_hopper_mid_kernel<T, 128>, mid_shape<128>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 16>, dec_shape<16>::SMEM),
-        allow_smem_of(lora_hopper_decode_kernel<T, 64>, dec_shape<64>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 16, true>, dec_shape<16, true>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 64, false>, dec_shape<64, false>::SMEM),
+        allow_smem_of(lora_hopper_decode_kernel<T, 64, true>, dec_shape<64, true>::SMEM),
     };
     for (const cudaError_t e : results)
         if (e != cudaSuccess)
@@ -1317,13 +1339,10 @@ cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cuda
                                     (unsigned)split, st, mx, mw, ma, mp);
 }
 
-template <typename T, int TOK>
-cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl, cudaStream_t st)
+template <typename T, int TOK, bool SLOT>
+cudaError_t decode_launch_typed(const lf_lora_problem *p, int rows, int sm_count, bool pdl, cudaStream_t st)
 {
     const bool f16 = p->dtype == LF_F16;
-    /* correct at any N; the plan takes the form only where lf_cuda_hopper_decode_rows is not 0 */
-    const int best_rows = lf_cuda_hopper_decode_rows(p->m, p->n, sm_count);
-    const int rows = best_rows ? best_rows : TOK == 16 ? DEC_ROWS : 32;
     CUtensorMap mx, mw, ma;
     if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
         !make_map(&ma, f16, p->a, p->rank, p->k, p->lda, DEC_TW))
@@ -1344,8 +1363,8 @@ cudaError_t decode_launch_typed(const lf_lora_problem *p, int sm_count, bool pdl
     dp.beta = p->beta;
     dp.scale = p->scale;
     const int grid = dp.tiles < sm_count ? dp.tiles : sm_count;
-    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T, TOK>, dim3((unsigned)grid), 2 * 128,
-                                    (size_t)dec_shape<TOK>::SMEM, pdl, 1u, st, mx, mw, ma, dp);
+    return lf_cuda_launch_clustered(lora_hopper_decode_kernel<T, TOK, SLOT>, dim3((unsigned)grid), 2 * 128,
+                                    (size_t)dec_shape<TOK, SLOT>::SMEM, pdl, 1u, st, mx, mw, ma, dp);
 }
 
 } /* namespace */
@@ -1434,9 +1453,16 @@ cudaError_t lf_hopper_decode_launch(const lf_lora_problem *p, int sm_count, bool
         p->k >= INT_MAX || p->rank < 1 || p->rank > DEC_TW || (p->dtype != LF_BF16 && p->dtype != LF_F16) ||
         p->layout != LF_LAYOUT_PEFT || !p->x || !p->w || !p->a || !p->b || !p->y || sm_count < 1)
         return cudaErrorInvalidValue;
+    /* correct at any N; the plan takes the form only where lf_cuda_hopper_decode_rows is not 0 */
+    const int best_rows = lf_cuda_hopper_decode_rows(p->m, p->n, sm_count);
+    const int rows = best_rows ? best_rows : p->m <= 16 ? DEC_ROWS : 32;
+    const bool f16 = p->dtype == LF_F16;
     if (p->m <= 16)
-        return p->dtype == LF_F16 ? decode_launch_typed<__half, 16>(p, sm_count, pdl, st)
-                                  : decode_launch_typed<__nv_bfloat16, 16>(p, sm_count, pdl, st);
-    return p->dtype == LF_F16 ? decode_launch_typed<__half, 64>(p, sm_count, pdl, st)
-                              : decode_launch_typed<__nv_bfloat16, 64>(p, sm_count, pdl, st);
+        return f16 ? decode_launch_typed<__half, 16, true>(p, rows, sm_count, pdl, st)
+                   : decode_launch_typed<__nv_bfloat16, 16, true>(p, rows, sm_count, pdl, st);
+    if (rows == DEC_ROWS)
+        return f16 ? decode_launch_typed<__half, 64, true>(p, rows, sm_count, pdl, st)
+                   : decode_launch_typed<__nv_bfloat16, 64, true>(p, rows, sm_count, pdl, st);
+    return f16 ? decode_launch_typed<__half, 64, false>(p, rows, sm_count, pdl, st)
+               : decode_launch_typed<__nv_bfloat16, 64, false>(p, rows, sm_count, pdl, st);
 }
