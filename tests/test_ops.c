@@ -261,8 +261,8 @@ static const hopper_shape hopper_shapes[] = {
      * 64-row tiles (A's box in a slot of its own, T by x's rows × A's): 64 tokens on 132 tiles, 40
      * in f16 at r 7 with a bias and beta 1 on 219 tiles (two rounds, the last tile 48 rows, a K
      * tail), 25 at r 12 with a bias and beta 0.5 on 112 tiles with a K tail, 33 in f16 at r 1 with
-     * K under two stages on 256 tiles (two a CTA: B's buffers swap, the ring wraps; B's rows
-     * padded to 16 bytes, as TMA and the form need) */
+     * K under two stages on 256 tiles (two a CTA: B's buffers swap; B's rows padded to 16
+     * bytes, as TMA and the form need) */
     {{16, 4096, 4096, 16, 0, 0}, 2, 0, 0, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles: 128 of them */
     {{5, 1000, 4200, 7, LFT_PADDED16, 0}, 1, 1, 1, LF_CUDA_HOPPER_DECODE}, /* 32-row tiles, the last 8 rows, K tail */
     {{4, 520, 11008, 16, 0, 0}, 2, 1, 1, LF_CUDA_HOPPER_DECODE},   /* 344 tiles of 32: 2-3 a CTA, the ring wrapping */

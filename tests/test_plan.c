@@ -445,7 +445,7 @@ static void heuristics_tests(void)
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 16, 4096, 16, 64));
     LFT_CHECK(!lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 65, 4096, 16, 132));
     /* 17–64 tokens: 32- or 48-row tiles in one round (T in the wgmma's spare rows), else 64-row
-     * ones in rounds ¾ full (A's box in a slot of its own) */
+     * ones in rounds more than ¾ full (A's box in a slot of its own) */
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 4096, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_fits(LF_BF16, LF_LAYOUT_PEFT, ok_flags, 64, 14336, 16, 132));
     LFT_CHECK(lf_cuda_hopper_decode_rows(17, 4096, 132) == 32);

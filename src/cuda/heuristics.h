@@ -526,14 +526,15 @@ static inline int lf_cuda_hopper_mid_split(lf_dtype dtype, lf_layout layout, uin
  * M 16 49.5–49.9 against 51.7 (47.5). */
 #define LF_CUDA_HOPPER_DECODE_MAX_M 64
 #define LF_CUDA_HOPPER_DECODE_MAX_RANK 16
-/* Rows of W per tile of the decode form for N output features: 64, else 32, else 48, the first
- * whose rounds are more than ¾ full; 0 where none is. Past 16 tokens (64 token columns: x's box is
- * 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in one round, else 64
- * rows (A's box then has a slot of its own: lora_hopper.cu, dec_shape) in rounds ¾ full. With 448
+/* Rows of W per tile of the decode form for N output features: up to 16 tokens 64, else 32, else
+ * 48, the first whose rounds are more than ¾ full; 0 where none is. Past 16 tokens (64 token
+ * columns: x's box is 512 KB a tile over K = 4096, re-read from L2 by every tile) 32 or 48 rows in
+ * one round, else 64 rows (A's box then has a slot of its own: lora_hopper.cu, dec_shape) in
+ * rounds more than ¾ full. With 448
  * tiles of 32 (3.4 a CTA) 64 × 4096 → 14336 ran 57.2 µs against the split-K form's 49.6 (cuBLAS
  * base 43.7; H100, bf16, r 16, dev/cuda/NOTES.md, twenty-fifth session, item 3); with 224 of 64
  * against the split-K form in one call (bench/results/cuda-h100-2026-11-28-decode-64-rows-64-
- * columns-ab.json; cuBLAS base in brackets): 64 × 4096 → 14336 50.0 → 46.6 (43.8), 25 × → 14336
+ * columns-ab.json; cuBLAS base in brackets): 64 × 4096 → 14336 50.0 → 46.6 (43.8), 25 × 4096 → 14336
  * 53.6 → 46.8 (43.5), 64 × 4096 → 7168 26.6 → 25.0 (23.5–24.7), 48 × 4096 → 8192 29.1 → 27.1
  * (26.0–26.6).
  * 48-row tiles (T in the wgmma's rows 48–63, as 32-row ones hold it in rows 32–47) take N that

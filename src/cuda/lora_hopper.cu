@@ -869,14 +869,15 @@ __global__ void __launch_bounds__(THREADS, 1)
  *
  * For M ≤ 64 tokens the layer is a stream of W (memory-bound). Here it runs the way cuBLAS's own
  * decode GEMMs do (ncu: TMA boxes, wgmma, a deep ring): one CTA per SM, each owning tiles of
- * p.rows rows of W (64, or 32 or 48 where 64-row tiles would leave the SMs' rounds too empty:
- * lf_cuda_hopper_decode_rows), t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
+ * p.rows rows of W (up to 16 tokens 64, or 32 or 48 where 64-row tiles would leave the SMs'
+ * rounds too empty; past 16, 32 or 48 in one round, else 64: lf_cuda_hopper_decode_rows),
+ * t = blockIdx.x, + gridDim.x, …, over all of K. The producer thread
  * streams p.rows × 64 boxes of W and the TOK × 64 box of x (TOK token columns: 16 up to 16 tokens,
  * else 64; rows past M zero-filled) through a dec_shape<TOK, SLOT>::STAGES-deep ring, and during the
  * CTA's first tile also A's 16 × 64 box (rows past r zero-filled); one consumer warpgroup
  * accumulates the tile's 64 features × TOK tokens with wgmma m64nTOKk16 (W as the A operand, x as
- * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. The same
- * wgmmas compute T = x·Aᵀ (fp32) from the first tile's stages: with 32- or 48-row tiles A's box
+ * the B operand, both K-major in shared memory), TOK / 2 fp32 registers a thread. T = x·Aᵀ
+ * (fp32) comes from the first tile's stages: with 32- or 48-row tiles A's box
  * rides in the W slot's spare rows and the tile's own wgmma computes T (ranks × tokens); with
  * 64-row tiles it has a slot of its own after x's (SLOT), and a second wgmma computes it
  * (dec_k_loop): with 16 token columns over the 64 rows of the stage that end with A's box, with 64
@@ -888,8 +889,9 @@ __global__ void __launch_bounds__(THREADS, 1)
  * epilogue reads only shared memory: y = beta·y + x·Wᵀ + bias + s·T·Bᵀ, rounded once. One launch,
  * no workspace; every sum in a fixed order: bitwise reproducible. r ≤ 16. The wgmma always
  * computes 64 rows: those past the tile's (rows p.rows–63 of a W slot hold whatever an earlier
- * stage left there, or A's box; the T wgmma's rows 0–47 are W's and x's), whose results no other
- * row depends on, are never stored. */
+ * stage left there, or A's box; with 16 token columns the T wgmma's rows 0–47 are W's and x's),
+ * whose results no other row depends on, are never stored; with 64 the T wgmma's rows for tokens
+ * past M (x's zero-filled rows) reach t_s and are never read. */
 enum {
     DEC_ROWS = 64, /* rows of a W slot, and the most of a tile: wgmma's M */
     DEC_TW = 16,   /* rank ≤ 16 */
@@ -905,9 +907,9 @@ template <int TOK, bool SLOT> struct dec_shape {
     static constexpr int X_BYTES = TOK * BK * 2;
     static constexpr int A_BYTES = SLOT ? DEC_TW * BK * 2 : 0;
     static constexpr int STAGE_BYTES = DEC_W_BYTES + X_BYTES + A_BYTES;
-    /* 64-row tiles: the 64 rows of 128 bytes that end a stage (W's rows 32–63, x's box, A's box),
-     * the second wgmma's A operand, and the row in it where A's box starts: T lands in the
-     * accumulators of consumer warp A_ROW / 16 */
+    /* 16 token columns, 64-row tiles: the 64 rows of 128 bytes that end a stage (W's rows 32–63,
+     * x's box, A's box), the second wgmma's A operand, and the row in it where A's box starts: T
+     * lands in the accumulators of consumer warp A_ROW / 16 (unused with 64 columns) */
     static constexpr int WINDOW = STAGE_BYTES - DEC_W_BYTES;
     static constexpr int A_ROW = (DEC_W_BYTES + X_BYTES - WINDOW) / (2 * BK);
     static_assert(TOK != 16 || (WINDOW % 1024 == 0 && A_ROW % 16 == 0 && A_ROW + DEC_TW == DEC_ROWS),
@@ -1102,8 +1104,9 @@ __global__ void __launch_bounds__(2 * 128, 1)
             fence_acc<TOK / 2>(d);
             fence_acc<8>(t_acc);
             const int buf = j % 2;
-            /* fragment of m64nTOK: row lane/4 (+8 for h = 1) of the warp's 16, column (token)
-             * 8·(i/2) + 2·(lane%4) + i%2 in d[4·(i/2) + 2h + i%2] */
+            /* fragment of m64nN: row lane/4 (+8 for h = 1) of the warp's 16, column 8·(i/2) +
+             * 2·(lane%4) + i%2 in acc[4·(i/2) + 2h + i%2]; d's columns are tokens, t_acc's are
+             * ranks with 64 token columns and tokens with 16 */
             if (j == 0 && t_warp < 0) { /* x's rows by A's: T, token 16·warp + lane/4 (+8) */
 #pragma unroll
                 for (int h = 0; h < 2; h++)
@@ -1118,7 +1121,12 @@ __global__ void __launch_bounds__(2 * 128, 1)
 #pragma unroll
                     for (int i = 0; i < TOK / 4; i++) {
                         const int c = 4 * (i / 2) + 2 * h + i % 2;
-                        t_s[(lane / 4 + 8 * h) * TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = a_in_w ? d[c] : t_acc[c];
+                        float t_value;
+                        if constexpr (TOK == 16)
+                            t_value = a_in_w ? d[c] : t_acc[c];
+                        else /* 64 token columns come here only with A in W's spare rows */
+                            t_value = d[c];
+                        t_s[(lane / 4 + 8 * h) * TOK + 8 * (i / 2) + 2 * (lane % 4) + i % 2] = t_value;
                     }
                 mbar_arrive(lora_bars); /* t_full: the warp's lanes */
             }
@@ -1342,6 +1350,8 @@ cudaError_t mid_launch_typed(const lf_lora_problem *p, int split, bool pdl, cuda
 template <typename T, int TOK, bool SLOT>
 cudaError_t decode_launch_typed(const lf_lora_problem *p, int rows, int sm_count, bool pdl, cudaStream_t st)
 {
+    if (TOK == 64 && !SLOT && rows + DEC_TW > DEC_ROWS)
+        return cudaErrorInvalidValue; /* A's box would not fit W's spare rows */
     const bool f16 = p->dtype == LF_F16;
     CUtensorMap mx, mw, ma;
     if (!make_map(&mx, f16, p->x, p->m, p->k, p->ldx, TOK) || !make_map(&mw, f16, p->w, p->n, p->k, p->ldw, rows) ||
