@@ -352,6 +352,9 @@ static const shape shapes[] = {
     {32, 200, 72, 1, 16, 0, 0},   /* one slot: two tiles of one adapter */
     {29, 72, 41, 2, 7, 1, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
     {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
+    /* ... its work items by slot (M <= 16, fewer slots than tokens, max rank <= 16): */
+    {12, 129, 67, 3, 7, 1, 1},    /* strided and misaligned: scalar staging; empty K slices */
+    {8, 4096, 520, 1, 16, 0, 0},  /* one slot: every token in one item, the other item empty */
     {150, 257, 130, 9, 24, 0, 0}, /* M > 64, ranks past 16 */
     {200, 520, 264, 2, 16, 0, 0}, /* one slot loaded, 200 tokens: the 16-bit deltas take the ordered
                                    * kernels (past LF_FUSED_ONE_SLOT_M), f32 and the layer the fused one */
@@ -393,7 +396,7 @@ static const shape shapes[] = {
     {1100, 136, 520, 9, 16, 0, 0}, /* 8 adapters (the most the ordered kernels take); the last slice
                                     * of 8 columns */
 };
-#define FIRST_UNFUSED_SHAPE 19 /* shapes from here on are past the fused kernel's sizes */
+#define FIRST_UNFUSED_SHAPE 21 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the

@@ -87,6 +87,8 @@ struct multi_args : lf_token_map {
     float *tpart;    /* [kslices][position or token][max_rank] */
     bool t_by_token; /* tpart's rows are tokens (multi_shrink_ordered_kernel), else positions */
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
+    bool by_slot;    /* fused: a work item per slot (and one for tokens without an adapter), not per
+                      * tile: M ≤ 16 tokens, fewer slots than tokens, max_rank ≤ 16 (plan_of) */
     bool stage_x;    /* the ordered shrink copies x's rows into shared memory (few slots loaded) */
     int only_slot;   /* the set's one loaded slot where it has exactly one, else -1: the ordered
                       * shrink then stages its A rows beside x and prefetches its B for the expand */
@@ -1474,7 +1476,11 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
  * columns with the full T. A is read once per tile and N chunk (fused_spread_chunks: more chunks
  * where the tiles are few), B once per tile. Bucketing in every block: up to 32 tokens by warp
  * votes; beyond, counting by bin, a scan over the bins to find the cluster's tile, a ballot for
- * the stable order of its tokens (O(1) per token). A token's sums never depend on its tile-mates:
+ * the stable order of its tokens (O(1) per token). Up to 16 tokens with fewer slots than tokens
+ * (by_slot) the work item is (slot, N chunk) instead, plus one for the tokens without an adapter:
+ * a block stages its slot's A and B and every token's x before it reads the ids, so that the
+ * bucketing's memory latency and the staging's overlap; it computes T for every token (the 16
+ * rows of the mma) and the expand keeps its slot's. A token's sums never depend on its tile-mates:
  * the K steps, warps and cluster order are the same for every token. Larger M (measured slower fused
  * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
@@ -1675,6 +1681,26 @@ __device__ void fused_bucket_in_block(const multi_args &p, fused_shared &sh, con
     __syncthreads();
 }
 
+/* by_slot: the tokens of item ti's bin (slot ti; ti = p.capacity: the tokens without an adapter),
+ * in token order, by one ballot: M ≤ 16, so an item is one tile. */
+__device__ void fused_bucket_by_slot(const multi_args &p, fused_shared &sh, const fused_tables &tb, int ti)
+{
+    const int t = threadIdx.x;
+    const int bin = fused_stage_bins(p, sh, tb);
+    if (t < 32) {
+        const bool in = t < p.m && bin == ti;
+        const unsigned members = __ballot_sync(0xffffffffu, in);
+        if (in)
+            sh.tok[__popc(members & ((1u << t) - 1u))] = t;
+        if (t == 0) {
+            sh.tile[0] = ti == p.capacity ? -1 : ti;
+            sh.tile[1] = __popc(members);
+            sh.tile[2] = members != 0u;
+        }
+    }
+    __syncthreads();
+}
+
 /* Delta (dout NULL: y, with bias, base and beta; else dout[token][col] = the LoRA term in fp32)
  * for work item blockIdx.x / LF_FUSED_CLUSTER. Dynamic shared memory: the slot table and bin
  * counts (fused_tables), x slice [TB][ks + 8], A slice [RC][ks + 8] (8 elements of padding: the
@@ -1695,37 +1721,55 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
     cluster_arrive_relaxed(); /* waited for before the first push (or before leaving) */
     const int cid = blockIdx.x / LF_FUSED_CLUSTER, crank = blockIdx.x % LF_FUSED_CLUSTER;
     const int ti = cid / p.nchunks, chunk = cid % p.nchunks;
-    if (p.m <= 32)
+    const int rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
+    const int lds = p.ks + LF_MULTI_PAD;
+    T *xs = (T *)((char *)fused_smem4 + fused_tables_bytes(p.capacity)), *as = xs + LF_MULTI_TB * lds;
+    T *bs = as + LF_MULTI_RC * lds;
+    float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
+    /* recv[c][u][j]: block c's partial T for token u (by_slot: token u of the batch), rank j; then the full T */
+    float *recv = red + LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_MULTI_TB * rp;
+    const int k0 = crank * p.ks, kspan = max(0, min(p.ks, p.k - k0));
+    const int col0 = (chunk * LF_FUSED_CLUSTER + crank) * p.bn, ncols = max(0, min(p.bn, p.n - col0));
+    auto a_rows = [&](int s) { return (const T *)p.a + ((int64_t)s * p.max_rank) * p.lda + k0; };
+    /* x's rows (tok, or the first `rows` tokens), slot s's B rows of the block's columns and its first
+     * chunk of A's ranks, in flight together (one memory latency for all three) */
+    auto stage = [&](int s, const int *tok, int rows, int ranks) {
+        stage_rows<T>(xs, lds, p.ks, (const T *)p.x + k0, p.ldx, tok, rows, kspan, p.vec_x);
+        stage_rows<T>(bs, p.bn, p.bn, (const T *)p.b + ((int64_t)s * p.max_rank) * p.ldb + col0, p.ldb, NULL, ranks,
+                      ncols, p.vec_b);
+        stage_rows<T>(as, lds, p.ks, a_rows(s), p.lda, NULL, min(LF_MULTI_RC, ranks), kspan, p.vec_a);
+    };
+    /* by_slot: the item's slot is known before the mapping, so its operands (every token's row of x,
+     * all max_rank ranks) are in flight while the ids are read and bucketed, and the block computes
+     * T for every token, pushing it all: the receivers' byte count does not depend on the mapping. */
+    const int early = p.by_slot && ti < p.capacity ? ti : -1;
+    if (early >= 0)
+        stage(early, NULL, p.m, p.max_rank);
+    if (p.by_slot)
+        fused_bucket_by_slot(p, sh, tb, ti);
+    else if (p.m <= 32)
         fused_bucket_in_warp(p, sh, tb, ti);
     else
         fused_bucket_in_block(p, sh, tb, ti);
     const int slot = sh.tile[0], count = sh.tile[1];
     if (!sh.tile[2] || (slot < 0 && !p.none_tiles)) {
+        if (early >= 0)
+            cp_async_wait_all(); /* no copy may land in this block's shared memory after it left */
         cluster_wait(); /* the same for every block of the cluster: all leave here */
         return;
     }
     const lf_adapter_slot entry = slot < 0 ? lf_adapter_slot{0, 0.0f} : tb.slots[slot];
-    const int rank = entry.rank, rp = (p.max_rank + LF_MULTI_RC - 1) / LF_MULTI_RC * LF_MULTI_RC;
-    const int lds = p.ks + LF_MULTI_PAD;
-    T *xs = (T *)((char *)fused_smem4 + fused_tables_bytes(p.capacity)), *as = xs + LF_MULTI_TB * lds;
-    T *bs = as + LF_MULTI_RC * lds;
-    float *red = (float *)(bs + p.max_rank * p.bn); /* 16-byte aligned: lds and bn are multiples of 8 */
-    /* recv[c][u][j]: block c's partial T for token u, rank j; then the full T */
-    float *recv = red + LF_MULTI_WARPS * LF_MULTI_TB * LF_MULTI_RC, *tfull = recv + LF_FUSED_CLUSTER * LF_MULTI_TB * rp;
+    const int rank = entry.rank;
+    /* the rows and ranks of T each block pushes */
+    const int prows = early >= 0 ? p.m : count, pranks = early >= 0 ? p.max_rank : rank;
     if (threadIdx.x == 0)
-        recv_expect(&sh.recv_bar, (unsigned)(LF_FUSED_CLUSTER * count * rank * sizeof(float)));
-    const int k0 = crank * p.ks, kspan = max(0, min(p.ks, p.k - k0));
-    const int col0 = (chunk * LF_FUSED_CLUSTER + crank) * p.bn, ncols = max(0, min(p.bn, p.n - col0));
-    const T *a = slot < 0 ? NULL : (const T *)p.a + ((int64_t)slot * p.max_rank) * p.lda + k0;
-    const T *b = slot < 0 ? NULL : (const T *)p.b + ((int64_t)slot * p.max_rank) * p.ldb + col0;
-
-    /* x, the first A chunk and B in flight together. */
-    if (rank > 0) {
-        stage_rows<T>(xs, lds, p.ks, (const T *)p.x + k0, p.ldx, sh.tok, count, kspan, p.vec_x);
-        stage_rows<T>(bs, p.bn, p.bn, b, p.ldb, NULL, rank, ncols, p.vec_b);
-    }
-    for (int j0 = 0; j0 < rank; j0 += LF_MULTI_RC) {
-        stage_rows<T>(as, lds, p.ks, a + (int64_t)j0 * p.lda, p.lda, NULL, min(LF_MULTI_RC, rank - j0), kspan, p.vec_a);
+        recv_expect(&sh.recv_bar, (unsigned)(LF_FUSED_CLUSTER * prows * pranks * sizeof(float)));
+    if (early < 0 && rank > 0)
+        stage(slot, sh.tok, count, rank);
+    for (int j0 = 0; j0 < pranks; j0 += LF_MULTI_RC) {
+        if (j0 > 0) /* ranks past 16: not by_slot */
+            stage_rows<T>(as, lds, p.ks, a_rows(slot) + (int64_t)j0 * p.lda, p.lda, NULL, min(LF_MULTI_RC, rank - j0),
+                          kspan, p.vec_a);
         cp_async_wait_all();
         __syncthreads();
         /* red[w][u][j]: warp w's share of the slice for token u, rank j0 + j */
@@ -1737,19 +1781,19 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_fused_kernel(multi_
             s += red[(w * LF_MULTI_TB + u) * LF_MULTI_RC + j];
         if (j0 == 0)
             cluster_wait(); /* every block's recv_bar is initialized */
-        if (u < count && j0 + j < rank) /* this block's share of T, into slot crank of every block */
+        if (u < prows && j0 + j < pranks) /* this block's share of T, into slot crank of every block */
             for (int c = 0; c < LF_FUSED_CLUSTER; c++)
                 push_to(recv + (crank * LF_MULTI_TB + u) * rp + j0 + j, &sh.recv_bar, c, s);
     }
-    if (rank == 0)
+    if (pranks == 0)
         cluster_wait(); /* not waited for in the loop */
     /* T = scale · Σ_c recv[c], c in order: every block of the cluster gets the same bits */
     recv_wait(&sh.recv_bar);
     for (int idx = threadIdx.x; idx < count * rank; idx += blockDim.x) {
-        const int u = idx / rank, j = idx - u * rank;
+        const int u = idx / rank, j = idx - u * rank, row = early >= 0 ? sh.tok[u] : u;
         float s = 0.0f;
         for (int c = 0; c < LF_FUSED_CLUSTER; c++)
-            s += recv[(c * LF_MULTI_TB + u) * rp + j];
+            s += recv[(c * LF_MULTI_TB + row) * rp + j];
         tfull[u * rp + j] = entry.scale * s;
     }
     __syncthreads();
@@ -2052,8 +2096,14 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
      * (their two launches cost less there than the fused kernel's growth with the tokens). */
     const bool ordered_wins =
         ordered_ok && ordered_expand_ok && vec16_y && loaded <= 1 && !with_base && a.m > LF_FUSED_ONE_SLOT_M;
+    /* Up to 16 tokens with fewer slots than tokens, the fused kernel's work items are the slots and
+     * the tokens without an adapter (by_slot: no more items than the tiles the plan reckons with). */
+    a.by_slot = a.m <= LF_MULTI_TB && a.capacity < a.m && a.max_rank <= LF_MULTI_RC;
+    if (a.by_slot)
+        pl.max_tiles = a.capacity + 1;
     pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && !ordered_wins &&
                fused_blocking(a, pl.max_tiles, sms, es, !with_base);
+    a.by_slot = a.by_slot && pl.fused;
     pl.expand_mma = !pl.fused && es == 2 && vec16_y;
     if (!pl.fused) {
         a.tb = tile_tokens(a.max_rank, pl.expand_mma);
