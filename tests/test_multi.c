@@ -42,6 +42,7 @@ typedef struct mcase {
     float beta;
     enum mapping map;
     int strided, misalign;
+    int dense; /* every slot holds an adapter of rank max_rank (else the last is empty, ranks vary) */
     int load_from_device;
     uint64_t seed;
 } mcase;
@@ -140,9 +141,11 @@ static lf_status mprob_init(mprob *p, lf_context *ctx, const mcase *c)
         lft_mat_fill_random(&p->bias, &rng);
     if (c->beta != 0.0f)
         lft_mat_fill_random(&p->y, &rng);
-    /* Every slot but the last gets an adapter of its own rank (1..max_rank, max_rank included). */
-    for (int i = 0; i < c->capacity - (c->capacity > 1) && st == LF_OK; i++) {
-        const int64_t r = i == 0 ? c->max_rank : 1 + (int64_t)(lft_rng_unit(&rng) * (double)c->max_rank);
+    /* Every slot but the last gets an adapter of its own rank (1..max_rank, max_rank included);
+     * dense: every slot, at max_rank. */
+    for (int i = 0; i < c->capacity - (c->capacity > 1 && !c->dense) && st == LF_OK; i++) {
+        const int64_t r =
+            i == 0 || c->dense ? c->max_rank : 1 + (int64_t)(lft_rng_unit(&rng) * (double)c->max_rank);
         st = load_adapter(p, i, r, &rng);
     }
     for (int64_t t = 0; t < c->m; t++) {
@@ -276,11 +279,11 @@ done:
 
 static const char *case_name(const mcase *c, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s %s %s%s beta=%g %lldx%lldx%lld L%d r<=%lld %s%s%s%s", lf_dtype_name(c->dtype),
+    snprintf(buf, size, "%s %s %s%s beta=%g %lldx%lldx%lld L%d r<=%lld %s%s%s%s%s", lf_dtype_name(c->dtype),
              c->layout == LF_LAYOUT_PEFT ? "peft" : "kn", c->has_w ? "layer" : "delta", c->has_bias ? "+bias" : "",
              (double)c->beta, (long long)c->m, (long long)c->k, (long long)c->n, c->capacity, (long long)c->max_rank,
              mapping_name[c->map], c->strided ? " strided" : "", c->misalign ? " misaligned" : "",
-             c->load_from_device ? " device-loaded" : "");
+             c->dense ? " dense" : "", c->load_from_device ? " device-loaded" : "");
     return buf;
 }
 
@@ -326,77 +329,81 @@ typedef struct shape {
     int capacity;
     int64_t max_rank;
     int strided, misalign;
+    int dense; /* every slot loaded at max_rank */
 } shape;
 
 static const shape shapes[] = {
-    {1, 300, 200, 4, 16, 0, 0},   /* M = 1 */
-    {16, 256, 256, 8, 16, 0, 0},  /* decode-like, aligned */
+    {1, 300, 200, 4, 16, 0, 0, 0},   /* M = 1 */
+    {16, 256, 256, 8, 16, 0, 0, 0},  /* decode-like, aligned */
     /* the decode kernels' many-adapter form on CUDA (16-bit, PEFT, aligned, M <= 4): */
-    {1, 256, 136, 3, 16, 0, 0},   /* one token */
-    {2, 1024, 8200, 4, 16, 0, 0}, /* 32-row tiles (on 132 SMs), N % 16 = 8 */
-    {3, 1024, 8196, 8, 16, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
+    {1, 256, 136, 3, 16, 0, 0, 0},   /* one token */
+    {2, 1024, 8200, 4, 16, 0, 0, 0}, /* 32-row tiles (on 132 SMs), N % 16 = 8 */
+    {3, 1024, 8196, 8, 16, 0, 0, 0}, /* N % 8 = 4: the last 8-feature group crosses N */
     /* the plain-load stream's many-adapter form (16-bit, PEFT, aligned, M <= 16, max rank <= 16,
      * K % 8 = 0, at least 132 tiles of 16 rows and min(M, 8) workers + the tiles <= 264 on 132
      * SMs): */
-    {1, 1024, 4096, 4, 16, 0, 0},   /* one token */
-    {5, 1000, 2120, 6, 12, 0, 0},   /* K % 32 = 8, N % 16 = 8, rank 12 */
-    {8, 4104, 4000, 9, 16, 0, 0},   /* eight tokens, a K tail */
-    {3, 1024, 4100, 8, 16, 0, 0},   /* N % 8 = 4: a B chunk runs past N into the set's row padding */
+    {1, 1024, 4096, 4, 16, 0, 0, 0},   /* one token */
+    {5, 1000, 2120, 6, 12, 0, 0, 0},   /* K % 32 = 8, N % 16 = 8, rank 12 */
+    {8, 4104, 4000, 9, 16, 0, 0, 0},   /* eight tokens, a K tail */
+    {3, 1024, 4100, 8, 16, 0, 0, 0},   /* N % 8 = 4: a B chunk runs past N into the set's row padding */
     /* ... past 8 tokens, K halves over the two blocks of a cluster: */
-    {16, 1000, 4096, 5, 16, 0, 0},  /* 16 tokens, K % 32 = 8 */
-    {13, 520, 2210, 4, 12, 0, 0},   /* 139 tiles: the last cluster's second tile empty; rank 12 */
-    {9, 8, 2112, 3, 16, 0, 0},      /* one K step: the second half of K empty */
-    {4, 520, 200, 6, 64, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
-    {37, 129, 67, 5, 7, 1, 0},    /* odd everything, strided */
+    {16, 1000, 4096, 5, 16, 0, 0, 0},  /* 16 tokens, K % 32 = 8 */
+    {13, 520, 2210, 4, 12, 0, 0, 0},   /* 139 tiles: the last cluster's second tile empty; rank 12 */
+    {9, 8, 2112, 3, 16, 0, 0, 0},      /* one K step: the second half of K empty */
+    {4, 520, 200, 6, 64, 0, 0, 0},   /* K tail (520 % 32 = 8), a partial tile, rank 64 */
+    {37, 129, 67, 5, 7, 1, 0, 0},    /* odd everything, strided */
     /* the fused kernel's bucketing by warp votes (CUDA, M <= 32): */
-    {32, 200, 72, 1, 16, 0, 0},   /* one slot: two tiles of one adapter */
-    {29, 72, 41, 2, 7, 1, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
-    {64, 96, 33, 70, 8, 0, 1},    /* more slots than tokens, misaligned */
-    /* ... its work items by slot (M <= 16, fewer slots than tokens, max rank <= 16): */
-    {12, 129, 67, 3, 7, 1, 1},    /* strided and misaligned: scalar staging; empty K slices */
-    {8, 4096, 520, 1, 16, 0, 0},  /* one slot: every token in one item, the other item empty */
-    {150, 257, 130, 9, 24, 0, 0}, /* M > 64, ranks past 16 */
-    {200, 520, 264, 2, 16, 0, 0}, /* one slot loaded, 200 tokens: the 16-bit deltas take the ordered
+    {32, 200, 72, 1, 16, 0, 0, 0},   /* one slot: two tiles of one adapter */
+    {29, 72, 41, 2, 7, 1, 0, 0},     /* K 72 over 8 K slices: a partial slice, empty ones; rank 7 */
+    {64, 96, 33, 70, 8, 0, 1, 0},    /* more slots than tokens, misaligned */
+    /* ... its work items by slot (M <= 16, fewer slots than tokens, every slot at the max rank,
+     * <= 16): */
+    {12, 129, 67, 3, 7, 1, 1, 1},    /* strided and misaligned: x's rows staged by scalars; empty
+                                      * K slices */
+    {8, 4096, 520, 1, 16, 0, 0, 1},  /* one slot */
+    {16, 520, 2210, 5, 12, 0, 0, 1}, /* rank 12, a K tail, N chunks with a part-full last one */
+    {150, 257, 130, 9, 24, 0, 0, 0}, /* M > 64, ranks past 16 */
+    {200, 520, 264, 2, 16, 0, 0, 0}, /* one slot loaded, 200 tokens: the 16-bit deltas take the ordered
                                    * kernels (past LF_FUSED_ONE_SLOT_M), f32 and the layer the fused one */
-    {300, 64, 64, 3, 5, 1, 1},    /* long groups (more than one tile per adapter) */
+    {300, 64, 64, 3, 5, 1, 1, 0},    /* long groups (more than one tile per adapter) */
     /* M > 256 (also on sm_90): the tensor-core shrink, and the tensor-core expand where y's rows
      * take 16-byte accesses */
-    {520, 264, 264, 9, 40, 0, 0},  /* ranks in up to 3 chunks of 16, K and N tails */
-    {300, 1100, 264, 2, 16, 0, 0}, /* three K slices, the last partial; one adapter over many tiles */
-    {264, 64, 1032, 3, 24, 0, 0},  /* three column slices of the mma expand, the last of 8 columns */
-    {280, 200, 200, 4, 200, 1, 0}, /* strided: scalar staging, the CUDA-core expand on 48-token tiles */
-    {272, 72, 136, 3, 800, 0, 0},  /* rank past 760: the expands' T past 48 KiB of shared memory */
-    {300, 64, 64, 1024, 2, 0, 0},  /* the largest set: 1025 bins, most without tiles */
-    {2048, 64, 64, 901, 2, 0, 0},  /* 900 loaded slots at one bucketing round: past a wave of tiles
+    {520, 264, 264, 9, 40, 0, 0, 0},  /* ranks in up to 3 chunks of 16, K and N tails */
+    {300, 1100, 264, 2, 16, 0, 0, 0}, /* three K slices, the last partial; one adapter over many tiles */
+    {264, 64, 1032, 3, 24, 0, 0, 0},  /* three column slices of the mma expand, the last of 8 columns */
+    {280, 200, 200, 4, 200, 1, 0, 0}, /* strided: scalar staging, the CUDA-core expand on 48-token tiles */
+    {272, 72, 136, 3, 800, 0, 0, 0},  /* rank past 760: the expands' T past 48 KiB of shared memory */
+    {300, 64, 64, 1024, 2, 0, 0, 0},  /* the largest set: 1025 bins, most without tiles */
+    {2048, 64, 64, 901, 2, 0, 0, 0},  /* 900 loaded slots at one bucketing round: past a wave of tiles
                                     * (132 SMs), so the grids are one wave, blocks of several tiles */
-    {40, 600, 136, 3, 800, 0, 0},  /* too large for the fused kernel at M <= 64 (K slices of 256):
+    {40, 600, 136, 3, 800, 0, 0, 0},  /* too large for the fused kernel at M <= 64 (K slices of 256):
                                     * three K slices */
     /* past one bucketing round (2048 tokens): the rounds' bin counts from multi_count_kernel */
-    {4500, 72, 136, 5, 16, 0, 0},  /* three rounds, the last partial; tiles across round boundaries */
-    {5000, 64, 64, 300, 2, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
-    {4500, 200, 200, 4, 200, 1, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
+    {4500, 72, 136, 5, 16, 0, 0, 0},  /* three rounds, the last partial; tiles across round boundaries */
+    {5000, 64, 64, 300, 2, 0, 0, 0},  /* 301 bins a round, most adapters with a few tokens */
+    {4500, 200, 200, 4, 200, 1, 0, 0}, /* strided, rank 200: scalar staging, 48-token tiles across rounds */
     /* the token-ordered shrink on CUDA (16-bit, at most 8 slots loaded, max rank <= 16, 16-byte rows,
      * K % 8 = 0): */
-    {300, 2312, 24, 6, 16, 0, 0},  /* 10 K slices of 256 (few tiles), the last of 8 elements */
-    {700, 2600, 24, 2, 12, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
+    {300, 2312, 24, 6, 16, 0, 0, 0},  /* 10 K slices of 256 (few tiles), the last of 8 elements */
+    {700, 2600, 24, 2, 12, 0, 0, 0},  /* 6 K slices of 512 (11 tiles: 2 x 11 x 6 >= 132 SMs), the last
                                     * of 40 elements; a part-full last tile; rank <= 12 */
-    {500, 600, 72, 4, 16, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
-    {2100, 72, 130, 2, 16, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
+    {500, 600, 72, 4, 16, 0, 0, 0},   /* 3 slices of 256, the last of 88 elements (halves of 2 and 1) */
+    {2100, 72, 130, 2, 16, 0, 0, 0},  /* one K slice; y's rows not in 16-byte vectors: the bucketed
                                     * expand reading T by token, two bucketing rounds (the count
                                     * kernel first) */
     /* ... and with it the token-ordered expand where y's rows are (N % 8 = 0: the shapes above
      * but 2100 x 72 x 130; of them 300 x 2312 x 24 with 5 slots loaded and 500 x 600 x 72 with 3
      * take its staged form, below), with one slot loaded 512 columns and 64 tokens a block: */
-    {600, 64, 1032, 2, 16, 0, 0},  /* the layer's too: three column slices, the last of 8 columns; a
+    {600, 64, 1032, 2, 16, 0, 0, 0},  /* the layer's too: three column slices, the last of 8 columns; a
                                     * part-full last tile */
-    {2100, 72, 136, 2, 16, 0, 0},  /* past one bucketing round with no kernel bucketing: no count
+    {2100, 72, 136, 2, 16, 0, 0, 0},  /* past one bucketing round with no kernel bucketing: no count
                                     * kernel */
     /* several, 256 columns and 128 tokens a block and each slot's B rows staged: */
-    {330, 96, 1096, 3, 11, 0, 0},  /* 2 adapters; the last slice of 72 columns */
-    {1100, 136, 520, 9, 16, 0, 0}, /* 8 adapters (the most the ordered kernels take); the last slice
+    {330, 96, 1096, 3, 11, 0, 0, 0},  /* 2 adapters; the last slice of 72 columns */
+    {1100, 136, 520, 9, 16, 0, 0, 0}, /* 8 adapters (the most the ordered kernels take); the last slice
                                     * of 8 columns */
 };
-#define FIRST_UNFUSED_SHAPE 21 /* shapes from here on are past the fused kernel's sizes */
+#define FIRST_UNFUSED_SHAPE 22 /* shapes from here on are past the fused kernel's sizes */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
 /* arg: NULL for every shape; else the index of the first shape to run (size_t), CUDA only (the
@@ -423,7 +430,7 @@ static void sweep(lf_context *ctx, void *arg)
                                .m = sh->m, .k = sh->k, .n = sh->n, .capacity = sh->capacity,
                                .max_rank = sh->max_rank, .has_w = has_w, .has_bias = (index / 3) % 2 == 0,
                                .beta = betas[(index / 2) % 3], .map = (enum mapping)map, .strided = sh->strided,
-                               .misalign = sh->misalign, .load_from_device = index % 5 == 1,
+                               .misalign = sh->misalign, .dense = sh->dense, .load_from_device = index % 5 == 1,
                                .seed = lft_case_seed(index)};
                     index++;
                     run_case(ctx, &c);

@@ -37,7 +37,8 @@
  *               more slots their B rows staged there.
  *
  * Each adapter's A and B are read once per tile of tokens that use it (per K slice and per N slice
- * respectively), using the slot's own rank. Tokens without an adapter are in no shrink tile; the
+ * respectively), using the slot's own rank (the fused kernel's items by slot: once per item, where
+ * every slot holds an adapter of the set's max rank). Tokens without an adapter are in no shrink tile; the
  * expand visits them only when their y changes (beta ≠ 1, a bias, or the layer). Every sum has a
  * fixed order that does not depend on a token's position in its tile or on the other tokens: results
  * are bitwise reproducible, and identical between the per-token and the segment form (for one M:
@@ -88,7 +89,7 @@ struct multi_args : lf_token_map {
     bool t_by_token; /* tpart's rows are tokens (multi_shrink_ordered_kernel), else positions */
     int nchunks;     /* fused: N chunks per tile (a cluster each) */
     bool by_slot;    /* fused: a work item per slot (and one for tokens without an adapter), not per
-                      * tile: M ≤ 16 tokens, fewer slots than tokens, max_rank ≤ 16 (plan_of) */
+                      * tile (asked by the caller where by_slot_fits, kept by plan_of if fused) */
     bool stage_x;    /* the ordered shrink copies x's rows into shared memory (few slots loaded) */
     int only_slot;   /* the set's one loaded slot where it has exactly one, else -1: the ordered
                       * shrink then stages its A rows beside x and prefetches its B for the expand */
@@ -1480,7 +1481,10 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
  * (by_slot) the work item is (slot, N chunk) instead, plus one for the tokens without an adapter:
  * a block stages its slot's A and B and every token's x before it reads the ids, so that the
  * bucketing's memory latency and the staging's overlap; it computes T for every token (the 16
- * rows of the mma) and the expand keeps its slot's. A token's sums never depend on its tile-mates:
+ * rows of the mma) and the expand keeps its slot's. It stages max_rank rows of A and B, before
+ * it knows the slot's rank, so the plan takes it only where every slot holds an adapter of that
+ * rank (by_slot_fits: no padded reads, no empty slot staged); a graph captured so and replayed
+ * after a slot was cleared or loaded at a lower rank stays correct and reads those rows anyway. A token's sums never depend on its tile-mates:
  * the K steps, warps and cluster order are the same for every token. Larger M (measured slower fused
  * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
@@ -2096,9 +2100,8 @@ multi_plan plan_of(multi_args &a, int sms, int grid_cap, const cuda_set_state &s
      * (their two launches cost less there than the fused kernel's growth with the tokens). */
     const bool ordered_wins =
         ordered_ok && ordered_expand_ok && vec16_y && loaded <= 1 && !with_base && a.m > LF_FUSED_ONE_SLOT_M;
-    /* Up to 16 tokens with fewer slots than tokens, the fused kernel's work items are the slots and
-     * the tokens without an adapter (by_slot: no more items than the tiles the plan reckons with). */
-    a.by_slot = a.m <= LF_MULTI_TB && a.capacity < a.m && a.max_rank <= LF_MULTI_RC;
+    /* by_slot (asked by the caller): the fused kernel's work items are the slots and the tokens
+     * without an adapter, no more than the tiles the plan reckons with otherwise */
     if (a.by_slot)
         pl.max_tiles = a.capacity + 1;
     pl.fused = fused_ok && a.m <= LF_FUSED_SMALL_M && !ordered_wins &&
@@ -2310,6 +2313,20 @@ int only_loaded_slot(const lf_adapter_set *set)
     return -1;
 }
 
+/* The fused kernel's items by slot (multi_fused_kernel): up to 16 tokens, more than the set's
+ * slots, every slot holding an adapter of the set's max rank ≤ 16 (the host's view, as
+ * only_loaded_slot's). Measured (H200, bf16 4096 → 4096, r 16, delta µs; dev/cuda/NOTES.md,
+ * thirty-first session): 1 adapter × 16 tokens 5.91 → 4.86, 8 × 16 5.60 → 5.37, 4 × 8 5.30 → 5.00. */
+bool by_slot_fits(const lf_adapter_set *set, int64_t m)
+{
+    if (m > LF_MULTI_TB || set->capacity >= m || set->max_rank > LF_MULTI_RC || set->loaded != set->capacity)
+        return false;
+    for (int s = 0; s < set->capacity; s++)
+        if (set->host_slots[s].rank != set->max_rank)
+            return false;
+    return true;
+}
+
 /* What the host knows of the adapters a call uses, without reading the ids: at most the loaded
  * slots, and in the segment form at most one a segment. */
 int adapters_at_most(const lf_adapter_set *set, const lf_multi_problem *q)
@@ -2444,6 +2461,7 @@ extern "C" lf_status lf_cuda_lora_multi(lf_context *ctx, const lf_multi_problem 
     a.max_rank = (int)set->max_rank, a.capacity = set->capacity, a.slots = set->slots;
     a.stage_x = cs->cc_major >= 9 && set->loaded <= LF_ORDERED_STAGE_MAX_LOADED; /* bulk copies */
     a.only_slot = a.stage_x ? only_loaded_slot(set) : -1;
+    a.by_slot = by_slot_fits(set, q->m);
     /* The fused kernel: sm_90 (clusters), and shared memory for its slices (plan_of). */
     const bool vec16_y = (q->n * es) % 16 == 0 && (q->m == 1 || (q->ldy * es) % 16 == 0) && aligned(q->y, 16) &&
                          (!q->bias || aligned(q->bias, 16));
