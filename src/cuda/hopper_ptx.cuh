@@ -83,6 +83,17 @@ template <int kBK> static __device__ __forceinline__ uint64_t smem_desc(uint32_t
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(8 * 2 * kBK >> 4) << 32) |
            ((uint64_t)(kBK == 64 ? 1 : 2) << 62);
 }
+/* The descriptor of K step k (16 elements, 32 bytes) of the tile at saddr: the start address field
+ * counts 16-byte units, so the step is +2k on the descriptor — one add, where smem_desc(saddr + 32k)
+ * masks and shifts again for every wgmma. No carry leaves the field: shared addresses are below
+ * 2^18 (228 KB) and a stage's tiles start on 1024-byte atoms. The decode and split-K forms use it
+ * (H100: 64 × 4096 → 4096 −3%, 256 × 4096 → 2048 −4.5%, decode_m16 −1.4%); the persistent kernel
+ * keeps smem_desc(saddr + 32k), with which mid_m1024 ran 4% faster in the same call (why is not
+ * known; dev/cuda/NOTES.md, thirty-first session). */
+template <int kBK> static __device__ __forceinline__ uint64_t smem_desc_k(uint32_t saddr, int k)
+{
+    return smem_desc<kBK>(saddr) + (uint64_t)(2 * k);
+}
 
 static __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 static __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }

@@ -809,8 +809,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             wgmma_fence();
 #pragma unroll
             for (int k = 0; k < K16; k++) {
-                wgmma_m64nXk16<BN, T>(d, smem_desc<BK>(a + 32 * k), smem_desc<BK>(b + 32 * k));
-                wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc<BK>(a + 32 * k), smem_desc<BK>(at + 32 * k));
+                wgmma_m64nXk16<BN, T>(d, smem_desc_k<BK>(a, k), smem_desc_k<BK>(b, k));
+                wgmma_m64nXk16<MID_TW, T>(t_acc, smem_desc_k<BK>(a, k), smem_desc_k<BK>(at, k));
             }
             consumer_next<STAGES>(EMPTY(0), prev, stage, phase, lane);
         }
@@ -992,13 +992,13 @@ __device__ __forceinline__ void dec_k_loop(const dec_params &p, uint32_t ring, u
         wgmma_fence();
 #pragma unroll
         for (int k = 0; k < K16; k++) {
-            wgmma_m64nXk16<TOK, T>(d, smem_desc<BK>(slot + 32 * k), smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+            wgmma_m64nXk16<TOK, T>(d, smem_desc_k<BK>(slot, k), smem_desc_k<BK>(slot + DEC_W_BYTES, k));
             if constexpr (WITH_T && TOK == 16)
-                wgmma_m64nXk16<TOK, T>(t_acc, smem_desc<BK>(slot + S::WINDOW + 32 * k),
-                                       smem_desc<BK>(slot + DEC_W_BYTES + 32 * k));
+                wgmma_m64nXk16<TOK, T>(t_acc, smem_desc_k<BK>(slot + S::WINDOW, k),
+                                       smem_desc_k<BK>(slot + DEC_W_BYTES, k));
             else if constexpr (WITH_T)
-                wgmma_m64nXk16<DEC_TW, T>(t_acc, smem_desc<BK>(slot + DEC_W_BYTES + 32 * k),
-                                          smem_desc<BK>(slot + DEC_W_BYTES + S::X_BYTES + 32 * k));
+                wgmma_m64nXk16<DEC_TW, T>(t_acc, smem_desc_k<BK>(slot + DEC_W_BYTES, k),
+                                          smem_desc_k<BK>(slot + DEC_W_BYTES + S::X_BYTES, k));
         }
         consumer_next<S::STAGES>(empty0, prev, stage, phase, lane);
     }
