@@ -38,8 +38,8 @@
  *
  * Each adapter's A and B are read once per tile of tokens that use it (per K slice and per N slice
  * respectively), using the slot's own rank (the fused kernel's items by slot: once per item, where
- * every slot holds an adapter of the set's max rank). Tokens without an adapter are in no shrink tile; the
- * expand visits them only when their y changes (beta ≠ 1, a bias, or the layer). Every sum has a
+ * every slot holds an adapter of the set's max rank). Tokens without an adapter are in no shrink
+ * tile; the expand visits them only when their y changes (beta ≠ 1, a bias, or the layer). Every sum has a
  * fixed order that does not depend on a token's position in its tile or on the other tokens: results
  * are bitwise reproducible, and identical between the per-token and the segment form (for one M:
  * the K slices and the fused/two-kernel choice follow M).
@@ -1484,9 +1484,10 @@ __global__ void __launch_bounds__(LF_MULTI_THREADS, 2) multi_expand_ordered_kern
  * rows of the mma) and the expand keeps its slot's. It stages max_rank rows of A and B, before
  * it knows the slot's rank, so the plan takes it only where every slot holds an adapter of that
  * rank (by_slot_fits: no padded reads, no empty slot staged); a graph captured so and replayed
- * after a slot was cleared or loaded at a lower rank stays correct and reads those rows anyway. A token's sums never depend on its tile-mates:
- * the K steps, warps and cluster order are the same for every token. Larger M (measured slower fused
- * at M = 2048: 59–68 µs against 45–64) takes the shrink and the expand above. */
+ * after a slot was cleared or loaded at a lower rank stays correct and reads those rows anyway.
+ * A token's sums never depend on its tile-mates: the K steps, warps and cluster order are the same
+ * for every token. Larger M (measured slower fused at M = 2048: 59–68 µs against 45–64) takes the
+ * shrink and the expand above. */
 #define LF_FUSED_CLUSTER 8
 #define LF_FUSED_SMALL_M 256    /* in-block bucketing: one token per thread */
 #define LF_FUSED_SMEM_MAX (160 * 1024)
